@@ -1,0 +1,1 @@
+"""Local execution: an embedded etcd and slots run as local processes (``rpcjob run``)."""

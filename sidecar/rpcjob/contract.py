@@ -1,0 +1,217 @@
+"""The contract between the operator, the sidecar, the worker and the local executor.
+
+Every name that crosses a process or component boundary lives here: the API group, labels,
+annotations, environment variables, socket paths and the etcd key layout. This module is
+torch-free and dependency-free so that every component (and third parties starting a slot by
+hand, see docs/contract.md) can import it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# --- Kubernetes API ------------------------------------------------------------------------
+GROUP = "rpcjob.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RpcJob"
+PLURAL = "rpcjobs"
+SINGULAR = "rpcjob"
+SHORT_NAME = "rpj"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+FINALIZER = f"{GROUP}/etcd-cleanup"
+
+# --- labels and annotations ----------------------------------------------------------------
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_JOB_UID = f"{GROUP}/job-uid"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_INDEX = f"{GROUP}/index"
+LABEL_WORKER_NAME = f"{GROUP}/worker-name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "rpcjob-operator"
+# Set by the user (or an HPA-side controller) on a pod to pick it as a scale-down victim.
+ANNOTATION_DELETE_FIRST = f"{GROUP}/delete-first"
+# Which generation of the job spec rendered the pod.
+ANNOTATION_SPEC_GENERATION = f"{GROUP}/spec-generation"
+# Node label override: how many GPUs rpcjob should use on this node (a count).
+NODE_LABEL_GPUS_OVERRIDE = f"{GROUP}/gpus"
+
+# --- ports ------------------------------------------------------------------------------------
+SIDECAR_HTTP_PORT = 9464  # /healthz, /readyz, /metrics
+OPERATOR_METRICS_PORT = 9465
+OPERATOR_HEALTH_PORT = 8080
+
+# --- container names, volumes, socket ----------------------------------------------------
+WORKER_CONTAINER = "worker"
+SIDECAR_CONTAINER = "rpcjob-sidecar"
+SOCKET_VOLUME = "rpcjob-socket"
+SOCKET_DIR = "/var/run/rpcjob"
+SOCKET_FILE = "sidecar.sock"
+
+# --- environment ---------------------------------------------------------------------------
+# Identity (both containers).
+ENV_NAMESPACE = "RPCJOB_NAMESPACE"
+ENV_JOB_NAME = "RPCJOB_JOB_NAME"
+ENV_JOB_UID = "RPCJOB_JOB_UID"
+ENV_ROLE = "RPCJOB_ROLE"
+ENV_INDEX = "RPCJOB_INDEX"
+ENV_WORKER_NAME = "RPCJOB_WORKER_NAME"
+ENV_POD_NAME = "RPCJOB_POD_NAME"
+ENV_POD_IP = "RPCJOB_POD_IP"
+ENV_NODE_NAME = "RPCJOB_NODE_NAME"
+# Where the worker finds its sidecar.
+ENV_SOCKET = "RPCJOB_SOCKET"
+# etcd connection (sidecar; the worker receives it from the sidecar).
+ENV_ETCD_ENDPOINTS = "RPCJOB_ETCD_ENDPOINTS"  # comma-separated host:port
+ENV_ETCD_CA = "RPCJOB_ETCD_CA"  # file paths
+ENV_ETCD_CERT = "RPCJOB_ETCD_CERT"
+ENV_ETCD_KEY = "RPCJOB_ETCD_KEY"
+ENV_ETCD_USER = "RPCJOB_ETCD_USER"
+ENV_ETCD_PASSWORD = "RPCJOB_ETCD_PASSWORD"  # never logged, never in a URL
+# Job shape, so that device maps can be declared for every slot the job can ever have.
+ENV_SLOTS = "RPCJOB_SLOTS"  # JSON: {"role": maxReplicas, ...}
+ENV_GPUS = "RPCJOB_GPUS"  # the role's nvidia.com/gpu request (int), "" when none
+# RPC options.
+ENV_RPC_TIMEOUT = "RPCJOB_RPC_TIMEOUT"  # seconds
+ENV_RPC_THREADS = "RPCJOB_RPC_THREADS"
+ENV_DEVICE_MAPS = "RPCJOB_DEVICE_MAPS"  # auto | off
+# Sidecar tuning.
+ENV_LEASE_TTL = "RPCJOB_LEASE_TTL"  # seconds, >= 10 in a cluster
+ENV_RANK_SPACE = "RPCJOB_RANK_SPACE"  # ranks are allocated in [0, RANK_SPACE); torch: int16
+ENV_HTTP_ADDR = "RPCJOB_HTTP_ADDR"  # host:port for /healthz /readyz /metrics
+# Local mode / tests: node labels from a file (YAML/JSON map) or inline JSON instead of the API.
+ENV_NODE_LABELS_FILE = "RPCJOB_NODE_LABELS_FILE"
+ENV_NODE_LABELS = "RPCJOB_NODE_LABELS"
+# Tests only: a hook that kills the process inside the membership critical section.
+ENV_TEST_HOOK = "RPCJOB_TEST_HOOK"
+
+DEFAULT_LEASE_TTL = 10
+DEFAULT_RANK_SPACE = 32768  # torch ranks are int16
+DEFAULT_RPC_TIMEOUT = 60.0
+DEFAULT_RPC_THREADS = 16
+
+# --- naming ----------------------------------------------------------------------------------
+ROLE_RE = re.compile(r"^[a-z][a-z0-9]*$")
+# torch splits _ALL_WORKER_INFOS on '-' and ',': worker names use only [A-Za-z0-9_].
+WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+MAX_ROLE_LEN = 20
+
+
+class InvalidName(ValueError):
+    """A role, slot or worker name that torch or Kubernetes cannot carry."""
+
+
+def validate_role(role: str) -> str:
+    if not ROLE_RE.match(role) or len(role) > MAX_ROLE_LEN:
+        raise InvalidName(
+            f"role name {role!r} is invalid: use lowercase letters and digits, starting with a "
+            f"letter, at most {MAX_ROLE_LEN} characters (pattern {ROLE_RE.pattern}); torch "
+            "RPC worker names cannot contain '-' or ','"
+        )
+    return role
+
+
+def validate_worker_name(name: str) -> str:
+    if not WORKER_NAME_RE.match(name):
+        raise InvalidName(
+            f"worker name {name!r} is invalid: torch RPC splits worker lists on '-' and ',', "
+            "so use only letters, digits and '_' (e.g. 'worker_3')"
+        )
+    return name
+
+
+def worker_name(role: str, index: int) -> str:
+    """RPC worker name of a slot: ``<role>_<index>``."""
+    validate_role(role)
+    if index < 0:
+        raise InvalidName(f"slot index must be >= 0, got {index}")
+    return f"{role}_{index}"
+
+
+def parse_worker_name(name: str) -> tuple[str, int]:
+    role, sep, idx = name.rpartition("_")
+    if not sep or not idx.isdigit():
+        raise InvalidName(f"worker name {name!r} is not of the form <role>_<index>")
+    return validate_role(role), int(idx)
+
+
+def pod_name(job: str, role: str, index: int) -> str:
+    """Pod name of a slot: ``<job>-<role>-<index>``."""
+    return f"{job}-{role}-{index}"
+
+
+def socket_path(socket_dir: str = SOCKET_DIR) -> str:
+    return f"{socket_dir.rstrip('/')}/{SOCKET_FILE}"
+
+
+# --- etcd key layout -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobKeys:
+    """Every etcd key of one job lives under ``/rpcjob/<namespace>/<name>/<uid>/``.
+
+    * ``store/``            torch's c10d store (EtcdStore prefix); torch writes its RPC keys
+                            under ``store/rpc_prefix_0/`` (token, names/<rank>, addrs/<name>,
+                            names/_ALL_WORKER_INFOS)
+    * ``members/<worker>``  the live member record (JSON), bound to its sidecar's lease
+    * ``ranks/<rank>``      rank allocation of one incarnation (JSON), bound to the lease
+    * ``ranks-retired/<rank>`` an evicted rank and the revision it was evicted at; reusable only
+                            when every live member joined after that revision
+    * ``left/<worker>``     a graceful-leave marker written before the member record goes
+    * ``election/cleanup``  the sidecar elected to clean torch's store after a crash
+    """
+
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def root(self) -> str:
+        return f"/rpcjob/{self.namespace}/{self.name}/{self.uid}/"
+
+    @property
+    def store(self) -> str:
+        return self.root + "store/"
+
+    @property
+    def members(self) -> str:
+        return self.root + "members/"
+
+    def member(self, worker: str) -> str:
+        return self.members + worker
+
+    @property
+    def ranks(self) -> str:
+        return self.root + "ranks/"
+
+    def rank(self, rank: int) -> str:
+        return f"{self.ranks}{rank}"
+
+    @property
+    def retired_ranks(self) -> str:
+        return self.root + "ranks-retired/"
+
+    def retired_rank(self, rank: int) -> str:
+        return f"{self.retired_ranks}{rank}"
+
+    @property
+    def left(self) -> str:
+        return self.root + "left/"
+
+    def left_marker(self, worker: str) -> str:
+        return self.left + worker
+
+    @property
+    def election(self) -> str:
+        return self.root + "election/cleanup"
+
+
+def job_prefix(namespace: str, name: str) -> str:
+    """All incarnations (uids) of a job: used to clean up after deletion."""
+    return f"/rpcjob/{namespace}/{name}/"
+
+
+# torch's own keys inside the c10d store (rpc/__init__ wraps the store in this prefix).
+TORCH_RPC_PREFIX = "rpc_prefix_0/"
+TORCH_TOKEN_KEY = "RpcGroupManagementToken"
+TORCH_ALL_WORKER_INFOS = "_ALL_WORKER_INFOS"
