@@ -1,0 +1,154 @@
+"""Parameter server with elastic trainers.
+
+Roles: ``ps`` (one replica) holds a linear model behind an RRef; ``worker`` replicas are
+trainers that join and leave at any time. Each trainer pulls the parameters, computes a
+gradient on its own synthetic batch and pushes it; the server applies it (SGD). When the
+server has applied ``RPCJOB_EXAMPLE_STEPS`` updates it reports ``done`` to every trainer, which
+then leaves gracefully, and the server exits 0 — the job's success policy is "role ps
+succeeded". A trainer that is drained (scale-down, SIGTERM) first pushes the gradient it is
+holding (``rpcjob.on_drain``), so no work is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+import torch.distributed.rpc as rpc
+
+import rpcjob
+
+DIM = 16
+STEPS = int(os.environ.get("RPCJOB_EXAMPLE_STEPS", "300"))
+PS_NAME = "ps_0"
+TRUE_W = torch.arange(DIM, dtype=torch.float32) / DIM
+
+
+class ParameterServer:
+    def __init__(self) -> None:
+        self.w = torch.zeros(DIM)
+        self.lr = 0.05
+        self.updates = 0
+        self.contributors: set[str] = set()
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def get_params(self) -> torch.Tensor:
+        with self.lock:
+            return self.w.clone()
+
+    def push(self, trainer: str, grad: torch.Tensor) -> bool:
+        """Apply one gradient; returns True once training is done."""
+        with self.lock:
+            if self.updates < STEPS:
+                self.w -= self.lr * grad
+                self.updates += 1
+                self.contributors.add(trainer)
+                if self.updates % 50 == 0:
+                    loss = float(((self.w - TRUE_W) ** 2).sum())
+                    print(
+                        f"ps: {self.updates} updates, |w - w*|^2 = {loss:.5f}, "
+                        f"trainers so far: {sorted(self.contributors)}",
+                        flush=True,
+                    )
+            if self.updates >= STEPS:
+                self.finished.set()
+            return self.finished.is_set()
+
+
+_PS: ParameterServer | None = None
+
+
+def ps_rref() -> rpc.RRef[ParameterServer]:
+    """Runs on the server: hands trainers an RRef to the one ParameterServer."""
+    assert _PS is not None
+    return rpc.RRef(_PS)
+
+
+def _call_get_params(rref: rpc.RRef[ParameterServer]) -> torch.Tensor:
+    return rref.local_value().get_params()
+
+
+def _call_push(rref: rpc.RRef[ParameterServer], trainer: str, grad: torch.Tensor) -> bool:
+    return rref.local_value().push(trainer, grad)
+
+
+def wait_for_peer(name: str, timeout: float = 120.0) -> None:
+    """Trainers may start before the server has joined: wait until it is a member."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rpc.get_worker_info(name)
+            return
+        except RuntimeError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{name} did not join within {timeout}s")
+
+
+def _server_gone() -> bool:
+    try:
+        rpc.get_worker_info(PS_NAME)
+        return False
+    except RuntimeError:
+        return True
+
+
+def run_ps() -> int:
+    global _PS
+    _PS = ParameterServer()
+    rpcjob.init_rpc()
+    _PS.finished.wait()
+    loss = float(((_PS.w - TRUE_W) ** 2).sum())
+    print(f"ps: done after {_PS.updates} updates, final |w - w*|^2 = {loss:.5f}", flush=True)
+    # Trainers see `done` on their next push and leave; leaving ourselves is graceful either way.
+    rpcjob.shutdown()
+    return 0 if loss < 0.5 else 1
+
+
+def run_trainer(name: str) -> int:
+    gen = torch.Generator().manual_seed(hash(name) % 2**31)
+    pending: list[torch.Tensor] = []
+    lock = threading.Lock()
+    state = {"done": False}
+
+    rpcjob.init_rpc()
+    wait_for_peer(PS_NAME)
+    rref = rpc.rpc_sync(PS_NAME, ps_rref)
+
+    def flush() -> None:
+        # Drained (scale-down): hand in the gradient we hold before leaving.
+        with lock:
+            for grad in pending:
+                state["done"] = rpc.rpc_sync(PS_NAME, _call_push, args=(rref, name, grad))
+            pending.clear()
+
+    rpcjob.on_drain(flush)
+    try:
+        while not state["done"]:
+            w = rpc.rpc_sync(PS_NAME, _call_get_params, args=(rref,))
+            x = torch.randn(32, DIM, generator=gen)
+            y = x @ TRUE_W
+            grad = 2 * x.T @ (x @ w - y) / len(x)
+            with lock:
+                pending.append(grad)
+            flush()
+    except RuntimeError as exc:
+        # The server finished and left between our pushes: training is over.
+        if not _server_gone():
+            raise
+        print(f"{name}: server has left ({exc.__class__.__name__}); leaving", flush=True)
+    else:
+        print(f"{name}: server reports done; leaving", flush=True)
+    rpcjob.shutdown()
+    return 0
+
+
+def main() -> int:
+    name = os.environ.get("RPCJOB_WORKER_NAME", "")
+    return run_ps() if name == PS_NAME else run_trainer(name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
