@@ -1,0 +1,60 @@
+"""rpcjob.etcd: our own thin etcd v3 client over grpcio (DESIGN §9).
+
+Sync :class:`Client` and asyncio :class:`AsyncClient` over one set of generated stubs
+(``proto/*.proto``, etcd's own packages and field numbers; stubs in ``_pb/``).
+
+    with Client("127.0.0.1:2379") as c:
+        c.put("k", "v")
+        c.get("k").value  # b"v"
+        c.txn([Compare.version("k", "=", 0)], [Op.put("k", "x")], [Op.get("k")])
+
+Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All errors are
+:class:`EtcdError` subclasses whose messages name the endpoint(s) and the fix.
+"""
+
+from __future__ import annotations
+
+from rpcjob.etcd.aio import AsyncClient, AsyncWatch
+from rpcjob.etcd.client import Client, KeepAlive, Watch
+from rpcjob.etcd.errors import (
+    EtcdAuthError,
+    EtcdCompacted,
+    EtcdError,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+)
+from rpcjob.etcd.values import (
+    KV,
+    Compare,
+    DeleteResult,
+    Lease,
+    Op,
+    PutResult,
+    RangeResult,
+    TxnResult,
+    WatchEvent,
+)
+
+__all__ = [
+    "KV",
+    "AsyncClient",
+    "AsyncWatch",
+    "Client",
+    "Compare",
+    "DeleteResult",
+    "EtcdAuthError",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdTLSError",
+    "EtcdTimeout",
+    "EtcdUnavailable",
+    "KeepAlive",
+    "Lease",
+    "Op",
+    "PutResult",
+    "RangeResult",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+]

@@ -1,0 +1,42 @@
+"""Exceptions raised by :mod:`rpcjob.etcd`.
+
+Every gRPC error is translated at the client boundary (``raise ... from``) into one of these,
+with a message that names the endpoint(s) and the fix. Passwords never appear in messages.
+"""
+
+from __future__ import annotations
+
+
+class EtcdError(RuntimeError):
+    """Base class for every error of the etcd client."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered (connection refused, reset, no leader) within the timeout."""
+
+
+class EtcdAuthError(EtcdError):
+    """Authentication failed (wrong user/password) or the user lacks a permission."""
+
+
+class EtcdTLSError(EtcdUnavailable):
+    """The TLS handshake failed (wrong CA, missing/unknown client certificate, plain server)."""
+
+
+class EtcdTimeout(EtcdError, TimeoutError):
+    """The call did not finish within the timeout.
+
+    For a txn (not idempotent), the outcome is unknown: it may or may not have been applied.
+    """
+
+
+class EtcdCompacted(EtcdError):
+    """A watch asked for a revision that etcd has compacted away.
+
+    ``compact_revision`` is the oldest revision still available; re-read the state and watch
+    again from a revision >= it.
+    """
+
+    def __init__(self, message: str, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
