@@ -86,6 +86,29 @@ ENV_NODE_LABELS = "RPCJOB_NODE_LABELS"
 # Tests only: a hook that kills the process inside the membership critical section.
 ENV_TEST_HOOK = "RPCJOB_TEST_HOOK"
 
+# Operator configuration, set by the Helm chart (charts/rpcjob) on the operator container.
+# The operator command line is kopf-run compatible: `rpcjob-operator --peering=NAME
+# --priority=N --liveness=http://0.0.0.0:<OPERATOR_HEALTH_PORT><OPERATOR_LIVENESS_PATH>
+# (--all-namespaces | --namespace=NS ...)`.
+ENV_DEFAULT_ETCD_ENDPOINTS = "RPCJOB_DEFAULT_ETCD_ENDPOINTS"  # comma-separated; "" = none
+# Secret names (in the job's own namespace) that job pods without spec.etcd mount: TLS (keys
+# ETCD_TLS_*_KEY) and auth (keys ETCD_AUTH_*_KEY). "" = not used.
+ENV_DEFAULT_ETCD_TLS_SECRET = "RPCJOB_DEFAULT_ETCD_TLS_SECRET"
+ENV_DEFAULT_ETCD_AUTH_SECRET = "RPCJOB_DEFAULT_ETCD_AUTH_SECRET"
+ENV_SIDECAR_IMAGE = "RPCJOB_SIDECAR_IMAGE"  # image of the injected sidecar
+ENV_SIDECAR_IMAGE_PULL_POLICY = "RPCJOB_SIDECAR_IMAGE_PULL_POLICY"
+# ServiceAccount set on job pods whose template names none (it may `get nodes`).
+ENV_JOB_SERVICE_ACCOUNT = "RPCJOB_JOB_SERVICE_ACCOUNT"
+ENV_OPERATOR_NAMESPACE = "RPCJOB_OPERATOR_NAMESPACE"  # the operator pod's namespace
+OPERATOR_LIVENESS_PATH = "/healthz"
+DEFAULT_PEERING_NAME = "rpcjob"
+# Keys inside the etcd Secrets (the standard kubernetes.io/tls and basic-auth key names).
+ETCD_TLS_CA_KEY = "ca.crt"
+ETCD_TLS_CERT_KEY = "tls.crt"
+ETCD_TLS_KEY_KEY = "tls.key"
+ETCD_AUTH_USERNAME_KEY = "username"
+ETCD_AUTH_PASSWORD_KEY = "password"
+
 DEFAULT_LEASE_TTL = 10
 DEFAULT_RANK_SPACE = 32768  # torch ranks are int16
 DEFAULT_RPC_TIMEOUT = 60.0
