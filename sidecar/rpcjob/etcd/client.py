@@ -1,12 +1,30 @@
-"""The synchronous etcd v3 client (skeleton: bodies being filled in)."""
+"""The synchronous etcd v3 client."""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import grpc
+
+from rpcjob.contract import (
+    ENV_ETCD_CA,
+    ENV_ETCD_CERT,
+    ENV_ETCD_ENDPOINTS,
+    ENV_ETCD_KEY,
+    ENV_ETCD_PASSWORD,
+    ENV_ETCD_USER,
+)
+from rpcjob.etcd import _convert as cv
+from rpcjob.etcd._conn import Conn
+from rpcjob.etcd._failures import Failure, classify
+from rpcjob.etcd._lease import KeepAlive, LostCallback
+from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
+from rpcjob.etcd._watch import Watch, WatchCallback, WatchErrorCallback, WatchMux
+from rpcjob.etcd.errors import EtcdError
 from rpcjob.etcd.values import (
     KV,
     Bytesish,
@@ -17,54 +35,25 @@ from rpcjob.etcd.values import (
     PutResult,
     RangeResult,
     TxnResult,
-    WatchEvent,
+    to_bytes,
 )
 
-WatchCallback = Callable[[list[WatchEvent]], None]
-WatchErrorCallback = Callable[[BaseException], None]
-LostCallback = Callable[[BaseException | None], None]
+# The generated modules build their classes at run time: mypy sees them as Any.
+pb: Any = _rpc_pb2
 
-
-class Watch:
-    """A handle on one watch of the client's shared watch stream.
-
-    ``done`` is set once the watch ends (cancelled, compacted, client closed); ``error`` then
-    holds the reason when it was not a plain cancel (e.g. :class:`EtcdCompacted`).
-    """
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def cancel(self) -> None:
-        raise NotImplementedError
-
-
-class KeepAlive:
-    """A daemon thread refreshing one lease every TTL/3.
-
-    Loss is reported once: ``lost`` is set and ``on_lost`` called with ``None`` when etcd says
-    the lease is gone (expired or revoked), or with the last error when etcd stayed unreachable
-    for longer than the TTL. The thread ends after a loss or :meth:`stop`.
-    """
-
-    def __init__(self) -> None:
-        self.lost = threading.Event()
-        self.error: BaseException | None = None
-
-    def stop(self) -> None:
-        raise NotImplementedError
+__all__ = ["Client", "KeepAlive", "Watch"]
 
 
 class Client:
     """A thin, thread-safe etcd v3 client over grpcio.
 
-    ``endpoints``: ``"host:port"`` items or one comma-separated string; on UNAVAILABLE the
-    next endpoint is tried. Idempotent calls are retried across endpoints within ``timeout``
-    seconds; a txn is never retried once it may have reached etcd (:class:`EtcdTimeout` says
-    the outcome is unknown). TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate).
-    Auth: ``user`` + ``password``; the token is renewed when etcd rejects it.
-    Fork-safe: a child process builds its own channels on first use.
+    ``endpoints``: ``"host:port"`` items or one comma-separated string; on a connection failure
+    the next endpoint is tried. Idempotent calls (range, put, delete, lease ops) are retried
+    across endpoints within ``timeout`` seconds (or the call's ``timeout=``); a txn is retried
+    only when it certainly never reached etcd, otherwise :class:`EtcdTimeout` says its outcome
+    is unknown. TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user``
+    + ``password``; the token is renewed when etcd rejects it. Fork-safe: a child process builds
+    its own channels (and watch stream) on first use and never touches the inherited ones.
     """
 
     def __init__(
@@ -78,20 +67,35 @@ class Client:
         user: str | None = None,
         password: str | None = None,
     ) -> None:
-        raise NotImplementedError
+        self._conn = Conn(
+            endpoints, timeout=timeout, ca=ca, cert=cert, key=key, user=user, password=password
+        )
+        self._mux = WatchMux(self._conn)
+        self._keepalives: list[KeepAlive] = []
+        self._ka_lock = threading.Lock()
+        self._pid = os.getpid()
 
     @classmethod
     def from_env(cls, endpoints: str | Sequence[str] | None = None, **kw: Any) -> Client:
-        """Build a client from RPCJOB_ETCD_{ENDPOINTS,CA,CERT,KEY,USER,PASSWORD}."""
-        raise NotImplementedError
+        """Build a client from RPCJOB_ETCD_{ENDPOINTS,CA,CERT,KEY,USER,PASSWORD}; keyword
+        arguments override the environment."""
+        return cls(endpoints or os.environ.get(ENV_ETCD_ENDPOINTS, ""), **(env_kwargs() | kw))
 
     @property
     def endpoints(self) -> list[str]:
-        raise NotImplementedError
+        return list(self._conn.endpoints)
+
+    @property
+    def timeout(self) -> float:
+        return self._conn.timeout
 
     # --- KV -----------------------------------------------------------------------------------
-    def get(self, key: Bytesish) -> KV | None:
-        raise NotImplementedError
+    def get(self, key: Bytesish, *, timeout: float | None = None) -> KV | None:
+        r = self._conn.call(
+            "kv", "Range", pb.RangeRequest(key=to_bytes(key)), idempotent=True, op="get",
+            timeout=timeout,
+        )  # fmt: skip
+        return cv.kv(r.kvs[0]) if r.kvs else None
 
     def range(
         self,
@@ -103,40 +107,116 @@ class Client:
         limit: int = 0,
         revision: int = 0,
         range_end: Bytesish | None = None,
+        timeout: float | None = None,
     ) -> RangeResult:
-        raise NotImplementedError
+        """Keys ``key`` (or with ``prefix``, or in ``[key, range_end)``), at ``revision``
+        (0 = latest)."""
+        req = cv.range_request(
+            to_bytes(key),
+            prefix=prefix,
+            range_end=to_bytes(range_end) if range_end is not None else None,
+            keys_only=keys_only,
+            count_only=count_only,
+            limit=limit,
+            revision=revision,
+        )
+        r = self._conn.call("kv", "Range", req, idempotent=True, op="range", timeout=timeout)
+        return cv.range_result(r)
 
-    def get_prefix(self, prefix: Bytesish) -> list[KV]:
-        raise NotImplementedError
+    def get_prefix(self, prefix: Bytesish, *, timeout: float | None = None) -> list[KV]:
+        return self.range(prefix, prefix=True, timeout=timeout).kvs
 
     def put(
-        self, key: Bytesish, value: Bytesish, *, lease: int = 0, prev_kv: bool = False
+        self,
+        key: Bytesish,
+        value: Bytesish,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        timeout: float | None = None,
     ) -> PutResult:
-        raise NotImplementedError
+        req = pb.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease, prev_kv=prev_kv)
+        r = self._conn.call("kv", "Put", req, idempotent=True, op="put", timeout=timeout)
+        return cv.put_result(r)
 
-    def delete(self, key: Bytesish, *, prefix: bool = False, prev_kv: bool = False) -> DeleteResult:
-        raise NotImplementedError
+    def delete(
+        self,
+        key: Bytesish,
+        *,
+        prefix: bool = False,
+        prev_kv: bool = False,
+        timeout: float | None = None,
+    ) -> DeleteResult:
+        req = cv.delete_request(to_bytes(key), prefix, prev_kv)
+        r = self._conn.call("kv", "DeleteRange", req, idempotent=True, op="delete", timeout=timeout)
+        return cv.delete_result(r)
 
     def txn(
-        self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        *,
+        timeout: float | None = None,
     ) -> TxnResult:
-        raise NotImplementedError
+        """Atomically: if every ``compare`` holds, run ``success``, else ``failure``.
+
+        Never retried once it may have reached etcd: on a timeout or a connection lost
+        mid-call :class:`EtcdTimeout` says the outcome is unknown."""
+        req = cv.txn_request(compare, success, failure)
+        r = self._conn.call("kv", "Txn", req, idempotent=False, op="txn", timeout=timeout)
+        return cv.txn_result(r)
 
     # --- leases -------------------------------------------------------------------------------
-    def lease_grant(self, ttl: int, lease_id: int = 0) -> Lease:
-        raise NotImplementedError
+    def lease_grant(self, ttl: int, lease_id: int = 0, *, timeout: float | None = None) -> Lease:
+        req = pb.LeaseGrantRequest(TTL=ttl, ID=lease_id)
+        r = self._conn.call(
+            "lease", "LeaseGrant", req, idempotent=True, op="lease grant", timeout=timeout
+        )
+        if r.error:
+            raise EtcdError(f"etcd refused lease grant (ttl={ttl}): {r.error}")
+        return Lease(r.ID, r.TTL)
 
-    def lease_revoke(self, lease_id: int) -> None:
-        raise NotImplementedError
+    def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """Revoke the lease (its keys are deleted); an unknown lease is not an error."""
+        req = pb.LeaseRevokeRequest(ID=lease_id)
+        try:
+            self._conn.call(
+                "lease", "LeaseRevoke", req, idempotent=True, op="lease revoke", timeout=timeout
+            )
+        except EtcdError as e:
+            if not _lease_not_found(e):
+                raise
 
-    def lease_keepalive_once(self, lease_id: int) -> int:
-        raise NotImplementedError
+    def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Refresh the lease once; returns the remaining TTL, 0 when the lease is gone."""
+        req = pb.LeaseKeepAliveRequest(ID=lease_id)
+        try:
+            r = self._conn.call(
+                "", "keepalive_once", req, idempotent=True, op="lease keepalive", timeout=timeout
+            )
+        except StopIteration:
+            return 0
+        return int(r.TTL)
 
-    def lease_ttl(self, lease_id: int) -> int:
-        raise NotImplementedError
+    def lease_ttl(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Remaining TTL in seconds, -1 when the lease is gone."""
+        req = pb.LeaseTimeToLiveRequest(ID=lease_id)
+        r = self._conn.call(
+            "lease", "LeaseTimeToLive", req, idempotent=True, op="lease ttl", timeout=timeout
+        )
+        return int(r.TTL)
 
     def keepalive(self, lease: Lease, on_lost: LostCallback | None = None) -> KeepAlive:
-        raise NotImplementedError
+        """Refresh ``lease`` every TTL/3 on a daemon thread until stopped or lost (see
+        :class:`KeepAlive`). Keepalives belong to the process that started them: a fork child
+        does not inherit the thread."""
+        ka = KeepAlive(
+            lambda lid, t: self.lease_keepalive_once(lid, timeout=t), lease, on_lost=on_lost
+        )
+        with self._ka_lock:
+            self._keepalives = [k for k in self._keepalives if k.alive] + [ka]
+        return ka
 
     # --- watch --------------------------------------------------------------------------------
     def watch(
@@ -148,21 +228,50 @@ class Client:
         prev_kv: bool = False,
         callback: WatchCallback,
         on_error: WatchErrorCallback | None = None,
+        range_end: Bytesish | None = None,
     ) -> Watch:
-        """Watch ``key`` (or the prefix); ``callback`` gets each batch of events, in order, on
-        the client's watch thread (keep it short; it may call the client). After a stream
-        error the watch resumes from its last seen revision + 1. When the watch cannot
-        continue (compacted: :class:`EtcdCompacted`; permission denied) it ends: ``on_error``
-        is called once, ``Watch.error`` is set and ``Watch.done`` fires."""
-        raise NotImplementedError
+        """Watch ``key`` (or the prefix, or ``[key, range_end)``) from ``start_revision``
+        (0 = from now). Returns at once; events are not lost because the watch starts at the
+        given revision. ``callback`` gets each batch of events in revision order, on the
+        client's watch thread (keep it short; it may call the client). After a stream error
+        the watch resumes from its last seen revision + 1. When it cannot continue
+        (compacted: :class:`EtcdCompacted`; permission denied: :class:`EtcdAuthError`) it
+        ends: ``on_error`` is called once, ``Watch.error`` is set and ``Watch.done`` fires.
+        A fork child that uses the client resumes the inherited watches in the child."""
+        k = to_bytes(key)
+        end = cv.prefix_end(k) if prefix else (to_bytes(range_end) if range_end else b"")
+        w = Watch(self._mux, k, end, start_revision, prev_kv, callback, on_error)
+        self._mux.add(w)
+        return w
 
     # --- maintenance --------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """``{"endpoint", "leader", "member_id", "revision", "version", "db_size"}``."""
-        raise NotImplementedError
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"endpoint", "leader", "member_id", "revision", "raft_term", "version",
+        "db_size"}`` of the endpoint in use."""
+        r = self._conn.call(
+            "maintenance", "Status", pb.StatusRequest(), idempotent=True, op="status",
+            timeout=timeout,
+        )  # fmt: skip
+        return cv.status_dict(self._conn.current().address, r)
+
+    def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Compact the history up to ``revision`` (tests and maintenance)."""
+        req = pb.CompactionRequest(revision=revision, physical=physical)
+        self._conn.call("kv", "Compact", req, idempotent=True, op="compact")
+
+    def auth_call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
+        return self._conn.call("auth", method, request, idempotent=True, op=f"auth {method}",
+                               timeout=timeout)  # fmt: skip
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Stop the watch stream and keepalives, close the channels. Idempotent."""
+        self._mux.close()
+        with self._ka_lock:
+            kas, self._keepalives = self._keepalives, []
+        for ka in kas:
+            ka.stop()
+        self._conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -171,3 +280,23 @@ class Client:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def env_kwargs() -> dict[str, Any]:
+    """Client keyword arguments from RPCJOB_ETCD_{CA,CERT,KEY,USER,PASSWORD} (unset: None)."""
+    env = os.environ
+    return {
+        "ca": env.get(ENV_ETCD_CA) or None,
+        "cert": env.get(ENV_ETCD_CERT) or None,
+        "key": env.get(ENV_ETCD_KEY) or None,
+        "user": env.get(ENV_ETCD_USER) or None,
+        "password": env.get(ENV_ETCD_PASSWORD) or None,
+    }
+
+
+def _lease_not_found(e: EtcdError) -> bool:
+    cause = e.__cause__
+    if not isinstance(cause, grpc.RpcError):
+        return False
+    details = cause.details() or ""
+    return classify(cause.code(), details, have_user=False) is Failure.LEASE_NOT_FOUND

@@ -1,0 +1,319 @@
+"""Endpoints, channels, auth tokens and the retry loop shared by the sync client's parts.
+
+One gRPC channel per endpoint, built lazily, with stubs built once per channel. Calls go to the
+current endpoint; a connection failure moves to the next one (no blacklisting: a restarted
+etcd is used again at once, because a failed endpoint's channel is replaced by a fresh one
+instead of waiting out gRPC's reconnect backoff). Fork safety: channels remember the pid that
+built them; a child process builds its own and never touches the inherited ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from rpcjob.contract import ENV_ETCD_CA, ENV_ETCD_CERT, ENV_ETCD_KEY
+from rpcjob.etcd import _failures as fl
+from rpcjob.etcd._failures import Failure
+from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
+from rpcjob.etcd._pb import rpc_pb2_grpc as _rpc_pb2_grpc
+from rpcjob.etcd.errors import EtcdError
+
+# The generated modules build their classes at run time: mypy sees them as Any.
+pb: Any = _rpc_pb2
+pbg: Any = _rpc_pb2_grpc
+
+log = logging.getLogger("rpcjob.etcd")
+
+# Keep the failed endpoint's replacement channel from sharing the old one's subchannel (and its
+# reconnect backoff); cap gRPC's own backoff so that a channel recovers quickly as well.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+RETRY_BACKOFF = (0.02, 0.5)  # seconds, between rounds over all endpoints
+
+# Channels inherited across fork must never be used, closed or garbage-collected (that runs
+# gRPC code) in the child: they are parked here for the rest of the child's life.
+_INHERITED: list[Any] = []
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out = []
+    for raw in items:
+        ep = raw.strip()
+        for scheme in ("http://", "https://"):
+            ep = ep.removeprefix(scheme)
+        ep = ep.rstrip("/")
+        if not ep:
+            continue
+        host, sep, port = ep.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(
+                f"etcd endpoint {raw.strip()!r} is invalid: use host:port (e.g. 127.0.0.1:2379), "
+                "several separated by commas"
+            )
+        out.append(ep)
+    if not out:
+        raise ValueError("no etcd endpoint given: pass host:port items (RPCJOB_ETCD_ENDPOINTS)")
+    return out
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise EtcdError(f"cannot read the etcd {what} file {path!r} ({e.strerror})") from e
+
+
+def credentials(
+    ca: str | None, cert: str | None, key: str | None
+) -> grpc.ChannelCredentials | None:
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise EtcdError(
+            f"etcd client certificate needs both {ENV_ETCD_CERT} (cert=) and {ENV_ETCD_KEY} "
+            "(key=); only one was given"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, f"CA ({ENV_ETCD_CA})"),
+        private_key=_read(key, f"client key ({ENV_ETCD_KEY})"),
+        certificate_chain=_read(cert, f"client certificate ({ENV_ETCD_CERT})"),
+    )
+
+
+@dataclass
+class Endpoint:
+    """One endpoint's channel and stubs, valid in the process ``pid`` only."""
+
+    address: str
+    channel: grpc.Channel
+    pid: int
+    kv: Any = field(init=False)
+    watch: Any = field(init=False)
+    lease: Any = field(init=False)
+    auth: Any = field(init=False)
+    maintenance: Any = field(init=False)
+    token: str | None = None
+    metadata: tuple[tuple[str, str], ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.kv = pbg.KVStub(self.channel)
+        self.watch = pbg.WatchStub(self.channel)
+        self.lease = pbg.LeaseStub(self.channel)
+        self.auth = pbg.AuthStub(self.channel)
+        self.maintenance = pbg.MaintenanceStub(self.channel)
+
+    def keepalive_once(self, request: Any, timeout: float, metadata: Any) -> Any:
+        """One LeaseKeepAlive round trip on a short-lived stream."""
+        call = self.lease.LeaseKeepAlive(iter((request,)), timeout=timeout, metadata=metadata)
+        try:
+            return next(call)
+        finally:
+            call.cancel()
+
+    def set_token(self, token: str | None) -> None:
+        self.token = token
+        self.metadata = (("token", token),) if token else None
+
+
+_LIVE: weakref.WeakSet[Conn] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for conn in list(_LIVE):
+        conn.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Conn:
+    """The endpoints of one client and the retry loop around each call."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float,
+        ca: str | None,
+        cert: str | None,
+        key: str | None,
+        user: str | None,
+        password: str | None,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        if timeout <= 0:
+            raise ValueError(f"etcd client timeout must be > 0 seconds, got {timeout}")
+        if bool(user) != bool(password) and user:
+            raise EtcdError(f"etcd user {user!r} given without a password (RPCJOB_ETCD_PASSWORD)")
+        self.timeout = float(timeout)
+        self.user = user or None
+        self._password = password or None
+        self._creds = credentials(ca, cert, key)
+        self._lock = threading.Lock()
+        self._eps: list[Endpoint | None] = [None] * len(self.endpoints)
+        self._cur = 0
+        self._pid = os.getpid()
+        self.closed = False
+        self.fork_hooks: list[Callable[[], None]] = []
+        _LIVE.add(self)
+
+    # --- channels -----------------------------------------------------------------------------
+    def forked(self) -> None:
+        """In a fork child: drop (never use) the parent's channels; rebuild on demand."""
+        self._lock = threading.Lock()
+        _INHERITED.extend(ep for ep in self._eps if ep is not None)
+        self._eps = [None] * len(self.endpoints)
+        self._pid = os.getpid()
+        for hook in self.fork_hooks:
+            hook()
+
+    def _build(self, i: int) -> Endpoint:
+        addr = self.endpoints[i]
+        if self._creds is not None:
+            ch = grpc.secure_channel(addr, self._creds, options=CHANNEL_OPTIONS)
+        else:
+            ch = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+        return Endpoint(addr, ch, os.getpid())
+
+    def current(self) -> Endpoint:
+        if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)
+            self.forked()
+        ep = self._eps[self._cur]
+        if ep is None:
+            with self._lock:
+                ep = self._eps[self._cur]
+                if ep is None:
+                    ep = self._eps[self._cur] = self._build(self._cur)
+        return ep
+
+    def failed(self, ep: Endpoint) -> None:
+        """``ep`` could not be reached: replace its channel, move on to the next endpoint."""
+        with self._lock:
+            for i, e in enumerate(self._eps):
+                if e is ep:
+                    self._eps[i] = None  # dropped, not closed: in-flight calls keep it alive
+                    if i == self._cur:
+                        self._cur = (i + 1) % len(self._eps)
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            eps, self._eps = self._eps, [None] * len(self.endpoints)
+        if self._pid == os.getpid():
+            for ep in eps:
+                if ep is not None:
+                    ep.channel.close()
+
+    # --- auth ---------------------------------------------------------------------------------
+    def authenticate(self, ep: Endpoint, deadline: float) -> None:
+        """Get a token for ``ep`` (simple tokens are per member, so per endpoint)."""
+        if not self.user:
+            return
+        req = pb.AuthenticateRequest(name=self.user, password=self._password or "")
+        resp = ep.auth.Authenticate(req, timeout=max(deadline - time.monotonic(), 0.001))
+        ep.set_token(resp.token)
+
+    # --- calls --------------------------------------------------------------------------------
+    def call(
+        self,
+        stub: str,
+        method: str,
+        request: Any,
+        *,
+        idempotent: bool,
+        op: str,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one unary request with failover; translate failures into EtcdError."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        reauthed = False
+        tried = 0
+        backoff = RETRY_BACKOFF[0]
+        while True:
+            if self.closed:
+                raise EtcdError(f"{op}: the etcd client is closed")
+            ep = self.current()
+            try:
+                if self.user and ep.token is None:
+                    self.authenticate(ep, deadline)
+                fn = getattr(getattr(ep, stub) if stub else ep, method)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _deadline_error(ep, op, budget, idempotent)
+                return fn(request, timeout=remaining, metadata=ep.metadata)
+            except grpc.RpcError as e:
+                err: grpc.RpcError = e
+                code, details = e.code(), e.details() or ""
+            f = fl.classify(code, details, have_user=bool(self.user))
+            if f is Failure.REAUTH and not reauthed:
+                reauthed = True
+                ep.set_token(None)
+                continue
+            if f is Failure.AUTH_DISABLED:
+                ep.set_token("")  # etcd has auth off: go on without a token
+                self.user = None
+                continue
+            if f is Failure.TLS:
+                self.failed(ep)
+                tried += 1
+                if tried >= len(self.endpoints):
+                    raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+                continue
+            if not idempotent and f in (Failure.BROKEN, Failure.DEADLINE):
+                raise fl.txn_unknown(
+                    details, endpoint=ep.address, timeout=budget, deadline=f is Failure.DEADLINE
+                ) from err
+            if fl.retryable(f, idempotent=idempotent):
+                self.failed(ep)
+                tried += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+                if tried % len(self.endpoints) == 0:  # a full round failed: back off
+                    time.sleep(min(backoff, remaining))
+                    backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                continue
+            raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+
+    def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:
+        return {
+            "endpoint": ep.address,
+            "endpoints": self.endpoints,
+            "op": op,
+            "timeout": budget,
+            "user": self.user,
+        }
+
+
+def _deadline_error(ep: Endpoint, op: str, budget: float, idempotent: bool) -> EtcdError:
+    return fl.error_for(
+        Failure.DEADLINE,
+        "deadline passed before the call could be sent",
+        endpoint=ep.address,
+        endpoints=[ep.address],
+        op=op,
+        timeout=budget,
+        user=None,
+    )

@@ -1,0 +1,165 @@
+"""Pure decisions about gRPC failures: what kind of failure it is, whether a call may be
+retried, and the person-readable error it becomes.
+
+Kept free of I/O so that the table-driven tests can pin every case (tests/test_etcd_failures.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import grpc
+
+from rpcjob.contract import (
+    ENV_ETCD_CA,
+    ENV_ETCD_CERT,
+    ENV_ETCD_ENDPOINTS,
+    ENV_ETCD_KEY,
+    ENV_ETCD_PASSWORD,
+    ENV_ETCD_USER,
+)
+from rpcjob.etcd.errors import (
+    EtcdAuthError,
+    EtcdCompacted,
+    EtcdError,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+)
+
+
+class Failure(enum.Enum):
+    CONNECT = "connect"  # never reached etcd: safe to retry anything on another endpoint
+    TLS = "tls"  # handshake failed: a configuration problem, retrying will not help
+    BROKEN = "broken"  # the call may have reached etcd: retry idempotent calls only
+    DEADLINE = "deadline"  # our deadline passed: outcome unknown
+    REAUTH = "reauth"  # etcd rejected the token: authenticate again, then retry
+    AUTH_FAILED = "auth_failed"  # wrong user or password
+    AUTH_REQUIRED = "auth_required"  # etcd has auth enabled, we have no user
+    AUTH_DISABLED = "auth_disabled"  # we have a user, etcd has auth off: go on without token
+    PERMISSION = "permission"
+    COMPACTED = "compacted"
+    LEASE_NOT_FOUND = "lease_not_found"
+    CANCELLED = "cancelled"  # the client was closed
+    OTHER = "other"  # etcd refused the request (bad argument, too many ops, ...)
+
+
+_TLS_RE = re.compile(r"ssl|tls|handshake|certificate|x509", re.IGNORECASE)
+_CONNECT_RE = re.compile(
+    r"failed to connect|connection refused|connect failed|dns resolution|no address|"
+    r"name resolution|unreachable|failed to pick",
+    re.IGNORECASE,
+)
+
+
+def classify(code: grpc.StatusCode | None, details: str, *, have_user: bool) -> Failure:
+    d = details or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if _TLS_RE.search(d):
+            return Failure.TLS
+        if _CONNECT_RE.search(d):
+            return Failure.CONNECT
+        return Failure.BROKEN
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Failure.DEADLINE
+    if code == grpc.StatusCode.CANCELLED:
+        return Failure.CANCELLED
+    if "invalid auth token" in d or "revision of auth store is old" in d:
+        return Failure.REAUTH
+    if "user name is empty" in d:
+        # etcd got no token although auth is on: ours was dropped (e.g. etcd restarted).
+        return Failure.REAUTH if have_user else Failure.AUTH_REQUIRED
+    if "authentication failed" in d:
+        return Failure.AUTH_FAILED
+    if "authentication is not enabled" in d:
+        return Failure.AUTH_DISABLED
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in d:
+        return Failure.PERMISSION
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Failure.REAUTH
+    if "compacted" in d:
+        return Failure.COMPACTED
+    if "lease not found" in d:
+        return Failure.LEASE_NOT_FOUND
+    return Failure.OTHER
+
+
+def retryable(f: Failure, *, idempotent: bool) -> bool:
+    """May the same request be sent again (to the same or another endpoint)?"""
+    if f is Failure.CONNECT:
+        return True
+    return idempotent and f is Failure.BROKEN
+
+
+def short(details: str) -> str:
+    """gRPC's details without the 'failed to connect to all addresses; last error' noise."""
+    d = (details or "").strip()
+    d = re.sub(r"^failed to connect to all addresses; last error: ", "", d)
+    return d[:300]
+
+
+def error_for(
+    f: Failure,
+    details: str,
+    *,
+    endpoint: str,
+    endpoints: list[str],
+    op: str,
+    timeout: float,
+    user: str | None,
+) -> EtcdError:
+    """The exception a failure becomes, with a message naming the endpoint(s) and the fix."""
+    d = short(details)
+    if f is Failure.TLS:
+        return EtcdTLSError(
+            f"TLS handshake with etcd at {endpoint} failed ({d}): check {ENV_ETCD_CA} (the CA "
+            f"that signed the server certificate), {ENV_ETCD_CERT}/{ENV_ETCD_KEY} (the client "
+            "certificate, when etcd runs with --client-cert-auth) and that the endpoint serves TLS"
+        )
+    if f in (Failure.CONNECT, Failure.BROKEN):
+        where = (
+            f"etcd at {endpoint} unreachable"
+            if len(endpoints) == 1
+            else f"etcd unreachable at every endpoint ({', '.join(endpoints)}; last {endpoint})"
+        )
+        return EtcdUnavailable(
+            f"{where}: {op} failed for {timeout:g}s ({d}): check that etcd runs and that "
+            f"{ENV_ETCD_ENDPOINTS} lists reachable host:port endpoints"
+        )
+    if f is Failure.DEADLINE:
+        return EtcdTimeout(f"{op} on etcd at {endpoint} timed out after {timeout:g}s ({d})")
+    if f is Failure.AUTH_FAILED:
+        return EtcdAuthError(
+            f"authentication failed for user {user!r} at etcd {endpoint}: wrong password "
+            f"({ENV_ETCD_PASSWORD}) or unknown user ({ENV_ETCD_USER})"
+        )
+    if f is Failure.AUTH_REQUIRED:
+        return EtcdAuthError(
+            f"etcd at {endpoint} requires authentication: set {ENV_ETCD_USER} and "
+            f"{ENV_ETCD_PASSWORD} (or pass user=/password=)"
+        )
+    if f is Failure.PERMISSION:
+        who = f"user {user!r}" if user else "this client"
+        return EtcdAuthError(
+            f"etcd at {endpoint} denied {op} to {who} ({d}): grant the user's role access to "
+            "the key range (etcdctl role grant-permission)"
+        )
+    if f is Failure.REAUTH:
+        return EtcdAuthError(
+            f"etcd at {endpoint} rejected the auth token again right after re-authenticating "
+            f"({d}) during {op}"
+        )
+    if f is Failure.COMPACTED:
+        return EtcdCompacted(f"{op} on etcd at {endpoint}: {d}", 0)
+    if f is Failure.CANCELLED:
+        return EtcdError(f"{op} on etcd at {endpoint} was cancelled (client closed?) ({d})")
+    return EtcdError(f"etcd at {endpoint} refused {op}: {d}")
+
+
+def txn_unknown(details: str, *, endpoint: str, timeout: float, deadline: bool) -> EtcdTimeout:
+    why = f"timed out after {timeout:g}s" if deadline else "lost its connection mid-call"
+    return EtcdTimeout(
+        f"txn on etcd at {endpoint} {why} ({short(details)}); its outcome is unknown (it may "
+        "have been applied), so it was not retried: re-read the keys before trying again"
+    )
