@@ -1,0 +1,1 @@
+"""End-to-end test infrastructure: the local cluster (emulated API server + process kubelet)."""
