@@ -14,7 +14,7 @@ Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All
 
 from __future__ import annotations
 
-from rpcjob.etcd.aio import AsyncClient, AsyncWatch
+from rpcjob.etcd.aio import AsyncClient, AsyncKeepAlive, AsyncWatch
 from rpcjob.etcd.client import Client, KeepAlive, Watch
 from rpcjob.etcd.errors import (
     EtcdAuthError,
@@ -39,6 +39,7 @@ from rpcjob.etcd.values import (
 __all__ = [
     "KV",
     "AsyncClient",
+    "AsyncKeepAlive",
     "AsyncWatch",
     "Client",
     "Compare",

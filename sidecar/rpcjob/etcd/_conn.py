@@ -22,7 +22,7 @@ import grpc
 
 from rpcjob.contract import ENV_ETCD_CA, ENV_ETCD_CERT, ENV_ETCD_KEY
 from rpcjob.etcd import _failures as fl
-from rpcjob.etcd._failures import Failure
+from rpcjob.etcd._failures import Action, Failure
 from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
 from rpcjob.etcd._pb import rpc_pb2_grpc as _rpc_pb2_grpc
 from rpcjob.etcd.errors import EtcdError
@@ -267,34 +267,30 @@ class Conn:
                 err: grpc.RpcError = e
                 code, details = e.code(), e.details() or ""
             f = fl.classify(code, details, have_user=bool(self.user))
-            if f is Failure.REAUTH and not reauthed:
+            action = fl.decide(
+                f, idempotent=idempotent, reauthed=reauthed, tried=tried, n_endpoints=len(self._eps)
+            )
+            if action is Action.REAUTH:
                 reauthed = True
                 ep.set_token(None)
                 continue
-            if f is Failure.AUTH_DISABLED:
+            if action is Action.DROP_AUTH:
                 ep.set_token("")  # etcd has auth off: go on without a token
                 self.user = None
                 continue
-            if f is Failure.TLS:
-                self.failed(ep)
-                tried += 1
-                if tried >= len(self.endpoints):
-                    raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
-                continue
-            if not idempotent and f in (Failure.BROKEN, Failure.DEADLINE):
+            if action is Action.UNKNOWN:
                 raise fl.txn_unknown(
                     details, endpoint=ep.address, timeout=budget, deadline=f is Failure.DEADLINE
                 ) from err
-            if fl.retryable(f, idempotent=idempotent):
+            if action in (Action.FAILOVER, Action.RETRY):
                 self.failed(ep)
                 tried += 1
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
-                if tried % len(self.endpoints) == 0:  # a full round failed: back off
-                    time.sleep(min(backoff, remaining))
-                    backoff = min(backoff * 2, RETRY_BACKOFF[1])
-                continue
+                if action is Action.FAILOVER or remaining > 0:
+                    if action is Action.RETRY and tried % len(self._eps) == 0:
+                        time.sleep(min(backoff, remaining))  # a full round failed: back off
+                        backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                    continue
             raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
 
     def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:

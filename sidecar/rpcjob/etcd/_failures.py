@@ -92,6 +92,30 @@ def retryable(f: Failure, *, idempotent: bool) -> bool:
     return idempotent and f is Failure.BROKEN
 
 
+class Action(enum.Enum):
+    REAUTH = "reauth"  # drop the token, authenticate again, send again
+    DROP_AUTH = "drop_auth"  # etcd has auth disabled: send again without a token
+    FAILOVER = "failover"  # next endpoint at once (TLS: no backoff, one round only)
+    RETRY = "retry"  # next endpoint, backing off after each full round, until the deadline
+    UNKNOWN = "unknown"  # a txn that may have been applied: raise EtcdTimeout, never resend
+    RAISE = "raise"
+
+
+def decide(f: Failure, *, idempotent: bool, reauthed: bool, tried: int, n_endpoints: int) -> Action:
+    """What the retry loop does after failure ``f`` (``tried`` endpoints failed before)."""
+    if f is Failure.REAUTH and not reauthed:
+        return Action.REAUTH
+    if f is Failure.AUTH_DISABLED:
+        return Action.DROP_AUTH
+    if f is Failure.TLS:
+        return Action.FAILOVER if tried + 1 < n_endpoints else Action.RAISE
+    if not idempotent and f in (Failure.BROKEN, Failure.DEADLINE):
+        return Action.UNKNOWN
+    if retryable(f, idempotent=idempotent):
+        return Action.RETRY
+    return Action.RAISE
+
+
 def short(details: str) -> str:
     """gRPC's details without the 'failed to connect to all addresses; last error' noise."""
     d = (details or "").strip()

@@ -185,7 +185,7 @@ class Client:
                 "lease", "LeaseRevoke", req, idempotent=True, op="lease revoke", timeout=timeout
             )
         except EtcdError as e:
-            if not _lease_not_found(e):
+            if not lease_not_found(e):
                 raise
 
     def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
@@ -294,7 +294,7 @@ def env_kwargs() -> dict[str, Any]:
     }
 
 
-def _lease_not_found(e: EtcdError) -> bool:
+def lease_not_found(e: EtcdError) -> bool:
     cause = e.__cause__
     if not isinstance(cause, grpc.RpcError):
         return False
