@@ -72,6 +72,9 @@ ENV_ETCD_PASSWORD = "RPCJOB_ETCD_PASSWORD"  # never logged, never in a URL
 # Job shape, so that device maps can be declared for every slot the job can ever have.
 ENV_SLOTS = "RPCJOB_SLOTS"  # JSON: {"role": maxReplicas, ...}
 ENV_GPUS = "RPCJOB_GPUS"  # the role's nvidia.com/gpu request (int), "" when none
+# Every role's nvidia.com/gpu request per replica, JSON {"role": n, ...}: device maps are
+# pre-declared to every slot, and a map may only target GPUs the slot's role requests.
+ENV_ROLE_GPUS = "RPCJOB_ROLE_GPUS"
 # RPC options.
 ENV_RPC_TIMEOUT = "RPCJOB_RPC_TIMEOUT"  # seconds
 ENV_RPC_THREADS = "RPCJOB_RPC_THREADS"
@@ -85,6 +88,15 @@ ENV_NODE_LABELS_FILE = "RPCJOB_NODE_LABELS_FILE"
 ENV_NODE_LABELS = "RPCJOB_NODE_LABELS"
 # Tests only: a hook that kills the process inside the membership critical section.
 ENV_TEST_HOOK = "RPCJOB_TEST_HOOK"
+# Sidecar: how long SIGTERM waits for the worker to drain and leave before revoking the lease.
+ENV_DRAIN_GRACE = "RPCJOB_DRAIN_GRACE"  # seconds
+# Local execution (process kubelet in e2e/, `rpcjob run`): processes cannot mount volumes, so
+# the executor rewrites volume mount paths in env values, command, args and workingDir, and
+# exports the mapping {mountPath: hostDir} as JSON in ENV_LOCAL_MOUNTS. Code that builds a path
+# from a constant (e.g. SOCKET_DIR) instead of reading it from env resolves it with local_path().
+# ENV_LOCAL_POD_IP is the pod's own loopback IP (127.0.0.N): bind there, not to 0.0.0.0.
+ENV_LOCAL_MOUNTS = "RPCJOB_LOCAL_MOUNTS"
+ENV_LOCAL_POD_IP = "RPCJOB_LOCAL_POD_IP"
 
 # Operator configuration, set by the Helm chart (charts/rpcjob) on the operator container.
 # The operator command line is kopf-run compatible: `rpcjob-operator --peering=NAME
@@ -113,6 +125,7 @@ DEFAULT_LEASE_TTL = 10
 DEFAULT_RANK_SPACE = 32768  # torch ranks are int16
 DEFAULT_RPC_TIMEOUT = 60.0
 DEFAULT_RPC_THREADS = 16
+DEFAULT_DRAIN_GRACE = 25.0  # below Kubernetes' default terminationGracePeriodSeconds (30)
 
 # --- naming ----------------------------------------------------------------------------------
 ROLE_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -162,6 +175,25 @@ def parse_worker_name(name: str) -> tuple[str, int]:
 def pod_name(job: str, role: str, index: int) -> str:
     """Pod name of a slot: ``<job>-<role>-<index>``."""
     return f"{job}-{role}-{index}"
+
+
+def local_path(path: str, environ: dict[str, str] | None = None) -> str:
+    """Map a container path to the host path under a local executor (identity in a real pod).
+
+    Uses the longest mount path of ENV_LOCAL_MOUNTS that is ``path`` or a parent of it.
+    """
+    import json
+    import os
+
+    raw = (os.environ if environ is None else environ).get(ENV_LOCAL_MOUNTS)
+    if not raw:
+        return path
+    mounts: dict[str, str] = json.loads(raw)
+    for mount in sorted(mounts, key=len, reverse=True):
+        base = mount.rstrip("/")
+        if path == base or path.startswith(base + "/"):
+            return mounts[mount].rstrip("/") + path[len(base) :]
+    return path
 
 
 def socket_path(socket_dir: str = SOCKET_DIR) -> str:
@@ -227,6 +259,27 @@ class JobKeys:
     @property
     def election(self) -> str:
         return self.root + "election/cleanup"
+
+    # Crash eviction (sidecar): the elected cleaner publishes one request per dead torch
+    # identity ``<worker>-<rank>``; every live incarnation acks under it (bound to its lease).
+    @property
+    def evicts(self) -> str:
+        return self.root + "evict/"
+
+    def evict(self, worker: str, rank: int) -> str:
+        return f"{self.evicts}{worker}-{rank}"
+
+    @property
+    def evict_acks(self) -> str:
+        return self.root + "evicted/"
+
+    def evict_ack(self, worker: str, rank: int, acker_rank: int) -> str:
+        return f"{self.evict_acks}{worker}-{rank}/{acker_rank}"
+
+    # Token values the cleaner took over from dead holders; their waiter keys get "Done".
+    @property
+    def token_waiters(self) -> str:
+        return self.root + "cleanup-waiters/"
 
 
 def job_prefix(namespace: str, name: str) -> str:
