@@ -12,8 +12,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 INSTALL_HINT = (
     "the 'etcd' binary was not found on PATH; rpcjob needs etcd v3 (3.4 or newer). "
@@ -21,6 +23,12 @@ INSTALL_HINT = (
     "'brew install etcd' (macOS), or download a release from https://etcd.io and put 'etcd' "
     "on PATH"
 )
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    from rpcjob.etcd._convert import prefix_end
+
+    return prefix_end(prefix)
 
 
 class EtcdNotFound(RuntimeError):
@@ -55,6 +63,10 @@ class EmbeddedEtcd:
     data_dir: str | None = None
     port: int = 0
     peer_port: int = 0
+    # Extra etcd flags, e.g. ["--auth-token-ttl", "2"] (tests of token expiry).
+    extra_args: list[str] = field(default_factory=list)
+    # Set by enable_auth(): how clients authenticate (user, password); never logged.
+    auth: tuple[str, str] | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
     _log: Path | None = field(default=None, repr=False)
@@ -101,6 +113,7 @@ class EmbeddedEtcd:
             args += ["--trusted-ca-file", self.tls.ca]
             if self.tls.client_cert_auth:
                 args += ["--client-cert-auth"]
+        args += self.extra_args
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
         self._log = Path(self.data_dir) / "etcd.log"
         with open(self._log, "ab") as log:
@@ -148,6 +161,52 @@ class EmbeddedEtcd:
         self.stop()
         if self._own_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def client_kwargs(self, client_tls: tuple[str, str] | None = None) -> dict[str, str]:
+        """Keyword arguments for ``rpcjob.etcd.Client`` (CA, the client certificate and key
+        given as ``client_tls``, user/password once auth is enabled)."""
+        kw: dict[str, str] = {}
+        if self.tls:
+            kw["ca"] = self.tls.ca
+        if client_tls:
+            kw["cert"], kw["key"] = client_tls
+        if self.auth:
+            kw["user"], kw["password"] = self.auth
+        return kw
+
+    def enable_auth(
+        self,
+        root_password: str,
+        *,
+        users: Sequence[tuple[str, str, str]] = (),
+        client_tls: tuple[str, str] | None = None,
+    ) -> None:
+        """Turn on etcd authentication: user ``root`` (role root) with ``root_password``, plus
+        ``users`` as (name, password, key prefix) with read-write access to their prefix.
+        Clients then need ``user``/``password`` (see client_kwargs)."""
+        from rpcjob.etcd import Client
+        from rpcjob.etcd._pb import auth_pb2, rpc_pb2
+
+        pb: Any = rpc_pb2  # generated classes: Any for mypy
+        authpb: Any = auth_pb2
+
+        with Client(self.endpoint, **self.client_kwargs(client_tls)) as c:
+            c.auth_call("UserAdd", pb.AuthUserAddRequest(name="root", password=root_password))
+            c.auth_call("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root"))
+            for name, password, prefix in users:
+                perm = authpb.Permission(
+                    permType=authpb.Permission.READWRITE,
+                    key=prefix.encode(),
+                    range_end=_prefix_end(prefix.encode()),
+                )
+                c.auth_call("RoleAdd", pb.AuthRoleAddRequest(name=name))
+                c.auth_call(
+                    "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(name=name, perm=perm)
+                )
+                c.auth_call("UserAdd", pb.AuthUserAddRequest(name=name, password=password))
+                c.auth_call("UserGrantRole", pb.AuthUserGrantRoleRequest(user=name, role=name))
+            c.auth_call("AuthEnable", pb.AuthEnableRequest())
+        self.auth = ("root", root_password)
 
     @property
     def pid(self) -> int | None:
