@@ -162,10 +162,10 @@ class EmbeddedEtcd:
         if self._own_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def client_kwargs(self, client_tls: tuple[str, str] | None = None) -> dict[str, str]:
+    def client_kwargs(self, client_tls: tuple[str, str] | None = None) -> dict[str, Any]:
         """Keyword arguments for ``rpcjob.etcd.Client`` (CA, the client certificate and key
         given as ``client_tls``, user/password once auth is enabled)."""
-        kw: dict[str, str] = {}
+        kw: dict[str, Any] = {}
         if self.tls:
             kw["ca"] = self.tls.ca
         if client_tls:
