@@ -11,7 +11,12 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from helm_chart import CHART, REPO, documents, find
+
+# tests/ may or may not be a package (pytest's rootdir import either way).
+try:
+    from .helm_chart import CHART, REPO, documents, find
+except ImportError:
+    from helm_chart import CHART, REPO, documents, find  # type: ignore[no-redef]
 
 from rpcjob import contract
 

@@ -5,17 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helm_chart import (
-    CHART,
-    CI_VALUES,
-    DEFAULT_NAMESPACE,
-    Rule,
-    allows,
-    documents,
-    find,
-    rbac_rules,
-    request_rule,
-)
+
+# tests/ may or may not be a package (pytest's rootdir import either way).
+try:
+    from .helm_chart import (
+        CHART,
+        CI_VALUES,
+        DEFAULT_NAMESPACE,
+        Rule,
+        allows,
+        documents,
+        find,
+        rbac_rules,
+        request_rule,
+    )
+except ImportError:
+    from helm_chart import (
+        CHART,
+        CI_VALUES,
+        DEFAULT_NAMESPACE,
+        Rule,
+        allows,
+        documents,
+        find,
+        rbac_rules,
+        request_rule,
+    )  # type: ignore[no-redef]
 
 OPERATOR_SA = "rpcjob-operator"
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
