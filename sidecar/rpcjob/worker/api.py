@@ -1,0 +1,294 @@
+"""The user API: ``rpcjob.init_rpc()``, ``rpcjob.shutdown()``, ``rpcjob.on_drain(cb)``.
+
+``init_rpc`` asks the pod's sidecar who this worker is, initialises CUDA on its devices, builds
+the EtcdStore and joins torch's dynamic RPC group (``world_size=None``) with device maps
+declared for every slot the job can have. Afterwards a background thread applies the
+sidecar's membership events (evictions of crashed peers, device re-application after joins and
+leaves). A failed join is cleaned up and retried with a fresh rank. SIGTERM (or the sidecar's
+DRAIN) runs the drain callbacks, leaves gracefully and exits 0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rpcjob import contract
+from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
+from rpcjob.worker.client import Session, SidecarClient, SidecarNotFound
+from rpcjob.worker.events import MembershipApplier, TorchOps, fatal
+
+pb: Any = _pb2  # generated code is untyped
+
+__all__ = ["JoinFailed", "SidecarNotFound", "init_rpc", "on_drain", "shutdown"]
+
+log = logging.getLogger("rpcjob.worker")
+R = pb.WorkerReport
+DEFAULT_JOIN_ATTEMPTS = 10
+DEFAULT_METRICS_INTERVAL_S = 10.0
+EXIT_LOST_SIDECAR = 1
+EXIT_EVICTED = 1
+
+
+class JoinFailed(RuntimeError):
+    """Every join attempt failed."""
+
+
+class _Worker:
+    """Process-wide state of the one incarnation that is joined now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.drain_callbacks: list[Callable[[], None]] = []
+        self.client: SidecarClient | None = None
+        self.session: Session | None = None
+        self.identity: Any = None
+        self.store: Any = None
+        self.applier: MembershipApplier | None = None
+        self.joined = False
+        self.leaving = False
+        self.stop = threading.Event()
+
+
+_w = _Worker()
+
+
+def on_drain(callback: Callable[[], None]) -> Callable[[], None]:
+    """Run ``callback`` before the graceful leave on SIGTERM or the sidecar's DRAIN.
+
+    Callbacks run in registration order on a background thread, while this worker is still
+    a member (RPCs to peers work). Usable as a decorator.
+    """
+    _w.drain_callbacks.append(callback)
+    return callback
+
+
+def init_rpc(
+    *,
+    socket: str | None = None,
+    timeout: float | None = None,
+    join_attempts: int = DEFAULT_JOIN_ATTEMPTS,
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL_S,
+    install_sigterm: bool = True,
+    **rpc_options_overrides: Any,
+) -> Any:
+    """Join the job's RPC group; returns the sidecar's Identity (``.worker_name``, ``.rank``).
+
+    ``timeout`` bounds each Hello to the sidecar (default 60 s: it may still be starting).
+    ``rpc_options_overrides`` go to ``TensorPipeRpcBackendOptions`` (e.g. ``_transports``).
+    """
+    from rpcjob.worker import join as J
+    from rpcjob.worker.guard_store import GuardStore
+
+    with _w.lock:
+        if _w.joined:
+            raise RuntimeError("rpcjob.init_rpc() was already called in this process")
+        client = SidecarClient(socket)
+        _w.client = client
+        hook = os.environ.get(contract.ENV_TEST_HOOK, "")
+        errors: list[str] = []
+        for attempt in range(max(1, join_attempts)):
+            identity = client.hello(fresh_rank=attempt > 0, timeout=timeout)
+            contract.validate_worker_name(identity.worker_name)
+            for warning in identity.warnings:
+                log.warning("rpcjob sidecar: %s", warning)
+            J.init_cuda(list(identity.devices))
+            inner = _build_store(identity)
+            store = GuardStore(inner, identity.worker_name, identity.rank, hook)
+            session = client.session()
+            session.report(R.JOINING, detail=f"rank={identity.rank} attempt={attempt + 1}")
+            spec = J.JoinSpec(
+                name=identity.worker_name,
+                rank=identity.rank,
+                rpc_timeout=identity.rpc_timeout or contract.DEFAULT_RPC_TIMEOUT,
+                num_worker_threads=identity.num_worker_threads or contract.DEFAULT_RPC_THREADS,
+                devices=list(identity.devices),
+                device_maps={k: dict(v.map) for k, v in identity.device_maps.items()},
+                overrides=rpc_options_overrides,
+            )
+            try:
+                J.join(spec, store)
+            except Exception as err:  # torch raises RuntimeError/DistStoreError/ValueError
+                cause = _root_cause(err)
+                errors.append(f"attempt {attempt + 1} (rank {identity.rank}): {cause}")
+                _cleanup_failed(store)
+                session.report(R.JOIN_FAILED, detail=cause[:2000])
+                session.close()
+                if isinstance(err, ValueError | TypeError):
+                    break  # bad options: retrying cannot help
+                time.sleep(min(2.0, 0.2 * 2**attempt))  # backoff while a dead peer is evicted
+                continue
+            _w.identity, _w.store, _w.session, _w.joined = identity, store, session, True
+            session.report(R.JOINED, detail=f"rank={identity.rank}")
+            _start_background(identity, session, metrics_interval)
+            if install_sigterm and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            atexit.register(_atexit_leave)
+            return identity
+        raise JoinFailed(
+            f"could not join the RPC group after {len(errors)} attempt(s): "
+            + "; ".join(errors)
+            + " — check that every member's sidecar is running and etcd is reachable"
+        )
+
+
+def shutdown(graceful: bool = True) -> None:
+    """Leave the group: LEAVING → ``rpc.shutdown()`` → LEFT (graceful), or a local stop
+    that the sidecar treats as a crash (``graceful=False``: peers evict this worker)."""
+    import torch.distributed.rpc as rpc
+
+    with _w.lock:
+        if not _w.joined or _w.leaving:
+            return
+        _w.leaving = True
+        session = _w.session
+        assert session is not None
+        if _w.applier is not None:
+            with _w.applier.lock:
+                _w.applier.stopped = True
+        _w.stop.set()
+        if not graceful:
+            rpc.shutdown(graceful=False)
+            session.close()
+            _w.joined = False
+            return
+        session.report(R.LEAVING)
+        try:
+            rpc.shutdown(graceful=True)
+        except Exception:
+            # a peer died and is not evicted yet: free the token we hold and let the sidecar
+            # treat this as a crash (stream closed without LEFT), so peers evict us
+            _cleanup_failed(_w.store)
+            session.close()
+            _w.joined = False
+            raise
+        session.report(R.LEFT)
+        session.close()
+        _w.joined = False
+
+
+def _drain_and_exit() -> None:
+    with _w.lock:
+        if _w.leaving or not _w.joined:
+            return
+        for cb in list(_w.drain_callbacks):
+            try:
+                cb()
+            except Exception:
+                log.exception("rpcjob: drain callback %r failed", cb)
+        code = 0
+        try:
+            shutdown(graceful=True)
+        except Exception as err:
+            fatal(f"graceful leave failed during drain: {err}")
+            code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    threading.Thread(target=_drain_and_exit, name="rpcjob-drain", daemon=True).start()
+
+
+def _atexit_leave() -> None:
+    if _w.joined and not _w.leaving:
+        try:
+            shutdown(graceful=True)
+        except Exception as err:
+            fatal(f"graceful leave at exit failed: {err}")
+
+
+def _on_self_evicted() -> None:
+    fatal(
+        "this worker was evicted from the RPC group (its sidecar lost the membership lease); "
+        "exiting so that the pod restarts it as a new incarnation"
+    )
+    os._exit(EXIT_EVICTED)
+
+
+def _start_background(identity: Any, session: Session, metrics_interval: float) -> None:
+    def ack(peer: str, event_id: int) -> None:
+        session.report(R.EVICTED, peer=peer, event_id=event_id)
+
+    applier = MembershipApplier(
+        me=(identity.worker_name, identity.rank),
+        devices=list(identity.devices),
+        ops=TorchOps(),
+        ack=ack,
+        on_drain=lambda: threading.Thread(target=_drain_and_exit, daemon=True).start(),
+        on_self_evicted=_on_self_evicted,
+    )
+    _w.applier = applier
+
+    def events() -> None:
+        try:
+            for ev in session.events():
+                try:
+                    applier.apply(ev)
+                except Exception:
+                    log.exception("rpcjob: applying membership event %s failed", ev.kind)
+        except Exception as err:
+            if _w.stop.is_set():
+                return
+            fatal(f"lost the rpcjob sidecar (Session stream broke: {_short(err)}); exiting")
+            os._exit(EXIT_LOST_SIDECAR)
+        if not _w.stop.is_set():
+            fatal("the rpcjob sidecar ended the Session stream; exiting")
+            os._exit(EXIT_LOST_SIDECAR)
+
+    def metrics() -> None:
+        from rpcjob.worker import agent_ops
+
+        while not _w.stop.wait(metrics_interval):
+            try:
+                session.report(R.METRICS, metrics=agent_ops.metrics())
+            except Exception:
+                return  # the agent is shutting down
+
+    threading.Thread(target=events, name="rpcjob-events", daemon=True).start()
+    threading.Thread(target=metrics, name="rpcjob-metrics", daemon=True).start()
+
+
+def _cleanup_failed(store: Any) -> None:
+    try:
+        store.release_failed_join()
+    except Exception as err:  # etcd down: the sidecar's cleaner takes the token over
+        log.warning("rpcjob: could not release the membership token: %s", _short(err))
+
+
+def _build_store(identity: Any) -> Any:
+    from datetime import timedelta
+
+    from rpcjob.store import EtcdStore  # type: ignore[import-not-found,unused-ignore]
+
+    return EtcdStore(
+        list(identity.etcd_endpoints),
+        prefix=identity.store_prefix,
+        timeout=timedelta(seconds=identity.rpc_timeout or contract.DEFAULT_RPC_TIMEOUT),
+        ca=identity.etcd_ca or None,
+        cert=identity.etcd_cert or None,
+        key=identity.etcd_key or None,
+        user=identity.etcd_user or None,
+        password=identity.etcd_password or None,
+    )
+
+
+def _root_cause(err: BaseException) -> str:
+    # torch's join error path raises from rpc.shutdown(); the real cause is the context
+    seen = err
+    while seen.__context__ is not None and type(seen).__name__ == "TokenSelfWait":
+        seen = seen.__context__
+    return _short(seen)
+
+
+def _short(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) < 600 else text[:600] + "…"

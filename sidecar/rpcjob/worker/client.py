@@ -1,0 +1,119 @@
+"""The worker's end of the pod-local gRPC API (sidecar.proto) over the sidecar's unix socket."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from rpcjob import contract
+from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
+from rpcjob.sidecar._pb import sidecar_pb2_grpc as _pb2_grpc
+
+pb: Any = _pb2  # generated code is untyped
+pb_grpc: Any = _pb2_grpc
+
+DEFAULT_HELLO_TIMEOUT_S = 60.0
+
+
+class SidecarNotFound(RuntimeError):
+    """The sidecar socket does not exist or nothing answers on it."""
+
+
+def resolve_socket(socket: str | None = None) -> str:
+    path = socket or os.environ.get(contract.ENV_SOCKET) or contract.socket_path()
+    if not os.path.exists(path):
+        raise SidecarNotFound(
+            f"sidecar socket {path} not found: is the rpcjob sidecar running in this pod? "
+            f"(set {contract.ENV_SOCKET})"
+        )
+    return path
+
+
+class Session:
+    """One incarnation's bidirectional stream: reports out, membership events in."""
+
+    def __init__(self, stub: Any) -> None:
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._closed = threading.Event()
+        self._responses: Any = stub.Session(self._requests())
+
+    def _requests(self) -> Iterator[Any]:
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            yield item
+
+    def report(
+        self,
+        state: int,
+        *,
+        peer: str = "",
+        detail: str = "",
+        metrics: dict[str, float] | None = None,
+        event_id: int = 0,
+    ) -> None:
+        if self._closed.is_set():
+            return
+        self._out.put(
+            pb.WorkerReport(
+                state=state, peer=peer, detail=detail, metrics=metrics or {}, event_id=event_id
+            )
+        )
+
+    def events(self) -> Iterator[Any]:
+        """Blocks; ends when the stream ends. Raises grpc.RpcError when the sidecar is gone."""
+        yield from self._responses
+
+    def close(self) -> None:
+        """Half-close: the sidecar sees the end of our reports (after any queued ones)."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._out.put(None)
+
+    def cancel(self) -> None:
+        self.close()
+        self._responses.cancel()
+
+
+class SidecarClient:
+    def __init__(self, socket: str | None = None) -> None:
+        self.path = resolve_socket(socket)
+        self._channel = grpc.insecure_channel(f"unix://{self.path}")
+        self._stub = pb_grpc.SidecarStub(self._channel)
+
+    def hello(self, *, fresh_rank: bool = False, timeout: float | None = None) -> Any:
+        try:
+            identity: Any = self._stub.Hello(
+                pb.HelloRequest(pid=os.getpid(), fresh_rank=fresh_rank),
+                timeout=timeout or DEFAULT_HELLO_TIMEOUT_S,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            raise SidecarNotFound(
+                f"the rpcjob sidecar at {self.path} did not answer Hello ({code}: "
+                f"{err.details() if hasattr(err, 'details') else err}); check the sidecar "
+                "container's log (etcd reachable? node labels valid?)"
+            ) from err
+        return identity
+
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as err:
+            raise SidecarNotFound(
+                f"nothing answers on the sidecar socket {self.path} after {timeout:.0f}s: is "
+                f"the rpcjob sidecar running in this pod? (set {contract.ENV_SOCKET})"
+            ) from err
+
+    def session(self) -> Session:
+        return Session(self._stub)
+
+    def close(self) -> None:
+        self._channel.close()

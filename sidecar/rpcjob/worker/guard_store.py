@@ -1,0 +1,163 @@
+"""The c10d store handed to torch: a thin guard around the EtcdStore (DESIGN §4).
+
+It fixes what torch's membership critical section gets wrong, without touching torch:
+
+* Torch's join error path calls ``rpc.shutdown()`` while still holding its own join token, so
+  its leave waits on itself until the store timeout (measured: a join racing a dead member
+  hangs ``rpc_timeout`` seconds). Waiting on the token this process holds raises at once.
+* A waiter key left at "Done" by an earlier hold of the same token makes torch's waiters spin
+  (``wait`` returns at once and they retry). The key is deleted before taking the token.
+* A crashed earlier incarnation of the same worker name may still hold the token under the
+  *same* value; torch would think it holds it. We wait until the cleaner takes it over.
+* After a failed join, :meth:`release_failed_join` removes this incarnation's keys and
+  releases the token it still holds (the sidecar's cleaner is idempotent with this).
+* Test hook ``die-in-critical-section``: SIGKILL this process inside the join critical
+  section, right after torch registered its address.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from rpcjob import torchkeys
+from rpcjob.contract import TORCH_TOKEN_KEY
+
+HOOK_DIE_IN_CRITICAL_SECTION = "die-in-critical-section"
+_STALE_HOLDER_POLL_S = 0.05
+
+
+class TokenSelfWait(RuntimeError):
+    """Torch tried to wait for the membership token this very process holds."""
+
+
+class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
+    def __init__(self, inner: Any, name: str, rank: int, test_hook: str = "") -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = name
+        self.rank = rank
+        self.test_hook = test_hook
+        self._lock = threading.Lock()
+        self.holding: str | None = None  # the token value this process holds now
+        self._timeout = timedelta(seconds=60)
+
+    # --- torch's membership critical section ------------------------------------------------
+    def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
+        exp, des = _text(expected), _text(desired)
+        if key.endswith(TORCH_TOKEN_KEY) and exp == "" and des.startswith(torchkeys.TOKEN_PREFIX):
+            prefix = key[: -len(TORCH_TOKEN_KEY)]
+            self._wait_stale_holder(key, des)
+            self.inner.delete_key(prefix + des)
+            result = _bytes(self.inner.compare_set(key, expected, desired))
+            if result.decode() == des:
+                with self._lock:
+                    self.holding = des
+            return result
+        return _bytes(self.inner.compare_set(key, expected, desired))
+
+    def _wait_stale_holder(self, key: str, token: str) -> None:
+        # Our token value is already there: an earlier incarnation of this name died holding
+        # it. Only the cleaner may release it; polling is bounded by the store timeout.
+        deadline = time.monotonic() + self._timeout.total_seconds()
+        while self.inner.check([key]) and _text(self.inner.get(key)) == token:
+            if time.monotonic() > deadline:
+                raise TokenSelfWait(
+                    f"the membership token is still held by a crashed earlier incarnation of "
+                    f"{self.name!r} ({token}); the sidecar's cleaner did not take it over "
+                    f"within {self._timeout.total_seconds():.0f}s — is the rpcjob sidecar up?"
+                )
+            time.sleep(_STALE_HOLDER_POLL_S)
+
+    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
+        held = self.holding
+        if held is not None and any(k.endswith(held) for k in keys):
+            raise TokenSelfWait(
+                f"rpcjob: torch's join error path waits for the membership token {held} that "
+                "this process holds; failing the join now instead of after the store timeout"
+            )
+        if timeout is None:
+            self.inner.wait(keys)
+        else:
+            self.inner.wait(keys, timeout)
+
+    def set(self, key: str, value: Any) -> None:
+        self.inner.set(key, value)
+        if self.holding is None:
+            return
+        if key.endswith(TORCH_TOKEN_KEY) and _text(value) == "":
+            with self._lock:
+                self.holding = None
+        elif (
+            self.test_hook == HOOK_DIE_IN_CRITICAL_SECTION
+            and self.holding.endswith("_join")
+            and key.endswith(f"addrs/{self.name}")
+        ):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def release_failed_join(self) -> bool:
+        """After init_rpc raised: drop this incarnation's keys and release a token we hold."""
+        held = self.holding
+        if held is None:
+            return False
+        infos = (
+            _text(self.inner.get(torchkeys.ALL_WORKER_INFOS_KEY))
+            if self.inner.check([torchkeys.ALL_WORKER_INFOS_KEY])
+            else ""
+        )
+        name_key = torchkeys.name_key(self.rank)
+        owner = _text(self.inner.get(name_key)) if self.inner.check([name_key]) else None
+        plan = torchkeys.plan_eviction(self.name, self.rank, infos, owner)
+        for key, value in plan.set.items():
+            self.inner.set(key, value)
+        for key in plan.delete:
+            self.inner.delete_key(key)
+        self.inner.compare_set(torchkeys.TOKEN_KEY, held, "")
+        self.inner.set(torchkeys.waiter_key(held), torchkeys.DONE)
+        with self._lock:
+            self.holding = None
+        return True
+
+    # --- plain delegation ---------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        return _bytes(self.inner.get(key))
+
+    def add(self, key: str, value: int) -> int:
+        return int(self.inner.add(key, value))
+
+    def check(self, keys: list[str]) -> bool:
+        return bool(self.inner.check(keys))
+
+    def delete_key(self, key: str) -> bool:
+        return bool(self.inner.delete_key(key))
+
+    def num_keys(self) -> int:
+        return int(self.inner.num_keys())
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        self._timeout = timeout
+        self.inner.set_timeout(timeout)
+
+    @property
+    def timeout(self) -> timedelta:
+        return self._timeout
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode()
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)

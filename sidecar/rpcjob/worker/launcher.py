@@ -1,0 +1,86 @@
+"""``rpcjob-worker -- CMD…``: run a workload under the rpcjob runtime.
+
+What it adds over calling ``rpcjob.init_rpc()`` yourself:
+
+* a fail-fast check, before the (slow) workload starts, that the sidecar socket exists and
+  answers — with the same clear error ``rpcjob.init_rpc()`` gives;
+* the child gets ``RPCJOB_SOCKET`` set (resolved to the socket it checked) and
+  ``RPCJOB_LAUNCHER=1``;
+* SIGTERM and SIGINT are forwarded to the child (which drains and leaves gracefully inside
+  ``rpcjob.init_rpc``'s handler), and the launcher exits with the child's exit code
+  (128 + N when the child died of signal N), so Kubernetes sees the workload's result.
+
+It does not join the group itself: the workload still calls ``rpcjob.init_rpc()`` (a plain
+torch program that never calls it does not become a member).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from rpcjob import contract
+
+USAGE = "usage: rpcjob-worker [--socket PATH] -- CMD [ARGS...]"
+ENV_LAUNCHER = "RPCJOB_LAUNCHER"
+READY_TIMEOUT_S = 60.0
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    args = list(argv)
+    socket: str | None = None
+    while args and args[0] != "--":
+        opt = args.pop(0)
+        if opt == "--socket" and args:
+            socket = args.pop(0)
+        elif opt.startswith("--socket="):
+            socket = opt.split("=", 1)[1]
+        elif opt in ("-h", "--help"):
+            raise SystemExit(USAGE)
+        else:
+            raise SystemExit(f"rpcjob-worker: unknown option {opt!r}\n{USAGE}")
+    if not args or len(args) < 2:
+        raise SystemExit(f"rpcjob-worker: no command given after '--'\n{USAGE}")
+    return socket, args[1:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    socket, cmd = parse_args(sys.argv[1:] if argv is None else argv)
+    from rpcjob.worker.client import SidecarClient, SidecarNotFound
+
+    try:
+        client = SidecarClient(socket)
+    except SidecarNotFound as err:
+        print(f"rpcjob-worker: {err}", file=sys.stderr)
+        return 2
+    try:
+        client.wait_ready(READY_TIMEOUT_S)
+    except SidecarNotFound as err:
+        print(f"rpcjob-worker: {err}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    env = dict(os.environ)
+    env[contract.ENV_SOCKET] = client.path
+    env[ENV_LAUNCHER] = "1"
+    try:
+        child = subprocess.Popen(cmd, env=env)
+    except OSError as err:
+        print(f"rpcjob-worker: cannot start {cmd[0]!r}: {err}", file=sys.stderr)
+        return 127
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

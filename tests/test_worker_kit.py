@@ -1,0 +1,179 @@
+"""Test kit (no tests here): a scriptable worker process and a line-protocol driver.
+
+The child is a real torch RPC worker. It joins either through ``rpcjob.init_rpc()`` (mode
+``rpcjob``, needs a sidecar) or through the worker's guard store over a TCPStore with a given
+rank (mode ``tcp``, for store-level recovery without a sidecar), then obeys one command per
+stdin line and answers one line per command on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+CHILD = r"""
+import os, sys, time, datetime, json, traceback
+mode = sys.argv[1]
+import torch
+import torch.distributed.rpc as rpc
+from rpcjob.worker import agent_ops
+
+def out(*a):
+    print(*a, flush=True)
+
+if mode == "tcp":
+    import torch.distributed as dist
+    from rpcjob.worker import join as J
+    from rpcjob.worker.guard_store import GuardStore
+    name, rank, port, timeout = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    inner = dist.TCPStore("127.0.0.1", port, is_master=False,
+                          timeout=datetime.timedelta(seconds=timeout))
+    while True:
+        store = GuardStore(inner, name, rank, os.environ.get("RPCJOB_TEST_HOOK", ""))
+        t0 = time.monotonic()
+        try:
+            J.join(J.JoinSpec(name, rank, timeout, 4), store)
+            out("JOINED", name, rank, f"{time.monotonic() - t0:.3f}")
+            break
+        except Exception as e:
+            released = store.release_failed_join()
+            msg = repr(e)[:300].replace("\n", " ")
+            out("JOINFAIL", f"{time.monotonic() - t0:.3f}", released, msg)
+            rank = int(sys.stdin.readline().split()[1])  # "retry <rank>"
+else:
+    import rpcjob
+    t0 = time.monotonic()
+    try:
+        ident = rpcjob.init_rpc(metrics_interval=float(os.environ.get("KIT_METRICS_S", "10")))
+    except Exception as e:
+        out("JOINFAIL", type(e).__name__, str(e).replace("\n", " "))
+        sys.exit(3)
+    name = ident.worker_name
+    out("JOINED", name, ident.rank, f"{time.monotonic() - t0:.3f}")
+    @rpcjob.on_drain
+    def _drain():
+        out("DRAINING", name)
+
+for line in sys.stdin:
+    cmd = line.split()
+    if not cmd:
+        continue
+    try:
+        if cmd[0] == "members":
+            out("MEMBERS", json.dumps(agent_ops.current_members()))
+        elif cmd[0] == "ping":
+            bad = []
+            for peer in cmd[1:]:
+                try:
+                    r = rpc.rpc_sync(peer, torch.add, args=(torch.ones(1), 1), timeout=20)
+                    assert r.item() == 2.0
+                except Exception as e:
+                    bad.append(f"{peer}:{str(e)[:120]}")
+            out("PING", json.dumps(bad))
+        elif cmd[0] == "evict":
+            agent_ops.evict(cmd[1], int(cmd[2]))
+            out("EVICTED", cmd[1])
+        elif cmd[0] == "metrics":
+            out("METRICS", json.dumps(agent_ops.metrics()))
+        elif cmd[0] == "leave":
+            if mode == "tcp":
+                rpc.shutdown()
+            else:
+                rpcjob.shutdown()
+            out("LEFT")
+            break
+        elif cmd[0] == "exit":
+            break
+    except Exception as e:
+        out("ERR", repr(e)[:300].replace("\n", " "))
+"""
+
+
+class Proc:
+    """A child worker driven line by line."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log: Path | None = None,
+    ) -> None:
+        script = Path(os.environ.get("TMPDIR", "/tmp")) / f"rpcjob_kit_child_{os.getpid()}.py"
+        if not script.exists():
+            script.write_text(CHILD)
+        full_env = dict(os.environ if env is None else env)
+        self.log = log
+        self.p = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.all: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            line = line.rstrip("\n")
+            self.all.append(line)
+            if self.log is not None:
+                with self.log.open("a") as f:
+                    f.write(line + "\n")
+            self.lines.put(line)
+        self.lines.put("EOF")
+
+    def send(self, cmd: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+
+    def expect(self, *prefixes: str, timeout: float = 60.0) -> str:
+        """The next protocol line starting with one of ``prefixes`` (log lines are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no {prefixes} within {timeout}s; output:\n" + "\n".join(self.all[-40:])
+                )
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line.startswith(prefixes):
+                return line
+            if line == "EOF":
+                raise AssertionError(
+                    f"process exited ({self.p.wait()}) before {prefixes}; "
+                    "output:\n" + "\n".join(self.all[-40:])
+                )
+
+    def ask(self, cmd: str, *prefixes: str, timeout: float = 60.0) -> str:
+        self.send(cmd)
+        return self.expect(*prefixes, "ERR", timeout=timeout)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            try:
+                self.send("exit")
+                self.p.wait(timeout=10)
+            except Exception:
+                self.p.kill()
+                self.p.wait()
