@@ -1,0 +1,115 @@
+"""The status of a cycle: counts, members, the scale fields, conditions and state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rpcjob import contract
+from rpcjob_operator import conditions as cond
+from rpcjob_operator.cycle import Cycle
+from rpcjob_operator.model import CreatePod
+from rpcjob_operator.spec import SCALE_ROLE
+
+
+def joined_by_role(c: Cycle) -> dict[str, int]:
+    counts = dict.fromkeys(c.job.roles, 0)
+    if c.obs.members is not None:
+        for m in c.obs.members:
+            if m.role in counts:
+                counts[m.role] += 1
+    else:  # etcd not read: the sidecar's readiness says "joined"
+        for p in c.obs.pods:
+            if p.role in counts and p.live and p.ready:
+                counts[p.role] += 1
+    return counts
+
+
+def group_formed(c: Cycle, joined: dict[str, int]) -> tuple[bool, str]:
+    parts = [
+        f"{r.name} {joined[r.name]}/{r.replicas} joined (min {r.min_replicas})"
+        for r in c.job.roles.values()
+    ]
+    formed = sum(joined.values()) > 0 and all(
+        joined[r.name] >= r.min_replicas for r in c.job.roles.values()
+    )
+    return formed, ", ".join(parts)
+
+
+def fill_counts(c: Cycle) -> dict[str, int]:
+    """Per-role counts, members and the scale subresource fields; returns joined by role."""
+    joined = joined_by_role(c)
+    roles: dict[str, Any] = {}
+    for r in c.job.roles.values():
+        pods = c.role_pods(r.name).values()
+        roles[r.name] = {
+            "desired": r.replicas,
+            "running": sum(1 for p in pods if p.phase == "Running" and not p.deleting),
+            "joined": joined[r.name],
+            "failed": sum(1 for p in pods if p.phase == "Failed"),
+            "succeeded": sum(1 for p in pods if p.phase == "Succeeded"),
+            "indices": sorted(c.active[r.name]),
+        }
+    c.status["roles"] = roles
+    name = c.job.meta.name
+    workers = c.role_pods(SCALE_ROLE)
+    c.status["replicas"] = sum(
+        1 for i in c.active.get(SCALE_ROLE, ()) if i in workers and not workers[i].deleting
+    )
+    c.status["selector"] = f"{contract.LABEL_JOB_NAME}={name},{contract.LABEL_ROLE}={SCALE_ROLE}"
+    desired = c.job.roles[SCALE_ROLE].replicas if SCALE_ROLE in c.job.roles else 0
+    c.status["ready"] = f"{joined.get(SCALE_ROLE, 0)}/{desired}"
+    if c.obs.members is not None:
+        c.status["members"] = [
+            {
+                "name": m.name,
+                "rank": m.rank,
+                "pod": m.pod,
+                "node": m.node,
+                "devices": list(m.devices),
+            }
+            for m in sorted(c.obs.members, key=lambda m: m.rank)
+        ]
+    c.status["observedGeneration"] = c.generation
+    return joined
+
+
+def set_cond(c: Cycle, ctype: str, status: bool, reason: str, message: str) -> bool:
+    return cond.set_condition(
+        c.status["conditions"],
+        ctype,
+        status,
+        reason,
+        message,
+        generation=c.generation,
+        now=c.obs.now,
+    )
+
+
+def clear_invalid(c: Cycle) -> None:
+    if cond.find(c.status["conditions"], cond.INVALID) is not None and set_cond(
+        c, cond.INVALID, False, "SpecValid", "the spec passes validation"
+    ):
+        c.event("Normal", "SpecValid", "the spec is valid again; reconciling")
+
+
+def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
+    """Created / Running / Degraded and the state of a job that is neither done nor suspended."""
+    conds = c.status["conditions"]
+    if c.obs.pods or any(isinstance(a, CreatePod) for a in c.actions):
+        set_cond(c, cond.CREATED, True, "PodsCreated", "the job's pods were created")
+    formed, detail = group_formed(c, joined)
+    was_running = cond.is_true(conds, cond.RUNNING)
+    if formed or was_running:
+        if set_cond(c, cond.RUNNING, True, "GroupFormed", "every role reached minReplicas"):
+            c.event("Normal", "GroupFormed", f"the RPC group formed: {detail}")
+    else:
+        set_cond(c, cond.RUNNING, False, "Forming", f"waiting for members: {detail}")
+    if was_running or formed:
+        if not formed:
+            if set_cond(c, cond.DEGRADED, True, "BelowMinReplicas", detail):
+                c.event("Warning", "Degraded", f"a role is below minReplicas: {detail}")
+        elif cond.find(conds, cond.DEGRADED) is not None and set_cond(
+            c, cond.DEGRADED, False, "AtMinReplicas", detail
+        ):
+            c.event("Normal", "Recovered", f"every role is back at minReplicas: {detail}")
+    c.status["state"] = "Running" if cond.is_true(conds, cond.RUNNING) else "Pending"
