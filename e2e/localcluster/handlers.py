@@ -69,6 +69,8 @@ class Handlers:
         self.store = store
         self.bookmark_interval = bookmark_interval
         self.closing = False
+        # (namespace, pod, container or None) -> log text; set by the cluster's kubelet.
+        self.pod_logs: Any = None
 
     async def handle(self, req: Request) -> web.StreamResponse:
         m = req.http.method
@@ -82,6 +84,15 @@ class Handlers:
         if m == "GET":
             if sub == "scale":
                 return _json(self._scale_of(req, self.store.get(req.rt, req.namespace, req.name)))
+            if sub == "log":
+                self.store.get(req.rt, req.namespace, req.name)
+                if self.pod_logs is None:
+                    raise errors.bad_request("no kubelet serves logs in this cluster")
+                try:
+                    text = self.pod_logs(req.namespace, req.name, req.query.get("container"))
+                except KeyError as exc:
+                    raise errors.bad_request(f"pod {req.name} has no logs yet") from exc
+                return web.Response(text=text, content_type="text/plain")
             obj = self.store.get(req.rt, req.namespace, req.name)
             if _wants_table(req):
                 return _json(to_table(req.rt, [obj], None, req.query.get("includeObject", "Metadata")))

@@ -86,6 +86,8 @@ class ResourceType:
                 entry.update(group="autoscaling", version="v1", kind="Scale")
             if sub == "binding":
                 entry.update(kind="Binding", verbs=["create"])
+            if sub == "log":
+                entry.update(kind="Pod", verbs=["get"])
             entries.append(entry)
         return entries
 
@@ -114,7 +116,7 @@ def _rt(
 
 
 BUILTIN: tuple[ResourceType, ...] = (
-    _rt("", "v1", "pods", "Pod", short=("po",), subs=("status", "binding"), categories=("all",)),
+    _rt("", "v1", "pods", "Pod", short=("po",), subs=("status", "binding", "log"), categories=("all",)),
     _rt("", "v1", "services", "Service", short=("svc",), subs=("status",), categories=("all",)),
     _rt("", "v1", "nodes", "Node", namespaced=False, short=("no",), subs=("status",)),
     _rt("", "v1", "events", "Event", short=("ev",)),

@@ -159,6 +159,15 @@ class Store:
                 "because it is being terminated",
             )
 
+    def _normalize(self, rt: ResourceType, obj: Obj) -> None:
+        """What built-in types do on write: Secrets fold stringData into base64 data."""
+        if rt.kind == "Secret" and not rt.group and obj.get("stringData"):
+            import base64
+
+            data = obj.setdefault("data", {})
+            for k, v in obj.pop("stringData").items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+
     def _validate_custom(
         self, rt: ResourceType, obj: Obj, old: Obj | None, strict: bool = False
     ) -> Obj:
@@ -277,6 +286,7 @@ class Store:
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
             for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):
                 meta.pop(k, None)
+            self._normalize(rt, obj)
             obj = self._validate_custom(rt, obj, None, strict)
             self._commit("ADDED", rt, obj, None)
             return self._out(rt, obj)
@@ -340,6 +350,7 @@ class Store:
                     f"object is being deleted, found new finalizers {sorted(added)!r}",
                 )])
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        self._normalize(rt, new)
         new = self._validate_custom(rt, new, old, strict)
         ignore = {"metadata", "status"} if has_status else {"metadata"}
         if {k: v for k, v in new.items() if k not in ignore | {"apiVersion"}} != {
