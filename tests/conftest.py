@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from etcd_tls import TLSMaterial, make_tls
 
-from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, TLSFiles
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,32 @@ def etcd() -> Iterator[EmbeddedEtcd]:
 @pytest.fixture
 def etcd_endpoint(etcd_session: EmbeddedEtcd) -> str:
     return etcd_session.endpoint
+
+
+# --- TLS (+ auth) variants -----------------------------------------------------------------------
+ETCD_TEST_ROOT_PASSWORD = "rpcjob-test-root-pw"  # test-only credential of the etcd_tls_auth fixture
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
+    """A CA, a server certificate (127.0.0.1, localhost), a client certificate and an unrelated
+    CA + client certificate (tests/etcd_tls.py)."""
+    return make_tls(tmp_path_factory.mktemp("etcd-tls"))
+
+
+@pytest.fixture
+def etcd_tls(etcd_tls_material: TLSMaterial) -> Iterator[EmbeddedEtcd]:
+    """A fresh real etcd serving TLS and requiring a client certificate (--client-cert-auth).
+    Connect with ``Client(server.endpoint, **server.client_kwargs(etcd_tls_material.client))``."""
+    m = etcd_tls_material
+    tls = TLSFiles(ca=m.ca, cert=m.server_cert, key=m.server_key, client_cert_auth=True)
+    with EmbeddedEtcd(tls=tls) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_tls_auth(etcd_tls: EmbeddedEtcd, etcd_tls_material: TLSMaterial) -> EmbeddedEtcd:
+    """``etcd_tls`` with authentication on: user ``root`` / ETCD_TEST_ROOT_PASSWORD
+    (``server.auth``; ``server.client_kwargs(etcd_tls_material.client)`` includes them)."""
+    etcd_tls.enable_auth(ETCD_TEST_ROOT_PASSWORD, client_tls=etcd_tls_material.client)
+    return etcd_tls
