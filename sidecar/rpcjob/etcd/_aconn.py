@@ -205,14 +205,13 @@ class AConn:
                 raise fl.txn_unknown(
                     details, endpoint=ep.address, timeout=budget, deadline=f is Failure.DEADLINE
                 ) from err
-            if action in (Action.FAILOVER, Action.RETRY):
+            if action is Action.RETRY:
                 self.failed(ep)
                 tried += 1
-                remaining = deadline - time.monotonic()
-                if action is Action.FAILOVER or remaining > 0:
-                    if action is Action.RETRY and tried % len(self.endpoints) == 0:
-                        await asyncio.sleep(min(backoff, remaining))
-                        backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                if tried % len(self.endpoints) == 0:  # a full round failed: back off
+                    await asyncio.sleep(max(min(backoff, deadline - time.monotonic()), 0))
+                    backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                if deadline - time.monotonic() > 0.001:
                     continue
             raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
 

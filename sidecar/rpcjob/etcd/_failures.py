@@ -31,7 +31,9 @@ from rpcjob.etcd.errors import (
 
 class Failure(enum.Enum):
     CONNECT = "connect"  # never reached etcd: safe to retry anything on another endpoint
-    TLS = "tls"  # handshake failed: a configuration problem, retrying will not help
+    # Handshake failed: mostly a configuration problem, but etcd also fails handshakes while it
+    # starts (restart), so it is retried like CONNECT; the final error still says TLS.
+    TLS = "tls"
     BROKEN = "broken"  # the call may have reached etcd: retry idempotent calls only
     DEADLINE = "deadline"  # our deadline passed: outcome unknown
     REAUTH = "reauth"  # etcd rejected the token: authenticate again, then retry
@@ -45,7 +47,7 @@ class Failure(enum.Enum):
     OTHER = "other"  # etcd refused the request (bad argument, too many ops, ...)
 
 
-_TLS_RE = re.compile(r"ssl|tls|handshake|certificate|x509", re.IGNORECASE)
+_TLS_RE = re.compile(r"ssl|tls|handshake|certificate|x509|TSI_", re.IGNORECASE)
 _CONNECT_RE = re.compile(
     r"failed to connect|connection refused|connect failed|dns resolution|no address|"
     r"name resolution|unreachable|failed to pick",
@@ -87,15 +89,14 @@ def classify(code: grpc.StatusCode | None, details: str, *, have_user: bool) -> 
 
 def retryable(f: Failure, *, idempotent: bool) -> bool:
     """May the same request be sent again (to the same or another endpoint)?"""
-    if f is Failure.CONNECT:
-        return True
+    if f in (Failure.CONNECT, Failure.TLS):
+        return True  # never reached etcd's API
     return idempotent and f is Failure.BROKEN
 
 
 class Action(enum.Enum):
     REAUTH = "reauth"  # drop the token, authenticate again, send again
     DROP_AUTH = "drop_auth"  # etcd has auth disabled: send again without a token
-    FAILOVER = "failover"  # next endpoint at once (TLS: no backoff, one round only)
     RETRY = "retry"  # next endpoint, backing off after each full round, until the deadline
     UNKNOWN = "unknown"  # a txn that may have been applied: raise EtcdTimeout, never resend
     RAISE = "raise"
@@ -107,8 +108,6 @@ def decide(f: Failure, *, idempotent: bool, reauthed: bool, tried: int, n_endpoi
         return Action.REAUTH
     if f is Failure.AUTH_DISABLED:
         return Action.DROP_AUTH
-    if f is Failure.TLS:
-        return Action.FAILOVER if tried + 1 < n_endpoints else Action.RAISE
     if not idempotent and f in (Failure.BROKEN, Failure.DEADLINE):
         return Action.UNKNOWN
     if retryable(f, idempotent=idempotent):
@@ -147,9 +146,14 @@ def error_for(
             if len(endpoints) == 1
             else f"etcd unreachable at every endpoint ({', '.join(endpoints)}; last {endpoint})"
         )
+        hint = (
+            f"; etcd closed the connection at once: if it serves TLS (https), set {ENV_ETCD_CA}"
+            if "socket closed" in d.lower()
+            else ""
+        )
         return EtcdUnavailable(
             f"{where}: {op} failed for {timeout:g}s ({d}): check that etcd runs and that "
-            f"{ENV_ETCD_ENDPOINTS} lists reachable host:port endpoints"
+            f"{ENV_ETCD_ENDPOINTS} lists reachable host:port endpoints{hint}"
         )
     if f is Failure.DEADLINE:
         return EtcdTimeout(f"{op} on etcd at {endpoint} timed out after {timeout:g}s ({d})")
