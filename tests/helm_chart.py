@@ -230,3 +230,43 @@ def request_rule(method: str, url: str) -> Rule:
     else:
         raise ValueError(f"no RBAC verb for HTTP method {method!r}")
     return Rule(group, resource, verb, namespace)
+
+
+def audit_rule(
+    verb: str, group: str, resource: str, subresource: str = "", namespace: str = ""
+) -> Rule:
+    """A Rule from the fields the e2e emulator's AuditRecord carries ("" = none/cluster)."""
+    full = f"{resource}/{subresource}" if subresource else resource
+    return Rule(group, full, verb, namespace or None)
+
+
+def operator_service_account(docs: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """(name, namespace) of the ServiceAccount the rendered operator Deployment runs as."""
+    deployments = [
+        d
+        for d in find(docs, "Deployment")
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+    ]
+    if len(deployments) != 1:
+        raise ValueError(f"expected one operator Deployment, found {len(deployments)}")
+    (deployment,) = deployments
+    return (
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        deployment["metadata"]["namespace"],
+    )
+
+
+def operator_rules(
+    values_files: Iterable[Path | str] = (),
+    set_values: Mapping[str, str] | None = None,
+    **kwargs: str,
+) -> set[Rule]:
+    """Everything the chart grants the operator, rendered with these values."""
+    docs = documents(values_files, set_values, **kwargs)
+    return rbac_rules(docs, *operator_service_account(docs))
+
+
+def uncovered(granted: Iterable[Rule], needed: Iterable[Rule]) -> list[Rule]:
+    """The needed permissions no granted rule allows (sorted, deduplicated): [] = covered."""
+    granted = list(granted)
+    return sorted({n for n in needed if not allows(granted, n)})

@@ -190,6 +190,43 @@ def test_operator_env_names_come_from_the_contract() -> None:
     rpcjob_names = {n for n in env if n.startswith("RPCJOB_")}
     contract_names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
     assert rpcjob_names <= contract_names, rpcjob_names - contract_names
+    # Unset by default: the job NetworkPolicy admits no metrics scraper.
+    assert "RPCJOB_METRICS_NAMESPACE_SELECTOR" not in env
+
+
+def test_metrics_scrapers_reach_the_operator_as_json_labels() -> None:
+    from rpcjob_operator.render.defaults import (
+        ENV_METRICS_NAMESPACE_SELECTOR,
+        ENV_METRICS_POD_SELECTOR,
+        OperatorDefaults,
+    )
+
+    env = _env(_operator(documents([CHART / "ci" / "metrics-values.yaml"]))["container"])
+    defaults = OperatorDefaults.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert defaults.metrics_namespace_selector == {"kubernetes.io/metadata.name": "monitoring"}
+    assert defaults.metrics_pod_selector == {"app.kubernetes.io/name": "prometheus"}
+    assert json.loads(env[ENV_METRICS_POD_SELECTOR]) == {"app.kubernetes.io/name": "prometheus"}
+    only_ns = _env(
+        _operator(
+            documents(set_values={"jobs.sidecar.metricsScrapers.namespaceSelector.team": "obs"})
+        )["container"]
+    )
+    assert json.loads(only_ns[ENV_METRICS_NAMESPACE_SELECTOR]) == {"team": "obs"}
+    assert json.loads(only_ns[ENV_METRICS_POD_SELECTOR]) == {}
+
+
+def test_operator_defaults_parse_the_chart_env() -> None:
+    """The operator's own parser reads what the chart sets (names and formats agree)."""
+    from rpcjob_operator.render.defaults import OperatorDefaults
+
+    docs = documents([CHART / "ci" / "etcd-tls-auth-values.yaml"])
+    env = _env(_operator(docs)["container"])
+    defaults = OperatorDefaults.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert defaults.etcd_endpoints == ("https://rpcjob-etcd.rpcjob-system.svc:2379",)
+    assert defaults.etcd_tls_secret == "rpcjob-etcd-tls"
+    assert defaults.etcd_auth_secret == "rpcjob-etcd-auth"
+    assert defaults.sidecar_image == "ghcr.io/rpcjob/rpcjob-sidecar:0.1.0"
+    assert defaults.job_service_account == "rpcjob-job"
 
 
 def test_namespace_mode_watches_only_its_namespaces() -> None:

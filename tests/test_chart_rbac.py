@@ -14,10 +14,13 @@ try:
         DEFAULT_NAMESPACE,
         Rule,
         allows,
+        audit_rule,
         documents,
         find,
+        operator_rules,
         rbac_rules,
         request_rule,
+        uncovered,
     )
 except ImportError:
     from helm_chart import (
@@ -26,10 +29,13 @@ except ImportError:
         DEFAULT_NAMESPACE,
         Rule,
         allows,
+        audit_rule,
         documents,
         find,
+        operator_rules,
         rbac_rules,
         request_rule,
+        uncovered,
     )  # type: ignore[no-redef]
 
 OPERATOR_SA = "rpcjob-operator"
@@ -204,3 +210,17 @@ def test_cluster_scope_covers_the_operator_request_sequence() -> None:
     assert not allows(
         rules, request_rule("DELETE", "/apis/rpcjob.dev/v1alpha1/namespaces/t/rpcjobs/j")
     )
+
+
+def test_e2e_helpers_operator_rules_and_uncovered() -> None:
+    rules = operator_rules()
+    assert rules == rbac_rules(documents(), OPERATOR_SA, DEFAULT_NAMESPACE)
+    other = operator_rules(release="prod", namespace="ops")
+    assert Rule("", "pods", "create", None) in other
+    recorded = [
+        audit_rule("patch", "rpcjob.dev", "rpcjobs", "status", "team"),
+        audit_rule("watch", "", "pods"),
+        audit_rule("get", "", "secrets", "", "team"),
+        audit_rule("get", "", "secrets", "", "team"),
+    ]
+    assert uncovered(rules, recorded) == [Rule("", "secrets", "get", "team")]
