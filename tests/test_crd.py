@@ -26,13 +26,21 @@ def job(**spec_overrides: Any) -> dict[str, Any]:
     container = {"name": "worker", "image": "img", "command": ["python", "-m", "app"]}
     spec: dict[str, Any] = {
         "roles": {
-            "worker": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4,
-                       "template": {"spec": {"containers": [container]}}},
+            "worker": {
+                "replicas": 2,
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "template": {"spec": {"containers": [container]}},
+            },
         },
     }
     spec.update(spec_overrides)
-    return {"apiVersion": contract.API_VERSION, "kind": contract.KIND,
-            "metadata": {"name": "demo"}, "spec": spec}
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": "demo"},
+        "spec": spec,
+    }
 
 
 def with_role(obj: dict[str, Any], role: str, **fields: Any) -> dict[str, Any]:
@@ -61,8 +69,12 @@ def test_crd_identity_and_subresources(crd: dict[str, Any]) -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Ready": ".status.ready", "Restarts": ".status.restarts",
-                       "State": ".status.state", "Age": ".metadata.creationTimestamp"}
+    assert columns == {
+        "Ready": ".status.ready",
+        "Restarts": ".status.restarts",
+        "State": ".status.state",
+        "Age": ".metadata.creationTimestamp",
+    }
 
 
 def test_crd_is_a_valid_apiextensions_object(crd: dict[str, Any]) -> None:
@@ -76,9 +88,9 @@ def _structural_problems(schema: dict[str, Any], path: str, preserved: bool) -> 
         out.append(f"{path}: no type")
     if schema.get("type") == "object" and not preserved and path != "":
         has_shape = "properties" in schema or "additionalProperties" in schema
-        if not has_shape and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            if path != ".metadata":
-                out.append(f"{path}: object without properties (would prune everything)")
+        preserves = schema.get("x-kubernetes-preserve-unknown-fields")
+        if not has_shape and not preserves and path != ".metadata":
+            out.append(f"{path}: object without properties (would prune everything)")
     inner = preserved or bool(schema.get("x-kubernetes-preserve-unknown-fields"))
     for key, sub in schema.get("properties", {}).items():
         out += _structural_problems(sub, f"{path}.{key}", inner)
@@ -125,15 +137,32 @@ def test_load_crd_errors_name_the_file(tmp_path: Path) -> None:
 # --- create: accept / reject --------------------------------------------------------------
 GOOD = [
     pytest.param(job(), id="minimal"),
-    pytest.param(with_role(job(), "ps", replicas=1, minReplicas=None, maxReplicas=None),
-                 id="fixed-size-role"),
-    pytest.param(job(etcd={"endpoints": ["etcd-0.etcd:2379", "https://10.0.0.1:2379"],
-                           "tlsSecretRef": {"name": "etcd-tls"},
-                           "authSecretRef": {"name": "etcd-auth"}}), id="etcd"),
-    pytest.param(job(rpc={"timeoutSeconds": 30, "numWorkerThreads": 8, "deviceMaps": "off"},
-                     successPolicy={"role": "worker", "operator": "Any"},
-                     runPolicy={"backoffLimit": 0, "activeDeadlineSeconds": 60,
-                                "ttlSecondsAfterFinished": 0, "suspend": True}), id="policies"),
+    pytest.param(
+        with_role(job(), "ps", replicas=1, minReplicas=None, maxReplicas=None), id="fixed-size-role"
+    ),
+    pytest.param(
+        job(
+            etcd={
+                "endpoints": ["etcd-0.etcd:2379", "https://10.0.0.1:2379"],
+                "tlsSecretRef": {"name": "etcd-tls"},
+                "authSecretRef": {"name": "etcd-auth"},
+            }
+        ),
+        id="etcd",
+    ),
+    pytest.param(
+        job(
+            rpc={"timeoutSeconds": 30, "numWorkerThreads": 8, "deviceMaps": "off"},
+            successPolicy={"role": "worker", "operator": "Any"},
+            runPolicy={
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": 60,
+                "ttlSecondsAfterFinished": 0,
+                "suspend": True,
+            },
+        ),
+        id="policies",
+    ),
     pytest.param(with_role(job(), "worker", replicas=0, minReplicas=0), id="zero-replicas"),
 ]
 
@@ -144,42 +173,86 @@ def test_schema_accepts(crd: dict[str, Any], obj: dict[str, Any]) -> None:
 
 
 BAD = [
-    pytest.param(with_role(job(), "Bad-role", replicas=1), "spec.roles: Invalid value: "
-                 '"object": role names must be lowercase letters and digits', id="role-name"),
-    pytest.param(with_role(job(), "a" * 21, replicas=1), "at most 20 characters",
-                 id="role-too-long"),
-    pytest.param({**job(), "spec": {"roles": {"ps": job()["spec"]["roles"]["worker"]}}},
-                 "a role named 'worker' is required", id="no-worker-role"),
-    pytest.param(with_role(job(), "worker", minReplicas=3),
-                 'spec.roles.worker: Invalid value: "object": minReplicas must be <= replicas',
-                 id="min-above-replicas"),
-    pytest.param(with_role(job(), "worker", replicas=5),
-                 "replicas must be <= maxReplicas", id="replicas-above-max"),
-    pytest.param(with_role(job(), "worker", replicas=-1), "spec.roles.worker.replicas: Invalid "
-                 "value: -1: spec.roles.worker.replicas in body should be greater than or equal "
-                 "to 0", id="negative-replicas"),
-    pytest.param(with_role(job(), "worker", replicas="two"), "spec.roles.worker.replicas: "
-                 'Invalid value: "string": spec.roles.worker.replicas in body must be of type '
-                 'integer: "string"', id="replicas-type"),
-    pytest.param(with_role(job(), "worker", restartPolicy="Sometimes"),
-                 'spec.roles.worker.restartPolicy: Unsupported value: "Sometimes": supported '
-                 'values: "OnFailure", "Never", "Always"', id="restart-policy"),
-    pytest.param(with_role(job(), "worker", template=None), "spec.roles.worker.template: "
-                 "Required value", id="no-template"),
-    pytest.param(with_role(job(), "worker", template={"spec": {"containers": []}}),
-                 "spec.roles.worker.template.spec.containers in body should have at least 1 "
-                 "items", id="no-containers"),
-    pytest.param(job(rpc={"deviceMaps": "maybe"}), 'spec.rpc.deviceMaps: Unsupported value: '
-                 '"maybe"', id="device-maps"),
-    pytest.param(job(etcd={"endpoints": ["etcd"]}), "spec.etcd.endpoints[0] in body should "
-                 "match", id="endpoint-without-port"),
-    pytest.param(job(successPolicy={"role": "driver"}), "spec.successPolicy.role: Invalid "
-                 'value: "object": spec.successPolicy.role must name a role', id="success-role"),
-    pytest.param(job(runPolicy={"backoffLimit": -1}), "spec.runPolicy.backoffLimit in body "
-                 "should be greater than or equal to 0", id="backoff"),
+    pytest.param(
+        with_role(job(), "Bad-role", replicas=1),
+        'spec.roles: Invalid value: "object": role names must be lowercase letters and digits',
+        id="role-name",
+    ),
+    pytest.param(
+        with_role(job(), "a" * 21, replicas=1), "at most 20 characters", id="role-too-long"
+    ),
+    pytest.param(
+        {**job(), "spec": {"roles": {"ps": job()["spec"]["roles"]["worker"]}}},
+        "a role named 'worker' is required",
+        id="no-worker-role",
+    ),
+    pytest.param(
+        with_role(job(), "worker", minReplicas=3),
+        'spec.roles.worker: Invalid value: "object": minReplicas must be <= replicas',
+        id="min-above-replicas",
+    ),
+    pytest.param(
+        with_role(job(), "worker", replicas=5),
+        "replicas must be <= maxReplicas",
+        id="replicas-above-max",
+    ),
+    pytest.param(
+        with_role(job(), "worker", replicas=-1),
+        "spec.roles.worker.replicas: Invalid "
+        "value: -1: spec.roles.worker.replicas in body should be greater than or equal "
+        "to 0",
+        id="negative-replicas",
+    ),
+    pytest.param(
+        with_role(job(), "worker", replicas="two"),
+        "spec.roles.worker.replicas: "
+        'Invalid value: "string": spec.roles.worker.replicas in body must be of type '
+        'integer: "string"',
+        id="replicas-type",
+    ),
+    pytest.param(
+        with_role(job(), "worker", restartPolicy="Sometimes"),
+        'spec.roles.worker.restartPolicy: Unsupported value: "Sometimes": supported '
+        'values: "OnFailure", "Never", "Always"',
+        id="restart-policy",
+    ),
+    pytest.param(
+        with_role(job(), "worker", template=None),
+        "spec.roles.worker.template: Required value",
+        id="no-template",
+    ),
+    pytest.param(
+        with_role(job(), "worker", template={"spec": {"containers": []}}),
+        "spec.roles.worker.template.spec.containers in body should have at least 1 items",
+        id="no-containers",
+    ),
+    pytest.param(
+        job(rpc={"deviceMaps": "maybe"}),
+        'spec.rpc.deviceMaps: Unsupported value: "maybe"',
+        id="device-maps",
+    ),
+    pytest.param(
+        job(etcd={"endpoints": ["etcd"]}),
+        "spec.etcd.endpoints[0] in body should match",
+        id="endpoint-without-port",
+    ),
+    pytest.param(
+        job(successPolicy={"role": "driver"}),
+        "spec.successPolicy.role: Invalid "
+        'value: "object": spec.successPolicy.role must name a role',
+        id="success-role",
+    ),
+    pytest.param(
+        job(runPolicy={"backoffLimit": -1}),
+        "spec.runPolicy.backoffLimit in body should be greater than or equal to 0",
+        id="backoff",
+    ),
     pytest.param(job(surprise=True), 'unknown field "spec.surprise"', id="unknown-field"),
-    pytest.param(with_role(job(), "worker", replicaz=3), 'unknown field '
-                 '"spec.roles.worker.replicaz"', id="unknown-role-field"),
+    pytest.param(
+        with_role(job(), "worker", replicaz=3),
+        'unknown field "spec.roles.worker.replicaz"',
+        id="unknown-role-field",
+    ),
 ]
 
 
@@ -204,8 +277,11 @@ def test_template_keeps_unknown_fields_and_prune_drops_others(crd: dict[str, Any
 def test_defaults_are_applied(crd: dict[str, Any]) -> None:
     out = crdschema.apply_defaults(crd, job(rpc={}, runPolicy={}, successPolicy={"role": "worker"}))
     assert out["spec"]["roles"]["worker"]["restartPolicy"] == "OnFailure"
-    assert out["spec"]["rpc"] == {"timeoutSeconds": 60, "numWorkerThreads": 16,
-                                  "deviceMaps": "auto"}
+    assert out["spec"]["rpc"] == {
+        "timeoutSeconds": 60,
+        "numWorkerThreads": 16,
+        "deviceMaps": "auto",
+    }
     assert out["spec"]["runPolicy"] == {"backoffLimit": 6, "suspend": False}
     assert out["spec"]["successPolicy"]["operator"] == "All"
 
@@ -221,33 +297,70 @@ TRANSITIONS = [
     pytest.param(job(), with_role(job(), "worker", replicas=4), None, id="scale-up"),
     pytest.param(job(), with_role(job(), "worker", replicas=1), None, id="scale-down"),
     pytest.param(job(), job(runPolicy={"suspend": True}), None, id="suspend"),
-    pytest.param(job(), with_role(job(), "worker", maxReplicas=8),
-                 "maxReplicas is immutable", id="max-changed"),
-    pytest.param(job(), with_role(job(), "worker", maxReplicas=None, replicas=2),
-                 "maxReplicas is immutable", id="max-removed"),
-    pytest.param(job(), with_role(job(), "ps", replicas=1),
-                 "roles cannot be added or removed", id="role-added"),
-    pytest.param(with_role(job(), "ps", replicas=1), job(),
-                 "roles cannot be added or removed", id="role-removed"),
-    pytest.param(with_role(job(), "ps", replicas=1, maxReplicas=None, minReplicas=None),
-                 with_role(job(), "ps", replicas=2, maxReplicas=None, minReplicas=None),
-                 "this role has no maxReplicas, so it is fixed-size", id="fixed-role-scaled"),
-    pytest.param(job(etcd={"endpoints": ["a:2379"]}), job(etcd={"endpoints": ["b:2379"]}),
-                 "spec.etcd is immutable", id="etcd-changed"),
-    pytest.param(job(), job(etcd={"endpoints": ["b:2379"]}), "spec.etcd is immutable",
-                 id="etcd-added"),
-    pytest.param(job(rpc={"timeoutSeconds": 30}), job(rpc={"timeoutSeconds": 31}),
-                 "spec.rpc is immutable", id="rpc-changed"),
-    pytest.param(job(successPolicy={"role": "worker"}), job(), "spec.successPolicy is immutable",
-                 id="success-policy-removed"),
-    pytest.param(with_role(job(), "worker", gpus=1), with_role(job(), "worker", gpus=2),
-                 "gpus is immutable", id="gpus-changed"),
+    pytest.param(
+        job(),
+        with_role(job(), "worker", maxReplicas=8),
+        "maxReplicas is immutable",
+        id="max-changed",
+    ),
+    pytest.param(
+        job(),
+        with_role(job(), "worker", maxReplicas=None, replicas=2),
+        "maxReplicas is immutable",
+        id="max-removed",
+    ),
+    pytest.param(
+        job(),
+        with_role(job(), "ps", replicas=1),
+        "roles cannot be added or removed",
+        id="role-added",
+    ),
+    pytest.param(
+        with_role(job(), "ps", replicas=1),
+        job(),
+        "roles cannot be added or removed",
+        id="role-removed",
+    ),
+    pytest.param(
+        with_role(job(), "ps", replicas=1, maxReplicas=None, minReplicas=None),
+        with_role(job(), "ps", replicas=2, maxReplicas=None, minReplicas=None),
+        "this role has no maxReplicas, so it is fixed-size",
+        id="fixed-role-scaled",
+    ),
+    pytest.param(
+        job(etcd={"endpoints": ["a:2379"]}),
+        job(etcd={"endpoints": ["b:2379"]}),
+        "spec.etcd is immutable",
+        id="etcd-changed",
+    ),
+    pytest.param(
+        job(), job(etcd={"endpoints": ["b:2379"]}), "spec.etcd is immutable", id="etcd-added"
+    ),
+    pytest.param(
+        job(rpc={"timeoutSeconds": 30}),
+        job(rpc={"timeoutSeconds": 31}),
+        "spec.rpc is immutable",
+        id="rpc-changed",
+    ),
+    pytest.param(
+        job(successPolicy={"role": "worker"}),
+        job(),
+        "spec.successPolicy is immutable",
+        id="success-policy-removed",
+    ),
+    pytest.param(
+        with_role(job(), "worker", gpus=1),
+        with_role(job(), "worker", gpus=2),
+        "gpus is immutable",
+        id="gpus-changed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), TRANSITIONS)
-def test_transition_rules(crd: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
-                          expected: str | None) -> None:
+def test_transition_rules(
+    crd: dict[str, Any], old: dict[str, Any], new: dict[str, Any], expected: str | None
+) -> None:
     errors = crdschema.validate(crd, new, old)
     if expected is None:
         assert errors == []
@@ -259,9 +372,18 @@ def test_transition_rules(crd: dict[str, Any], old: dict[str, Any], new: dict[st
 
 def test_status_is_validated_too(crd: dict[str, Any]) -> None:
     obj = job()
-    obj["status"] = {"state": "Exploded", "conditions": [
-        {"type": "Running", "status": "Yes", "reason": "x", "message": "",
-         "lastTransitionTime": "yesterday"}]}
+    obj["status"] = {
+        "state": "Exploded",
+        "conditions": [
+            {
+                "type": "Running",
+                "status": "Yes",
+                "reason": "x",
+                "message": "",
+                "lastTransitionTime": "yesterday",
+            }
+        ],
+    }
     errors = crdschema.validate(crd, obj)
     assert 'status.state: Unsupported value: "Exploded"' in " ".join(errors)
     assert any("status.conditions[0].status: Unsupported value" in e for e in errors)

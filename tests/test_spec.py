@@ -1,0 +1,352 @@
+"""parse_job: typed spec, defaults, and every check beyond the schema with its message."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from rpcjob import contract
+from rpcjob_operator.spec import InvalidSpec, parse_job, parse_time
+
+
+def container(**extra: Any) -> dict[str, Any]:
+    return {"name": "worker", "image": "img", "command": ["python", "-m", "app"], **extra}
+
+
+def role(replicas: int = 2, **extra: Any) -> dict[str, Any]:
+    return {"replicas": replicas, "template": {"spec": {"containers": [container()]}}, **extra}
+
+
+def job(name: str = "demo", **spec: Any) -> dict[str, Any]:
+    spec.setdefault("roles", {"worker": role(maxReplicas=4)})
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 3,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": spec,
+    }
+
+
+def test_parse_full_spec() -> None:
+    obj = job(
+        roles={
+            "worker": role(3, minReplicas=2, maxReplicas=8, gpus=1, restartPolicy="Always"),
+            "ps": role(1),
+        },
+        etcd={
+            "endpoints": ["e:2379"],
+            "tlsSecretRef": {"name": "t"},
+            "authSecretRef": {"name": "a"},
+        },
+        rpc={"timeoutSeconds": 12.5, "numWorkerThreads": 4, "deviceMaps": "off"},
+        successPolicy={"role": "ps", "operator": "Any"},
+        runPolicy={
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": 60,
+            "ttlSecondsAfterFinished": 5,
+            "suspend": True,
+        },
+    )
+    j = parse_job(obj)
+    assert list(j.roles) == ["ps", "worker"]
+    w = j.roles["worker"]
+    assert (w.replicas, w.min_replicas, w.max_replicas, w.scalable) == (3, 2, 8, True)
+    assert (w.restart_policy, w.gpus, w.worker_container) == ("Always", 1, "worker")
+    ps = j.roles["ps"]
+    # fixed-size role: max = replicas, min defaults to 1, restartPolicy OnFailure
+    assert (ps.max_replicas, ps.min_replicas, ps.scalable, ps.restart_policy) == (
+        1,
+        1,
+        False,
+        "OnFailure",
+    )
+    assert j.slots() == {"ps": 1, "worker": 8}
+    assert (j.etcd.endpoints, j.etcd.tls_secret, j.etcd.auth_secret) == (("e:2379",), "t", "a")
+    assert (j.rpc.timeout_seconds, j.rpc.num_worker_threads, j.rpc.device_maps) == (12.5, 4, "off")
+    assert (j.success_policy.role, j.success_policy.operator) == ("ps", "Any")
+    rp = j.run_policy
+    assert (
+        rp.backoff_limit,
+        rp.active_deadline_seconds,
+        rp.ttl_seconds_after_finished,
+        rp.suspend,
+    ) == (2, 60, 5, True)
+    assert (j.meta.name, j.meta.namespace, j.meta.uid, j.meta.generation) == (
+        "demo",
+        "ns",
+        "u-1",
+        3,
+    )
+    assert j.meta.creation_timestamp == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def test_defaults() -> None:
+    j = parse_job(job(roles={"worker": role(0, maxReplicas=2)}))
+    assert j.roles["worker"].min_replicas == 0  # no minimum above replicas
+    assert j.etcd.endpoints == () and j.etcd.tls_secret is None
+    assert (j.rpc.timeout_seconds, j.rpc.num_worker_threads, j.rpc.device_maps) == (
+        contract.DEFAULT_RPC_TIMEOUT,
+        contract.DEFAULT_RPC_THREADS,
+        "auto",
+    )
+    assert j.success_policy.role is None and j.run_policy.backoff_limit == 6
+    assert not j.run_policy.suspend
+
+
+def test_gpus_from_the_template_and_worker_by_name() -> None:
+    sidecar_like = {"name": "logs", "image": "busybox"}
+    worker = container(resources={"limits": {"nvidia.com/gpu": "2"}})
+    obj = job(
+        roles={
+            "worker": {"replicas": 1, "template": {"spec": {"containers": [sidecar_like, worker]}}}
+        }
+    )
+    r = parse_job(obj).roles["worker"]
+    assert (r.gpus, r.worker_container) == (2, "worker")
+
+
+def test_parse_does_not_alias_the_template() -> None:
+    obj = job()
+    j = parse_job(obj)
+    obj["spec"]["roles"]["worker"]["template"]["spec"]["containers"][0]["image"] = "changed"
+    assert j.roles["worker"].template["spec"]["containers"][0]["image"] == "img"
+
+
+def _tmpl(**spec: Any) -> dict[str, Any]:
+    return {"spec": {"containers": [container()], **spec}}
+
+
+def _with(obj: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+W = ["spec", "roles", "worker"]
+C0 = [*W, "template", "spec", "containers", 0]
+INVALID = [
+    pytest.param(
+        job(roles={"Worker": role()}),
+        "spec.roles.Worker: role name 'Worker' is invalid",
+        id="role-name",
+    ),
+    pytest.param(
+        job(roles={"ps": role(1)}), "spec.roles: a role named 'worker' is required", id="no-worker"
+    ),
+    pytest.param(
+        _with(job(), [*W, "minReplicas"], 3),
+        "spec.roles.worker.minReplicas: minReplicas (3) must be <= replicas (2)",
+        id="min",
+    ),
+    pytest.param(
+        _with(job(), [*W, "replicas"], 5),
+        "spec.roles.worker.replicas: replicas (5) must be <= maxReplicas (4)",
+        id="max",
+    ),
+    pytest.param(
+        _with(job(), [*W, "replicas"], "2"),
+        "spec.roles.worker.replicas: must be an integer",
+        id="replicas-type",
+    ),
+    pytest.param(
+        _with(job(), [*W, "restartPolicy"], "Sometimes"),
+        "spec.roles.worker.restartPolicy: unsupported value 'Sometimes'",
+        id="restart-policy",
+    ),
+    pytest.param(
+        job(name="x" * 56),
+        "would be 65 characters; a pod hostname is at most 63: shorten the job name (56 chars)",
+        id="pod-name-too-long",
+    ),
+    pytest.param(
+        job(name="9lives"),
+        "metadata.name: '9lives' cannot name the job's headless Service",
+        id="job-name-dns",
+    ),
+    pytest.param(
+        job(roles={"worker": role(1, maxReplicas=20000), "ps": role(1, maxReplicas=20000)}),
+        "maxReplicas add up to 40000, more than torch's int16 rank space (32768)",
+        id="rank-space",
+    ),
+    pytest.param(
+        _with(job(), [*C0, "command"], None),
+        "spec.roles.worker.template.spec."
+        "containers[0].command: Required value: the worker needs an explicit command",
+        id="no-command",
+    ),
+    pytest.param(
+        _with(job(), [*C0, "command"], "python app.py"),
+        "containers[0].command: Required value",
+        id="command-string",
+    ),
+    pytest.param(
+        _with(job(), [*C0, "image"], None), "containers[0].image: Required value", id="no-image"
+    ),
+    pytest.param(
+        _with(
+            job(),
+            [*W, "template", "spec", "containers"],
+            [container(name="a"), container(name="b")],
+        ),
+        "the template has 2 containers and none is named 'worker'",
+        id="which-worker",
+    ),
+    pytest.param(
+        _with(job(), [*W, "template"], None),
+        "spec.roles.worker.template: Required value",
+        id="no-template",
+    ),
+    pytest.param(
+        _with(job(), [*W, "template"], {"spec": {"containers": []}}),
+        "containers: Required value: at least one container",
+        id="no-containers",
+    ),
+    pytest.param(
+        _with(_with(job(), [*W, "gpus"], 2), [*C0, "resources"], {"limits": {"nvidia.com/gpu": 1}}),
+        "the template asks for 1 GPUs but the role's gpus is 2",
+        id="gpu-mismatch",
+    ),
+    pytest.param(
+        _with(
+            job(),
+            [*C0, "resources"],
+            {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 2}},
+        ),
+        "requests (2) and limits (1) differ",
+        id="gpu-requests-limits",
+    ),
+    pytest.param(
+        _with(job(), [*C0, "resources"], {"limits": {"nvidia.com/gpu": "1.5"}}),
+        "must be a whole number of GPUs",
+        id="gpu-fraction",
+    ),
+    pytest.param(
+        _with(job(), [*C0, "env"], [{"name": contract.ENV_ETCD_ENDPOINTS, "value": "x"}]),
+        "containers[0].env[0].name: 'RPCJOB_ETCD_ENDPOINTS' is set by rpcjob",
+        id="reserved-env",
+    ),
+    pytest.param(
+        _with(job(), [*W, "template"], _tmpl(volumes=[{"name": "rpcjob-socket"}])),
+        "volumes[0].name: 'rpcjob-socket' is a volume rpcjob injects",
+        id="volume",
+    ),
+    pytest.param(
+        _with(
+            job(), [*C0, "volumeMounts"], [{"name": "v", "mountPath": contract.SOCKET_DIR + "/"}]
+        ),
+        "volumeMounts[0].mountPath: /var/run/rpcjob is where rpcjob mounts",
+        id="mount",
+    ),
+    pytest.param(
+        _with(
+            job(),
+            [*W, "template"],
+            _tmpl(initContainers=[{"name": contract.SIDECAR_CONTAINER, "image": "x"}]),
+        ),
+        "initContainers[0].name: 'rpcjob-sidecar' is the container rpcjob injects",
+        id="sidecar-name",
+    ),
+    pytest.param(
+        _with(job(), [*W, "template"], _tmpl(restartPolicy="OnFailure")),
+        "template.spec.restartPolicy: rpcjob replaces pods itself",
+        id="pod-restart",
+    ),
+    pytest.param(
+        _with(job(), [*W, "template", "metadata"], {"labels": {contract.LABEL_ROLE: "x"}}),
+        "labels under rpcjob.dev/ are set by rpcjob",
+        id="reserved-label",
+    ),
+    pytest.param(
+        job(roles={"worker": role(2, maxReplicas=4, restartPolicy="Always")}),
+        "spec.successPolicy.role: role 'worker' has restartPolicy Always and never finishes",
+        id="always-needs-success-role",
+    ),
+    pytest.param(
+        job(
+            roles={"worker": role(2, maxReplicas=4, restartPolicy="Always")},
+            successPolicy={"role": "worker"},
+        ),
+        "role 'worker' has restartPolicy Always, so its pods never finish",
+        id="success-role-always",
+    ),
+    pytest.param(
+        job(successPolicy={"role": "driver"}),
+        "spec.successPolicy.role: no role 'driver' in spec.roles (roles: worker)",
+        id="success-role-missing",
+    ),
+    pytest.param(
+        job(successPolicy={"operator": "Some"}),
+        "spec.successPolicy.operator: use All or Any",
+        id="success-operator",
+    ),
+    pytest.param(
+        job(rpc={"deviceMaps": "on"}), "spec.rpc.deviceMaps: use auto or off", id="device-maps"
+    ),
+    pytest.param(
+        job(etcd={"endpoints": "e:2379"}),
+        "spec.etcd.endpoints: must be a list",
+        id="etcd-endpoints",
+    ),
+    pytest.param(
+        job(etcd={"tlsSecretRef": {}}),
+        "spec.etcd.tlsSecretRef.name: Required value",
+        id="etcd-tls-ref",
+    ),
+    pytest.param(
+        job(runPolicy={"backoffLimit": -2}),
+        "spec.runPolicy.backoffLimit: must be >= 0, got -2",
+        id="backoff",
+    ),
+    pytest.param({"metadata": {"name": "x"}}, "spec: Required value", id="no-spec"),
+    pytest.param(job(roles={}), "spec.roles: Required value: a map of roles", id="no-roles"),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), INVALID)
+def test_invalid_specs_name_the_field_and_fix(obj: dict[str, Any], expected: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_job(obj)
+    assert expected in str(info.value), str(info.value)
+    assert info.value.reason == "InvalidSpec" and info.value.errors
+
+
+def test_every_error_is_reported_at_once() -> None:
+    obj = _with(_with(job(), [*W, "minReplicas"], 3), [*C0, "command"], None)
+    with pytest.raises(InvalidSpec) as info:
+        parse_job(obj)
+    paths = {e.path for e in info.value.errors}
+    assert {
+        "spec.roles.worker.minReplicas",
+        "spec.roles.worker.template.spec.containers[0].command",
+    } <= paths
+
+
+def test_user_rpcjob_prefixed_env_is_allowed() -> None:
+    obj = _with(
+        job(),
+        [*C0, "env"],
+        [
+            {"name": "RPCJOB_EXAMPLE_STEPS", "value": "3"},
+            {"name": contract.ENV_TEST_HOOK, "value": "kill"},
+        ],
+    )
+    parse_job(obj)
+
+
+def test_parse_time() -> None:
+    assert parse_time(None) is None and parse_time("") is None
+    assert parse_time("2026-01-02T03:04:05Z") == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    naive = dt.datetime(2026, 1, 1)
+    assert parse_time(naive) == naive.replace(tzinfo=dt.UTC)
