@@ -1,0 +1,160 @@
+"""Pure decisions of rpcjob.etcd: failure classification, retry decisions, endpoint parsing,
+stub freshness. Table-driven; no etcd needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rpcjob.etcd import Compare, EtcdAuthError, EtcdTimeout, EtcdTLSError, EtcdUnavailable
+from rpcjob.etcd._conn import parse_endpoints
+from rpcjob.etcd._convert import prefix_end
+from rpcjob.etcd._failures import Action, Failure, classify, decide, error_for, txn_unknown
+
+C = grpc.StatusCode
+REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused"  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "have_user", "expected"),
+    [
+        (C.UNAVAILABLE, REFUSED, False, Failure.CONNECT),
+        (C.UNAVAILABLE, "failed to connect to all addresses; last error: x: Socket closed", False,
+         Failure.CONNECT),
+        (C.UNAVAILABLE, "Socket closed", False, Failure.BROKEN),
+        (C.UNAVAILABLE, "Connection reset by peer", False, Failure.BROKEN),
+        (C.UNAVAILABLE, "etcdserver: request timed out", False, Failure.BROKEN),
+        (C.UNAVAILABLE, "ipv4:127.0.0.1:1: Handshake read failed (Socket closed)", False,
+         Failure.TLS),
+        (C.UNAVAILABLE, "ipv4:x: Unwrap failed (TSI_DATA_CORRUPTED)", False, Failure.TLS),
+        (C.UNKNOWN, "etcdserver: invalid auth token", True, Failure.REAUTH),
+        (C.UNAUTHENTICATED, "etcdserver: invalid auth token", True, Failure.REAUTH),
+        (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True, Failure.REAUTH),
+        (C.INVALID_ARGUMENT, "etcdserver: user name is empty", True, Failure.REAUTH),
+        (C.INVALID_ARGUMENT, "etcdserver: user name is empty", False, Failure.AUTH_REQUIRED),
+        (C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password",
+         True, Failure.AUTH_FAILED),
+        (C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled", True,
+         Failure.AUTH_DISABLED),
+        (C.PERMISSION_DENIED, "etcdserver: permission denied", True, Failure.PERMISSION),
+        (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted", False,
+         Failure.COMPACTED),
+        (C.NOT_FOUND, "etcdserver: requested lease not found", False, Failure.LEASE_NOT_FOUND),
+        (C.DEADLINE_EXCEEDED, "Deadline Exceeded", False, Failure.DEADLINE),
+        (C.CANCELLED, "Channel closed!", False, Failure.CANCELLED),
+        (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request", False,
+         Failure.OTHER),
+    ],
+)  # fmt: skip
+def test_classify(code: grpc.StatusCode, details: str, have_user: bool, expected: Failure) -> None:
+    assert classify(code, details, have_user=have_user) is expected
+
+
+@pytest.mark.parametrize(
+    ("failure", "idempotent", "reauthed", "expected"),
+    [
+        (Failure.CONNECT, False, False, Action.RETRY),  # never sent: even a txn may go again
+        (Failure.TLS, False, False, Action.RETRY),
+        (Failure.BROKEN, True, False, Action.RETRY),
+        (Failure.BROKEN, False, False, Action.UNKNOWN),  # a txn that may have applied
+        (Failure.DEADLINE, False, False, Action.UNKNOWN),
+        (Failure.DEADLINE, True, False, Action.RAISE),
+        (Failure.REAUTH, False, False, Action.REAUTH),  # rejected before applying: safe
+        (Failure.REAUTH, True, True, Action.RAISE),  # once only
+        (Failure.AUTH_DISABLED, True, False, Action.DROP_AUTH),
+        (Failure.AUTH_FAILED, True, False, Action.RAISE),
+        (Failure.PERMISSION, True, False, Action.RAISE),
+        (Failure.OTHER, True, False, Action.RAISE),
+    ],
+)
+def test_decide(failure: Failure, idempotent: bool, reauthed: bool, expected: Action) -> None:
+    got = decide(failure, idempotent=idempotent, reauthed=reauthed, tried=0, n_endpoints=2)
+    assert got is expected
+
+
+def _err(f: Failure, details: str = "x", user: str | None = None) -> Exception:
+    return error_for(
+        f, details, endpoint="10.0.0.1:2379", endpoints=["10.0.0.1:2379"], op="get", timeout=5,
+        user=user,
+    )  # fmt: skip
+
+
+def test_error_messages_name_endpoint_and_fix() -> None:
+    e = _err(Failure.CONNECT, REFUSED)
+    assert isinstance(e, EtcdUnavailable)
+    assert "etcd at 10.0.0.1:2379 unreachable" in str(e)
+    assert "RPCJOB_ETCD_ENDPOINTS" in str(e)
+    assert "failed to connect to all addresses" not in str(e)  # noise stripped
+    e = _err(Failure.TLS, "Handshake read failed")
+    assert isinstance(e, EtcdTLSError)
+    assert "TLS handshake with etcd at 10.0.0.1:2379 failed" in str(e)
+    assert "RPCJOB_ETCD_CA" in str(e)
+    e = _err(Failure.AUTH_FAILED, user="bob")
+    assert isinstance(e, EtcdAuthError)
+    assert str(e).startswith("authentication failed for user 'bob'")
+    assert "wrong password (RPCJOB_ETCD_PASSWORD)" in str(e)
+    e = _err(Failure.AUTH_REQUIRED)
+    assert "requires authentication: set RPCJOB_ETCD_USER and RPCJOB_ETCD_PASSWORD" in str(e)
+    e = txn_unknown("Socket closed", endpoint="10.0.0.1:2379", timeout=5, deadline=False)
+    assert isinstance(e, EtcdTimeout)
+    assert "outcome is unknown" in str(e)
+    assert "not retried" in str(e)
+
+
+def test_several_endpoints_named_when_all_fail() -> None:
+    e = error_for(
+        Failure.CONNECT, REFUSED, endpoint="b:2", endpoints=["a:1", "b:2"], op="put", timeout=1,
+        user=None,
+    )  # fmt: skip
+    assert "etcd unreachable at every endpoint (a:1, b:2; last b:2)" in str(e)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("127.0.0.1:2379", ["127.0.0.1:2379"]),
+        ("a:1, b:2,", ["a:1", "b:2"]),
+        (["http://a:1/", "https://b:2"], ["a:1", "b:2"]),
+        ("[::1]:2379", ["[::1]:2379"]),
+    ],
+)
+def test_parse_endpoints(given: str | list[str], expected: list[str]) -> None:
+    assert parse_endpoints(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("", "no etcd endpoint given"),
+        ("localhost", "etcd endpoint 'localhost' is invalid: use host:port"),
+        ("a:b", "etcd endpoint 'a:b' is invalid"),
+    ],
+)
+def test_parse_endpoints_rejects(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_endpoints(given)
+
+
+def test_compare_rejects_bad_op() -> None:
+    with pytest.raises(ValueError, match="compare op '==' is invalid: use one of"):
+        Compare.value("k", "==", "v")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"), [(b"a", b"b"), (b"a\xff", b"b"), (b"\xff\xff", b"\0"), (b"", b"\0")]
+)
+def test_prefix_end(prefix: bytes, end: bytes) -> None:
+    assert prefix_end(prefix) == end
+
+
+def test_generated_stubs_are_up_to_date() -> None:
+    """Regenerate every proto set into a temp dir and compare with the committed stubs."""
+    script = Path(__file__).parents[1] / "sidecar/rpcjob/etcd/proto/generate.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
