@@ -1,0 +1,217 @@
+"""The sidecar's configuration, read from the environment (docs/contract.md lists every name).
+
+``load_config(env)`` is pure: it validates everything up front and raises :class:`ConfigError`
+naming the variable and the fix, so a misconfigured pod fails at start with one clear line
+instead of half-joining a group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rpcjob import contract as c
+from rpcjob.devices import DeviceMapError, RoleShape
+from rpcjob.devices import parse_slots as parse_job_slots
+
+
+class ConfigError(ValueError):
+    """A missing or invalid environment variable; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...]
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)  # never printed
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    namespace: str
+    job_name: str
+    job_uid: str
+    role: str
+    index: int
+    worker_name: str
+    pod_name: str
+    pod_ip: str
+    node_name: str
+    etcd: EtcdConfig
+    slots: dict[str, RoleShape]
+    gpus: int
+    rpc_timeout: float
+    rpc_threads: int
+    device_maps: str
+    lease_ttl: int
+    rank_space: int
+    http_host: str
+    http_port: int
+    socket: str
+    drain_grace: float
+    node_labels_file: str = ""
+    node_labels_json: str = ""
+    test_hook: str = ""
+
+    @property
+    def keys(self) -> c.JobKeys:
+        return c.JobKeys(self.namespace, self.job_name, self.job_uid)
+
+
+def _req(env: Mapping[str, str], name: str, what: str) -> str:
+    v = env.get(name, "").strip()
+    if not v:
+        raise ConfigError(f"{name} is not set: it must hold {what}")
+    return v
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, what: str) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer: set it to {what}") from None
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name}={v} is out of range: set it to {what} ({lo}..{hi})")
+    return v
+
+
+def _float(env: Mapping[str, str], name: str, default: float, what: str) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number: set it to {what}") from None
+    if not v > 0:
+        raise ConfigError(f"{name}={raw!r} must be > 0: set it to {what}")
+    return v
+
+
+def parse_host_port(raw: str, name: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}={raw!r} is not host:port: set it to e.g. 10.0.0.5:9464")
+    return host.strip("[]"), int(port)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
+    env = os.environ if env is None else env
+    namespace = _req(env, c.ENV_NAMESPACE, "the job's namespace (downward API)")
+    job_name = _req(env, c.ENV_JOB_NAME, "the RpcJob's name")
+    job_uid = _req(env, c.ENV_JOB_UID, "the RpcJob's metadata.uid")
+    role = _req(env, c.ENV_ROLE, "the slot's role, e.g. 'worker'")
+    try:
+        c.validate_role(role)
+    except c.InvalidName as e:
+        raise ConfigError(f"{c.ENV_ROLE}: {e}") from None
+    index = _int(env, c.ENV_INDEX, -1, 0, 32767, "the slot index (an integer >= 0)")
+    if index < 0:
+        raise ConfigError(f"{c.ENV_INDEX} is not set: it must hold the slot index, e.g. 0")
+    expected = c.worker_name(role, index)
+    worker = env.get(c.ENV_WORKER_NAME, "").strip() or expected
+    try:
+        c.validate_worker_name(worker)
+    except c.InvalidName as e:
+        raise ConfigError(f"{c.ENV_WORKER_NAME}: {e}") from None
+    if worker != expected:
+        raise ConfigError(
+            f"{c.ENV_WORKER_NAME}={worker!r} does not match role {role!r} and index {index}: "
+            f"set it to {expected!r} or leave it unset"
+        )
+    pod_ip = _req(env, c.ENV_POD_IP, "the pod IP (downward API status.podIP)")
+    pod_name = env.get(c.ENV_POD_NAME, "").strip() or c.pod_name(job_name, role, index)
+    node_name = env.get(c.ENV_NODE_NAME, "").strip()
+
+    endpoints = tuple(
+        e.strip() for e in _req(env, c.ENV_ETCD_ENDPOINTS, "etcd host:port[,host:port]").split(",")
+    )
+    for ep in endpoints:
+        parse_host_port(ep.removeprefix("http://").removeprefix("https://"), c.ENV_ETCD_ENDPOINTS)
+    tls = {n: env.get(n, "").strip() for n in (c.ENV_ETCD_CA, c.ENV_ETCD_CERT, c.ENV_ETCD_KEY)}
+    for name, path in tls.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name}={path!r}: no such file; mount the etcd TLS secret there")
+    if bool(tls[c.ENV_ETCD_CERT]) != bool(tls[c.ENV_ETCD_KEY]):
+        raise ConfigError(
+            f"{c.ENV_ETCD_CERT} and {c.ENV_ETCD_KEY} go together: set both or neither"
+        )
+    user = env.get(c.ENV_ETCD_USER, "").strip()
+    password = env.get(c.ENV_ETCD_PASSWORD, "")
+    if bool(user) != bool(password):
+        raise ConfigError(
+            f"{c.ENV_ETCD_USER} and {c.ENV_ETCD_PASSWORD} go together: set both or neither"
+        )
+    etcd = EtcdConfig(
+        endpoints,
+        tls[c.ENV_ETCD_CA],
+        tls[c.ENV_ETCD_CERT],
+        tls[c.ENV_ETCD_KEY],
+        user,
+        password,
+    )
+
+    slots_raw = env.get(c.ENV_SLOTS, "").strip() or json.dumps({role: index + 1})
+    try:
+        slots = parse_job_slots(slots_raw, env.get(c.ENV_ROLE_GPUS, "").strip())
+    except (DeviceMapError, c.InvalidName) as e:
+        raise ConfigError(f"{c.ENV_SLOTS}: {e}") from None
+    if role not in slots:
+        raise ConfigError(f"{c.ENV_SLOTS} does not list this pod's role {role!r}: add it")
+    if index >= slots[role].max_replicas:
+        raise ConfigError(
+            f"{c.ENV_INDEX}={index} is outside {c.ENV_SLOTS}[{role!r}]="
+            f"{slots[role].max_replicas}: raise maxReplicas"
+        )
+    gpus = _int(env, c.ENV_GPUS, 0, 0, 1024, "the role's nvidia.com/gpu request")
+    device_maps = env.get(c.ENV_DEVICE_MAPS, "").strip() or "auto"
+    if device_maps not in ("auto", "off"):
+        raise ConfigError(f"{c.ENV_DEVICE_MAPS}={device_maps!r}: use 'auto' or 'off'")
+
+    http_raw = env.get(c.ENV_HTTP_ADDR, "").strip() or f"{pod_ip}:{c.SIDECAR_HTTP_PORT}"
+    http_host, http_port = parse_host_port(http_raw, c.ENV_HTTP_ADDR)
+    return SidecarConfig(
+        namespace=namespace,
+        job_name=job_name,
+        job_uid=job_uid,
+        role=role,
+        index=index,
+        worker_name=worker,
+        pod_name=pod_name,
+        pod_ip=pod_ip,
+        node_name=node_name,
+        etcd=etcd,
+        slots=slots,
+        gpus=gpus,
+        rpc_timeout=_float(env, c.ENV_RPC_TIMEOUT, c.DEFAULT_RPC_TIMEOUT, "seconds, e.g. 60"),
+        rpc_threads=_int(
+            env, c.ENV_RPC_THREADS, c.DEFAULT_RPC_THREADS, 1, 4096, "worker threads, e.g. 16"
+        ),
+        device_maps=device_maps,
+        lease_ttl=_int(
+            env, c.ENV_LEASE_TTL, c.DEFAULT_LEASE_TTL, 1, 3600, "seconds (>= 10 in a cluster)"
+        ),
+        rank_space=_int(
+            env,
+            c.ENV_RANK_SPACE,
+            c.DEFAULT_RANK_SPACE,
+            1,
+            c.DEFAULT_RANK_SPACE,
+            "how many ranks to allocate from (torch ranks are int16)",
+        ),
+        http_host=http_host,
+        http_port=http_port,
+        socket=env.get(c.ENV_SOCKET, "").strip() or c.socket_path(),
+        drain_grace=_float(env, c.ENV_DRAIN_GRACE, c.DEFAULT_DRAIN_GRACE, "seconds, e.g. 30"),
+        node_labels_file=env.get(c.ENV_NODE_LABELS_FILE, "").strip(),
+        node_labels_json=env.get(c.ENV_NODE_LABELS, "").strip(),
+        test_hook=env.get(c.ENV_TEST_HOOK, "").strip(),
+    )

@@ -1,0 +1,453 @@
+"""The sidecar's state: its etcd leases, the worker's incarnations, the membership watch and the
+cleaner election. The gRPC servicer (server.py) and main.py only call into this.
+
+Two leases: the *sidecar lease* (process lifetime) carries the cleaner election, so a sidecar
+whose worker is between incarnations can still clean up after it; each *incarnation lease*
+carries ``ranks/<r>``, ``members/<w>`` and eviction acks, and is revoked the moment the worker's
+stream closes without a graceful leave (crash detection without waiting for a TTL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rpcjob import devices as dv
+from rpcjob import torchkeys as tk
+from rpcjob.etcd import Client, Compare, EtcdError, KeepAlive, Lease, Op, WatchEvent
+
+from ._pb import sidecar_pb2 as _pb2
+from .cleaner import Cleaner, parse_ident, read_snapshot
+from .cleanup import Identity, name_is_clean, torch_key
+from .config import SidecarConfig
+from .http import Metrics
+from .members import MemberRecord, MembershipView
+from .ranks import allocate_once
+
+log = logging.getLogger("rpcjob.sidecar")
+# The generated modules build their classes at run time: mypy sees them as Any.
+pb: Any = _pb2
+Report: Any = pb.WorkerReport
+Event: Any = pb.MembershipEvent
+
+
+class HelloError(RuntimeError):
+    def __init__(self, message: str, code: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Incarnation:
+    lease: Lease
+    keepalive: KeepAlive
+    rank: int
+    revision: int
+    plan: dv.DevicePlan
+    state: int = 0  # WorkerReport.State; 0 = Hello answered
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    session_open: bool = False
+    next_id: int = 1
+    evict_ids: dict[int, Identity] = field(default_factory=dict)
+    ended: threading.Event = field(default_factory=threading.Event)
+    graceful: bool = False
+
+
+class Sidecar:
+    def __init__(
+        self, cfg: SidecarConfig, client: Client, node: dv.NodeGPUs, metrics: Metrics
+    ) -> None:
+        self.cfg, self.client, self.node, self.metrics = cfg, client, node, metrics
+        self.keys = cfg.keys
+        self.me = cfg.worker_name
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.hello_lock = threading.Lock()
+        self.view = MembershipView(self.keys)
+        self.evicts: set[Identity] = set()
+        self.election_holder: int | None = None
+        self.inc: Incarnation | None = None
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.lease: Lease | None = None
+        self.cleaner = Cleaner(
+            client, self.keys, max(3.0 * cfg.lease_ttl, 10.0), on_evicted=self._on_evicted
+        )
+        self.last_etcd_ok = 0.0
+
+    # --- start / stop -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._grant_sidecar_lease()
+        res = self.client.txn(
+            [],
+            [Op.get(self.keys.members, prefix=True), Op.get(self.keys.evicts, prefix=True),
+             Op.get(self.keys.election)],
+        )  # fmt: skip
+        members, evicts, election = (getattr(r, "kvs", []) for r in res.responses)
+        with self.lock:
+            self.view.apply([WatchEvent("PUT", kv, None) for kv in members])
+            for kv in evicts:
+                self._note_evict(kv.key.decode(), True)
+            self.election_holder = int(election[0].value) if election else None
+            self.metrics.members.set(len(self.view.members))
+        self.client.watch(self.keys.root, prefix=True, start_revision=res.revision + 1,
+                          callback=self._on_batch, on_error=self._on_watch_error)  # fmt: skip
+        self.last_etcd_ok = time.monotonic()
+        threading.Thread(target=self._cleaner_loop, daemon=True, name="rpcjob-cleaner").start()
+
+    def _grant_sidecar_lease(self) -> None:
+        self.lease = self.client.lease_grant(self.cfg.lease_ttl)
+        self.client.keepalive(self.lease, on_lost=self._sidecar_lease_lost)
+
+    def _sidecar_lease_lost(self, err: BaseException | None) -> None:
+        log.warning("sidecar lease lost (%s): re-granting", err or "expired")
+        if not self.stopping.is_set():
+            try:
+                self._grant_sidecar_lease()
+            except EtcdError as e:
+                log.error("cannot re-grant the sidecar lease: %s", e)
+
+    def drain(self, grace: float) -> None:
+        """SIGTERM: tell the worker to drain, wait for its graceful leave, then give up leases."""
+        self.stopping.set()
+        inc = self.inc
+        if inc is not None and inc.session_open and inc.state in (Report.JOINING, Report.JOINED):
+            log.info("draining: asking %s to leave (grace %.0fs)", self.me, grace)
+            self._send(inc, Event(kind=Event.DRAIN))
+            if not inc.ended.wait(grace):
+                log.warning("worker did not leave within %.0fs: revoking its lease", grace)
+        if inc is not None:
+            self.end_incarnation(inc, "sidecar stopping")
+        if self.lease is not None:
+            try:
+                self.client.lease_revoke(self.lease.id)
+            except EtcdError as e:
+                log.warning("could not revoke the sidecar lease (it expires in %ss): %s",
+                            self.cfg.lease_ttl, e)  # fmt: skip
+
+    # --- watch ----------------------------------------------------------------------------------
+    def _on_watch_error(self, err: BaseException) -> None:
+        log.error("membership watch ended (%s); exiting so that the pod restarts", err)
+        self.stopping.set()
+
+    def _on_batch(self, batch: list[WatchEvent]) -> None:
+        self.last_etcd_ok = time.monotonic()
+        acks: list[Identity] = []
+        with self.lock:
+            for wev in self.view.apply(batch):
+                if wev.kind == "JOINED":
+                    self.metrics.joins.inc()
+                else:
+                    self.metrics.leaves.inc()
+                inc = self.inc
+                if inc is not None and inc.session_open and wev.member.name != self.me:
+                    kind = Event.JOINED if wev.kind == "JOINED" else Event.LEFT
+                    self._send(inc, Event(kind=kind, peer=self._member_pb(wev.member, inc)))
+            self.metrics.members.set(len(self.view.members))
+            for ev in batch:
+                key = ev.kv.key.decode()
+                if key == self.keys.election:
+                    self.election_holder = int(ev.kv.value) if ev.type == "PUT" else None
+                    self.metrics.leader.set(self._is_leader())
+                elif key.startswith(self.keys.evicts):
+                    ident = self._note_evict(key, ev.type == "PUT")
+                    if ident is not None and self._forward_evict(ident):
+                        acks.append(ident)
+            self.cond.notify_all()
+        self.wake.set()
+        for ident in acks:
+            self._ack(ident)
+
+    def _note_evict(self, key: str, put: bool) -> Identity | None:
+        tail = key[len(self.keys.evicts) :]
+        if "/" in tail:
+            return None
+        ident = parse_ident(tail)
+        if put:
+            self.evicts.add(ident)
+            return ident
+        self.evicts.discard(ident)
+        return None
+
+    def _forward_evict(self, ident: Identity) -> bool:
+        """Send an EVICT to the worker; True when the sidecar acks on its behalf.
+
+        Only a JOINED (or leaving) worker's agent can hold the dead peer, so only its ack is
+        awaited. A joining worker may be blocked on the token the cleaner holds until the
+        acks are in: it gets the EVICT (applied once its agent exists, harmless if the peer
+        is unknown) but the sidecar acks for it, since its join reads the cleaned state.
+        """
+        inc = self.inc
+        if inc is None:
+            return False  # no live incarnation: nobody to wait for
+        if not inc.session_open or inc.state not in (Report.JOINING, Report.JOINED,
+                                                     Report.LEAVING):  # fmt: skip
+            return True
+        peer = pb.Member(name=ident[0], rank=ident[1])
+        eid = self._send(inc, Event(kind=Event.EVICT, peer=peer))
+        if inc.state == Report.JOINING:
+            return True
+        inc.evict_ids[eid] = ident
+        return False
+
+    def _ack(self, ident: Identity, inc: Incarnation | None = None) -> None:
+        inc = inc or self.inc
+        if inc is None or inc.ended.is_set():
+            return
+        try:
+            self.client.put(self.keys.evict_ack(ident[0], ident[1], inc.rank), str(inc.revision),
+                            lease=inc.lease.id)  # fmt: skip
+        except EtcdError as e:
+            log.warning("could not ack the eviction of %s: %s", ident, e)
+
+    # --- cleaner election -------------------------------------------------------------------------
+    def _is_leader(self) -> bool:
+        return self.lease is not None and self.election_holder == self.lease.id
+
+    def _cleaner_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(0.5)
+            self.wake.clear()
+            try:
+                if self.election_holder is None and self.lease is not None:
+                    self.client.txn(
+                        [Compare.version(self.keys.election, "=", 0)],
+                        [Op.put(self.keys.election, str(self.lease.id), lease=self.lease.id)],
+                    )
+                for _ in range(50):
+                    if not self._is_leader() or not self.cleaner.step():
+                        break
+                self.last_etcd_ok = time.monotonic()
+            except EtcdError as e:
+                log.warning("cleaner step failed (retrying): %s", e)
+
+    def _on_evicted(self, ident: Identity, latency: float, expired: bool) -> None:
+        self.metrics.evictions.inc()
+        self.metrics.eviction_latency.observe(latency)
+        if expired:
+            self.metrics.evictions_unacked.inc()
+
+    # --- incarnations ---------------------------------------------------------------------------
+    def hello(self, timeout: float) -> tuple[Incarnation, Any]:
+        deadline = time.monotonic() + timeout
+        with self.hello_lock:
+            if self.stopping.is_set():
+                raise HelloError("the sidecar is stopping (SIGTERM): not starting a worker")
+            if self.inc is not None:
+                self.end_incarnation(self.inc, "the worker said Hello again")
+            self._wait_until(
+                deadline,
+                self._name_clean,
+                f"the previous incarnation of {self.me} is still being evicted",
+            )
+            lease = self.client.lease_grant(self.cfg.lease_ttl)
+            try:
+                rank, rev = self._allocate(lease, deadline)
+            except BaseException:
+                self.client.lease_revoke(lease.id)
+                raise
+            ka = self.client.keepalive(lease, on_lost=lambda e: self._incarnation_lost(lease, e))
+            inc = Incarnation(lease, ka, rank, rev, self._plan())
+            with self.lock:
+                self.inc = inc
+                pending = sorted(self.evicts)
+            for ident in pending:
+                self._ack(ident, inc)  # not joined yet: nothing to evict from its agent
+            self.metrics.incarnations.inc()
+            self.metrics.rank.set(rank)
+            log.info("incarnation %d of %s: rank %d", rev, self.me, rank)
+            return inc, self._identity(inc)
+
+    def _name_clean(self) -> bool:
+        return name_is_clean(read_snapshot(self.client, self.keys).state, self.me)
+
+    def _wait_until(self, deadline: float, check: Callable[[], bool], what: str) -> None:
+        logged = False
+        while not check():
+            if time.monotonic() > deadline:
+                raise HelloError(f"timed out: {what}")
+            if not logged:
+                log.info("waiting: %s", what)
+                logged = True
+            with self.cond:
+                self.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _allocate(self, lease: Lease, deadline: float) -> tuple[int, int]:
+        record = {"pod": self.cfg.pod_name, "node": self.cfg.node_name, "ip": self.cfg.pod_ip}
+        last = ""
+        while True:
+            got = allocate_once(self.client, self.keys, lease.id, self.me, record,
+                                self.cfg.rank_space)  # fmt: skip
+            if isinstance(got, tuple):
+                return got
+            if got in ("stamped", "raced"):
+                continue
+            if got != last:
+                log.warning("%s", got)
+                last = got
+            if time.monotonic() > deadline:
+                raise HelloError(got, "RESOURCE_EXHAUSTED")
+            with self.cond:
+                self.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _plan(self) -> dv.DevicePlan:
+        peers = [dv.Peer(m.name, m.node, m.clique, m.devices) for m in self.view.members.values()]
+        return dv.plan_devices(
+            worker=self.me, node=self.node, requested_gpus=self.cfg.gpus, slots=self.cfg.slots,
+            peers=peers, device_maps=self.cfg.device_maps,
+        )  # fmt: skip
+
+    def _identity(self, inc: Incarnation) -> Any:
+        cfg, plan = self.cfg, inc.plan
+        return pb.Identity(
+            namespace=cfg.namespace, job_name=cfg.job_name, job_uid=cfg.job_uid, role=cfg.role,
+            index=cfg.index, worker_name=self.me, rank=inc.rank, incarnation=inc.revision,
+            etcd_endpoints=list(cfg.etcd.endpoints), store_prefix=self.keys.store,
+            etcd_ca=cfg.etcd.ca, etcd_cert=cfg.etcd.cert, etcd_key=cfg.etcd.key,
+            etcd_user=cfg.etcd.user, etcd_password=cfg.etcd.password,
+            rpc_timeout=cfg.rpc_timeout, num_worker_threads=cfg.rpc_threads,
+            devices=list(plan.devices),
+            device_maps={n: pb.DeviceMap(map=dict(m)) for n, m in plan.device_maps.items()},
+            warnings=list(plan.warnings), pod_ip=cfg.pod_ip,
+        )  # fmt: skip
+
+    def _member_pb(self, m: MemberRecord, inc: Incarnation) -> Any:
+        rev = inc.plan.reverse_map(dv.Peer(m.name, m.node, m.clique, m.devices))
+        return pb.Member(name=m.name, rank=m.rank, pod=m.pod, node=m.node, ip=m.ip,
+                         devices=list(m.devices), incarnation=m.incarnation,
+                         reverse_map=rev)  # fmt: skip
+
+    def _send(self, inc: Incarnation, ev: Any) -> int:
+        with self.lock:
+            ev.id = inc.next_id
+            inc.next_id += 1
+            inc.events.put(ev)
+            return int(ev.id)
+
+    def open_session(self, inc: Incarnation) -> None:
+        with self.lock:
+            inc.session_open = True
+            members = [self._member_pb(m, inc) for n, m in sorted(self.view.members.items())
+                       if n != self.me]  # fmt: skip
+            self._send(inc, Event(kind=Event.SNAPSHOT, members=members))
+
+    def on_report(self, inc: Incarnation, r: Any) -> None:
+        if inc.ended.is_set():
+            return
+        if r.state == Report.METRICS:
+            for k, v in r.metrics.items():
+                self.metrics.agent.labels(k).set(v)
+            return
+        if r.state == Report.EVICTED:
+            with self.lock:
+                ident = inc.evict_ids.pop(r.event_id, None)
+            if ident is not None:
+                self._ack(ident, inc)
+            return
+        with self.lock:
+            inc.state = r.state
+        if r.state == Report.JOINING:
+            with self.lock:
+                pending = [i for i in self.evicts]
+            for ident in pending:
+                self._ack(ident, inc)  # a joiner reads the cleaned _ALL_WORKER_INFOS
+        elif r.state == Report.JOINED:
+            self._publish_member(inc)
+        elif r.state == Report.LEFT:
+            self._leave(inc)
+        elif r.state == Report.JOIN_FAILED:
+            log.warning("%s failed to join: %s", self.me, r.detail)
+            self.end_incarnation(inc, "join failed")
+
+    def _publish_member(self, inc: Incarnation) -> None:
+        rec = MemberRecord(self.me, inc.rank, self.cfg.pod_name, self.cfg.node_name,
+                           self.cfg.pod_ip, tuple(inc.plan.devices), inc.revision,
+                           clique=self.node.clique)  # fmt: skip
+        res = self.client.txn(
+            [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
+            [Op.put(self.keys.member(self.me), rec.encode(), lease=inc.lease.id)],
+        )
+        if not res.succeeded:
+            self.end_incarnation(inc, "its rank record is gone (lease lost)")
+            return
+        self.metrics.worker_joined.set(1)
+        log.info("%s joined with rank %d", self.me, inc.rank)
+
+    def _leave(self, inc: Incarnation) -> None:
+        """A graceful leave, in one txn: watchers see the left marker and the member record's
+        deletion at the same revision (a LEFT, not a crash)."""
+        names_key = torch_key(self.keys, tk.name_key(inc.rank))
+        self.client.txn(
+            [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
+            [
+                Op.put(self.keys.left_marker(self.me), json.dumps({"incarnation": inc.revision})),
+                Op.delete(self.keys.member(self.me)),
+                Op.delete(self.keys.rank(inc.rank)),
+                # torch leaves these behind on a graceful leave (rpcjob.torchkeys)
+                Op.txn([Compare.value(names_key, "=", self.me)], [Op.delete(names_key)]),
+                Op.delete(torch_key(self.keys, tk.addr_key(self.me))),
+            ],
+        )
+        self.client.delete(self.keys.left_marker(self.me))
+        inc.graceful = True
+        log.info("%s left gracefully", self.me)
+        self.end_incarnation(inc, "left")
+
+    def _incarnation_lost(self, lease: Lease, err: BaseException | None) -> None:
+        inc = self.inc
+        if inc is None or inc.lease.id != lease.id:
+            return
+        log.error("the lease of incarnation %d was lost (%s): the group has evicted it",
+                  inc.revision, err or "expired")  # fmt: skip
+        self.end_incarnation(inc, "lease lost", revoke=False)
+
+    def on_stream_closed(self, inc: Incarnation) -> None:
+        if not inc.ended.is_set():
+            log.warning("%s's session closed without a graceful leave: revoking its lease now",
+                        self.me)  # fmt: skip
+            self.end_incarnation(inc, "worker gone")
+
+    def end_incarnation(self, inc: Incarnation, why: str, revoke: bool = True) -> None:
+        with self.lock:
+            if inc.ended.is_set():
+                return
+            inc.ended.set()
+            if self.inc is inc:
+                self.inc = None
+            inc.events.put(None)
+            self.metrics.worker_joined.set(0)
+            self.metrics.rank.set(-1)
+            self.cond.notify_all()
+        inc.keepalive.stop()
+        if revoke:
+            try:
+                self.client.lease_revoke(inc.lease.id)
+            except EtcdError as e:
+                log.warning("could not revoke lease of incarnation %d (%s): it expires in %ss",
+                            inc.revision, e, self.cfg.lease_ttl)  # fmt: skip
+        log.info("incarnation %d of %s ended: %s", inc.revision, self.me, why)
+
+    # --- probes -------------------------------------------------------------------------------
+    def healthy(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping"
+        if time.monotonic() - self.last_etcd_ok < self.cfg.lease_ttl:
+            return True, "ok"
+        try:
+            self.client.status(timeout=2.0)
+        except EtcdError as e:
+            return False, f"etcd unreachable: {e}"
+        self.last_etcd_ok = time.monotonic()
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        inc = self.inc
+        if inc is not None and inc.state == Report.JOINED:
+            return True, f"{self.me} joined with rank {inc.rank}"
+        return False, f"{self.me} has not joined"

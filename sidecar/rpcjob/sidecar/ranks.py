@@ -1,0 +1,138 @@
+"""Rank allocation: a fresh torch rank per incarnation, never one a live member may still know.
+
+Keys (docs/contract.md): ``ranks/<r>`` is the allocation, bound to the incarnation's lease;
+``ranks-retired/<r>`` is written in the same txn (no lease) and outlives it, recording that
+``r`` was used. ``{"retired": 0}`` means "in use, or its end not yet stamped"; once
+``ranks/<r>`` is gone the next allocator stamps the revision it observed the absence at (an
+upper bound of the real end: conservative). A retired rank is reusable only when every live
+incarnation was allocated after that revision: a member that knew the old incarnation keeps a
+stale pipe to it (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from rpcjob import contract as c
+from rpcjob.etcd import Client, Compare, Op
+
+from .cleanup import torch_key
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    rank: int
+    retired_mod_revision: int  # 0: never used (the retired key must still be absent)
+
+
+class RankSpaceExhausted(RuntimeError):
+    pass
+
+
+def retired_value(retired_rev: int, worker: str) -> str:
+    return json.dumps({"retired": retired_rev, "worker": worker}, sort_keys=True)
+
+
+def parse_retired(value: bytes) -> int:
+    try:
+        return int(json.loads(value).get("retired", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def to_stamp(held: Iterable[int], retired: dict[int, tuple[int, int]]) -> list[int]:
+    """Ranks whose allocation ended but whose end revision is not recorded yet."""
+    h = set(held)
+    return sorted(r for r, (rev, _) in retired.items() if rev == 0 and r not in h)
+
+
+def choose_rank(
+    space: int,
+    held: Iterable[int],
+    retired: dict[int, tuple[int, int]],
+    live_create_revisions: Iterable[int],
+) -> RankChoice | None:
+    """The lowest safe rank, or None when the space is exhausted.
+
+    ``retired``: rank -> (retired revision, 0 = not stamped; mod revision of the retired key).
+    A never-used rank is safe; a retired one only when it was stamped before every live
+    incarnation's allocation (``live_create_revisions``).
+    """
+    h = set(held)
+    oldest = min(live_create_revisions, default=None)
+    for r in range(space):
+        if r in h:
+            continue
+        if r not in retired:
+            return RankChoice(r, 0)
+        rev, mod = retired[r]
+        if rev > 0 and (oldest is None or rev < oldest):
+            return RankChoice(r, mod)
+    return None
+
+
+def describe_exhaustion(
+    space: int, held: Iterable[int], retired: dict[int, tuple[int, int]]
+) -> str:
+    h = sorted(held)
+    waiting = sorted(r for r in retired if r not in set(h))
+    return (
+        f"rank space exhausted: {c.ENV_RANK_SPACE}={space}, held by live incarnations: {h}, "
+        f"retired ranks not yet safe to reuse (a live member joined before they ended): "
+        f"{waiting}; waiting for members to leave — raise {c.ENV_RANK_SPACE} to avoid this"
+    )
+
+
+def allocate_once(
+    client: Client,
+    keys: c.JobKeys,
+    lease: int,
+    worker: str,
+    record: Mapping[str, object],
+    space: int,
+) -> tuple[int, int] | str:
+    """One allocation attempt: ``(rank, revision)`` or a reason to wait (exhausted / raced)."""
+    snap = client.txn(
+        [], [Op.get(keys.ranks, prefix=True), Op.get(keys.retired_ranks, prefix=True)]
+    )
+    held_kvs, retired_kvs = snap.responses[0], snap.responses[1]
+    assert hasattr(held_kvs, "kvs") and hasattr(retired_kvs, "kvs")
+    held = {int(kv.key.decode().rsplit("/", 1)[1]): kv.create_revision for kv in held_kvs.kvs}
+    retired = {
+        int(kv.key.decode().rsplit("/", 1)[1]): (parse_retired(kv.value), kv.mod_revision)
+        for kv in retired_kvs.kvs
+    }
+    stamps = to_stamp(held, retired)
+    if stamps:
+        # The allocation ended at or before this snapshot's revision: record that bound.
+        for r in stamps:
+            _, mod = retired[r]
+            client.txn(
+                [Compare.version(keys.rank(r), "=", 0),
+                 Compare.mod_revision(keys.retired_rank(r), "=", mod)],
+                [Op.put(keys.retired_rank(r), retired_value(snap.revision, ""))],
+            )  # fmt: skip
+        return "stamped"
+    choice = choose_rank(space, held, retired, held.values())
+    if choice is None:
+        return describe_exhaustion(space, held, retired)
+    r = choice.rank
+    names_key = torch_key(keys, f"names/{r}")
+    res = client.txn(
+        [
+            Compare.version(keys.rank(r), "=", 0),
+            Compare.mod_revision(keys.retired_rank(r), "=", choice.retired_mod_revision),
+        ],
+        [
+            Op.put(keys.rank(r), json.dumps({**record, "worker": worker, "rank": r}), lease=lease),
+            Op.put(keys.retired_rank(r), retired_value(0, worker)),
+            # torch never deletes names/<rank> on a graceful leave; a reused rank must not
+            # find the previous owner's name there (torch would refuse the join).
+            Op.delete(names_key),
+        ],
+    )
+    if not res.succeeded:
+        return "raced"
+    return r, res.revision

@@ -1,0 +1,94 @@
+"""The worker-facing gRPC API (sidecar.proto) over the pod-local unix socket."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ._pb import sidecar_pb2 as _pb2
+from ._pb import sidecar_pb2_grpc as _pb2_grpc
+from .daemon import HelloError, Sidecar
+
+pb: Any = _pb2
+pb_grpc: Any = _pb2_grpc
+
+log = logging.getLogger("rpcjob.sidecar.server")
+
+
+class Servicer(_pb2_grpc.SidecarServicer):
+    def __init__(self, sidecar: Sidecar, hello_timeout: float) -> None:
+        self.sidecar = sidecar
+        self.hello_timeout = hello_timeout
+
+    def Hello(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            _, ident = self.sidecar.hello(self.hello_timeout)
+        except HelloError as e:
+            context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        except Exception as e:  # an etcd error: the worker retries Hello
+            log.exception("Hello failed")
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"sidecar could not start an incarnation: {e}"
+            )
+        return ident
+
+    def Session(
+        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        inc = self.sidecar.inc
+        if inc is None or inc.session_open:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no incarnation to attach to: call Hello first (once per incarnation)",
+            )
+        assert inc is not None
+        self.sidecar.open_session(inc)
+
+        def read_reports() -> None:
+            try:
+                for report in request_iterator:
+                    self.sidecar.on_report(inc, report)
+            except Exception as e:  # the stream broke: the worker is gone
+                log.debug("session stream error: %s", e)
+            finally:
+                self.sidecar.on_stream_closed(inc)
+
+        context.add_callback(lambda: self.sidecar.on_stream_closed(inc))
+        threading.Thread(target=read_reports, daemon=True, name="rpcjob-reports").start()
+        while True:
+            ev = inc.events.get()
+            if ev is None:
+                return
+            yield ev
+
+
+def serve(sidecar: Sidecar, socket_path: str, hello_timeout: float) -> grpc.Server:
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A shared emptyDir may be owned by another uid; the socket itself is 0600 either way.
+    with contextlib.suppress(PermissionError):
+        os.chmod(path.parent, 0o700)
+    if path.exists() or path.is_socket():
+        path.unlink()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpcjob-grpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_SidecarServicer_to_server(Servicer(sidecar, hello_timeout), server)
+    old = os.umask(0o177)
+    try:
+        if not server.add_insecure_port(f"unix:{path}"):
+            raise OSError(f"cannot listen on unix socket {path}")
+        server.start()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
