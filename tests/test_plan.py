@@ -682,3 +682,17 @@ def test_member_view_from_record() -> None:
     m = MemberView.from_record("worker_2", {"rank": 7, "pod": "p", "node": "n", "gpus": [0, 1]})
     assert (m.role, m.rank, m.devices) == ("worker", 7, ("cuda:0", "cuda:1"))
     assert MemberView.from_record("bad-name", {}).role == ""
+
+
+def test_kept_failed_pod_is_never_recounted_after_many_failures() -> None:
+    # worker_1 failed with restartPolicy Never and stays (for its logs) while ps crash-loops
+    # long enough to push older entries out of status.failures.
+    job = J(worker=2, wpolicy="Never", ps=1, success={"role": "ps"}, run={"backoffLimit": 100})
+    kept = pod("worker", 1, phase="Failed", exit_code=1)
+    st = status({"worker": [0, 1], "ps": [0]})
+    for n in range(30):
+        ps = pod("ps", 0, phase="Failed", exit_code=2, uid=f"ps-{n}")
+        st = run(job, [pod("worker", 0), kept, ps], None, st).status
+    assert st["failedPods"] == 31
+    assert [f["uid"] for f in st["failures"]].count("worker-1-uid") == 1
+    assert len(st["failures"]) == 21  # the 20 newest + the one whose pod is still there

@@ -88,7 +88,13 @@ class Cycle:
         if p.message:
             entry["message"] = p.message[:1024]
         failures = [*self.status.get("failures", []), entry]
-        self.status["failures"] = failures[-MAX_FAILURES:]
+        # Keep the newest MAX_FAILURES, plus older ones whose pod still exists: the uid is
+        # what stops a kept pod (restartPolicy Never) from being counted again.
+        present = {p.uid for p in self.obs.pods}
+        cut = len(failures) - MAX_FAILURES
+        self.status["failures"] = [
+            f for i, f in enumerate(failures) if i >= cut or f.get("uid") in present
+        ]
 
     def seen_uids(self) -> set[str]:
         return {str(f.get("uid")) for f in self.status.get("failures", []) if f.get("uid")}

@@ -177,7 +177,8 @@ def plan_invalid(meta: JobMeta, error: InvalidSpec, observed: Observed) -> Plan:
         generation=meta.generation,
         now=observed.now,
     )
-    status["state"] = "Invalid"
+    if status.get("state") not in FINISHED:  # a finished job keeps its outcome
+        status["state"] = "Invalid"
     status["observedGeneration"] = meta.generation
     actions: tuple[Any, ...] = ()
     if changed or (before or {}).get("message") != message:

@@ -70,6 +70,8 @@ def fill_counts(c: Cycle) -> dict[str, int]:
             for m in sorted(c.obs.members, key=lambda m: m.rank)
         ]
     c.status["observedGeneration"] = c.generation
+    c.status.setdefault("restarts", 0)
+    c.status.setdefault("failedPods", 0)
     return joined
 
 
