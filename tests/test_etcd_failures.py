@@ -26,6 +26,8 @@ REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127
         (C.UNAVAILABLE, "failed to connect to all addresses; last error: x: Socket closed", False,
          Failure.CONNECT),
         (C.UNAVAILABLE, "Socket closed", False, Failure.BROKEN),
+        (C.UNKNOWN, "ipv4:x: connection attempt timed out before receiving SETTINGS frame",
+         False, Failure.CONNECT),
         (C.UNAVAILABLE, "Connection reset by peer", False, Failure.BROKEN),
         (C.UNAVAILABLE, "etcdserver: request timed out", False, Failure.BROKEN),
         (C.UNAVAILABLE, "ipv4:127.0.0.1:1: Handshake read failed (Socket closed)", False,

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,10 +130,23 @@ class EmbeddedEtcd:
                 raise EtcdStartError(f"etcd exited with {self._proc.returncode}: {self.log_tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.02)
+                continue
+            # etcd accepts connections before it serves them (until it has become leader):
+            # over plain HTTP wait for /health too (TLS clients retry until served).
+            if self.tls is not None or self._healthy():
+                return
+            time.sleep(0.02)
         raise EtcdStartError(f"etcd did not listen on {self.endpoint} within {timeout}s")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except (OSError, ValueError):
+            return False
 
     def log_tail(self, n: int = 2000) -> str:
         if self._log and self._log.exists():

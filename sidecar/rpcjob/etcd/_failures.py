@@ -55,8 +55,13 @@ _CONNECT_RE = re.compile(
 )
 
 
+_SETTINGS = "before receiving SETTINGS frame"
+
+
 def classify(code: grpc.StatusCode | None, details: str, *, have_user: bool) -> Failure:
     d = details or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and _SETTINGS in d:
+        return Failure.CONNECT  # etcd accepted TCP but is not serving yet (starting up)
     if code == grpc.StatusCode.UNAVAILABLE:
         if _TLS_RE.search(d):
             return Failure.TLS
