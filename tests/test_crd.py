@@ -388,3 +388,36 @@ def test_status_is_validated_too(crd: dict[str, Any]) -> None:
     assert 'status.state: Unsupported value: "Exploded"' in " ".join(errors)
     assert any("status.conditions[0].status: Unsupported value" in e for e in errors)
     assert any("lastTransitionTime in body must be of type date-time" in e for e in errors)
+
+
+def test_int_or_string_and_nullable_handling() -> None:
+    tiny = {
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "t"},
+        "spec": {
+            "versions": [
+                {
+                    "name": "v1",
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "q": {"x-kubernetes-int-or-string": True},
+                                "n": {"type": "string", "nullable": True},
+                                "s": {"type": "string"},
+                            },
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    assert crdschema.validate(tiny, {"q": 1, "n": None}) == []
+    assert crdschema.validate(tiny, {"q": "50%"}) == []
+    assert crdschema.validate(tiny, {"q": [1]}) == [
+        'q: Invalid value: "array": q in body must be of type integer or string: "array"'
+    ]
+    assert crdschema.validate(tiny, {"s": None}) == [
+        's: Invalid value: "null": s in body must be of type string: "null"'
+    ]

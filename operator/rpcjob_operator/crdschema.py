@@ -223,6 +223,8 @@ def _structural(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
             )
         return
     want = schema.get("type")
+    if schema.get("x-kubernetes-int-or-string"):
+        want = None if _type_name(value) in ("integer", "string") else "integer or string"
     if want and not _type_ok(want, value):
         errs.append(
             f"{shown}: Invalid value: {_fmt(_type_name(value))}: {shown} in body must be of "
