@@ -275,6 +275,11 @@ class Handlers:
             if ctype == "application/json-patch+json":
                 patched = json_patch(target, body)
             elif ctype in ("application/merge-patch+json", "application/apply-patch+yaml"):
+                if not isinstance(body, dict):
+                    raise errors.bad_request(
+                        f"error decoding patch: a {ctype} body must be a JSON object, got "
+                        f"{type(body).__name__} (a list of operations needs application/json-patch+json)"
+                    )
                 patched = merge_patch(target, body)
             elif ctype == "application/strategic-merge-patch+json":
                 if req.rt.is_custom:
