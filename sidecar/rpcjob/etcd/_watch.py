@@ -37,8 +37,10 @@ _END = object()
 class Watch:
     """A handle on one watch of the client's shared watch stream.
 
-    ``done`` is set once the watch ends (cancelled, compacted, permission denied, client
-    closed); ``error`` then holds the reason when it was not a plain cancel.
+    ``created`` is set once etcd has confirmed the watch (not needed for correctness: a watch
+    with a start revision sees every event from it even if created later). ``done`` is set
+    once the watch ends (cancelled, compacted, permission denied, client closed); ``error``
+    then holds the reason when it was not a plain cancel.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Watch:
         self.server_id: int | None = None
         self.cancelled = False
         self.auth_retried = False
+        self.created = threading.Event()  # etcd confirmed the watch (first time)
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -209,6 +212,7 @@ class WatchMux:
                             self._out.put(cv.watch_cancel(resp.watch_id))
                     else:
                         w.auth_retried = False
+                        w.created.set()
                         self._by_id[resp.watch_id] = w
                         if w.next_revision == 0:
                             w.next_revision = resp.header.revision + 1
