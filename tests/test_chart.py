@@ -285,6 +285,7 @@ def test_bundled_etcd_defaults() -> None:
         "rpcjob-system.svc:2380" in args  # fmt: skip
     assert not any(a.startswith("--cert-file") for a in args)
     assert not find(docs, "Job"), "no auth bootstrap without etcd.auth.enabled"
+    assert not find(docs, "PodDisruptionBudget"), "a single member gets no PDB"
 
 
 def test_bundled_etcd_with_tls_and_auth() -> None:
@@ -303,6 +304,9 @@ def test_bundled_etcd_with_tls_and_auth() -> None:
         "name": "tls",
         "secret": {"secretName": "rpcjob-etcd-tls", "defaultMode": 0o440},
     } in volumes
+    (pdb,) = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
     (job,) = find(docs, "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
     pod = job["spec"]["template"]["spec"]
