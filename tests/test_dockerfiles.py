@@ -221,3 +221,34 @@ def test_builder_stage_builds_the_wheel_offline(tmp_path: Path) -> None:
     assert base and not any(re.match(r"(torch|kopf|kubernetes)\b", r) for r in base), base
     assert any(r.startswith("torch==") and 'extra == "worker"' in r for r in requires)
     assert any(r.startswith("kopf==") and 'extra == "operator"' in r for r in requires)
+
+
+# What the sidecar image installs: the distribution's base dependencies (import names).
+SIDECAR_IMPORTS = {"grpc", "google", "prometheus_client", "yaml", "rpcjob"}
+
+
+def test_sidecar_code_imports_only_what_the_sidecar_image_installs() -> None:
+    """Module-level imports of the sidecar's code: stdlib, rpcjob and the base dependencies.
+
+    (torch may only be imported lazily, inside functions, by rpcjob.worker and friends; the
+    worker package itself runs in the user's image, not in the sidecar image.)
+    """
+    import ast
+
+    root = REPO / "sidecar" / "rpcjob"
+    allowed = SIDECAR_IMPORTS | set(sys.stdlib_module_names) | {"__future__"}
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("worker", "_torch_hook.py") or "_pb" in rel.parts[:-1]:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] not in allowed]
+    assert not offenders, offenders
