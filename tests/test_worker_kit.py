@@ -95,33 +95,35 @@ for line in sys.stdin:
 """
 
 
+def child_argv(*args: str) -> list[str]:
+    """argv of the scriptable child worker (written once per test process)."""
+    script = Path(os.environ.get("TMPDIR", "/tmp")) / f"rpcjob_kit_child_{os.getpid()}.py"
+    if not script.exists() or script.read_text() != CHILD:
+        script.write_text(CHILD)
+    return [sys.executable, str(script), *args]
+
+
 class Proc:
     """A child worker driven line by line."""
 
-    def __init__(
-        self,
-        args: list[str],
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        log: Path | None = None,
-    ) -> None:
-        script = Path(os.environ.get("TMPDIR", "/tmp")) / f"rpcjob_kit_child_{os.getpid()}.py"
-        if not script.exists():
-            script.write_text(CHILD)
-        full_env = dict(os.environ if env is None else env)
+    def __init__(self, popen: subprocess.Popen[str], log: Path | None = None) -> None:
+        self.p = popen
         self.log = log
-        self.p = subprocess.Popen(
-            [sys.executable, str(script), *args],
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.all: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @classmethod
+    def spawn(cls, args: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        popen = subprocess.Popen(
+            child_argv(*args),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=full_env,
-            cwd=cwd,
+            env=dict(os.environ if env is None else env),
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.all: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        return cls(popen)
 
     def _read(self) -> None:
         assert self.p.stdout is not None

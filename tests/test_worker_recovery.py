@@ -70,7 +70,9 @@ def test_crash_recovery_over_tcpstore(master: tuple[dist.TCPStore, int]) -> None
     procs: dict[str, Proc] = {}
 
     def start(name: str, rank: int, **env: str) -> Proc:
-        p = Proc(["tcp", name, str(rank), str(port), str(STORE_TIMEOUT)], env={**os.environ, **env})
+        p = Proc.spawn(
+            ["tcp", name, str(rank), str(port), str(STORE_TIMEOUT)], env={**os.environ, **env}
+        )
         procs[name] = p
         return p
 

@@ -22,12 +22,12 @@ from typing import Any
 
 from rpcjob import contract
 from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
-from rpcjob.worker.client import Session, SidecarClient, SidecarNotFound
+from rpcjob.worker.client import Session, SidecarClient, SidecarError, SidecarNotFound
 from rpcjob.worker.events import MembershipApplier, TorchOps, fatal
 
 pb: Any = _pb2  # generated code is untyped
 
-__all__ = ["JoinFailed", "SidecarNotFound", "init_rpc", "on_drain", "shutdown"]
+__all__ = ["JoinFailed", "SidecarError", "SidecarNotFound", "init_rpc", "on_drain", "shutdown"]
 
 log = logging.getLogger("rpcjob.worker")
 R = pb.WorkerReport
@@ -118,7 +118,10 @@ def init_rpc(
             except Exception as err:  # torch raises RuntimeError/DistStoreError/ValueError
                 cause = _root_cause(err)
                 errors.append(f"attempt {attempt + 1} (rank {identity.rank}): {cause}")
-                _cleanup_failed(store)
+                # The token and our half-registered keys stay as they are: the sidecar ends
+                # this incarnation, and its cleaner takes the token over and broadcasts EVICT
+                # for our (name, rank) (a survivor torch already told about us must drop it,
+                # or it keeps our stale address when we rejoin under the same name).
                 session.report(R.JOIN_FAILED, detail=cause[:2000])
                 session.close()
                 if isinstance(err, ValueError | TypeError):
@@ -163,9 +166,8 @@ def shutdown(graceful: bool = True) -> None:
         try:
             rpc.shutdown(graceful=True)
         except Exception:
-            # a peer died and is not evicted yet: free the token we hold and let the sidecar
-            # treat this as a crash (stream closed without LEFT), so peers evict us
-            _cleanup_failed(_w.store)
+            # a peer died and is not evicted yet: the stream closes without LEFT, so the
+            # sidecar treats this as a crash (its cleaner takes over the token we may hold)
             session.close()
             _w.joined = False
             raise
@@ -255,13 +257,6 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
 
     threading.Thread(target=events, name="rpcjob-events", daemon=True).start()
     threading.Thread(target=metrics, name="rpcjob-metrics", daemon=True).start()
-
-
-def _cleanup_failed(store: Any) -> None:
-    try:
-        store.release_failed_join()
-    except Exception as err:  # etcd down: the sidecar's cleaner takes the token over
-        log.warning("rpcjob: could not release the membership token: %s", _short(err))
 
 
 def _build_store(identity: Any) -> Any:

@@ -20,7 +20,11 @@ pb_grpc: Any = _pb2_grpc
 DEFAULT_HELLO_TIMEOUT_S = 60.0
 
 
-class SidecarNotFound(RuntimeError):
+class SidecarError(RuntimeError):
+    """The sidecar answered but refused (its message says why: etcd, rank space, stopping)."""
+
+
+class SidecarNotFound(SidecarError):
     """The sidecar socket does not exist or nothing answers on it."""
 
 
@@ -96,11 +100,16 @@ class SidecarClient:
             )
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
-            raise SidecarNotFound(
-                f"the rpcjob sidecar at {self.path} did not answer Hello ({code}: "
-                f"{err.details() if hasattr(err, 'details') else err}); check the sidecar "
-                "container's log (etcd reachable? node labels valid?)"
-            ) from err
+            details = err.details() if hasattr(err, "details") else str(err)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or "")
+            ):
+                raise SidecarNotFound(
+                    f"the rpcjob sidecar at {self.path} did not answer Hello ({code.name}: "
+                    f"{details}); check the sidecar container's log"
+                ) from err
+            name = code.name if code is not None else "error"
+            raise SidecarError(f"the rpcjob sidecar refused Hello ({name}): {details}") from err
         return identity
 
     def wait_ready(self, timeout: float) -> None:

@@ -1,0 +1,67 @@
+"""Issue 3 acceptance: form 4, scale to 8 with live joins, down to 2 with graceful leaves.
+
+Real etcd, real rpcjob-sidecar processes, real torch workers (podkit pods on 127.0.0.N).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from podkit import Job, wait_for
+from test_membership_kit import assert_consistent, start_pods
+
+from rpcjob.etcd import Client
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+
+
+def leases(etcd: EmbeddedEtcd) -> list[str]:
+    out = subprocess.run(
+        ["etcdctl", f"--endpoints={etcd.endpoint}", "lease", "list"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return [line.split()[0] for line in out.stdout.splitlines()[1:] if line.strip()]
+
+
+@pytest.mark.slow
+def test_form_4_scale_to_8_down_to_2_no_leaks(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    job = Job(etcd.endpoint, tmp_path, lease_ttl=3)
+    client = Client(etcd.endpoint)
+    try:
+        workers = start_pods(job, range(4))
+        assert_consistent(client, job, workers)
+        workers += start_pods(job, range(4, 8))  # four live joins at once
+        assert len(assert_consistent(client, job, workers)) == 8
+
+        # graceful leaves: three through rpcjob.shutdown(), three through SIGTERM (drain)
+        for w in workers[5:8]:
+            w.leave()
+        for w in workers[2:5]:
+            w.proc.p.send_signal(signal.SIGTERM)
+        for w in workers[2:5]:
+            w.proc.expect("DRAINING", timeout=120)  # the on_drain callback ran
+            assert w.proc.p.wait(timeout=120) == 0
+        assert len(assert_consistent(client, job, workers)) == 2
+
+        # the group ends: no member, rank, marker or torch registration key, and no lease
+        for w in workers[:2]:
+            w.leave()
+        for p in job.pods:
+            assert p.stop_sidecar() == 0, p.sidecar_log.read_text()[-2000:]
+        keys = sorted(kv.key.decode() for kv in client.get_prefix(job.keys.root))
+        leaked = [
+            k for k in keys
+            if not k.startswith(job.keys.retired_ranks)
+            and not k.startswith(job.keys.store)
+        ]  # fmt: skip
+        assert leaked == []
+        torch_regs = [k for k in keys if "/names/" in k and not k.endswith("_ALL_WORKER_INFOS")]
+        assert torch_regs + [k for k in keys if "/addrs/" in k] == []
+        infos = client.get(job.keys.store + "rpc_prefix_0/names/_ALL_WORKER_INFOS")
+        assert infos is not None and infos.value == b""
+        wait_for(lambda: leases(etcd) == [], 30, "no leases left")
+    finally:
+        job.close()
+        client.close()
