@@ -29,6 +29,12 @@ R = pb.WorkerReport
 out_lock = threading.Lock()
 
 
+def as_dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
 def record(path: str, kind: str, **fields: Any) -> None:
     with out_lock, open(path, "a") as f:
         f.write(json.dumps({"kind": kind, **fields}) + "\n")
@@ -53,11 +59,14 @@ class TorchStoreEmulation:
             if res.succeeded or res.responses[0].succeeded:  # type: ignore[union-attr]
                 return mine
             holder = res.responses[0].responses[0].kvs[0].value.decode()  # type: ignore[union-attr]
-            done = threading.Event()
-            w = self.c.watch(self.p + tk.waiter_key(holder), callback=lambda evs: done.set())
-            if self.c.get(self.p + tk.waiter_key(holder)) is None:
-                done.wait(60)
-            w.cancel()
+            self._wait_key(self.p + tk.waiter_key(holder))
+
+    def _wait_key(self, key: str) -> None:
+        done = threading.Event()
+        w = self.c.watch(key, callback=lambda evs: done.set())
+        if self.c.get(key) is None:
+            done.wait(60)
+        w.cancel()
 
     def _release(self, mine: str) -> None:
         self.c.put(self.p + tk.TOKEN_KEY, "")
@@ -70,7 +79,7 @@ class TorchStoreEmulation:
     def join(self, die: bool) -> None:
         mine = self._take("join")
         self.c.put(self.p + tk.name_key(self.rank), self.name)
-        infos = self._infos() + [(self.name, self.rank)]
+        infos = [*self._infos(), (self.name, self.rank)]
         self.c.put(self.p + tk.ALL_WORKER_INFOS_KEY, tk.format_worker_infos(infos))
         self.c.put(self.p + tk.addr_key(self.name), f"uv://127.0.0.1:{40000 + self.rank}")
         if die:
@@ -92,7 +101,7 @@ def main() -> None:
 
     def incarnation(join: bool) -> None:
         ident = client.hello(fresh_rank=bool(state), timeout=120)
-        d = MessageToDict(ident, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        d = as_dict(ident)
         d.pop("etcd_password", None)
         record(path, "IDENTITY", **d)
         session = client.session()
@@ -107,7 +116,7 @@ def main() -> None:
     def read_events(session: Any) -> None:
         try:
             for ev in session.events():
-                d = MessageToDict(ev, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                d = as_dict(ev)
                 d["kind"] = pb.MembershipEvent.Kind.Name(ev.kind)
                 record(path, d.pop("kind"), **d)
                 if ev.kind == pb.MembershipEvent.EVICT and not no_ack:

@@ -1,0 +1,202 @@
+"""Table-driven tests of the sidecar's pure decisions: rank choice, crash cleanup plan, the
+name gate, member-event classification."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rpcjob import contract as c
+from rpcjob import torchkeys as tk
+from rpcjob.etcd import KV, WatchEvent
+from rpcjob.sidecar.cleanup import (
+    EvictRequest,
+    LiveRank,
+    StoreState,
+    name_is_clean,
+    plan_cleanup,
+)
+from rpcjob.sidecar.members import MemberRecord, MembershipView
+from rpcjob.sidecar.ranks import RankChoice, choose_rank, describe_exhaustion, to_stamp
+
+# --- ranks ------------------------------------------------------------------------------------
+# retired: rank -> (retired revision (0 = in use / not stamped), mod revision of the key)
+RANK_CASES = [
+    ("empty space starts at 0", 4, {}, {}, RankChoice(0, 0)),
+    ("lowest free", 4, {0: 5, 1: 6}, {0: (0, 5), 1: (0, 6)}, RankChoice(2, 0)),
+    ("never-used above a held one", 4, {0: 5}, {0: (0, 5)}, RankChoice(1, 0)),
+    # rank 0 retired at rev 10; the live member (allocated at rev 5) may know it: skip it
+    ("retired rank known by a live member", 2, {1: 5}, {0: (10, 11), 1: (0, 5)}, None),
+    # every live member was allocated after the retirement: reuse it
+    ("retired rank safe to reuse", 2, {1: 12}, {0: (10, 11), 1: (0, 12)}, RankChoice(0, 11)),
+    ("no live members: any retired rank is safe", 1, {}, {0: (10, 11)}, RankChoice(0, 11)),
+    ("unstamped retired rank is never chosen", 1, {}, {0: (0, 3)}, None),
+    ("all held", 2, {0: 1, 1: 2}, {0: (0, 1), 1: (0, 2)}, None),
+]
+
+
+@pytest.mark.parametrize(("why", "space", "held", "retired", "want"), RANK_CASES,
+                         ids=[c[0] for c in RANK_CASES])  # fmt: skip
+def test_choose_rank(
+    why: str,
+    space: int,
+    held: dict[int, int],
+    retired: dict[int, tuple[int, int]],
+    want: RankChoice | None,
+) -> None:
+    assert choose_rank(space, held, retired, held.values()) == want
+
+
+def test_to_stamp_only_ended_unstamped() -> None:
+    retired = {0: (0, 1), 1: (0, 2), 2: (7, 8)}
+    assert to_stamp({1: 2}, retired) == [0]
+
+
+def test_exhaustion_message_names_the_setting() -> None:
+    msg = describe_exhaustion(2, {1: 5}, {0: (10, 11), 1: (0, 5)})
+    assert c.ENV_RANK_SPACE in msg and "[1]" in msg and "[0]" in msg and "raise" in msg
+
+
+# --- crash cleanup ---------------------------------------------------------------------------
+def live(*ranks: tuple[int, str]) -> dict[int, LiveRank]:
+    return {r: LiveRank(r, n, 10 + r) for r, n in ranks}
+
+
+CLEANER = tk.CLEANER_TOKEN
+A_JOIN = tk.worker_token("a_0", "join")
+B_JOIN = tk.worker_token("b_1", "join")
+
+
+def test_nothing_to_do_when_torch_matches_etcd() -> None:
+    s = StoreState(live(( 0, "a_0"), (1, "b_1")), token="", all_infos="a_0-0,b_1-1,",
+                   names={0: "a_0", 1: "b_1"}, addrs={"a_0", "b_1"})  # fmt: skip
+    p = plan_cleanup(s, now=100, ack_deadline=10)
+    assert p.idle and p.dead == []
+
+
+def test_dead_member_takes_free_token_first() -> None:
+    s = StoreState(live((0, "a_0")), token="", all_infos="a_0-0,b_1-1,")
+    p = plan_cleanup(s, 100, 10)
+    assert p.dead == [("b_1", 1)] and p.take_token == "" and p.new_all_infos is None
+
+
+def test_dead_member_with_token_held_rewrites_and_requests_acks() -> None:
+    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,b_1-1,c_2-2,")
+    p = plan_cleanup(s, 100, 10)
+    assert p.dead == [("b_1", 1), ("c_2", 2)]
+    assert p.new_all_infos == "a_0-0,"
+    assert p.new_evicts == [("b_1", 1), ("c_2", 2)] and not p.release
+
+
+def test_waits_for_acks_then_releases() -> None:
+    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
+    base = dict(token=CLEANER, all_infos="a_0-0,d_3-3,", evicts=req)
+    waiting = plan_cleanup(
+        StoreState(live((0, "a_0"), (3, "d_3")), **base, acks={("b_1", 1): {0}}), 101, 10
+    )  # type: ignore[arg-type]
+    assert not waiting.release and waiting.new_evicts == []
+    acked = plan_cleanup(
+        StoreState(live((0, "a_0"), (3, "d_3")), **base, acks={("b_1", 1): {0, 3}}), 101, 10
+    )  # type: ignore[arg-type]
+    assert acked.release and acked.done == [("b_1", 1)] and acked.expired == []
+
+
+def test_a_survivor_that_dies_is_no_longer_awaited() -> None:
+    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
+    s = StoreState(
+        live((0, "a_0")), token=CLEANER, all_infos="a_0-0,", evicts=req, acks={("b_1", 1): {0}}
+    )  # d_3 died after the request: not required
+    assert plan_cleanup(s, 101, 10).release
+
+
+def test_deadline_releases_without_every_ack() -> None:
+    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
+    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,", evicts=req)
+    assert not plan_cleanup(s, 109, 10).release
+    p = plan_cleanup(s, 111, 10)
+    assert p.release and p.expired == [("b_1", 1)]
+
+
+def test_live_holder_is_waited_for() -> None:
+    s = StoreState(live((0, "a_0"), (1, "b_1")), token=B_JOIN, all_infos="a_0-0,c_2-2,")
+    p = plan_cleanup(s, 100, 10)
+    assert p.wait_for == B_JOIN and p.take_token is None
+
+
+def test_joiner_dead_inside_critical_section_is_taken_over() -> None:
+    # b_1 died holding its join token before it ever wrote a member record: its rank record
+    # is gone, so its token is taken over even though _ALL_WORKER_INFOS does not list it yet
+    s = StoreState(live((0, "a_0")), token=B_JOIN, all_infos="a_0-0,", names={1: "b_1"})
+    p = plan_cleanup(s, 100, 10)
+    assert p.take_token == B_JOIN and p.delete_names == {1: "b_1"}
+
+
+def test_unknown_token_value_is_taken_over_with_a_warning() -> None:
+    s = StoreState(live((0, "a_0")), token="garbage", all_infos="a_0-0,")
+    p = plan_cleanup(s, 100, 10)
+    assert p.take_token == "garbage" and p.unknown_token == "garbage"
+
+
+def test_held_token_with_nothing_left_is_released() -> None:
+    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,")
+    p = plan_cleanup(s, 100, 10)
+    assert p.release and p.done == []
+
+
+def test_stale_names_and_addrs_are_deleted_but_live_ones_kept() -> None:
+    s = StoreState(live((0, "a_0"), (2, "b_1")), token="", all_infos="a_0-0,",
+                   names={0: "a_0", 1: "b_1", 2: "b_1"}, addrs={"a_0", "b_1", "c_9"})  # fmt: skip
+    p = plan_cleanup(s, 100, 10)
+    assert p.delete_names == {1: "b_1"} and p.delete_addrs == ["c_9"]
+
+
+NAME_GATE = [
+    ("clean", StoreState({}, token="", all_infos="a_0-0,"), True),
+    ("old identity still listed", StoreState({}, token="", all_infos="b_1-4,"), False),
+    ("old incarnation holds the token", StoreState({}, token=B_JOIN, all_infos=""), False),
+    ("eviction pending", StoreState({}, evicts={("b_1", 4): EvictRequest("b_1", 4, 0)}), False),
+    ("another name holds the token", StoreState({}, token=A_JOIN), True),
+]
+
+
+@pytest.mark.parametrize(("why", "state", "clean"), NAME_GATE, ids=[g[0] for g in NAME_GATE])
+def test_name_gate(why: str, state: StoreState, clean: bool) -> None:
+    assert name_is_clean(state, "b_1") is clean
+
+
+# --- member events ---------------------------------------------------------------------------
+KEYS = c.JobKeys("ns", "j", "u")
+
+
+def kv(key: str, value: str = "", rev: int = 1, create: int = 1) -> KV:
+    return KV(key.encode(), value.encode(), create, rev, 1, 0)
+
+
+def rec(name: str, rank: int, inc: int) -> str:
+    return MemberRecord(name, rank, "p", "n", "1.2.3.4", (), inc).encode()
+
+
+def test_member_events_joined_left_and_crash() -> None:
+    view = MembershipView(KEYS)
+    out = view.apply([WatchEvent("PUT", kv(KEYS.member("a_0"), rec("a_0", 0, 5), 6, 6), None)])
+    assert [(e.kind, e.member.name) for e in out] == [("JOINED", "a_0")]
+    # an update of the same incarnation is not a new join
+    assert (
+        view.apply([WatchEvent("PUT", kv(KEYS.member("a_0"), rec("a_0", 0, 5), 7, 6), None)]) == []
+    )
+    # graceful: the left marker and the delete share one revision
+    left = [WatchEvent("PUT", kv(KEYS.left_marker("a_0"), json.dumps({"incarnation": 5}), 9), None),
+            WatchEvent("DELETE", kv(KEYS.member("a_0"), "", 9), None)]  # fmt: skip
+    assert [e.kind for e in view.apply(left)] == ["LEFT"]
+    # a crash (no marker) is not a LEFT: the cleaner's EVICT covers it
+    view.apply([WatchEvent("PUT", kv(KEYS.member("b_1"), rec("b_1", 1, 10), 11, 11), None)])
+    assert view.apply([WatchEvent("DELETE", kv(KEYS.member("b_1"), "", 12), None)]) == []
+    assert view.members == {}
+
+
+def test_member_record_roundtrip() -> None:
+    r = MemberRecord("w_1", 3, "pod", "node", "10.0.0.1", ("cuda:0",), 42, 0, "clq")
+    assert MemberRecord.decode(r.encode().encode(), joined=50) == MemberRecord(
+        "w_1", 3, "pod", "node", "10.0.0.1", ("cuda:0",), 42, 50, "clq"
+    )
