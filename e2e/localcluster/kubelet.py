@@ -131,7 +131,7 @@ class Kubelet:
     def add_node(self, node: NodeSpec) -> None:
         self.nodes[node.name] = node
         try:
-            self.store.create(self.node_rt, None, node.obj())
+            self.store.create(self.node_rt, None, node.obj(), keep_status=True)
         except errors.ApiError as exc:
             if exc.code != 409:
                 raise

@@ -83,7 +83,7 @@ class ApiServer:
         ns_rt = self.store.registry.get("", "v1", "namespaces")
         assert ns_rt is not None
         for ns in DEFAULT_NAMESPACES:
-            self.store.create(ns_rt, None, {"metadata": {"name": ns}, "status": {"phase": "Active"}})
+            self.store.create(ns_rt, None, {"metadata": {"name": ns}})
 
     @property
     def url(self) -> str:

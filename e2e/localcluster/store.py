@@ -112,6 +112,7 @@ class Store:
         else:
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.rv)
+            self._remove(rt, obj)  # gone before watchers and controllers hear of it
         ev = Event(etype, rt.storage_key, copy.deepcopy(obj), copy.deepcopy(old) if old else None, self.rv)
         self.history.append(ev)
         while len(self.history) > self.history_limit:
@@ -246,9 +247,19 @@ class Store:
             push(Event("BOOKMARK", rt.storage_key, {"metadata": {}}, None, self.rv))
 
     # --- writes -------------------------------------------------------------------------
-    def create(self, rt: ResourceType, ns: str | None, body: Obj, strict: bool = False) -> Obj:
+    def create(
+        self, rt: ResourceType, ns: str | None, body: Obj, strict: bool = False,
+        keep_status: bool = False,
+    ) -> Obj:
+        """POST semantics; ``keep_status`` is for in-process controllers (kubelet Nodes)."""
         with self.lock:
             obj = copy.deepcopy(body)
+            if "status" in rt.subresources and not keep_status:
+                obj.pop("status", None)  # status is written through /status only
+                if rt.kind == "Namespace" and not rt.group:
+                    obj["status"] = {"phase": "Active"}
+                if rt.kind == "Pod" and not rt.group:
+                    obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             meta = obj.setdefault("metadata", {})
             if rt.namespaced:
                 ns = ns or meta.get("namespace") or "default"
