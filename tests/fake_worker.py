@@ -6,9 +6,9 @@ Usage: fake_worker.py EVENTS_FILE join|hello. Says Hello, opens the Session, rep
 JOINED; appends every event it receives to EVENTS_FILE as a JSON line, acks every EVICT
 (unless FAKE_NO_ACK=1), answers DRAIN with a store-level leave + LEAVING + LEFT and exits 0.
 RPCJOB_TEST_HOOK=die-in-critical-section: SIGKILL itself while holding the join token.
-stdin commands: ``join`` (report JOINED), ``leave`` (LEAVING, LEFT, exit 0), ``close`` (end
-the stream without LEFT), ``failed`` (JOIN_FAILED), ``rehello`` (a new incarnation),
-``metrics NAME VALUE``.
+stdin commands: ``join`` (report JOINED), ``leave`` (LEAVING, LEFT, exit 0), ``leave-exit``
+(LEAVING, torch's leave, exit without LEFT), ``close`` (end the stream without LEFT),
+``failed`` (JOIN_FAILED), ``rehello`` (a new incarnation), ``metrics NAME VALUE``.
 """
 
 from __future__ import annotations
@@ -150,6 +150,12 @@ def main() -> None:
             session.report(R.JOINED)
         elif cmd[0] == "leave":
             leave(session)
+        elif cmd[0] == "leave-exit":  # torch's leave done, LEFT lost with the process
+            session.report(R.LEAVING)
+            state["torch"].leave()
+            session.close()
+            record(path, "EXIT")
+            os._exit(0)
         elif cmd[0] == "close":
             session.close()
         elif cmd[0] == "failed":

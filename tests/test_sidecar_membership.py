@@ -74,6 +74,16 @@ def test_member_lifecycle_snapshot_join_leave(job: Job, client: Client) -> None:
     assert not any(e["kind"] == "EVICT" for e in wa.events())
 
 
+def test_leave_whose_left_report_is_lost_is_still_a_leave(job: Job, client: Client) -> None:
+    _, wa, _ = start(job, 0)
+    _, wb, rb = start(job, 1)
+    joined(wa, "worker_1")
+    wb.send("leave-exit")  # torch's leave completed; the process exits before LEFT is sent
+    wa.wait_for(lambda e: e["kind"] == "LEFT" and e["peer"]["name"] == "worker_1", 30)
+    wait_for(lambda: client.get(job.keys.rank(rb)) is None, 30, "rank released")
+    assert not any(e["kind"] == "EVICT" for e in wa.events())
+
+
 def test_worker_crash_revokes_lease_at_once(etcd_endpoint: str, tmp_path: Path) -> None:
     # A 30 s TTL: the eviction must not wait for it (the sidecar sees the stream close).
     job = Job(etcd_endpoint, tmp_path, lease_ttl=30)

@@ -15,7 +15,8 @@ import grpc
 
 from ._pb import sidecar_pb2 as _pb2
 from ._pb import sidecar_pb2_grpc as _pb2_grpc
-from .daemon import HelloError, Sidecar
+from .daemon import Sidecar
+from .incarnation import HelloError
 
 pb: Any = _pb2
 pb_grpc: Any = _pb2_grpc
@@ -61,7 +62,6 @@ class Servicer(_pb2_grpc.SidecarServicer):
             finally:
                 self.sidecar.on_stream_closed(inc)
 
-        context.add_callback(lambda: self.sidecar.on_stream_closed(inc))
         threading.Thread(target=read_reports, daemon=True, name="rpcjob-reports").start()
         while True:
             ev = inc.events.get()
