@@ -1,0 +1,79 @@
+"""Issue 3 acceptance: 16 concurrent joins, rank reuse in a small rank space, etcd restart,
+etcd unreachable (clear error). Real etcd, sidecars and torch workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from podkit import Job
+from test_membership_kit import assert_consistent, start_pods, start_worker
+
+from rpcjob.etcd import Client
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+
+
+@pytest.mark.slow
+def test_16_concurrent_joins(etcd_endpoint: str, tmp_path: Path) -> None:
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=5)
+    client = Client(etcd_endpoint)
+    try:
+        workers = start_pods(job, range(16))
+        members = assert_consistent(client, job, workers, timeout=120)
+        assert sorted(r for _, r in members) == list(range(16))
+    finally:
+        job.close()
+        client.close()
+
+
+@pytest.mark.slow
+def test_small_rank_space_reuses_ranks_safely(etcd_endpoint: str, tmp_path: Path) -> None:
+    """Rank space 2: a rank comes back only once no live member can hold a stale pipe to it."""
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=3, rank_space=2)
+    client = Client(etcd_endpoint)
+    try:
+        a, b = start_pods(job, range(2))
+        assert sorted([a.rank, b.rank]) == [0, 1]
+        old_b = b.rank
+        b.kill()  # b's rank is retired; a knew it, so it must not come back while a lives
+        assert_consistent(client, job, [a])
+        b2 = start_worker(b.pod)
+        a.leave()  # now nobody knows the old incarnation: the space frees up
+        b2.joined()
+        assert b2.rank in (0, 1)
+        a2 = start_worker(a.pod).joined()
+        assert sorted([a2.rank, b2.rank]) == [0, 1]
+        assert_consistent(client, job, [a2, b2])
+        assert old_b in (a2.rank, b2.rank)  # a rank was reused, and RPCs work both ways
+    finally:
+        job.close()
+        client.close()
+
+
+@pytest.mark.slow
+def test_etcd_restart_evicts_nobody_then_unreachable_is_clear(
+    etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    job = Job(etcd.endpoint, tmp_path, lease_ttl=10)  # the cluster minimum (DESIGN §9)
+    client = Client(etcd.endpoint)
+    try:
+        workers = start_pods(job, range(3))
+        before = assert_consistent(client, job, workers)
+        spare = job.pod("worker", 3)
+
+        etcd.restart()
+        assert all(w.alive for w in workers)
+        assert assert_consistent(client, job, workers) == before  # nobody was evicted
+        workers.append(start_worker(spare).joined())  # the group still accepts joins
+        assert_consistent(client, job, workers)
+
+        # etcd gone for good: a worker asking its (running) sidecar gets a clear error
+        workers[-1].leave()
+        etcd.stop()
+        joiner = start_worker(spare)
+        line = joiner.proc.expect("JOINFAIL", timeout=240)
+        assert "SidecarError" in line and "etcd" in line, line
+        assert etcd.endpoint in line, line
+    finally:
+        job.close()
+        client.close()
