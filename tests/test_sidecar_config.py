@@ -1,0 +1,152 @@
+"""Bad input to rpcjob-sidecar: every error names the variable and the fix (pure config, labels
+sources, and the real process's exit code and message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from podkit import Job, free_port, next_ip
+
+from rpcjob import contract as c
+from rpcjob.sidecar.config import ConfigError, load_config
+from rpcjob.sidecar.labels_source import LabelsError, labels_from_file, read_node_labels
+
+GOOD = {
+    c.ENV_NAMESPACE: "ns",
+    c.ENV_JOB_NAME: "j",
+    c.ENV_JOB_UID: "u1",
+    c.ENV_ROLE: "worker",
+    c.ENV_INDEX: "3",
+    c.ENV_POD_IP: "10.0.0.7",
+    c.ENV_ETCD_ENDPOINTS: "10.0.0.1:2379,10.0.0.2:2379",
+    c.ENV_SLOTS: json.dumps({"worker": 8, "driver": 1}),
+}
+
+
+def test_good_config_and_defaults() -> None:
+    cfg = load_config(GOOD)
+    assert cfg.worker_name == "worker_3" and cfg.pod_name == "j-worker-3"
+    assert cfg.etcd.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
+    assert (cfg.http_host, cfg.http_port) == ("10.0.0.7", c.SIDECAR_HTTP_PORT)
+    assert cfg.lease_ttl == c.DEFAULT_LEASE_TTL and cfg.rank_space == c.DEFAULT_RANK_SPACE
+    assert cfg.socket == c.socket_path()
+    assert cfg.keys.root == "/rpcjob/ns/j/u1/"
+
+
+def test_password_is_never_in_the_repr() -> None:
+    cfg = load_config({**GOOD, c.ENV_ETCD_USER: "root", c.ENV_ETCD_PASSWORD: "s3cret-pw"})
+    assert "s3cret-pw" not in repr(cfg)
+    assert cfg.etcd.password == "s3cret-pw"
+
+
+BAD = [
+    ("missing namespace", {c.ENV_NAMESPACE: ""}, [c.ENV_NAMESPACE, "not set"]),
+    ("missing uid", {c.ENV_JOB_UID: ""}, [c.ENV_JOB_UID]),
+    ("role with a dash", {c.ENV_ROLE: "my-role"}, [c.ENV_ROLE, "'-'"]),
+    ("role uppercase", {c.ENV_ROLE: "Worker"}, [c.ENV_ROLE, "lowercase"]),
+    ("missing index", {c.ENV_INDEX: ""}, [c.ENV_INDEX, "not set"]),
+    ("index not a number", {c.ENV_INDEX: "x"}, [c.ENV_INDEX, "integer"]),
+    ("worker name with a dash", {c.ENV_WORKER_NAME: "worker-3"}, [c.ENV_WORKER_NAME, "'_'"]),
+    ("worker name mismatch", {c.ENV_WORKER_NAME: "worker_4"}, [c.ENV_WORKER_NAME, "'worker_3'"]),
+    ("missing pod ip", {c.ENV_POD_IP: ""}, [c.ENV_POD_IP, "downward API"]),
+    ("missing etcd", {c.ENV_ETCD_ENDPOINTS: ""}, [c.ENV_ETCD_ENDPOINTS]),
+    ("etcd not host:port", {c.ENV_ETCD_ENDPOINTS: "etcd"}, [c.ENV_ETCD_ENDPOINTS, "host:port"]),
+    ("cert without key", {c.ENV_ETCD_CERT: __file__}, [c.ENV_ETCD_KEY, "both"]),
+    ("missing CA file", {c.ENV_ETCD_CA: "/nope/ca.pem"}, [c.ENV_ETCD_CA, "no such file"]),
+    ("user without password", {c.ENV_ETCD_USER: "root"}, [c.ENV_ETCD_PASSWORD, "both"]),
+    ("slots not JSON", {c.ENV_SLOTS: "{worker: 8"}, [c.ENV_SLOTS, "JSON"]),
+    ("role not in slots", {c.ENV_SLOTS: '{"driver": 1}'}, [c.ENV_SLOTS, "'worker'"]),
+    ("index beyond maxReplicas", {c.ENV_SLOTS: '{"worker": 2}'}, [c.ENV_INDEX, "maxReplicas"]),
+    ("device maps mode", {c.ENV_DEVICE_MAPS: "on"}, [c.ENV_DEVICE_MAPS, "'auto' or 'off'"]),
+    ("rank space too big", {c.ENV_RANK_SPACE: "40000"}, [c.ENV_RANK_SPACE, "int16"]),
+    ("rank space zero", {c.ENV_RANK_SPACE: "0"}, [c.ENV_RANK_SPACE, "out of range"]),
+    ("lease ttl word", {c.ENV_LEASE_TTL: "ten"}, [c.ENV_LEASE_TTL, "integer"]),
+    ("http addr", {c.ENV_HTTP_ADDR: "10.0.0.7"}, [c.ENV_HTTP_ADDR, "host:port"]),
+    ("rpc timeout", {c.ENV_RPC_TIMEOUT: "-1"}, [c.ENV_RPC_TIMEOUT, "> 0"]),
+]
+
+
+@pytest.mark.parametrize(("why", "change", "words"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_names_the_variable(why: str, change: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config({**GOOD, **change})
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_labels_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(LabelsError, match=c.ENV_NODE_LABELS_FILE + ".*cannot read"):
+        labels_from_file(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a map\n")
+    with pytest.raises(LabelsError, match="map of label name to value"):
+        labels_from_file(str(bad))
+    node = tmp_path / "node.json"
+    node.write_text(json.dumps({"metadata": {"labels": {"nvidia.com/gpu.count": "8"}}}))
+    assert labels_from_file(str(node)) == {"nvidia.com/gpu.count": "8"}
+
+
+def test_labels_json_and_api_errors() -> None:
+    with pytest.raises(LabelsError, match=c.ENV_NODE_LABELS + " is not valid JSON"):
+        read_node_labels("", "", "{bad")
+    with pytest.raises(LabelsError, match=c.ENV_NODE_NAME):
+        read_node_labels("", "", "")
+    with pytest.raises(LabelsError, match="not running in a Kubernetes pod"):
+        read_node_labels("node-1", "", "", env={})
+
+
+# --- the real process ------------------------------------------------------------------------
+def run_sidecar(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rpcjob.sidecar.main"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def pod_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    job = Job(endpoint, tmp_path)
+    ip = next_ip()
+    return job.pod_env("worker", 0, ip, str(tmp_path / "s.sock"), f"{ip}:{free_port(ip)}")
+
+
+def test_process_exits_2_on_bad_role(tmp_path: Path, etcd_endpoint: str) -> None:
+    r = run_sidecar({**pod_env(tmp_path, etcd_endpoint), c.ENV_ROLE: "bad-role"})
+    assert r.returncode == 2
+    assert "configuration error" in r.stderr and c.ENV_ROLE in r.stderr
+
+
+def test_process_exits_2_on_malformed_labels(tmp_path: Path, etcd_endpoint: str) -> None:
+    r = run_sidecar({**pod_env(tmp_path, etcd_endpoint), c.ENV_NODE_LABELS: "{bad"})
+    assert r.returncode == 2 and c.ENV_NODE_LABELS in r.stderr
+
+
+def test_process_exits_1_when_etcd_unreachable_without_leaking_the_password(
+    tmp_path: Path, etcd_endpoint: str
+) -> None:
+    env = pod_env(tmp_path, etcd_endpoint)
+    dead = f"127.0.0.1:{free_port('127.0.0.1')}"
+    env.update({c.ENV_ETCD_ENDPOINTS: dead, c.ENV_ETCD_USER: "root",
+                c.ENV_ETCD_PASSWORD: "pw-must-not-leak"})  # fmt: skip
+    r = run_sidecar(env, timeout=120)
+    assert r.returncode == 1
+    assert "etcd is unreachable" in r.stderr and dead in r.stderr
+    assert c.ENV_ETCD_ENDPOINTS in r.stderr
+    assert "pw-must-not-leak" not in r.stderr + r.stdout
+
+
+def test_bad_gpu_labels_are_warnings_in_identity_not_a_crash(
+    tmp_path: Path, etcd_endpoint: str
+) -> None:
+    job = Job(etcd_endpoint, tmp_path, env={c.ENV_NODE_LABELS: '{"nvidia.com/gpu.count": "eight"}'})
+    try:
+        w = job.pod("worker", 0).fake_worker()
+        ident = w.identity()
+        assert any("nvidia.com/gpu.count='eight'" in x for x in ident["warnings"])
+        assert ident["devices"] == []
+    finally:
+        job.close()
