@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -23,27 +24,39 @@ from rpcjob.worker.client import SidecarNotFound, resolve_socket
 def test_socket_missing_names_the_path_and_the_env(tmp_path: Path) -> None:
     missing = tmp_path / "sidecar.sock"
     with pytest.raises(SidecarNotFound) as err:
-        resolve_socket(str(missing))
+        resolve_socket(str(missing), wait=0.2)
     assert str(err.value) == (
-        f"sidecar socket {missing} not found: is the rpcjob sidecar running in this pod? "
-        "(set RPCJOB_SOCKET)"
+        f"sidecar socket {missing} not found after 0.2s: is the rpcjob sidecar running in this "
+        "pod? (set RPCJOB_SOCKET; RPCJOB_SIDECAR_WAIT sets how long to wait)"
     )
+
+
+def test_socket_that_appears_late_is_found(tmp_path: Path) -> None:
+    # Containers of a pod start in parallel: the worker waits for the sidecar's socket.
+    late = tmp_path / "sidecar.sock"
+    timer = threading.Timer(0.3, late.touch)
+    timer.start()
+    try:
+        assert resolve_socket(str(late), wait=30) == str(late)
+    finally:
+        timer.cancel()
 
 
 def test_default_socket_path_is_the_contracts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(contract.ENV_SOCKET, raising=False)
     with pytest.raises(SidecarNotFound, match=re.escape("/var/run/rpcjob/sidecar.sock not found")):
-        resolve_socket()
+        resolve_socket(wait=0)
 
 
 def test_init_rpc_without_sidecar_fails_fast(tmp_path: Path) -> None:
-    env = {**os.environ, contract.ENV_SOCKET: str(tmp_path / "nope.sock")}
+    env = {**os.environ, contract.ENV_SOCKET: str(tmp_path / "nope.sock"),
+           contract.ENV_SIDECAR_WAIT: "0.5"}
     code = "import rpcjob; rpcjob.init_rpc()"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode != 0
-    assert "not found: is the rpcjob sidecar running in this pod? (set RPCJOB_SOCKET)" in (
+    assert "not found after 0.5s: is the rpcjob sidecar running in this pod? (set RPCJOB_SOCKET" in (
         out.stderr
     )
 

@@ -34,6 +34,9 @@ MANAGED_BY = "rpcjob-operator"
 ANNOTATION_DELETE_FIRST = f"{GROUP}/delete-first"
 # Which generation of the job spec rendered the pod.
 ANNOTATION_SPEC_GENERATION = f"{GROUP}/spec-generation"
+# Set by an admin on a deleted RpcJob whose etcd is gone for good: the operator's finalizer
+# then leaves the job's etcd keys behind instead of retrying (docs/operator.md).
+ANNOTATION_SKIP_ETCD_CLEANUP = f"{GROUP}/skip-etcd-cleanup"
 # Node label override: how many GPUs rpcjob should use on this node (a count).
 NODE_LABEL_GPUS_OVERRIDE = f"{GROUP}/gpus"
 
@@ -62,6 +65,7 @@ ENV_POD_IP = "RPCJOB_POD_IP"
 ENV_NODE_NAME = "RPCJOB_NODE_NAME"
 # Where the worker finds its sidecar.
 ENV_SOCKET = "RPCJOB_SOCKET"
+ENV_SIDECAR_WAIT = "RPCJOB_SIDECAR_WAIT"  # seconds the worker waits for the socket to appear
 # etcd connection (sidecar; the worker receives it from the sidecar).
 ENV_ETCD_ENDPOINTS = "RPCJOB_ETCD_ENDPOINTS"  # comma-separated host:port
 ENV_ETCD_CA = "RPCJOB_ETCD_CA"  # file paths
@@ -280,6 +284,12 @@ class JobKeys:
     @property
     def token_waiters(self) -> str:
         return self.root + "cleanup-waiters/"
+
+
+def local_control_prefix(name: str) -> str:
+    """``rpcjob run``'s control keys in its embedded etcd: ``spec``, ``status``, ``scale/<role>``
+    (written by ``rpcjob scale``, applied by the running job)."""
+    return f"/rpcjob-local/{name}/"
 
 
 def job_prefix(namespace: str, name: str) -> str:

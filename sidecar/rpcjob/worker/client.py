@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import queue
 import threading
 from collections.abc import Iterator
@@ -28,13 +29,22 @@ class SidecarNotFound(SidecarError):
     """The sidecar socket does not exist or nothing answers on it."""
 
 
-def resolve_socket(socket: str | None = None) -> str:
+def resolve_socket(socket: str | None = None, wait: float | None = None) -> str:
+    """The sidecar's socket path. Containers of a pod start in parallel (a native sidecar
+    without a startupProbe gives no ordering), so wait up to ``wait`` seconds
+    (RPCJOB_SIDECAR_WAIT, default 30) for the sidecar to create it."""
     path = socket or os.environ.get(contract.ENV_SOCKET) or contract.socket_path()
-    if not os.path.exists(path):
-        raise SidecarNotFound(
-            f"sidecar socket {path} not found: is the rpcjob sidecar running in this pod? "
-            f"(set {contract.ENV_SOCKET})"
-        )
+    if wait is None:
+        wait = float(os.environ.get(contract.ENV_SIDECAR_WAIT, "30"))
+    deadline = time.monotonic() + wait
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise SidecarNotFound(
+                f"sidecar socket {path} not found after {wait:g}s: is the rpcjob sidecar "
+                f"running in this pod? (set {contract.ENV_SOCKET}; "
+                f"{contract.ENV_SIDECAR_WAIT} sets how long to wait)"
+            )
+        time.sleep(0.05)
     return path
 
 
