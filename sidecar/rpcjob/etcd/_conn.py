@@ -175,7 +175,12 @@ class Conn:
         self._cur = 0
         self._pid = os.getpid()
         self.closed = False
+        # Called in a fork child right after fork (reset state; no I/O, no threads) and on the
+        # child's first use of the client (restart streams), so that a child that never uses
+        # the client (a DataLoader worker) opens no connection.
         self.fork_hooks: list[Callable[[], None]] = []
+        self.resume_hooks: list[Callable[[], None]] = []
+        self._pending_resume: list[Callable[[], None]] = []
         _LIVE.add(self)
 
     # --- channels -----------------------------------------------------------------------------
@@ -187,6 +192,7 @@ class Conn:
         self._pid = os.getpid()
         for hook in self.fork_hooks:
             hook()
+        self._pending_resume = list(self.resume_hooks)
 
     def _build(self, i: int) -> Endpoint:
         addr = self.endpoints[i]
@@ -199,6 +205,10 @@ class Conn:
     def current(self) -> Endpoint:
         if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)
             self.forked()
+        if self._pending_resume:
+            hooks, self._pending_resume = self._pending_resume, []
+            for hook in hooks:
+                hook()
         ep = self._eps[self._cur]
         if ep is None:
             with self._lock:

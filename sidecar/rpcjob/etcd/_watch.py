@@ -87,6 +87,7 @@ class WatchMux:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         conn.fork_hooks.append(self._forked)
+        conn.resume_hooks.append(self._resume)
 
     # --- public side (any thread) -------------------------------------------------------------
     def add(self, w: Watch) -> None:
@@ -129,7 +130,8 @@ class WatchMux:
 
     def _forked(self) -> None:
         # In a fork child: the parent's thread and stream do not exist here. Start over with
-        # the same watches (each resumes from its next revision) once the child uses them.
+        # the same watches (each resumes from its next revision) once the child uses the
+        # client (_resume).
         self._lock = threading.Lock()
         self._out = None
         self._call = None
@@ -138,8 +140,11 @@ class WatchMux:
         self._thread = None
         for w in self._watches:
             w.server_id = None
-        if self._watches and not self._stop.is_set():
-            self._start_thread()
+
+    def _resume(self) -> None:
+        with self._lock:
+            if self._watches and not self._stop.is_set() and self._thread is None:
+                self._start_thread()
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rpcjob-etcd-watch", daemon=True)
