@@ -45,8 +45,9 @@ import torch.distributed as dist  # noqa: E402
 import torch.distributed.rpc as rpc  # noqa: E402
 
 from rpcjob.devices import Peer, RoleShape, parse_node_labels, plan_devices, visible_gpus  # noqa: E402
+from rpcjob.devices import agent as devagent  # noqa: E402
 
-WAIT = timedelta(seconds=120)
+WAIT = timedelta(seconds=float(os.environ.get("BENCH_WAIT_S", "120")))
 
 
 # --- functions run remotely -----------------------------------------------------------------
@@ -200,6 +201,7 @@ class Member:
             torch.cuda.set_device(0)
             torch.cuda.init()
             torch.empty(1, device="cuda:0")
+        devagent.install_membership_guards(self.p.devices)
         opts = rpc.TensorPipeRpcBackendOptions(
             init_method=f"tcp://127.0.0.1:{self.a.port}",
             num_worker_threads=16,
@@ -216,20 +218,13 @@ class Member:
         )
 
     def apply(self, peer: str) -> None:
-        """JOINED(peer): re-apply my devices + the peer's reverse map."""
+        """JOINED(peer), as the sidecar's event drives it: re-apply my devices + its reverse map."""
         p, rank = self.peers.get(peer) or read_peer(self.store, peer)
         self.peers[peer] = (p, rank)
-        agent = rpc.api._get_current_rpc_agent()
-        rev = self.p.reverse_map(p)
-        agent._update_group_membership(
-            rpc.WorkerInfo(peer, rank),
-            [torch.device(d) for d in self.p.devices],
-            {peer: {torch.device(k): torch.device(v) for k, v in rev.items()}},
-            True,
-        )
+        devagent.reapply(peer, rank, self.p.reverse_map(p))
 
     def left(self, peer: str) -> None:
-        """LEFT(peer): torch wiped my devices and reverse maps; re-apply for every live peer."""
+        """LEFT(peer): re-apply for every live peer (a no-op change with the guards installed)."""
         self.peers.pop(peer, None)
         for other in list(self.peers):
             self.apply(other)
@@ -244,7 +239,9 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
     dev = "cuda:0" if cuda else "cpu"
     if a.name == "worker_0":  # early joiner
         m.join(1, [])
-        store.wait(["bench/neg_join_done"], WAIT)
+        # The late joiner checks L->E before we apply anything: torch's own join must suffice.
+        store.wait(["bench/L_checked_before_apply"], WAIT)
+        out["E_to_L_before_apply"] = roundtrip("worker_1", cuda)
         m.apply("worker_1")
         store.set("bench/applied/worker_0/worker_1", "1")
         out["E_to_L_after_join"] = roundtrip("worker_1", cuda)
@@ -257,12 +254,15 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         )
         log(a.name, f"staging E->L {out['bw_cpu_staging']}")
         store.set("bench/phase1_done", "1")
-        m.apply("worker_2")
-        store.set("bench/applied/worker_0/worker_2", "1")
         store.wait(["bench/T_checked"], WAIT)
+        out["E_to_T_before_apply"] = roundtrip("worker_2", cuda)
+        m.apply("worker_2")
         out["E_to_T"] = roundtrip("worker_2", cuda)
         store.set("bench/E_to_T_checked", "1")
         store.wait(["bench/left/worker_2"], WAIT)
+        # Right after the graceful leave, before any re-application (the race of DESIGN 5.3).
+        out["E_to_L_right_after_leave"] = roundtrip("worker_1", cuda)
+        out["reverse_maps_after_leave"] = json.dumps(devagent.reverse_maps())
         m.left("worker_2")
         out["E_to_L_after_leave"] = roundtrip("worker_1", cuda)
         store.set("bench/reapplied/worker_0", "1")
@@ -272,17 +272,16 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         store.set("bench/E_done", "1")
     elif a.name == "worker_1":  # late joiner
         m.join(2, ["worker_0"])
-        # Negative control: torch gave the early member no reverse map for us yet.
-        out["neg_L_to_E_before_reapply"] = roundtrip("worker_0", cuda, timeout=30)
-        store.set("bench/neg_join_done", "1")
+        out["L_to_E_before_apply"] = roundtrip("worker_0", cuda, timeout=30)
+        store.set("bench/L_checked_before_apply", "1")
         store.wait(["bench/applied/worker_0/worker_1"], WAIT)
         out["L_to_E_after_join"] = roundtrip("worker_0", cuda)
         store.set("bench/L_to_E_checked", "1")
-        store.wait(["bench/phase1_done"], WAIT)
+        store.wait(["bench/T_checked"], WAIT)
         m.apply("worker_2")
         store.set("bench/applied/worker_1/worker_2", "1")
         store.wait(["bench/left/worker_2"], WAIT)
-        store.wait(["bench/reapplied/worker_0"], WAIT)
+        out["L_to_E_right_after_leave"] = roundtrip("worker_0", cuda)
         m.left("worker_2")
         store.set("bench/reapplied/worker_1", "1")
         out["L_to_E_after_leave"] = roundtrip("worker_0", cuda)
@@ -294,11 +293,10 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
     else:  # worker_2: joins third, then leaves gracefully
         store.wait(["bench/phase1_done"], WAIT)
         m.join(3, ["worker_0", "worker_1"])
-        store.wait(["bench/applied/worker_0/worker_2", "bench/applied/worker_1/worker_2"], WAIT)
         out["T_to_E"] = roundtrip("worker_0", cuda)
         out["T_to_L"] = roundtrip("worker_1", cuda)
         store.set("bench/T_checked", "1")
-        store.wait(["bench/E_to_T_checked"], WAIT)
+        store.wait(["bench/E_to_T_checked", "bench/applied/worker_1/worker_2"], WAIT)
         rpc.shutdown()
         store.set("bench/left/worker_2", "1")
         return out
@@ -462,10 +460,14 @@ def main() -> None:
         unshare = shutil.which("unshare")
         if unshare:
             pj = [
-                ("worker_0", gpu(0), []),
-                ("worker_1", gpu(1), [unshare, "--pid", "--fork", "--kill-child"]),
+                ("worker_0", {**gpu(0), "BENCH_WAIT_S": "40"}, []),
+                (
+                    "worker_1",
+                    {**gpu(1), "BENCH_WAIT_S": "40"},
+                    [unshare, "--pid", "--fork", "--kill-child", "--mount-proc"],
+                ),
             ]
-            res["pidns"] = run_scenario("pidns", pj, a, 90)
+            res["pidns"] = run_scenario("pidns", pj, a, 60)
         else:
             res["pidns"] = {"skipped": "no unshare binary"}
     summarize(res, a)

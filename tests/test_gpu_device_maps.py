@@ -55,8 +55,20 @@ def test_cuda_tensors_both_directions_across_join_and_leave(tmp_path: Path) -> N
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())["rpcjob"]
     expected = {
-        "worker_0": ["E_to_L_after_join", "E_to_T", "E_to_L_after_leave"],
-        "worker_1": ["L_to_E_after_join", "L_to_E_after_leave"],
+        "worker_0": [
+            "E_to_L_before_apply",
+            "E_to_L_after_join",
+            "E_to_T_before_apply",
+            "E_to_T",
+            "E_to_L_right_after_leave",
+            "E_to_L_after_leave",
+        ],
+        "worker_1": [
+            "L_to_E_before_apply",
+            "L_to_E_after_join",
+            "L_to_E_right_after_leave",
+            "L_to_E_after_leave",
+        ],
         "worker_2": ["T_to_E", "T_to_L"],
     }
     for worker, checks in expected.items():
