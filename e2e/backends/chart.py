@@ -1,0 +1,73 @@
+"""The rpcjob chart rendered for an e2e backend (``helm template``, the real helm binary)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from tests.helm_chart import CHART, run_helm
+
+RELEASE = "rpcjob"
+
+
+def render(namespace: str, set_values: Mapping[str, str] | None = None,
+           values_files: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``helm template --include-crds`` as dicts, in helm's install order (crds/ first)."""
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
+    for path in values_files:
+        args += ["-f", path]
+    for key, value in sorted((set_values or {}).items()):
+        args += ["--set", f"{key}={value}"]
+    return [d for d in yaml.safe_load_all(run_helm(*args)) if d]
+
+
+def install_order(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hooks last, as `helm install` runs them after the release's objects."""
+    docs = list(docs)
+    hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+    return [d for d in docs if d not in hooks] + hooks
+
+
+def operator_deployment(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == "Deployment"
+             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"]
+    if len(found) != 1:
+        raise ValueError(f"the chart rendered {len(found)} operator Deployments, expected 1")
+    return found[0]
+
+
+def operator_pod(deployment: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The Pod a ReplicaSet would create from the Deployment's template (the local cluster runs
+    no Deployment controller)."""
+    template = copy.deepcopy(deployment["spec"]["template"])
+    meta = template.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "spec": template["spec"],
+    }
+
+
+def literal_env(container: Mapping[str, Any], field_values: Mapping[str, str]) -> dict[str, str]:
+    """A container's env with fieldRefs resolved from ``field_values`` (for a process)."""
+    out: dict[str, str] = {}
+    for item in container.get("env") or []:
+        if "value" in item:
+            out[item["name"]] = str(item["value"])
+        elif "fieldRef" in (item.get("valueFrom") or {}):
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            if path not in field_values:
+                raise ValueError(f"env {item['name']}: no local value for fieldRef {path}")
+            out[item["name"]] = field_values[path]
+        else:
+            raise ValueError(f"env {item['name']}: only literal values and fieldRefs run locally")
+    return out

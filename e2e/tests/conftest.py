@@ -1,0 +1,137 @@
+"""The e2e suite's fixtures: one backend per test module, one namespace per test.
+
+* ``--e2e-backend=local|kind`` (or ``RPCJOB_E2E_BACKEND``; default ``local``) picks the backend.
+* ``e2e_backend`` (module scope): a started backend — the local cluster with the chart's objects
+  and its operator, or a kind cluster with the chart installed. kind skips cleanly when docker,
+  a docker engine or kind is missing.
+* ``cluster`` (per test): a ``Cluster`` on a fresh namespace. On failure the job pods' logs (every
+  container), the operator's log and (kind) ``kind export logs`` are written under
+  ``$RPCJOB_E2E_LOGS/<test>`` (default: the test's temp dir) and the operator log's tail is
+  attached to the report. Teardown deletes the namespace's RpcJobs and waits for their pods to
+  go, so the next test starts on an idle machine.
+* ``@pytest.mark.e2e_no_operator``: the test needs no operator (schema checks, printer columns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.backends import BACKENDS, ENV_BACKEND, Backend, Cluster, wait_for
+from rpcjob import contract
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--e2e-backend", choices=BACKENDS, default=None,
+        help=f"e2e backend: local (default) or kind; also ${ENV_BACKEND}",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e_no_operator: an e2e scenario that needs no operator")
+
+
+def backend_name(config: pytest.Config) -> str:
+    name = config.getoption("--e2e-backend", default=None) or os.environ.get(ENV_BACKEND, "local")
+    if name not in BACKENDS:
+        raise pytest.UsageError(f"{ENV_BACKEND}={name!r}: use one of {', '.join(BACKENDS)}")
+    return str(name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Remember each phase's outcome on the item: the cluster fixture collects logs on failure.
+    rep = yield
+    setattr(item, f"e2e_rep_{rep.when}", rep)
+    return rep
+
+
+@pytest.fixture(scope="module")
+def e2e_backend(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:  # fmt: skip
+    name = backend_name(request.config)
+    workdir = tmp_path_factory.mktemp(f"e2e-{name}")
+    backend: Any
+    if name == "kind":
+        from e2e.backends import kind
+
+        reason = kind.unavailable()
+        if reason:
+            pytest.skip(f"kind backend: {reason}")
+        backend = kind.KindBackend(workdir).start()
+    else:
+        from e2e.backends.local import LocalBackend
+
+        backend = LocalBackend(workdir).start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+def _namespace_for(item: pytest.Item) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", item.name.lower().removeprefix("test_")).strip("-")
+    return f"e2e-{base[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+
+
+@pytest.fixture
+def cluster(e2e_backend: Backend, request: pytest.FixtureRequest,
+            tmp_path: Path) -> Iterator[Cluster]:  # fmt: skip
+    if request.node.get_closest_marker("e2e_no_operator") is None:
+        missing = e2e_backend.operator_missing()
+        if missing:
+            pytest.skip(f"no operator: {missing}")
+    namespace = _namespace_for(request.node)
+    c = Cluster(e2e_backend, namespace)
+    # `kubectl apply`, not `kubectl create namespace`: the typed create sends protobuf, which
+    # the local API server does not decode (JSON everywhere else).
+    c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    e2e_backend.prepare_namespace(namespace)
+    try:
+        yield c
+    finally:
+        rep = getattr(request.node, "e2e_rep_call", None)
+        if rep is not None and rep.failed:
+            _collect(c, request.node, tmp_path)
+        _teardown(c)
+
+
+def _collect(c: Cluster, item: pytest.Item, tmp_path: Path) -> None:
+    root = os.environ.get("RPCJOB_E2E_LOGS")
+    dest = Path(root) / re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid) if root else tmp_path / "logs"
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        pods = c.list("pods")
+        (dest / "pods.json").write_text(json.dumps(pods, indent=1))
+        (dest / "rpcjobs.json").write_text(json.dumps(c.list(contract.PLURAL), indent=1))
+        for pod in pods:
+            spec = pod["spec"]
+            for ctr in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                name = f"{pod['metadata']['name']}.{ctr['name']}.log"
+                (dest / name).write_text(c.logs(pod["metadata"]["name"], ctr["name"]))
+        events = c.kubectl("get", "events", "-o", "wide", check=False)
+        (dest / "events.txt").write_text(events.stdout + events.stderr)
+        c.backend.collect_logs(dest, c.namespace)
+        tail = c.backend.operator_logs()[-4000:]
+    except Exception as exc:  # never hide the test's own failure
+        tail = f"(collecting logs failed: {exc!r})"
+    item.add_report_section("call", "e2e logs", f"logs under {dest}\noperator log tail:\n{tail}")
+
+
+def _teardown(c: Cluster) -> None:
+    c.kubectl("delete", contract.PLURAL, "--all", "--wait=false", check=False)
+    try:
+        wait_for(lambda: not c.list("pods", contract.LABEL_JOB_NAME), 120,
+                 f"the job pods in {c.namespace} to go")  # fmt: skip
+    finally:
+        c.kubectl("delete", "namespace", c.namespace, "--wait=false", check=False,
+                  namespaced=False)  # fmt: skip
+        c.backend.cleanup_namespace(c.namespace)
