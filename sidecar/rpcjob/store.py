@@ -1,0 +1,442 @@
+"""``EtcdStore``: a ``torch.distributed.Store`` on etcd's v3 API with exact c10d semantics.
+
+Torch's own etcd store speaks the v2 API (removed in etcd 3.6) and cannot ``compare_set``, so
+dynamic RPC cannot run on it (DESIGN §9). Semantics are pinned to HashStore/TCPStore by one
+contract suite (tests/store_contract.py); notable points:
+
+* ``get``/``wait``/``multi_get`` block until the keys exist or the store timeout passes, then
+  raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore). A wait reads
+  each key, then watches it from the read revision + 1: no polling, no lost wake-up, and the
+  client's watch stream resumes from its last revision after an etcd restart.
+* ``compare_set``: a missing key and an empty value are equal for ``expected == ""`` (nested
+  txn, one round trip); a missing key with a non-empty ``expected`` returns ``expected``.
+* ``add``/``append`` are optimistic CAS txns on ``mod_revision``; the last value this process
+  saw is cached so an uncontended call is one round trip. Values are decimal strings.
+* A timeout of 0 means "no timeout" (c10d's ``kNoTimeout``).
+* ``set_timeout``/``timeout`` are torch's own (C++ base): ``PrefixStore`` and ``rpc.init_rpc``
+  set it there. Every etcd call gets the store timeout as its budget (failover included).
+* etcd failures surface as torch's ``DistNetworkError``/``DistStoreError`` that are also the
+  matching ``rpcjob.etcd`` error; a txn cut off mid-call (``add``, ``append``,
+  ``compare_set``) is never retried: its outcome is unknown and the error says so.
+
+Called from torch's C++ RPC threads through the pybind trampoline: the etcd client is
+thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). The
+trampoline looks overrides up by C++ name for some methods (``deleteKey``, ``getNumKeys``):
+both spellings are defined. Keep a Python reference to any store handed to torch (see
+:func:`keep_alive`): torch holds only the C++ half.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from rpcjob.etcd import (
+    Client,
+    Compare,
+    EtcdAuthError,
+    EtcdCompacted,
+    EtcdError,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+    Op,
+    WatchEvent,
+)
+
+__all__ = ["EtcdStore", "keep_alive"]
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: multi_get/multi_set chunk above it
+NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
+_CACHE_MAX = 4096
+_STORES: list[Any] = []  # stores handed to torch (incl. clones): alive for the process
+_KEEP_LOCK = threading.Lock()
+
+_d: Any = dist
+DistStoreError: type[Exception] = _d.DistStoreError
+DistNetworkError: type[Exception] = _d.DistNetworkError
+
+
+def keep_alive(store: Any) -> Any:
+    """Keep ``store`` alive for the process lifetime (torch drops the Python half of a Python
+    store it holds; its next call would then die with an INTERNAL ASSERT)."""
+    with _KEEP_LOCK:
+        _STORES.append(store)
+    return store
+
+
+# torch's error types that are also the etcd client's, so both ``except`` styles work.
+class StoreUnavailable(DistNetworkError, EtcdUnavailable):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreTLSError(DistNetworkError, EtcdTLSError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreOutcomeUnknown(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type]
+    pass
+
+
+_TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
+    (EtcdTLSError, StoreTLSError),
+    (EtcdUnavailable, StoreUnavailable),
+    (EtcdTimeout, StoreOutcomeUnknown),
+    (EtcdAuthError, StoreAuthError),
+    (EtcdError, StoreEtcdError),
+)
+
+
+def _b(v: Any) -> bytes:
+    if type(v) is bytes:
+        return v
+    if isinstance(v, str):
+        return v.encode()
+    return bytes(v)
+
+
+def _seconds(t: timedelta | float | int | None) -> float:
+    if t is None:
+        return 0.0
+    return t.total_seconds() if isinstance(t, timedelta) else float(t)
+
+
+class _Waiter:
+    """Watch callback state of one ``wait``: the keys still missing (all callbacks run on the
+    client's single watch thread, in revision order, so no lock is needed)."""
+
+    __slots__ = ("done", "error", "missing")
+
+    def __init__(self, missing: set[bytes]) -> None:
+        self.missing = missing
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def on_events(self, events: list[WatchEvent]) -> None:
+        for ev in events:
+            if ev.type == "PUT":
+                self.missing.discard(ev.kv.key)
+            else:
+                self.missing.add(ev.kv.key)
+        if not self.missing:
+            self.done.set()
+
+    def on_error(self, err: BaseException) -> None:
+        self.error = err
+        self.done.set()
+
+
+class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
+    """A c10d Store whose keys live in etcd under ``prefix`` (e.g. ``JobKeys(...).store``).
+
+    ``endpoints``: ``"host:port"`` items or one comma-separated string; TLS (``ca``, ``cert``,
+    ``key``: PEM paths) and auth (``user``, ``password``) as for :class:`rpcjob.etcd.Client`.
+    Or pass an existing ``client`` (shared, not closed by the store). ``timeout``: the store
+    timeout (``get``/``wait`` and every etcd call; 0 = none); torch resets it via
+    ``set_timeout``.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None = None,
+        *,
+        prefix: str | bytes = "",
+        timeout: timedelta | float = timedelta(seconds=300),
+        client: Client | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        super().__init__()
+        seconds = _seconds(timeout)
+        if seconds < 0:
+            raise ValueError(f"EtcdStore timeout must be >= 0 seconds (0 = none), got {seconds}")
+        if client is None:
+            if not endpoints:
+                raise ValueError(
+                    "EtcdStore needs etcd endpoints (host:port, comma-separated) or a client"
+                )
+            client = Client(
+                endpoints,
+                timeout=seconds or NO_TIMEOUT_S,
+                ca=ca,
+                cert=cert,
+                key=key,
+                user=user,
+                password=password,
+            )
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._client = client
+        self._prefix = _b(prefix)
+        self._cache: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, mod_revision) seen
+        self.set_timeout(timedelta(seconds=seconds))
+
+    # --- plumbing -----------------------------------------------------------------------------
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix.decode(errors="replace")
+
+    def _k(self, key: str | bytes) -> bytes:
+        return self._prefix + (key.encode() if type(key) is str else _b(key))
+
+    def _budget(self) -> float:
+        return self.timeout.total_seconds() or NO_TIMEOUT_S
+
+    def _fail(self, op: str, key: Any, e: EtcdError) -> Exception:
+        store_cls = next(s for c, s in _TRANSLATE if isinstance(e, c))
+        where = f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}"
+        return store_cls(f"{where}: {e}")
+
+    def _timeout_error(self, keys: Sequence[Any], seconds: float) -> Exception:
+        names = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else k for k in keys)
+        return DistStoreError(
+            f"wait timeout after {round(seconds * 1000)}ms, keys: {names} (EtcdStore on etcd "
+            f"{','.join(self._client.endpoints)}, prefix {self.prefix!r})"
+        )
+
+    def _remember(self, k: bytes, value: bytes, revision: int) -> None:
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[k] = (value, revision)
+
+    def close(self) -> None:
+        """Close the etcd client if this store created it."""
+        if self._owns_client:
+            self._client.close()
+
+    # --- c10d API -----------------------------------------------------------------------------
+    def set(self, key: str, value: Any) -> None:
+        try:
+            self._client.put(self._k(key), _b(value), timeout=self._budget())
+        except EtcdError as e:
+            raise self._fail("set", key, e) from e
+
+    def get(self, key: str) -> bytes:
+        k = self._k(key)
+        try:
+            kv = self._client.get(k, timeout=self._budget())
+        except EtcdError as e:
+            raise self._fail("get", key, e) from e
+        if kv is not None:
+            return kv.value
+        seconds = self.timeout.total_seconds()
+        deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
+        while True:  # the key may be deleted again between the wake-up and the read
+            self._wait([k], deadline, seconds, [key])
+            try:
+                kv = self._client.get(k, timeout=self._budget())
+            except EtcdError as e:
+                raise self._fail("get", key, e) from e
+            if kv is not None:
+                return kv.value
+
+    def add(self, key: str, value: int) -> int:
+        k, inc = self._k(key), int(value)
+        cur, rev = self._cache.get(k, (b"0", 0))
+        while True:
+            try:
+                new = str(int(cur) + inc).encode()
+            except ValueError:
+                raise ValueError(
+                    f"EtcdStore.add({key!r}): the current value {cur[:64]!r} is not an integer; "
+                    "add() only works on keys written by add() or set to a decimal number"
+                ) from None
+            r = self._txn("add", key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
+            if r.succeeded:
+                self._remember(k, new, r.revision)
+                return int(new)
+            cur, rev = self._current(r.responses[0], b"0")
+
+    def append(self, key: str, value: Any) -> None:
+        k, tail = self._k(key), _b(value)
+        cur, rev = self._cache.get(k, (b"", 0))
+        while True:
+            new = cur + tail
+            r = self._txn("append", key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
+            if r.succeeded:
+                self._remember(k, new, r.revision)
+                return
+            cur, rev = self._current(r.responses[0], b"")
+
+    def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
+        k, exp, des = self._k(key), _b(expected), _b(desired)
+        if exp:
+            r = self._txn("compare_set", key, [Compare.value(k, "=", exp)], [Op.put(k, des)], k)
+            if r.succeeded:
+                return des
+            kvs = r.responses[0].kvs
+            return kvs[0].value if kvs else exp  # missing key: c10d returns expected
+        # expected "": a missing key and an empty value both match (value compares on a
+        # missing key always fail in etcd, hence the nested txn).
+        inner = Op.txn([Compare.value(k, "=", b"")], [Op.put(k, des)], [Op.get(k)])
+        try:
+            r = self._client.txn(
+                [Compare.version(k, "=", 0)], [Op.put(k, des)], [inner], timeout=self._budget()
+            )
+        except EtcdError as e:
+            raise self._fail("compare_set", key, e) from e
+        if r.succeeded:
+            return des
+        nested: Any = r.responses[0]
+        return des if nested.succeeded else nested.responses[0].kvs[0].value
+
+    def check(self, keys: list[str]) -> bool:
+        try:
+            for key in keys:
+                if not self._client.range(
+                    self._k(key), count_only=True, timeout=self._budget()
+                ).count:
+                    return False
+        except EtcdError as e:
+            raise self._fail("check", keys, e) from e
+        return True
+
+    def wait(self, keys: list[str], timeout: timedelta | float | None = None) -> None:
+        if not keys:
+            return
+        seconds = self.timeout.total_seconds() if timeout is None else _seconds(timeout)
+        self._wait([self._k(k) for k in keys], time.monotonic() + (seconds or NO_TIMEOUT_S),
+                   seconds, keys)  # fmt: skip
+
+    def delete_key(self, key: str) -> bool:
+        k = self._k(key)
+        self._cache.pop(k, None)
+        try:
+            return self._client.delete(k, timeout=self._budget()).deleted > 0
+        except EtcdError as e:
+            raise self._fail("delete_key", key, e) from e
+
+    def num_keys(self) -> int:
+        try:
+            if self._prefix:
+                return self._client.range(self._prefix, prefix=True, count_only=True,
+                                          timeout=self._budget()).count  # fmt: skip
+            return self._client.range(b"\0", range_end=b"\0", count_only=True,
+                                      timeout=self._budget()).count  # fmt: skip
+        except EtcdError as e:
+            raise self._fail("num_keys", "", e) from e
+
+    def multi_get(self, keys: list[str]) -> list[bytes]:
+        ks = [self._k(k) for k in keys]
+        seconds = self.timeout.total_seconds()
+        deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
+        while True:
+            values = self._read_many(ks, keys)
+            missing = [k for k, v in zip(ks, values, strict=True) if v is None]
+            if not missing:
+                return values  # type: ignore[return-value]
+            self._wait(missing, deadline, seconds, [m[len(self._prefix) :] for m in missing])
+
+    def multi_set(self, keys: list[str], values: list[Any]) -> None:
+        if len(keys) != len(values):
+            raise DistStoreError(
+                f"multiSet keys and values vectors must be of same size (EtcdStore.multi_set got "
+                f"{len(keys)} keys and {len(values)} values)"
+            )
+        puts = [Op.put(self._k(k), _b(v)) for k, v in zip(keys, values, strict=True)]
+        for i in range(0, len(puts), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
+            self._retry_txn("multi_set", keys, puts[i : i + MAX_TXN_OPS])
+
+    def has_extended_api(self) -> bool:
+        return True
+
+    def clone(self) -> EtcdStore:
+        """A store on the same etcd client and prefix (kept alive: torch holds the C++ half)."""
+        twin = EtcdStore(client=self._client, prefix=self._prefix, timeout=self.timeout)
+        return keep_alive(twin)  # type: ignore[no-any-return]
+
+    # The pybind trampoline looks these two up by their C++ names.
+    deleteKey = delete_key
+    getNumKeys = num_keys
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _txn(self, op: str, key: Any, compare: list[Compare], success: list[Op], k: bytes) -> Any:
+        try:
+            return self._client.txn(compare, success, [Op.get(k)], timeout=self._budget())
+        except EtcdError as e:
+            raise self._fail(op, key, e) from e
+
+    @staticmethod
+    def _current(resp: Any, missing: bytes) -> tuple[bytes, int]:
+        kvs = resp.kvs
+        return (kvs[0].value, kvs[0].mod_revision) if kvs else (missing, 0)
+
+    def _retry_txn(self, op: str, keys: Any, ops: list[Op]) -> Any:
+        """A txn that is safe to repeat (reads, or puts of fixed values): retried after an
+        unknown outcome until the store timeout."""
+        deadline = time.monotonic() + self._budget()
+        while True:
+            try:
+                return self._client.txn([], ops, timeout=max(deadline - time.monotonic(), 0.001))
+            except EtcdTimeout as e:
+                if time.monotonic() >= deadline:
+                    raise self._fail(op, keys, e) from e
+            except EtcdError as e:
+                raise self._fail(op, keys, e) from e
+
+    def _read_many(self, ks: list[bytes], keys: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for i in range(0, len(ks), MAX_TXN_OPS):
+            r = self._retry_txn("multi_get", keys, [Op.get(k) for k in ks[i : i + MAX_TXN_OPS]])
+            out.extend(resp.kvs[0].value if resp.kvs else None for resp in r.responses)
+        return out
+
+    def _wait(self, ks: list[bytes], deadline: float, seconds: float, keys: Sequence[Any]) -> None:
+        """Block until every key of ``ks`` exists (read, then watch from the read revision + 1
+        per missing key; a compacted start revision reads again)."""
+        client = self._client
+        while True:
+            missing: dict[bytes, int] = {}
+            try:
+                for k in ks:
+                    remaining = max(deadline - time.monotonic(), 0.001)
+                    r = client.range(k, count_only=True, timeout=remaining)
+                    if not r.count:
+                        missing[k] = r.revision
+            except EtcdError as e:
+                raise self._fail("wait", list(keys), e) from e
+            if not missing:
+                return
+            waiter = _Waiter(set(missing))
+            watches = [
+                client.watch(
+                    k, start_revision=rev + 1, callback=waiter.on_events, on_error=waiter.on_error
+                )
+                for k, rev in missing.items()
+            ]
+            try:
+                woke = waiter.done.wait(max(deadline - time.monotonic(), 0))
+            finally:
+                for w in watches:
+                    w.cancel()
+            err = waiter.error
+            if err is not None and not waiter.missing:
+                return
+            if isinstance(err, EtcdCompacted):
+                continue  # history gone: read the keys again, watch from the new revision
+            if isinstance(err, EtcdError):
+                raise self._fail("wait", list(keys), err) from err
+            if woke:
+                return
+            raise self._timeout_error(keys, seconds)
