@@ -12,7 +12,8 @@ installed into it the way `helm install` would, and the operator it installs.
   Deployment's args and env (for debugging the operator outside the kubelet).
 * One local adaptation: kopf's liveness endpoint binds ``0.0.0.0:8080`` in the chart; here every
   pod shares the host's network namespace, so the endpoint binds the pod's own loopback IP
-  instead (``$(RPCJOB_E2E_POD_IP)``), and the liveness probe still reaches it.
+  instead (``$(RPCJOB_E2E_POD_IP)``), and the liveness probe still reaches it; likewise its
+  metrics endpoint (``--metrics``, default ``0.0.0.0:9465``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 from e2e.localcluster.audit import AuditRecord
 from e2e.localcluster.cluster import LocalCluster
+from rpcjob import contract
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
@@ -118,6 +120,8 @@ class LocalBackend(Backend):
         container = pod["spec"]["containers"][0]
         container["args"] = [a.replace("0.0.0.0", f"$({POD_IP_VAR})")
                              for a in container.get("args") or []]  # fmt: skip
+        if not any(a.startswith("--metrics") for a in container["args"]):
+            container["args"].append(f"--metrics=$({POD_IP_VAR}):{contract.OPERATOR_METRICS_PORT}")
         container["env"] = [*(container.get("env") or []), {
             "name": POD_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
         self.lc.apply_docs([pod])
@@ -127,6 +131,7 @@ class LocalBackend(Backend):
         c = self.operator_container()
         port = _free_port()
         args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in c.get("args") or []]
+        args.append(f"--metrics=127.0.0.1:{_free_port()}")
         env = chart.literal_env(c, {"metadata.namespace": self.operator_namespace})
         self.lc.start_operator(args=args, env=env)
 

@@ -59,8 +59,12 @@ class NodeSpec:
                                 "lastHeartbeatTime": now_iso(), "lastTransitionTime": now_iso()}],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                               {"type": "Hostname", "address": self.name}],
+                # Every field: the kubernetes client (pydantic models) rejects missing ones.
                 "nodeInfo": {"kubeletVersion": "v1.32.0-local", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "local-process://1"},
+                             "architecture": "amd64", "containerRuntimeVersion": "local-process://1",
+                             "bootID": self.name, "kernelVersion": os.uname().release,
+                             "kubeProxyVersion": "", "machineID": self.name,
+                             "osImage": "rpcjob local cluster", "systemUUID": self.name},
             },
         }
 

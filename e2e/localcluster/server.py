@@ -155,6 +155,9 @@ class ApiServer:
                     404, "NotFound", "the server could not find the requested resource"
                 )
             req = Request(request, rt, parsed.namespace, parsed.name, parsed.subresource)
+            if verb == "watch":  # streams last long: record them when they start
+                self._audit(verb, parsed, ua, 200, path)
+                verb = ""
             resp = await self.handlers.handle(req)
             code = resp.status
             return resp
@@ -169,19 +172,23 @@ class ApiServer:
             code = 500
             return error_response(errors.ApiError(500, "InternalError", f"emulator bug: {exc!r}"))
         finally:
-            self.audit.add(AuditRecord(
-                verb=verb,
-                group=parsed.group if parsed else "",
-                version=parsed.version if parsed else "",
-                resource=parsed.plural if parsed else "",
-                subresource=parsed.subresource if parsed else "",
-                namespace=parsed.namespace if parsed else "",
-                name=parsed.name if parsed else "",
-                user_agent=ua,
-                code=code,
-                path=path,
-                time=now(),
-            ))
+            if verb:
+                self._audit(verb, parsed, ua, code, path)
+
+    def _audit(self, verb: str, parsed: Parsed | None, ua: str, code: int, path: str) -> None:
+        self.audit.add(AuditRecord(
+            verb=verb,
+            group=parsed.group if parsed else "",
+            version=parsed.version if parsed else "",
+            resource=parsed.plural if parsed else "",
+            subresource=parsed.subresource if parsed else "",
+            namespace=parsed.namespace if parsed else "",
+            name=parsed.name if parsed else "",
+            user_agent=ua,
+            code=code,
+            path=path,
+            time=now(),
+        ))
 
     def _non_resource(self, path: str) -> web.Response:
         reg = self.store.registry
