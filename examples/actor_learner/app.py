@@ -4,7 +4,7 @@ Roles: ``learner`` (one replica) owns the policy (a small linear layer); ``worke
 are actors. Each actor fetches the current policy, rolls out a batch of synthetic
 "experience" with it and submits the batch asynchronously (``rpc_async``). The learner trains
 on every batch it receives, bumps the policy version, and finishes after
-``RPCJOB_EXAMPLE_UPDATES`` updates; the job succeeds when the learner does. Actors can be
+``EXAMPLE_UPDATES`` updates; the job succeeds when the learner does. Actors can be
 scaled up and down at any time (``rpcjob scale`` / ``kubectl scale``): a drained actor hands in
 its last batch and leaves; a crashed one is evicted by rpcjob and the learner never notices.
 """
@@ -21,7 +21,7 @@ import torch.distributed.rpc as rpc
 import rpcjob
 
 OBS, ACT = 8, 4
-UPDATES = int(os.environ.get("RPCJOB_EXAMPLE_UPDATES", "200"))
+UPDATES = int(os.environ.get("EXAMPLE_UPDATES", "200"))
 LEARNER = "learner_0"
 
 

@@ -18,8 +18,8 @@ import torch.distributed.rpc as rpc
 
 import rpcjob
 
-ROUNDS = int(os.environ.get("RPCJOB_EXAMPLE_ROUNDS", "20"))
-MIB = int(os.environ.get("RPCJOB_EXAMPLE_MIB", "64"))
+ROUNDS = int(os.environ.get("EXAMPLE_ROUNDS", "20"))
+MIB = int(os.environ.get("EXAMPLE_MIB", "64"))
 DRIVER = "driver_0"
 
 

@@ -3,7 +3,7 @@
 Roles: ``ps`` (one replica) holds a linear model behind an RRef; ``worker`` replicas are
 trainers that join and leave at any time. Each trainer pulls the parameters, computes a
 gradient on its own synthetic batch and pushes it; the server applies it (SGD). When the
-server has applied ``RPCJOB_EXAMPLE_STEPS`` updates it reports ``done`` to every trainer, which
+server has applied ``EXAMPLE_STEPS`` updates it reports ``done`` to every trainer, which
 then leaves gracefully, and the server exits 0 — the job's success policy is "role ps
 succeeded". A trainer that is drained (scale-down, SIGTERM) first pushes the gradient it is
 holding (``rpcjob.on_drain``), so no work is lost.
@@ -11,6 +11,7 @@ holding (``rpcjob.on_drain``), so no work is lost.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import torch.distributed.rpc as rpc
 import rpcjob
 
 DIM = 16
-STEPS = int(os.environ.get("RPCJOB_EXAMPLE_STEPS", "300"))
+STEPS = int(os.environ.get("EXAMPLE_STEPS", "300"))
 PS_NAME = "ps_0"
 TRUE_W = torch.arange(DIM, dtype=torch.float32) / DIM
 
@@ -87,6 +88,11 @@ def wait_for_peer(name: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{name} did not join within {timeout}s")
 
 
+def _trainers_present() -> bool:
+    agent = rpc.api._get_current_rpc_agent()
+    return any(w.name.startswith("worker_") for w in agent.get_worker_infos())
+
+
 def _server_gone() -> bool:
     try:
         rpc.get_worker_info(PS_NAME)
@@ -102,7 +108,11 @@ def run_ps() -> int:
     _PS.finished.wait()
     loss = float(((_PS.w - TRUE_W) ** 2).sum())
     print(f"ps: done after {_PS.updates} updates, final |w - w*|^2 = {loss:.5f}", flush=True)
-    # Trainers see `done` on their next push and leave; leaving ourselves is graceful either way.
+    # Trainers see `done` on their next push and leave; give them a moment to release their
+    # RRefs first (leaving is graceful either way).
+    deadline = time.monotonic() + 30
+    while _trainers_present() and time.monotonic() < deadline:
+        time.sleep(0.1)
     rpcjob.shutdown()
     return 0 if loss < 0.5 else 1
 
@@ -115,19 +125,19 @@ def run_trainer(name: str) -> int:
 
     rpcjob.init_rpc()
     wait_for_peer(PS_NAME)
-    rref = rpc.rpc_sync(PS_NAME, ps_rref)
+    refs = [rpc.rpc_sync(PS_NAME, ps_rref)]  # a list: released before leaving
 
     def flush() -> None:
         # Drained (scale-down): hand in the gradient we hold before leaving.
         with lock:
             for grad in pending:
-                state["done"] = rpc.rpc_sync(PS_NAME, _call_push, args=(rref, name, grad))
+                state["done"] = rpc.rpc_sync(PS_NAME, _call_push, args=(refs[0], name, grad))
             pending.clear()
 
     rpcjob.on_drain(flush)
     try:
         while not state["done"]:
-            w = rpc.rpc_sync(PS_NAME, _call_get_params, args=(rref,))
+            w = rpc.rpc_sync(PS_NAME, _call_get_params, args=(refs[0],))
             x = torch.randn(32, DIM, generator=gen)
             y = x @ TRUE_W
             grad = 2 * x.T @ (x @ w - y) / len(x)
@@ -141,6 +151,8 @@ def run_trainer(name: str) -> int:
         print(f"{name}: server has left ({exc.__class__.__name__}); leaving", flush=True)
     else:
         print(f"{name}: server reports done; leaving", flush=True)
+    refs.clear()  # release our RRef fork before leaving, so the owner sees no leak
+    gc.collect()
     rpcjob.shutdown()
     return 0
 

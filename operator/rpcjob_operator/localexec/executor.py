@@ -1,0 +1,329 @@
+"""``rpcjob run``: the operator's planner and pod renderer, applied to local processes.
+
+Each cycle does what the operator does in a cluster: observe (pods = local PodRunners, members
+from etcd), ``reconcile()`` (the same pure planner), write the one new status, apply the
+actions. A pod is rendered by the same ``render_pod()`` and run by the same PodRunner as the
+test cluster's kubelet: the injected sidecar and the worker get exactly the pod's env and
+command, each pod on its own loopback IP. Services and NetworkPolicies have no local meaning
+(loopback is one host) and are skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rpcjob import contract
+from rpcjob.etcd import Client, EtcdError
+from rpcjob_operator.localexec.control import keys
+from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
+from rpcjob_operator.model import (
+    CreatePod,
+    DeleteJob,
+    DeletePod,
+    MemberView,
+    Observed,
+    PodView,
+    RecordEvent,
+)
+from rpcjob_operator.plan import reconcile
+from rpcjob_operator.render import OperatorDefaults, render_pod
+from rpcjob_operator.spec import parse_job
+
+TICK = 0.2
+NODE = "local"
+FINISHED = ("Succeeded", "Failed")
+Emit = Callable[[dict[str, Any]], None]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class IpPool:
+    """127.0.0.2, 127.0.0.3, ...: never reused within a run (old peers may still dial an IP)."""
+
+    def __init__(self) -> None:
+        self._n = 1
+
+    def take(self) -> str:
+        self._n += 1
+        if self._n >= 254 * 254:
+            raise RuntimeError("out of loopback addresses (over 64k pods in one run)")
+        return f"127.0.{self._n // 254}.{self._n % 254 + 1}"
+
+
+@dataclass
+class LocalPod:
+    obj: dict[str, Any]
+    runner: PodRunner
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        with self.lock:
+            self.obj["status"] = status
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.obj)
+
+
+@dataclass
+class RunOptions:
+    workdir: str  # the job file's folder: default working dir of containers
+    root: str  # temp dir for pod directories and logs
+    etcd_endpoint: str
+    node_labels: dict[str, str] = field(default_factory=dict)
+    lease_ttl: int = 3
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalJob:
+    def __init__(self, obj: dict[str, Any], opts: RunOptions, emit: Emit) -> None:
+        self.opts = opts
+        self.emit = emit
+        self.obj = copy.deepcopy(obj)
+        md = self.obj.setdefault("metadata", {})
+        md.setdefault("namespace", "default")
+        md["uid"] = str(uuid.uuid4())
+        md["generation"] = 1
+        md["creationTimestamp"] = now_iso()
+        self.obj.setdefault("status", {})
+        self.name = str(md["name"])
+        self.namespace = str(md["namespace"])
+        self.uid = str(md["uid"])
+        self.keys = contract.JobKeys(self.namespace, self.name, self.uid)
+        self.pods: dict[str, LocalPod] = {}
+        self.ips = IpPool()
+        self.wake = threading.Event()
+        self.defaults = OperatorDefaults(
+            sidecar_image="local", etcd_endpoints=(opts.etcd_endpoint,), lease_ttl=opts.lease_ttl
+        )
+        self.client = Client(opts.etcd_endpoint, timeout=5.0)
+        self.runner_cfg = RunnerConfig(
+            root=opts.root,
+            default_cwd=opts.workdir,
+            image_entrypoints={},
+            extra_env={
+                contract.ENV_NODE_LABELS: json.dumps(opts.node_labels),
+                contract.ENV_LEASE_TTL: str(opts.lease_ttl),
+                **opts.extra_env,
+            },
+            backoff_base=0.5,
+        )
+        self.stopping = False
+        self.members: tuple[MemberView, ...] = ()
+
+    # --- observe ----------------------------------------------------------------------------
+    def _read_members(self) -> tuple[MemberView, ...] | None:
+        try:
+            kvs = self.client.get_prefix(self.keys.members)
+        except EtcdError as exc:
+            self.emit({"type": "warning", "message": f"etcd: {exc}"})
+            return None
+        out = []
+        for kv in kvs:
+            name = kv.key.decode()[len(self.keys.members) :]
+            try:
+                out.append(MemberView.from_record(name, json.loads(kv.value)))
+            except (ValueError, TypeError):
+                continue
+        return tuple(sorted(out, key=lambda m: m.name))
+
+    def observe(self) -> Observed:
+        pods = tuple(PodView.from_pod(p.snapshot()) for p in list(self.pods.values()))
+        members = self._read_members()
+        if members is not None:
+            self.members = members
+        return Observed(pods=pods, members=members, status=copy.deepcopy(self.obj["status"]))
+
+    # --- act ----------------------------------------------------------------------------------
+    def _create(self, action: CreatePod) -> None:
+        job = parse_job(self.obj)
+        pod = render_pod(job, action.slot, defaults=self.defaults)
+        md = pod["metadata"]
+        md.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), resourceVersion="1")
+        md.setdefault("namespace", self.namespace)
+        pod["spec"]["nodeName"] = NODE
+        pod["status"] = {"phase": "Pending"}
+        name = str(md["name"])
+        if name in self.pods:
+            return  # like a 409 on create: the pod exists
+        ip = self.ips.take()
+        holder: dict[str, LocalPod] = {}
+
+        def write_status(_uid: str, status: dict[str, Any]) -> None:
+            holder["pod"].set_status(status)
+            self.wake.set()
+
+        def finalize() -> None:
+            if self.pods.get(name) is holder["pod"]:
+                del self.pods[name]
+            self.wake.set()
+
+        runner = PodRunner(pod, ip, self.runner_cfg, write_status, finalize, {})
+        holder["pod"] = LocalPod(pod, runner)
+        self.pods[name] = holder["pod"]
+        runner.start()
+        self.emit(
+            {
+                "type": "pod",
+                "action": "created",
+                "pod": name,
+                "slot": action.slot.worker_name,
+                "ip": ip,
+                "replacement": action.replacement,
+                "log": runner.log_path(contract.WORKER_CONTAINER),
+                "sidecar_log": runner.log_path(contract.SIDECAR_CONTAINER),
+            }
+        )
+
+    def _delete(self, action: DeletePod) -> None:
+        pod = self.pods.get(action.name)
+        if pod is None or pod.obj["metadata"]["uid"] != action.uid:
+            return  # 404 / precondition failed: nothing to do
+        with pod.lock:
+            if pod.obj["metadata"].get("deletionTimestamp"):
+                return
+            pod.obj["metadata"]["deletionTimestamp"] = now_iso()
+        grace = action.grace_seconds
+        if grace is None:
+            grace = int(pod.obj["spec"].get("terminationGracePeriodSeconds", 30))
+        self.emit({"type": "pod", "action": "deleted", "pod": action.name, "reason": action.reason})
+        if pod.runner.is_alive():
+            pod.runner.request_stop(float(grace))
+        elif self.pods.get(action.name) is pod:
+            del self.pods[action.name]  # already finished: nothing to stop
+
+    def apply_scale_requests(self) -> None:
+        """Apply ``rpcjob scale`` requests (validated by the scaler) to the spec."""
+        _spec_key, _status_key, scale_prefix = keys(self.name)
+        try:
+            kvs = self.client.get_prefix(scale_prefix)
+        except EtcdError:
+            return
+        for kv in kvs:
+            role = kv.key.decode()[len(scale_prefix) :]
+            roles = self.obj["spec"]["roles"]
+            if role in roles and kv.value.isdigit():
+                old = roles[role].get("replicas")
+                roles[role]["replicas"] = int(kv.value)
+                self.obj["metadata"]["generation"] += 1
+                self.emit({"type": "scale", "role": role, "from": old, "to": int(kv.value)})
+            self.client.delete(kv.key)
+        if kvs:
+            self.publish(spec=True)
+
+    def publish(self, spec: bool = False) -> None:
+        spec_key, status_key, _ = keys(self.name)
+        try:
+            if spec:
+                fields = ("apiVersion", "kind", "metadata", "spec")
+                self.client.put(spec_key, json.dumps({k: self.obj[k] for k in fields}))
+            summary = {
+                "name": self.name,
+                "status": self.obj["status"],
+                "pods": {
+                    n: {"phase": p.obj.get("status", {}).get("phase"), "ip": p.runner.pod_ip}
+                    for n, p in list(self.pods.items())
+                },
+                "members": [m.__dict__ for m in self.members],
+            }
+            self.client.put(status_key, json.dumps(summary, default=list))
+        except EtcdError as exc:
+            self.emit({"type": "warning", "message": f"etcd: {exc}"})
+
+    def cycle(self) -> None:
+        self.apply_scale_requests()
+        plan = reconcile(self.obj, self.observe())
+        if plan.status != self.obj["status"]:
+            self.obj["status"] = plan.status
+            self.emit({"type": "status", "status": plan.status})
+            self.publish()
+        for action in plan.actions:
+            if isinstance(action, CreatePod) and not self.stopping:
+                self._create(action)
+            elif isinstance(action, DeletePod):
+                self._delete(action)
+            elif isinstance(action, RecordEvent):
+                self.emit(
+                    {
+                        "type": "event",
+                        "event": action.type,
+                        "reason": action.reason,
+                        "message": action.message,
+                    }
+                )
+            elif isinstance(action, DeleteJob):
+                pass  # locally the run ends with the job; there is nothing to collect
+
+    @property
+    def state(self) -> str:
+        return str(self.obj["status"].get("state", ""))
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(slot, pod, phase) of every pod, for the live table."""
+        out = []
+        for pod in list(self.pods.values()):
+            obj = pod.snapshot()
+            labels = obj["metadata"].get("labels", {})
+            phase = str(obj.get("status", {}).get("phase", "Pending"))
+            if obj["metadata"].get("deletionTimestamp"):
+                phase = "Terminating"
+            out.append((str(labels.get(contract.LABEL_WORKER_NAME, "")), pod.name, phase))
+        return sorted(out)
+
+    def finished(self) -> bool:
+        return self.state in FINISHED and not any(
+            p.runner.is_alive() for p in list(self.pods.values())
+        )
+
+    def run(self, interrupted: threading.Event) -> str:
+        """Run until the job finishes or ``interrupted`` is set; returns the final state."""
+        self.publish(spec=True)
+        while not self.finished():
+            if interrupted.is_set():
+                return "Interrupted"
+            self.cycle()
+            self.wake.wait(TICK)
+            self.wake.clear()
+        self.publish()
+        return self.state
+
+    def stop_all(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Ctrl-C: every worker drains and leaves (SIGTERM), then sidecars stop."""
+        self.stopping = True
+        for pod in list(self.pods.values()):
+            g = (
+                grace
+                if grace is not None
+                else float(pod.obj["spec"].get("terminationGracePeriodSeconds", 30))
+            )
+            pod.obj["metadata"].setdefault("deletionTimestamp", now_iso())
+            pod.runner.request_stop(g)
+        deadline = time.monotonic() + timeout
+        for pod in list(self.pods.values()):
+            pod.runner.join(max(0.0, deadline - time.monotonic()))
+        for pod in list(self.pods.values()):
+            if pod.runner.is_alive():
+                pod.runner.kill_now()
+                pod.runner.join(5.0)
+
+    def cleanup_keys(self) -> None:
+        try:
+            self.client.delete(self.keys.root, prefix=True)
+            self.client.delete(contract.local_control_prefix(self.name), prefix=True)
+        except EtcdError:
+            pass
+        self.client.close()
