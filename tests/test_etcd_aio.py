@@ -157,6 +157,8 @@ def test_errors_auth_and_frozen_txn(etcd: EmbeddedEtcd) -> None:
             assert etcd.pid
             os.kill(etcd.pid, signal.SIGSTOP)
             try:
+                with pytest.raises(EtcdTimeout, match=f"get on etcd at {etcd.endpoint} timed"):
+                    await c.get("n", timeout=0.5)  # etcd is frozen for sure now
                 with pytest.raises(EtcdTimeout, match="outcome is unknown"):
                     await c.txn([], [Op.put("n", "1")], timeout=0.5)
             finally:

@@ -79,10 +79,10 @@ def test_txn_not_retried_after_deadline(etcd: EmbeddedEtcd) -> None:
     with Client(etcd.endpoint, timeout=5) as c:
         c.put("n", "0")
         with frozen(etcd):
+            with pytest.raises(EtcdTimeout, match=f"get on etcd at {etcd.endpoint} timed out"):
+                c.get("n", timeout=0.5)  # etcd is frozen for sure now
             with pytest.raises(EtcdTimeout) as info:
                 c.txn([], [Op.put("n", "1")], timeout=0.5)
-            with pytest.raises(EtcdTimeout, match=f"get on etcd at {etcd.endpoint} timed out"):
-                c.get("n", timeout=0.5)
         assert "outcome is unknown" in str(info.value)
         assert etcd.endpoint in str(info.value)
         # Thawed, etcd applied the txn once or (its stream cancelled) not at all; never twice.

@@ -166,6 +166,8 @@ class AConn:
         reauthed = False
         tried = 0
         backoff = RETRY_BACKOFF[0]
+        # The last connect/TLS failure: when the deadline then passes, it is the better error.
+        last: tuple[Failure, str, str] | None = None
         while True:
             if self.closed:
                 raise EtcdError(f"{op}: the etcd client is closed")
@@ -176,11 +178,7 @@ class AConn:
                 fn = getattr(getattr(ep, stub) if stub else ep, method)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise fl.error_for(
-                        Failure.DEADLINE,
-                        "deadline passed before the call could be sent",
-                        **self._ctx(ep, op, budget),
-                    )
+                    raise self._timeout_error(last, ep, op, budget)
                 return await fn(request, timeout=remaining, metadata=ep.metadata)
             except grpc.aio.AioRpcError as e:
                 err = e
@@ -208,12 +206,28 @@ class AConn:
             if action is Action.RETRY:
                 self.failed(ep)
                 tried += 1
+                last = (f, details, ep.address)
                 if tried % len(self.endpoints) == 0:  # a full round failed: back off
                     await asyncio.sleep(max(min(backoff, deadline - time.monotonic()), 0))
                     backoff = min(backoff * 2, RETRY_BACKOFF[1])
                 if deadline - time.monotonic() > 0.001:
                     continue
+            if f is Failure.DEADLINE:
+                raise self._timeout_error(last, ep, op, budget, details) from err
             raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+
+    def _timeout_error(
+        self,
+        last: tuple[Failure, str, str] | None,
+        ep: Any,
+        op: str,
+        budget: float,
+        details: str = "deadline passed before the call could be sent",
+    ) -> EtcdError:
+        if last is not None:  # say why earlier attempts failed, not just "timed out"
+            f, details, address = last
+            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
+        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
 
     def _ctx(self, ep: AEndpoint, op: str, budget: float) -> dict[str, Any]:
         return {

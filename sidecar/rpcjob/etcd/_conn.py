@@ -261,6 +261,8 @@ class Conn:
         reauthed = False
         tried = 0
         backoff = RETRY_BACKOFF[0]
+        # The last connect/TLS failure: when the deadline then passes, it is the better error.
+        last: tuple[Failure, str, str] | None = None
         while True:
             if self.closed:
                 raise EtcdError(f"{op}: the etcd client is closed")
@@ -271,7 +273,7 @@ class Conn:
                 fn = getattr(getattr(ep, stub) if stub else ep, method)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _deadline_error(ep, op, budget, idempotent)
+                    raise self._timeout_error(last, ep, op, budget)
                 return fn(request, timeout=remaining, metadata=ep.metadata)
             except grpc.RpcError as e:
                 err: grpc.RpcError = e
@@ -295,14 +297,28 @@ class Conn:
             if action is Action.RETRY:
                 self.failed(ep)
                 tried += 1
+                last = (f, details, ep.address)
                 if tried % len(self.endpoints) == 0:  # a full round failed: back off
-                    time.sleep(
-                        max(min(backoff, deadline - time.monotonic()), 0)
-                    )  # a full round failed: back off
+                    time.sleep(max(min(backoff, deadline - time.monotonic()), 0))
                     backoff = min(backoff * 2, RETRY_BACKOFF[1])
                 if deadline - time.monotonic() > 0.001:
                     continue
+            if f is Failure.DEADLINE:
+                raise self._timeout_error(last, ep, op, budget, details) from err
             raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+
+    def _timeout_error(
+        self,
+        last: tuple[Failure, str, str] | None,
+        ep: Any,
+        op: str,
+        budget: float,
+        details: str = "deadline passed before the call could be sent",
+    ) -> EtcdError:
+        if last is not None:  # say why earlier attempts failed, not just "timed out"
+            f, details, address = last
+            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
+        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
 
     def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:
         return {
@@ -312,15 +328,3 @@ class Conn:
             "timeout": budget,
             "user": self.user,
         }
-
-
-def _deadline_error(ep: Endpoint, op: str, budget: float, idempotent: bool) -> EtcdError:
-    return fl.error_for(
-        Failure.DEADLINE,
-        "deadline passed before the call could be sent",
-        endpoint=ep.address,
-        endpoints=[ep.address],
-        op=op,
-        timeout=budget,
-        user=None,
-    )
