@@ -184,7 +184,9 @@ class Sidecar(IncarnationMixin):
 
     def _cleaner_loop(self) -> None:
         while not self.stopping.is_set():
-            self.wake.wait(0.5)
+            # Watch events wake the loop; the timeout re-plans for ack deadlines (often while
+            # an eviction is pending, rarely otherwise).
+            self.wake.wait(0.5 if self.evicts else 5.0)
             self.wake.clear()
             try:
                 if self.election_holder is None and self.lease is not None:

@@ -173,6 +173,10 @@ class IncarnationMixin:
                   inc.revision, err or "expired")  # fmt: skip
         self.end_incarnation(inc, "lease lost", revoke=False)
 
+    def end_if_no_session(self, inc: Incarnation) -> None:
+        if not inc.session_open:
+            self.end_incarnation(inc, "the worker never opened its Session after Hello")
+
     def on_stream_closed(self, inc: Incarnation) -> None:
         with self.lock:
             if inc.ended.is_set() or inc.closing or inc.state == Report.LEFT:

@@ -31,7 +31,7 @@ class Servicer(_pb2_grpc.SidecarServicer):
 
     def Hello(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            _, ident = self.sidecar.hello(self.hello_timeout)
+            inc, ident = self.sidecar.hello(self.hello_timeout)
         except HelloError as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         except Exception as e:  # an etcd error: the worker retries Hello
@@ -39,6 +39,13 @@ class Servicer(_pb2_grpc.SidecarServicer):
             context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"sidecar could not start an incarnation: {e}"
             )
+        if not context.is_active():  # the worker went away while Hello waited
+            self.sidecar.end_incarnation(inc, "the worker left before Hello returned")
+            context.abort(grpc.StatusCode.CANCELLED, "worker gone")
+        # A worker that never opens its Session must not hold a rank forever.
+        timer = threading.Timer(self.hello_timeout, self.sidecar.end_if_no_session, (inc,))
+        timer.daemon = True
+        timer.start()
         return ident
 
     def Session(
