@@ -19,7 +19,7 @@ from e2e.localcluster.samples import WIDGET_GROUP, WIDGET_PLURAL, WIDGET_VERSION
 
 WARGS = (WIDGET_GROUP, WIDGET_VERSION, "default", WIDGET_PLURAL)
 
-OPERATOR = '''
+OPERATOR = """
 import pathlib, kopf
 
 @kopf.on.startup()
@@ -37,7 +37,7 @@ def sync(spec, patch, body, **_):
 @kopf.on.delete("example.dev", "v1", "widgets")
 def gone(name, **_):
     pathlib.Path(r"{marker}").joinpath(name).write_text("deleted")
-'''
+"""
 
 
 @pytest.fixture
@@ -48,7 +48,9 @@ def kopf_operator(local_cluster: LocalCluster, tmp_path: Path) -> Iterator[subpr
     log = open(tmp_path / "kopf.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace=default", str(op)],
-        env={**os.environ, "KUBECONFIG": local_cluster.kubeconfig}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": local_cluster.kubeconfig},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield proc
     proc.terminate()
@@ -73,12 +75,16 @@ def test_kopf_reacts_to_create_update_delete(
             assert kopf_operator.poll() is None, (tmp_path / "kopf.log").read_text()
             return dict(objs.get_namespaced_custom_object(*WARGS, "w").get("status") or {})
 
-        local_cluster.wait_for(lambda: status().get("replicas") == 2, 90, message="kopf create handler")
+        local_cluster.wait_for(
+            lambda: status().get("replicas") == 2, 90, message="kopf create handler"
+        )
         assert status()["message"] == "seen by kopf"
         w = objs.get_namespaced_custom_object(*WARGS, "w")
         assert "example.dev/kopf-finalizer" in w["metadata"]["finalizers"]
         objs.patch_namespaced_custom_object(*WARGS, "w", {"spec": {"replicas": 4}})
-        local_cluster.wait_for(lambda: status().get("replicas") == 4, 60, message="kopf update handler")
+        local_cluster.wait_for(
+            lambda: status().get("replicas") == 4, 60, message="kopf update handler"
+        )
         objs.delete_namespaced_custom_object(*WARGS, "w")
 
         def gone() -> bool:
@@ -92,9 +98,16 @@ def test_kopf_reacts_to_create_update_delete(
         assert (tmp_path / "w").read_text() == "deleted"
         # kopf reported its handlers as Kubernetes events, and the audit log saw its calls.
         core = client.CoreV1Api(api)
-        local_cluster.wait_for(lambda: any(
-            e.involved_object.name == "w" and e.source.component == "kopf" and e.reason == "Synced"
-            for e in core.list_namespaced_event("default").items), 30, message="kopf's events")
+        local_cluster.wait_for(
+            lambda: any(
+                e.involved_object.name == "w"
+                and e.source.component == "kopf"
+                and e.reason == "Synced"
+                for e in core.list_namespaced_event("default").items
+            ),
+            30,
+            message="kopf's events",
+        )
     kopf_calls = local_cluster.audit.records(user_agent_prefix="kopf")
     verbs = {(r.verb, r.resource, r.subresource) for r in kopf_calls}
     assert ("watch", "widgets", "") in verbs and ("patch", "widgets", "") in verbs

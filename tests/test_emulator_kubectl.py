@@ -48,7 +48,7 @@ def test_apply_get_scale_delete_a_custom_resource(
     table = ok(local_cluster, "get", "wd").splitlines()
     assert table[0].split() == ["NAME", "DESIRED", "READY", "STATE", "AGE"]
     assert table[1].split()[:4] == ["w1", "2", "2", "AllGood"]
-    # Client-side apply: a changed file becomes a 3-way merge patch with the last-applied annotation.
+    # Client-side apply: a changed file becomes a 3-way merge patch (last-applied annotation).
     w["spec"]["replicas"] = 3
     assert "configured" in ok(local_cluster, "apply", "-f", write(tmp_path, "w.yaml", w))
     got = yaml.safe_load(ok(local_cluster, "get", "wd", "w1", "-o", "yaml"))

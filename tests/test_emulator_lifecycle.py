@@ -195,22 +195,23 @@ def test_namespace_deletion_removes_its_content(
     [
         (
             {"replicas": -1},
-            'Widget.example.dev "bad" is invalid: spec.replicas: Invalid value: -1: spec.replicas in body '
-            "should be greater than or equal to 0",
+            'Widget.example.dev "bad" is invalid: spec.replicas: Invalid value: -1: '
+            "spec.replicas in body should be greater than or equal to 0",
         ),
         (
             {"replicas": "two"},
-            'Widget.example.dev "bad" is invalid: spec.replicas: Invalid value: "string": spec.replicas '
-            'in body must be of type integer: "string"',
+            'Widget.example.dev "bad" is invalid: spec.replicas: Invalid value: "string": '
+            'spec.replicas in body must be of type integer: "string"',
         ),
         (
             {"replicas": 1, "color": "green"},
-            'Widget.example.dev "bad" is invalid: spec.color: Unsupported value: "green": supported '
-            'values: "red", "blue"',
+            'Widget.example.dev "bad" is invalid: spec.color: Unsupported value: "green": '
+            'supported values: "red", "blue"',
         ),
         (
             {"replicas": 20},
-            'Widget.example.dev "bad" is invalid: spec: Invalid value: "object": replicas must be <= maxReplicas',
+            'Widget.example.dev "bad" is invalid: spec: Invalid value: "object": '
+            "replicas must be <= maxReplicas",
         ),
         ({}, 'Widget.example.dev "bad" is invalid: spec.replicas: Required value'),
     ],

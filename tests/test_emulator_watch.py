@@ -33,7 +33,9 @@ def raw_watch(core: client.CoreV1Api, **params: Any) -> list[dict[str, Any]]:
         resp.release_conn()
 
 
-def test_watch_from_list_version_loses_nothing_and_duplicates_nothing(core: client.CoreV1Api) -> None:
+def test_watch_from_list_version_loses_nothing_and_duplicates_nothing(
+    core: client.CoreV1Api,
+) -> None:
     core.create_namespaced_config_map("default", cm("before"))
     listing = core.list_namespaced_config_map("default")
     rv = listing.metadata.resource_version
@@ -43,7 +45,9 @@ def test_watch_from_list_version_loses_nothing_and_duplicates_nothing(core: clie
     core.delete_namespaced_config_map("before", "default")
     events = raw_watch(core, resource_version=rv, timeout_seconds=1)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "after-1"), ("MODIFIED", "after-1"), ("DELETED", "before"),
+        ("ADDED", "after-1"),
+        ("MODIFIED", "after-1"),
+        ("DELETED", "before"),
     ]
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
     assert rvs == sorted(rvs) and rvs[0] > int(rv)
@@ -89,9 +93,13 @@ def test_watch_honours_selectors_and_reports_objects_leaving_them(core: client.C
     core.patch_namespaced_config_map("out", "default", {"metadata": {"labels": {"app": "x"}}})
     events = raw_watch(core, resource_version=rv, timeout_seconds=1, label_selector="app=x")
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "in"), ("DELETED", "in"), ("ADDED", "out"),
+        ("ADDED", "in"),
+        ("DELETED", "in"),
+        ("ADDED", "out"),
     ]
-    named = raw_watch(core, resource_version=rv, timeout_seconds=1, field_selector="metadata.name=out")
+    named = raw_watch(
+        core, resource_version=rv, timeout_seconds=1, field_selector="metadata.name=out"
+    )
     assert {e["object"]["metadata"]["name"] for e in named} == {"out"}
 
 
@@ -102,8 +110,9 @@ def test_streaming_watch_sees_later_writes(core: client.CoreV1Api) -> None:
 
     def consume() -> None:
         w = watch.Watch()
-        for ev in w.stream(core.list_namespaced_config_map, "default", resource_version=rv,
-                           timeout_seconds=20):
+        for ev in w.stream(
+            core.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=20
+        ):
             seen.append(f"{ev['type']}:{ev['object'].metadata.name}")
             if len(seen) == 2:
                 w.stop()

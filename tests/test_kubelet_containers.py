@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,97 +21,175 @@ from rpcjob_operator.localexec.containers import (
     rewrite_paths,
 )
 
-POD = PodInfo(name="job-worker-0", namespace="ns", uid="u-1", node_name="node-a",
-              pod_ip="127.0.0.7", labels={"rpcjob.dev/role": "worker"}, annotations={"a": "b"})
-MOUNTS = {"/var/run/rpcjob": "/tmp/pod/sock", "/var/run/rpcjob/deep": "/tmp/other", "/data": "/tmp/d"}
+POD = PodInfo(
+    name="job-worker-0",
+    namespace="ns",
+    uid="u-1",
+    node_name="node-a",
+    pod_ip="127.0.0.7",
+    labels={"rpcjob.dev/role": "worker"},
+    annotations={"a": "b"},
+)
+MOUNTS = {
+    "/var/run/rpcjob": "/tmp/pod/sock",
+    "/var/run/rpcjob/deep": "/tmp/other",
+    "/data": "/tmp/d",
+}
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("/var/run/rpcjob", "/tmp/pod/sock"),
-    ("/var/run/rpcjob/sidecar.sock", "/tmp/pod/sock/sidecar.sock"),
-    ("/var/run/rpcjob/deep/x", "/tmp/other/x"),  # longest mount wins
-    ("--socket=/var/run/rpcjob/s.sock", "--socket=/tmp/pod/sock/s.sock"),
-    ("/data:/var/run/rpcjob", "/tmp/d:/tmp/pod/sock"),
-    ("/var/run/rpcjobx", "/var/run/rpcjobx"),  # not a path boundary
-    ("/x/data", "/x/data"),  # not at the start of a path
-    ("/data.txt", "/data.txt"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/var/run/rpcjob", "/tmp/pod/sock"),
+        ("/var/run/rpcjob/sidecar.sock", "/tmp/pod/sock/sidecar.sock"),
+        ("/var/run/rpcjob/deep/x", "/tmp/other/x"),  # longest mount wins
+        ("--socket=/var/run/rpcjob/s.sock", "--socket=/tmp/pod/sock/s.sock"),
+        ("/data:/var/run/rpcjob", "/tmp/d:/tmp/pod/sock"),
+        ("/var/run/rpcjobx", "/var/run/rpcjobx"),  # not a path boundary
+        ("/x/data", "/x/data"),  # not at the start of a path
+        ("/data.txt", "/data.txt"),
+    ],
+)
 def test_rewrite_paths(value: str, expected: str) -> None:
     assert rewrite_paths(value, MOUNTS) == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("$(A)-x", "1-x"), ("$$(A)", "$(A)"), ("$(MISSING)", "$(MISSING)"), ("$A", "$A"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("$(A)-x", "1-x"),
+        ("$$(A)", "$(A)"),
+        ("$(MISSING)", "$(MISSING)"),
+        ("$A", "$A"),
+    ],
+)
 def test_expand(value: str, expected: str) -> None:
     assert expand(value, {"A": "1"}) == expected
 
 
 def test_resolve_env_downward_api_and_expansion() -> None:
-    container = {"name": "worker", "resources": {"limits": {"cpu": "2", "memory": "1Gi"}}, "env": [
-        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-        {"name": "ROLE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['rpcjob.dev/role']"}}},
-        {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-        {"name": "ADDR", "value": "$(IP):9464"},
-        {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}},
-    ]}
+    container = {
+        "name": "worker",
+        "resources": {"limits": {"cpu": "2", "memory": "1Gi"}},
+        "env": [
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {
+                "name": "ROLE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['rpcjob.dev/role']"}},
+            },
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {
+                "name": "MEM",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+            {"name": "ADDR", "value": "$(IP):9464"},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}},
+        ],
+    }
     env = resolve_env(container, POD, lookup=lambda kind, name, key: f"{kind}/{name}/{key}")
-    assert env == {"POD": "job-worker-0", "NS": "ns", "UID": "u-1", "IP": "127.0.0.7",
-                   "NODE": "node-a", "ROLE": "worker", "CPU": "2", "MEM": "1024",
-                   "ADDR": "127.0.0.7:9464", "PW": "secret/s/password"}
+    assert env == {
+        "POD": "job-worker-0",
+        "NS": "ns",
+        "UID": "u-1",
+        "IP": "127.0.0.7",
+        "NODE": "node-a",
+        "ROLE": "worker",
+        "CPU": "2",
+        "MEM": "1024",
+        "ADDR": "127.0.0.7:9464",
+        "PW": "secret/s/password",
+    }
 
 
-@pytest.mark.parametrize(("container", "message"), [
-    ({"name": "c", "env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.bogus"}}}]},
-     "container 'c': env valueFrom.fieldRef.fieldPath 'spec.bogus' is not supported"),
-    ({"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
-     "container 'c': env 'X' refers to secret 's' key 'k', which does not exist"),
-])
+@pytest.mark.parametrize(
+    ("container", "message"),
+    [
+        (
+            {
+                "name": "c",
+                "env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.bogus"}}}],
+            },
+            "container 'c': env valueFrom.fieldRef.fieldPath 'spec.bogus' is not supported",
+        ),
+        (
+            {
+                "name": "c",
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            },
+            "container 'c': env 'X' refers to secret 's' key 'k', which does not exist",
+        ),
+    ],
+)
 def test_resolve_env_errors_name_the_field(container: dict, message: str) -> None:
     with pytest.raises(ContainerConfigError, match="^" + message.replace("(", r"\(")):
         resolve_env(container, POD, lookup=lambda *a: None)
 
 
 def test_process_spec_rewrites_mounts_and_exports_the_mapping(tmp_path: object) -> None:
-    container = {"name": "worker", "image": "any", "command": ["python3", "-m", "app"],
-                 "args": ["--sock=$(SOCK)"], "workingDir": "/workspace",
-                 "env": [{"name": "SOCK", "value": "/var/run/rpcjob/sidecar.sock"}],
-                 "volumeMounts": [{"name": "sock", "mountPath": "/var/run/rpcjob"}]}
-    spec = process_spec(container, POD, {"sock": f"{tmp_path}/sock"}, pod_root=str(tmp_path),
-                        parent_env={"PATH": "/usr/bin", "KUBERNETES_SERVICE_HOST": "x", "RPCJOB_ROLE": "leak"})
+    container = {
+        "name": "worker",
+        "image": "any",
+        "command": ["python3", "-m", "app"],
+        "args": ["--sock=$(SOCK)"],
+        "workingDir": "/workspace",
+        "env": [{"name": "SOCK", "value": "/var/run/rpcjob/sidecar.sock"}],
+        "volumeMounts": [{"name": "sock", "mountPath": "/var/run/rpcjob"}],
+    }
+    spec = process_spec(
+        container,
+        POD,
+        {"sock": f"{tmp_path}/sock"},
+        pod_root=str(tmp_path),
+        parent_env={"PATH": "/usr/bin", "KUBERNETES_SERVICE_HOST": "x", "RPCJOB_ROLE": "leak"},
+    )
     assert spec.argv == [sys.executable, "-m", "app", f"--sock={tmp_path}/sock/sidecar.sock"]
     assert spec.env["SOCK"] == f"{tmp_path}/sock/sidecar.sock"
     assert spec.env[contract.ENV_LOCAL_POD_IP] == "127.0.0.7"
     mounts = json.loads(spec.env[contract.ENV_LOCAL_MOUNTS])
     assert mounts == {"/var/run/rpcjob": f"{tmp_path}/sock"}
-    assert contract.local_path("/var/run/rpcjob/sidecar.sock", spec.env) == f"{tmp_path}/sock/sidecar.sock"
+    assert (
+        contract.local_path("/var/run/rpcjob/sidecar.sock", spec.env)
+        == f"{tmp_path}/sock/sidecar.sock"
+    )
     assert "KUBERNETES_SERVICE_HOST" not in spec.env and "RPCJOB_ROLE" not in spec.env
     assert spec.cwd == f"{tmp_path}/workspace"
 
 
 def test_image_entrypoints_and_missing_command() -> None:
     c = {"name": "side", "image": "ghcr.io/x/rpcjob-sidecar:0.1.0"}
-    spec = process_spec(c, POD, {}, pod_root="/tmp", image_entrypoints={"rpcjob-sidecar": ["python3", "-V"]})
+    spec = process_spec(
+        c, POD, {}, pod_root="/tmp", image_entrypoints={"rpcjob-sidecar": ["python3", "-V"]}
+    )
     assert spec.argv == [sys.executable, "-V"]
-    with pytest.raises(ContainerConfigError, match="no command, and image 'ghcr.io/x/rpcjob-sidecar:0.1.0' "
-                       "has no known entrypoint"):
+    with pytest.raises(
+        ContainerConfigError,
+        match=re.escape("no command, and image 'ghcr.io/x/rpcjob-sidecar:0.1.0' has no known"),
+    ):
         process_spec(c, POD, {}, pod_root="/tmp")
     with pytest.raises(ContainerConfigError, match="volumeMount 'v' names no volume"):
-        process_spec({"name": "c", "command": ["true"], "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
-                     POD, {}, pod_root="/tmp")
+        process_spec(
+            {"name": "c", "command": ["true"], "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
+            POD,
+            {},
+            pod_root="/tmp",
+        )
 
 
-@pytest.mark.parametrize(("code", "expected"), [
-    ("import sys; sys.exit(7)", 7),
-    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 137),
-])
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import sys; sys.exit(7)", 7),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 137),
+    ],
+)
 def test_exit_codes_follow_container_runtimes(tmp_path: object, code: str, expected: int) -> None:
-    spec = process_spec({"name": "c", "command": ["python3", "-c", code]}, POD, {}, pod_root=str(tmp_path))
+    spec = process_spec(
+        {"name": "c", "command": ["python3", "-c", code]}, POD, {}, pod_root=str(tmp_path)
+    )
     proc = LocalContainer("c", spec)
     proc.start()
     assert proc.proc is not None
@@ -117,14 +198,17 @@ def test_exit_codes_follow_container_runtimes(tmp_path: object, code: str, expec
 
 
 def test_stop_escalates_to_sigkill_after_grace(tmp_path: object) -> None:
-    ignore = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-    spec = process_spec({"name": "c", "command": ["python3", "-c", ignore]}, POD, {}, pod_root=str(tmp_path))
+    ignore = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
+    spec = process_spec(
+        {"name": "c", "command": ["python3", "-c", ignore]}, POD, {}, pod_root=str(tmp_path)
+    )
     log = f"{tmp_path}/c.log"
     proc = LocalContainer("c", spec, log)
     proc.start()
-    import time
-
     deadline = time.monotonic() + 30
-    while "up" not in open(log).read() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while "up" not in Path(log).read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a condition with a deadline
     assert proc.stop(grace=0.3) == 137

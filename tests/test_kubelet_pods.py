@@ -23,29 +23,47 @@ def core(local_cluster: LocalCluster) -> Iterator[client.CoreV1Api]:
 
 
 def pod_status(core: client.CoreV1Api, name: str) -> dict[str, Any]:
-    return dict(core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, "default"))["status"])
+    return dict(
+        core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, "default"))[
+            "status"
+        ]
+    )
 
 
-def wait_phase(cluster: LocalCluster, core: client.CoreV1Api, name: str, phases: tuple[str, ...],
-               timeout: float = 60) -> dict[str, Any]:
-    return cluster.wait_for(lambda: (s := pod_status(core, name)).get("phase") in phases and s,
-                            timeout, message=f"pod {name} in {phases}")
+def wait_phase(
+    cluster: LocalCluster,
+    core: client.CoreV1Api,
+    name: str,
+    phases: tuple[str, ...],
+    timeout: float = 60,
+) -> dict[str, Any]:
+    return cluster.wait_for(
+        lambda: (s := pod_status(core, name)).get("phase") in phases and s,
+        timeout,
+        message=f"pod {name} in {phases}",
+    )
 
 
 def test_native_sidecar_and_main_share_an_emptydir_and_see_the_downward_api(
     local_cluster: LocalCluster, core: client.CoreV1Api
 ) -> None:
-    sidecar = ("import os, signal, sys, time\n"
-               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-               "open(os.environ['SOCK_DIR'] + '/ready', 'w').write(os.environ['POD_NAME'])\n"
-               "time.sleep(600)\n")
-    main = ("import json, os, sys, time\n"
-            "p = sys.argv[1] + '/ready'\n"
-            "deadline = time.time() + 30\n"
-            "while not os.path.exists(p) and time.time() < deadline: time.sleep(0.02)\n"
-            "keys = ['POD_NAME', 'POD_NS', 'POD_UID', 'POD_IP', 'NODE', 'ROLE', 'RPCJOB_LOCAL_POD_IP']\n"
-            "print(json.dumps({'env': {k: os.environ[k] for k in keys}, 'sidecar': open(p).read(), 'cwd': os.getcwd()}))\n"
-            "sys.exit(3)\n")
+    sidecar = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        "open(os.environ['SOCK_DIR'] + '/ready', 'w').write(os.environ['POD_NAME'])\n"
+        "time.sleep(600)\n"
+    )
+    main = (
+        "import json, os, sys, time\n"
+        "p = sys.argv[1] + '/ready'\n"
+        "deadline = time.time() + 30\n"
+        "while not os.path.exists(p) and time.time() < deadline: time.sleep(0.02)\n"
+        "keys = ['POD_NAME', 'POD_NS', 'POD_UID', 'POD_IP', 'NODE', 'ROLE',\n"
+        "        'RPCJOB_LOCAL_POD_IP']\n"
+        "env = {k: os.environ[k] for k in keys}\n"
+        "print(json.dumps({'env': env, 'sidecar': open(p).read(), 'cwd': os.getcwd()}))\n"
+        "sys.exit(3)\n"
+    )
     downward = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -55,19 +73,37 @@ def test_native_sidecar_and_main_share_an_emptydir_and_see_the_downward_api(
         {"name": "ROLE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['role']"}}},
     ]
     mount = [{"name": "sock", "mountPath": "/var/run/rpcjob"}]
-    created = core.create_namespaced_pod("default", {
-        "metadata": {"name": "p", "labels": {"role": "worker"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "volumes": [{"name": "sock", "emptyDir": {}}],
-            "initContainers": [{"name": "sidecar", "image": "x", "restartPolicy": "Always",
-                                "command": [PY, "-c", sidecar], "volumeMounts": mount,
-                                "env": [{"name": "SOCK_DIR", "value": "/var/run/rpcjob"}, *downward]}],
-            "containers": [{"name": "main", "image": "x", "command": [PY, "-c", main],
-                            "args": ["/var/run/rpcjob"], "workingDir": "/workspace",
-                            "volumeMounts": mount, "env": downward}],
+    created = core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "p", "labels": {"role": "worker"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "sock", "emptyDir": {}}],
+                "initContainers": [
+                    {
+                        "name": "sidecar",
+                        "image": "x",
+                        "restartPolicy": "Always",
+                        "command": [PY, "-c", sidecar],
+                        "volumeMounts": mount,
+                        "env": [{"name": "SOCK_DIR", "value": "/var/run/rpcjob"}, *downward],
+                    }
+                ],
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "x",
+                        "command": [PY, "-c", main],
+                        "args": ["/var/run/rpcjob"],
+                        "workingDir": "/workspace",
+                        "volumeMounts": mount,
+                        "env": downward,
+                    }
+                ],
+            },
         },
-    })
+    )
     status = wait_phase(local_cluster, core, "p", ("Succeeded", "Failed"))
     assert status["phase"] == "Failed"
     main_status = status["containerStatuses"][0]
@@ -77,25 +113,49 @@ def test_native_sidecar_and_main_share_an_emptydir_and_see_the_downward_api(
     out = json.loads(local_cluster.pod_logs("default", "p", "main"))
     ip = status["podIP"]
     assert ip.startswith("127.0.") and ip != "127.0.0.1"
-    assert out["env"] == {"POD_NAME": "p", "POD_NS": "default", "POD_UID": created.metadata.uid,
-                          "POD_IP": ip, "NODE": "local-node-0", "ROLE": "worker",
-                          "RPCJOB_LOCAL_POD_IP": ip}
+    assert out["env"] == {
+        "POD_NAME": "p",
+        "POD_NS": "default",
+        "POD_UID": created.metadata.uid,
+        "POD_IP": ip,
+        "NODE": "local-node-0",
+        "ROLE": "worker",
+        "RPCJOB_LOCAL_POD_IP": ip,
+    }
     assert out["sidecar"] == "p"
     assert out["cwd"].endswith("/workspace")
     # kubectl logs reads the same file.
     assert json.loads(local_cluster.kubectl("logs", "p", "-c", "main").stdout) == out
 
 
-def test_restart_policy_on_failure_counts_restarts(local_cluster: LocalCluster, core: client.CoreV1Api) -> None:
-    flaky = ("import os, sys\n"
-             "p = '/state/count'\n"
-             "n = int(open(p).read()) if os.path.exists(p) else 0\n"
-             "open(p, 'w').write(str(n + 1))\n"
-             "sys.exit(0 if n >= 2 else 5)\n")
-    core.create_namespaced_pod("default", {"metadata": {"name": "flaky"}, "spec": {
-        "restartPolicy": "OnFailure", "volumes": [{"name": "s", "emptyDir": {}}],
-        "containers": [{"name": "c", "image": "x", "command": [PY, "-c", flaky],
-                        "volumeMounts": [{"name": "s", "mountPath": "/state"}]}]}})
+def test_restart_policy_on_failure_counts_restarts(
+    local_cluster: LocalCluster, core: client.CoreV1Api
+) -> None:
+    flaky = (
+        "import os, sys\n"
+        "p = '/state/count'\n"
+        "n = int(open(p).read()) if os.path.exists(p) else 0\n"
+        "open(p, 'w').write(str(n + 1))\n"
+        "sys.exit(0 if n >= 2 else 5)\n"
+    )
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "flaky"},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "volumes": [{"name": "s", "emptyDir": {}}],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "x",
+                        "command": [PY, "-c", flaky],
+                        "volumeMounts": [{"name": "s", "mountPath": "/state"}],
+                    }
+                ],
+            },
+        },
+    )
     status = wait_phase(local_cluster, core, "flaky", ("Succeeded", "Failed"))
     c = status["containerStatuses"][0]
     assert status["phase"] == "Succeeded"
@@ -104,17 +164,37 @@ def test_restart_policy_on_failure_counts_restarts(local_cluster: LocalCluster, 
     assert c["state"]["terminated"]["exitCode"] == 0
 
 
-def test_restart_policy_always_restarts_exits(local_cluster: LocalCluster, core: client.CoreV1Api) -> None:
-    core.create_namespaced_pod("default", {"metadata": {"name": "always"}, "spec": {
-        "containers": [{"name": "c", "image": "x", "command": [PY, "-c", "raise SystemExit(0)"]}]}})
-    local_cluster.wait_for(lambda: pod_status(core, "always")["containerStatuses"][0]["restartCount"] >= 2,
-                           60, message="two restarts")
+def test_restart_policy_always_restarts_exits(
+    local_cluster: LocalCluster, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "always"},
+            "spec": {
+                "containers": [
+                    {"name": "c", "image": "x", "command": [PY, "-c", "raise SystemExit(0)"]}
+                ]
+            },
+        },
+    )
+    local_cluster.wait_for(
+        lambda: pod_status(core, "always")["containerStatuses"][0]["restartCount"] >= 2,
+        60,
+        message="two restarts",
+    )
     assert pod_status(core, "always")["phase"] == "Running"
 
 
 def _final_status_before_delete(core: client.CoreV1Api, name: str, rv: str) -> dict[str, Any]:
-    resp = core.list_namespaced_pod("default", watch=True, resource_version=rv, timeout_seconds=60,
-                                    field_selector=f"metadata.name={name}", _preload_content=False)
+    resp = core.list_namespaced_pod(
+        "default",
+        watch=True,
+        resource_version=rv,
+        timeout_seconds=60,
+        field_selector=f"metadata.name={name}",
+        _preload_content=False,
+    )
     last: dict[str, Any] = {}
     for line in resp:
         ev = json.loads(line)
@@ -125,18 +205,38 @@ def _final_status_before_delete(core: client.CoreV1Api, name: str, rv: str) -> d
     return last
 
 
-@pytest.mark.parametrize(("handler", "grace", "exit_code"), [
-    ("signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))", 30, 0),  # drains and exits on SIGTERM
-    ("signal.signal(signal.SIGTERM, signal.SIG_IGN)", 1, 137),  # ignores it: SIGKILL after grace
-])
+@pytest.mark.parametrize(
+    ("handler", "grace", "exit_code"),
+    [
+        (
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))",
+            30,
+            0,
+        ),  # drains and exits on SIGTERM
+        (
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+            1,
+            137,
+        ),  # ignores it: SIGKILL after grace
+    ],
+)
 def test_deletion_sends_sigterm_then_sigkill_after_grace(
     local_cluster: LocalCluster, core: client.CoreV1Api, handler: str, grace: int, exit_code: int
 ) -> None:
     code = f"import signal, sys, time\n{handler}\nprint('up', flush=True)\ntime.sleep(600)\n"
-    core.create_namespaced_pod("default", {"metadata": {"name": "g"}, "spec": {
-        "terminationGracePeriodSeconds": grace,
-        "containers": [{"name": "c", "image": "x", "command": [PY, "-u", "-c", code]}]}})
-    local_cluster.wait_for(lambda: "up" in local_cluster.pod_logs("default", "g"), 60, message="process up")
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "g"},
+            "spec": {
+                "terminationGracePeriodSeconds": grace,
+                "containers": [{"name": "c", "image": "x", "command": [PY, "-u", "-c", code]}],
+            },
+        },
+    )
+    local_cluster.wait_for(
+        lambda: "up" in local_cluster.pod_logs("default", "g"), 60, message="process up"
+    )
     rv = core.read_namespaced_pod("g", "default").metadata.resource_version
     deleting = core.delete_namespaced_pod("g", "default")
     assert deleting.metadata.deletion_timestamp is not None
@@ -149,16 +249,31 @@ def test_deletion_sends_sigterm_then_sigkill_after_grace(
 
 
 def test_scheduler_honours_node_selector_and_gpu_requests(local_cluster_factory: Any) -> None:
-    cluster = local_cluster_factory(nodes=2, gpus_per_node=2,
-                                    node_labels=[{"zone": "a"}, {"zone": "b"}])
+    cluster = local_cluster_factory(
+        nodes=2, gpus_per_node=2, node_labels=[{"zone": "a"}, {"zone": "b"}]
+    )
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
         show = "import os; print(os.environ.get('NVIDIA_VISIBLE_DEVICES'))"
         for name, gpus, selector in (("g2", 2, {"zone": "b"}), ("g1", 1, {}), ("big", 3, {})):
-            core.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
-                "restartPolicy": "Never", "nodeSelector": selector,
-                "containers": [{"name": "c", "image": "x", "command": [PY, "-c", show],
-                                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}})
+            core.create_namespaced_pod(
+                "default",
+                {
+                    "metadata": {"name": name},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "nodeSelector": selector,
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "x",
+                                "command": [PY, "-c", show],
+                                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                            }
+                        ],
+                    },
+                },
+            )
         wait_phase(cluster, core, "g2", ("Succeeded",))
         assert core.read_namespaced_pod("g2", "default").spec.node_name == "local-node-1"
         assert cluster.pod_logs("default", "g2").strip() == "0,1"
@@ -166,7 +281,11 @@ def test_scheduler_honours_node_selector_and_gpu_requests(local_cluster_factory:
         assert cluster.pod_logs("default", "g1").strip() == "0"
         big = cluster.wait_for(lambda: (s := pod_status(core, "big")).get("conditions") and s, 30)
         cond = big["conditions"][0]
-        assert (cond["type"], cond["status"], cond["reason"]) == ("PodScheduled", "False", "Unschedulable")
+        assert (cond["type"], cond["status"], cond["reason"]) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        )
         assert cond["message"] == "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
         node = core.read_node("local-node-0")
         assert node.metadata.labels["nvidia.com/gpu.count"] == "2"
@@ -176,17 +295,40 @@ def test_scheduler_honours_node_selector_and_gpu_requests(local_cluster_factory:
 def test_readiness_probe_and_pod_ips(local_cluster: LocalCluster, core: client.CoreV1Api) -> None:
     ip_env = [{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     for name in ("web-a", "web-b"):  # same port, each on its own loopback IP
-        core.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {"containers": [{
-            "name": "web", "image": "x", "env": ip_env,
-            "command": [PY, "-m", "http.server", "18080", "--bind", "$(IP)"],
-            "ports": [{"name": "http", "containerPort": 18080}],
-            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-        }]}})
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "x",
+                            "env": ip_env,
+                            "command": [PY, "-m", "http.server", "18080", "--bind", "$(IP)"],
+                            "ports": [{"name": "http", "containerPort": 18080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": "http"},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ]
+                },
+            },
+        )
     for name in ("web-a", "web-b"):
         status = local_cluster.wait_for(
-            lambda n=name: (s := pod_status(core, n)) and any(
-                c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or []) and s,
-            60, message=f"{name} Ready")
+            lambda n=name: (
+                (s := pod_status(core, n))
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in s.get("conditions") or []
+                )
+                and s
+            ),
+            60,
+            message=f"{name} Ready",
+        )
         assert status["containerStatuses"][0]["ready"] is True
     ips = {pod_status(core, n)["podIP"] for n in ("web-a", "web-b")}
     assert len(ips) == 2

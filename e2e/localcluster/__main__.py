@@ -1,4 +1,6 @@
-"""``python -m e2e.localcluster --kubeconfig FILE [--nodes N] [--gpus-per-node K] [--with-operator]``
+"""Run the local cluster by hand.
+
+    python -m e2e.localcluster --kubeconfig FILE [--nodes N] [--gpus-per-node K] [--with-operator]
 
 Runs the local cluster until interrupted (Ctrl-C / SIGTERM); drive it with
 ``kubectl --kubeconfig FILE ...``.
@@ -26,22 +28,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-labels", default="{}", help="JSON map of extra labels for every node")
     p.add_argument("--port", type=int, default=0, help="API server port (default: a free one)")
     p.add_argument("--workdir", default=None, help="pod directories and logs (default: a temp dir)")
-    p.add_argument("--with-operator", action="store_true",
-                   help="also run rpcjob-operator (and an embedded etcd for it) against the cluster")
+    p.add_argument(
+        "--with-operator",
+        action="store_true",
+        help="also run rpcjob-operator (and an embedded etcd for it) against the cluster",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cluster = LocalCluster(nodes=a.nodes, gpus_per_node=a.gpus_per_node, port=a.port,
-                           node_labels=json.loads(a.node_labels), kubeconfig=a.kubeconfig,
-                           workdir=a.workdir)
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    cluster = LocalCluster(
+        nodes=a.nodes,
+        gpus_per_node=a.gpus_per_node,
+        port=a.port,
+        node_labels=json.loads(a.node_labels),
+        kubeconfig=a.kubeconfig,
+        workdir=a.workdir,
+    )
     etcd: EmbeddedEtcd | None = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cluster.start()
     try:
-        print(f"local cluster: API server {cluster.url}, {a.nodes} node(s) x {a.gpus_per_node} GPU(s)")
+        print(
+            f"local cluster: API server {cluster.url}, {a.nodes} node(s) x {a.gpus_per_node} GPU(s)"
+        )
         print(f"  kubectl --kubeconfig {a.kubeconfig} get nodes")
         print(f"  pod directories and logs: {cluster.workdir}/pods")
         if a.with_operator:
@@ -49,15 +63,21 @@ def main(argv: list[str] | None = None) -> int:
                 etcd = EmbeddedEtcd()
                 etcd.start()
                 cluster.start_operator(env={"RPCJOB_DEFAULT_ETCD_ENDPOINTS": etcd.endpoint})
-                print(f"  operator running (log: {cluster.workdir}/operator.log), etcd {etcd.endpoint}")
+                print(
+                    f"  operator running (log: {cluster.workdir}/operator.log), "
+                    f"etcd {etcd.endpoint}"
+                )
             except (OperatorUnavailable, EtcdNotFound) as exc:
                 print(f"error: --with-operator: {exc}", file=sys.stderr)
                 return 2
         print("Ctrl-C to stop")
         while not stop.wait(0.5):
             if cluster.operator is not None and cluster.operator.poll() is not None:
-                print(f"error: the operator exited with {cluster.operator.returncode}; see "
-                      f"{cluster.workdir}/operator.log", file=sys.stderr)
+                print(
+                    f"error: the operator exited with {cluster.operator.returncode}; see "
+                    f"{cluster.workdir}/operator.log",
+                    file=sys.stderr,
+                )
                 return 1
         return 0
     finally:

@@ -37,16 +37,26 @@ class WaitTimeout(AssertionError):
 
 
 def kubeconfig_text(url: str, namespace: str = "default") -> str:
-    return yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "rpcjob-local", "cluster": {"server": url}}],
-        # A token so that clients which insist on credentials (kopf) find one; never checked.
-        "users": [{"name": "rpcjob-local", "user": {"token": "local-cluster"}}],
-        "contexts": [{"name": "rpcjob-local", "context": {
-            "cluster": "rpcjob-local", "user": "rpcjob-local", "namespace": namespace}}],
-        "current-context": "rpcjob-local",
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "rpcjob-local", "cluster": {"server": url}}],
+            # A token so that clients which insist on credentials (kopf) find one; never checked.
+            "users": [{"name": "rpcjob-local", "user": {"token": "local-cluster"}}],
+            "contexts": [
+                {
+                    "name": "rpcjob-local",
+                    "context": {
+                        "cluster": "rpcjob-local",
+                        "user": "rpcjob-local",
+                        "namespace": namespace,
+                    },
+                }
+            ],
+            "current-context": "rpcjob-local",
+        }
+    )
 
 
 class LocalCluster:
@@ -75,14 +85,21 @@ class LocalCluster:
         self.store = self.server.store
         self.audit = self.server.audit
         self.crds = Path(crds) if crds else None
-        labels = list(node_labels) if isinstance(node_labels, list | tuple) else [node_labels or {}] * nodes
-        self.node_specs = [NodeSpec.make(i, gpus_per_node, labels[i] if i < len(labels) else {})
-                           for i in range(nodes)]
+        labels = (
+            list(node_labels)
+            if isinstance(node_labels, list | tuple)
+            else [node_labels or {}] * nodes
+        )
+        self.node_specs = [
+            NodeSpec.make(i, gpus_per_node, labels[i] if i < len(labels) else {})
+            for i in range(nodes)
+        ]
         self.kubelet: Kubelet | None = None
         self._kubelet_opts = dict(
             default_cwd=default_cwd or str(REPO_ROOT),
             image_entrypoints={**DEFAULT_IMAGE_ENTRYPOINTS, **(image_entrypoints or {})},
-            backoff_base=backoff_base, backoff_cap=backoff_cap,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
         )
         self._pod_env = dict(pod_env or {})
         self._with_kubelet = kubelet
@@ -101,8 +118,13 @@ class LocalCluster:
                 self.apply_file(f)
         if self._with_kubelet:
             env = {"KUBECONFIG": self.kubeconfig, **self._pod_env}
-            self.kubelet = Kubelet(self.store, self.node_specs, os.path.join(self.workdir, "pods"),
-                                   extra_env=env, **self._kubelet_opts)  # type: ignore[arg-type]
+            self.kubelet = Kubelet(
+                self.store,
+                self.node_specs,
+                os.path.join(self.workdir, "pods"),
+                extra_env=env,
+                **self._kubelet_opts,
+            )  # type: ignore[arg-type]
             self.kubelet.start()
             self.server.handlers.pod_logs = self.kubelet.logs
         return self
@@ -130,13 +152,20 @@ class LocalCluster:
         cfg.host = self.url
         return client.ApiClient(cfg)
 
-    def kubectl(self, *args: str, check: bool = False, timeout: float = 60,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = False, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         binary = shutil.which("kubectl")
         if binary is None:
             raise FileNotFoundError("kubectl is not on PATH")
-        return subprocess.run([binary, "--kubeconfig", self.kubeconfig, *args], input=input,
-                              capture_output=True, text=True, timeout=timeout, check=check)
+        return subprocess.run(
+            [binary, "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
 
     # --- objects --------------------------------------------------------------------------
     def apply_docs(self, docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,7 +176,9 @@ class LocalCluster:
                 continue
             rt = self.store.registry.by_kind(doc["apiVersion"], doc["kind"])
             if rt is None:
-                raise ValueError(f"{doc['apiVersion']}/{doc['kind']} is not served by the local cluster")
+                raise ValueError(
+                    f"{doc['apiVersion']}/{doc['kind']} is not served by the local cluster"
+                )
             meta = doc.get("metadata") or {}
             ns = meta.get("namespace", "default") if rt.namespaced else None
             try:
@@ -179,8 +210,12 @@ class LocalCluster:
 
     # --- waiting --------------------------------------------------------------------------
     @staticmethod
-    def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
-                 message: str = "condition") -> T:
+    def wait_for(
+        predicate: Callable[[], T],
+        timeout: float = 30.0,
+        interval: float = 0.05,
+        message: str = "condition",
+    ) -> T:
         """Poll ``predicate`` until it returns a truthy value (returned) or raise WaitTimeout.
         Exceptions from the predicate count as "not yet" and the last one is reported."""
         deadline = time.monotonic() + timeout
@@ -198,9 +233,12 @@ class LocalCluster:
             time.sleep(interval)
 
     # --- operator -------------------------------------------------------------------------
-    def start_operator(self, args: Sequence[str] = ("--all-namespaces",),
-                       env: Mapping[str, str] | None = None, log_path: str | None = None
-                       ) -> subprocess.Popen[bytes]:
+    def start_operator(
+        self,
+        args: Sequence[str] = ("--all-namespaces",),
+        env: Mapping[str, str] | None = None,
+        log_path: str | None = None,
+    ) -> subprocess.Popen[bytes]:
         if importlib.util.find_spec("rpcjob_operator.main") is None:
             raise OperatorUnavailable(
                 "rpcjob_operator.main is not importable: the operator is not built yet (issue 4) "
@@ -212,7 +250,10 @@ class LocalCluster:
         with open(log_path, "ab") as out:
             self.operator = subprocess.Popen(
                 [sys.executable, "-m", "rpcjob_operator.main", *args],
-                env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(REPO_ROOT),
                 start_new_session=True,
             )
         return self.operator

@@ -7,6 +7,7 @@ event. The real controllers run asynchronously; the observable end states are th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -60,7 +61,9 @@ class Controllers:
                 self._orphan(ev)
             if "foregroundDeletion" in finalizers:
                 self._foreground(ev)
-            if ev.storage == NS_STORAGE and (ev.old is None or not ev.old["metadata"].get("deletionTimestamp")):
+            if ev.storage == NS_STORAGE and (
+                ev.old is None or not ev.old["metadata"].get("deletionTimestamp")
+            ):
                 self._delete_namespace_content(meta["name"])
 
     # --- CRDs ---------------------------------------------------------------------------
@@ -89,10 +92,14 @@ class Controllers:
         def establish(o: Obj) -> None:
             status = o.setdefault("status", {})
             status["acceptedNames"] = copy.deepcopy(o["spec"]["names"])
-            status["storedVersions"] = [v["name"] for v in o["spec"]["versions"] if v.get("storage")]
+            status["storedVersions"] = [
+                v["name"] for v in o["spec"]["versions"] if v.get("storage")
+            ]
             status["conditions"] = [
                 _cond("NamesAccepted", "NoConflicts", "no conflicts found"),
-                _cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+                _cond(
+                    "Established", "InitialNamesAccepted", "the initial names have been accepted"
+                ),
             ]
 
         def add_finalizer(o: Obj) -> None:
@@ -124,7 +131,9 @@ class Controllers:
             if crd["metadata"].get("deletionTimestamp") and CRD_CLEANUP in (
                 crd["metadata"].get("finalizers") or []
             ):
-                self.store.mutate(self.rt(CRD_STORAGE), None, crd["metadata"]["name"], _drop(CRD_CLEANUP))
+                self.store.mutate(
+                    self.rt(CRD_STORAGE), None, crd["metadata"]["name"], _drop(CRD_CLEANUP)
+                )
 
     # --- garbage collection -------------------------------------------------------------
     def _dependents(self, uid: str) -> list[tuple[tuple[str, str], Obj]]:
@@ -137,17 +146,16 @@ class Controllers:
         return out
 
     def _try_delete(self, rt: ResourceType, ns: str, name: str) -> None:
-        try:
+        with contextlib.suppress(errors.ApiError):  # already gone
             self.store.delete(rt, ns or None, name)
-        except errors.ApiError:
-            pass  # already gone
 
     def _collect_dependents(self, uid: str) -> None:
         for storage, dep in self._dependents(uid):
             rt = self.rt(storage)
             meta = dep["metadata"]
             others = [
-                r for r in meta.get("ownerReferences") or []
+                r
+                for r in meta.get("ownerReferences") or []
                 if r.get("uid") != uid and self.store.find_by_uid(r["uid"]) is not None
             ]
             if others:
@@ -159,7 +167,9 @@ class Controllers:
         uid = ev.obj["metadata"]["uid"]
         for storage, dep in self._dependents(uid):
             meta = dep["metadata"]
-            self.store.mutate(self.rt(storage), meta.get("namespace"), meta["name"], _drop_owner(uid))
+            self.store.mutate(
+                self.rt(storage), meta.get("namespace"), meta["name"], _drop_owner(uid)
+            )
         meta = ev.obj["metadata"]
         self.store.mutate(self.rt(ev.storage), meta.get("namespace"), meta["name"], _drop("orphan"))
 
@@ -174,7 +184,9 @@ class Controllers:
     def _release_if_no_dependents(self, storage: tuple[str, str], owner: Obj) -> None:
         meta = owner["metadata"]
         if not self._dependents(meta["uid"]):
-            self.store.mutate(self.rt(storage), meta.get("namespace"), meta["name"], _drop("foregroundDeletion"))
+            self.store.mutate(
+                self.rt(storage), meta.get("namespace"), meta["name"], _drop("foregroundDeletion")
+            )
 
     def _release_foreground_owners(self, obj: Obj) -> None:
         for ref in obj["metadata"].get("ownerReferences") or []:

@@ -20,7 +20,9 @@ from .cluster import LocalCluster
 
 
 @pytest.fixture
-def local_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalCluster]]:
+def local_cluster_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LocalCluster]]:
     started: list[LocalCluster] = []
 
     def make(**kwargs: Any) -> LocalCluster:

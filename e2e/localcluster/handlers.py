@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import time
@@ -76,7 +77,9 @@ class Handlers:
         m = req.http.method
         sub = req.subresource
         if sub and sub not in req.rt.subresources:
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         if m == "GET" and not req.name:
             if req.query.get("watch") in ("1", "true"):
                 return await self.watch(req)
@@ -95,7 +98,9 @@ class Handlers:
                 return web.Response(text=text, content_type="text/plain")
             obj = self.store.get(req.rt, req.namespace, req.name)
             if _wants_table(req):
-                return _json(to_table(req.rt, [obj], None, req.query.get("includeObject", "Metadata")))
+                return _json(
+                    to_table(req.rt, [obj], None, req.query.get("includeObject", "Metadata"))
+                )
             return _json(obj)
         body = await self._body(req)
         if m == "POST" and not req.name:
@@ -110,7 +115,9 @@ class Handlers:
             return self.delete(req, body)
         if m == "DELETE":
             return self.delete_collection(req, body)
-        raise errors.method_not_allowed(f"the server does not allow this method on the requested resource")
+        raise errors.method_not_allowed(
+            "the server does not allow this method on the requested resource"
+        )
 
     async def _body(self, req: Request) -> Any:
         raw = await req.http.read()
@@ -132,7 +139,9 @@ class Handlers:
         labels, fields = self._selectors(req)
         items, rv = self.store.list(req.rt, req.namespace or None, labels, fields)
         if _wants_table(req):
-            return _json(to_table(req.rt, items, str(rv), req.query.get("includeObject", "Metadata")))
+            return _json(
+                to_table(req.rt, items, str(rv), req.query.get("includeObject", "Metadata"))
+            )
         limit = int(req.query.get("limit", "0") or 0)
         start = int(req.query.get("continue", "0") or 0)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
@@ -142,12 +151,14 @@ class Handlers:
                 meta["continue"] = str(start + limit)
                 meta["remainingItemCount"] = len(items) - start - limit
             items = page
-        return _json({
-            "kind": f"{req.rt.kind}List",
-            "apiVersion": req.rt.api_version,
-            "metadata": meta,
-            "items": items,
-        })
+        return _json(
+            {
+                "kind": f"{req.rt.kind}List",
+                "apiVersion": req.rt.api_version,
+                "metadata": meta,
+                "items": items,
+            }
+        )
 
     async def watch(self, req: Request) -> web.StreamResponse:
         labels, fields = self._selectors(req)
@@ -167,7 +178,9 @@ class Handlers:
         try:
             cancel = self.store.watch(req.rt, req.namespace or None, since, labels, fields, push)
         except errors.ApiError as err:  # 410: an ERROR event on a 200 stream, like the real server
-            await resp.write((json.dumps({"type": "ERROR", "object": err.status()}) + "\n").encode())
+            await resp.write(
+                (json.dumps({"type": "ERROR", "object": err.status()}) + "\n").encode()
+            )
             await resp.write_eof()
             return resp
         deadline = time.monotonic() + timeout
@@ -205,10 +218,8 @@ class Handlers:
             pass
         finally:
             cancel()
-        try:
+        with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
-        except ConnectionResetError:
-            pass
         return resp
 
     # --- writes -------------------------------------------------------------------------
@@ -220,15 +231,20 @@ class Handlers:
         if selector_path:
             selector = _get_path(obj, selector_path)
             if isinstance(selector, dict):  # built-ins keep a LabelSelector; Scale wants a string
-                selector = ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items())
+                selector = ",".join(
+                    f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()
+                )
             if selector:
                 status["selector"] = selector
         meta = obj["metadata"]
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                              "creationTimestamp") if k in meta},
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in meta
+            },
             "spec": {"replicas": _get_path(obj, spec_path) or 0},
             "status": status,
         }
@@ -238,10 +254,17 @@ class Handlers:
         assert spec is not None
         replicas = (scale.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
-            raise errors.invalid(req.rt, req.name, [(
-                "spec.replicas",
-                f"spec.replicas: Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0",
-            )])
+            raise errors.invalid(
+                req.rt,
+                req.name,
+                [
+                    (
+                        "spec.replicas",
+                        f"spec.replicas: Invalid value: {json.dumps(replicas)}: "
+                        "must be greater than or equal to 0",
+                    )
+                ],
+            )
         new = copy.deepcopy(current)
         _set_path(new, spec[0], replicas)
         sent_rv = (scale.get("metadata") or {}).get("resourceVersion")
@@ -258,7 +281,11 @@ class Handlers:
                 current = self.store.get(req.rt, req.namespace, req.name)
                 return self._write_scale(req, body, current)
             return self.store.update(
-                req.rt, req.namespace or None, req.name, body, req.subresource or None,
+                req.rt,
+                req.namespace or None,
+                req.name,
+                body,
+                req.subresource or None,
                 strict=_strict(req),
             )
 
@@ -278,7 +305,8 @@ class Handlers:
                 if not isinstance(body, dict):
                     raise errors.bad_request(
                         f"error decoding patch: a {ctype} body must be a JSON object, got "
-                        f"{type(body).__name__} (a list of operations needs application/json-patch+json)"
+                        f"{type(body).__name__} (a list of operations needs "
+                        "application/json-patch+json)"
                     )
                 patched = merge_patch(target, body)
             elif ctype == "application/strategic-merge-patch+json":
@@ -292,7 +320,11 @@ class Handlers:
             if req.subresource == "scale":
                 return self._write_scale(req, patched, current)
             return self.store.update(
-                req.rt, req.namespace or None, req.name, patched, req.subresource or None,
+                req.rt,
+                req.namespace or None,
+                req.name,
+                patched,
+                req.subresource or None,
                 strict=_strict(req),
             )
 
@@ -318,9 +350,12 @@ class Handlers:
             precondition_uid=pre.get("uid"),
             precondition_rv=pre.get("resourceVersion"),
         )
-        status = 202 if obj["metadata"].get("deletionTimestamp") and self.store.raw(
-            req.rt, req.namespace or None, req.name
-        ) is not None else 200
+        status = (
+            202
+            if obj["metadata"].get("deletionTimestamp")
+            and self.store.raw(req.rt, req.namespace or None, req.name) is not None
+            else 200
+        )
         return _json(obj, status)
 
     def delete_collection(self, req: Request, body: Any) -> web.Response:
@@ -331,15 +366,25 @@ class Handlers:
         for obj in items:
             meta = obj["metadata"]
             try:
-                deleted.append(self.store.delete(
-                    req.rt, meta.get("namespace"), meta["name"],
-                    grace=opts.get("gracePeriodSeconds"),
-                    propagation=opts.get("propagationPolicy"),
-                ))
+                deleted.append(
+                    self.store.delete(
+                        req.rt,
+                        meta.get("namespace"),
+                        meta["name"],
+                        grace=opts.get("gracePeriodSeconds"),
+                        propagation=opts.get("propagationPolicy"),
+                    )
+                )
             except errors.ApiError:
                 continue
-        return _json({"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version,
-                      "metadata": {}, "items": deleted})
+        return _json(
+            {
+                "kind": f"{req.rt.kind}List",
+                "apiVersion": req.rt.api_version,
+                "metadata": {},
+                "items": deleted,
+            }
+        )
 
     def bind(self, req: Request, body: Any) -> web.Response:
         node = ((body or {}).get("target") or {}).get("name")
@@ -348,11 +393,22 @@ class Handlers:
 
         def assign(pod: Obj) -> None:
             if pod.get("spec", {}).get("nodeName"):
-                raise errors.ApiError(409, "Conflict", f'pod {req.name} is already assigned to node '
-                                      f'"{pod["spec"]["nodeName"]}"')
+                raise errors.ApiError(
+                    409,
+                    "Conflict",
+                    f'pod {req.name} is already assigned to node "{pod["spec"]["nodeName"]}"',
+                )
             pod.setdefault("spec", {})["nodeName"] = node
 
         if self.store.mutate(req.rt, req.namespace, req.name, assign) is None:
             raise errors.not_found(req.rt, req.name)
-        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                      "code": 201}, 201)
+        return _json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "code": 201,
+            },
+            201,
+        )

@@ -7,6 +7,7 @@ the audit log that the RBAC scenario inspects.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import queue
@@ -32,15 +33,28 @@ class NodeSpec:
     capacity: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, index: int, gpus: int = 0, labels: Mapping[str, str] | None = None,
-             product: str = GPU_PRODUCT) -> NodeSpec:
+    def make(
+        cls,
+        index: int,
+        gpus: int = 0,
+        labels: Mapping[str, str] | None = None,
+        product: str = GPU_PRODUCT,
+    ) -> NodeSpec:
         name = f"local-node-{index}"
-        lb = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-              "kubernetes.io/arch": "amd64"}
+        lb = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+        }
         cap = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         if gpus:
-            lb.update({"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": str(gpus),
-                       "nvidia.com/gpu.product": product})
+            lb.update(
+                {
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.count": str(gpus),
+                    "nvidia.com/gpu.product": product,
+                }
+            )
             cap[GPU] = str(gpus)
         lb.update(labels or {})
         return cls(name, lb, cap)
@@ -54,17 +68,33 @@ class NodeSpec:
             "status": {
                 "capacity": dict(self.capacity),
                 "allocatable": dict(self.capacity),
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "message": "local process kubelet is posting ready status",
-                                "lastHeartbeatTime": now_iso(), "lastTransitionTime": now_iso()}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": self.name}],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "local process kubelet is posting ready status",
+                        "lastHeartbeatTime": now_iso(),
+                        "lastTransitionTime": now_iso(),
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": self.name},
+                ],
                 # Every field: the kubernetes client (pydantic models) rejects missing ones.
-                "nodeInfo": {"kubeletVersion": "v1.32.0-local", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "local-process://1",
-                             "bootID": self.name, "kernelVersion": os.uname().release,
-                             "kubeProxyVersion": "", "machineID": self.name,
-                             "osImage": "rpcjob local cluster", "systemUUID": self.name},
+                "nodeInfo": {
+                    "kubeletVersion": "v1.32.0-local",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "local-process://1",
+                    "bootID": self.name,
+                    "kernelVersion": os.uname().release,
+                    "kubeProxyVersion": "",
+                    "machineID": self.name,
+                    "osImage": "rpcjob local cluster",
+                    "systemUUID": self.name,
+                },
             },
         }
 
@@ -93,19 +123,30 @@ class IpPool:
 
 
 class Kubelet:
-    def __init__(self, store: Store, nodes: Sequence[NodeSpec], root: str, *,
-                 default_cwd: str | None = None,
-                 image_entrypoints: Mapping[str, Sequence[str]] | None = None,
-                 extra_env: Mapping[str, str] | None = None,
-                 backoff_base: float = 1.0, backoff_cap: float = 10.0,
-                 set_cuda_visible_devices: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        nodes: Sequence[NodeSpec],
+        root: str,
+        *,
+        default_cwd: str | None = None,
+        image_entrypoints: Mapping[str, Sequence[str]] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 10.0,
+        set_cuda_visible_devices: bool = False,
+    ) -> None:
         self.store = store
         self.nodes = {n.name: n for n in nodes}
         self.cfg = RunnerConfig(
-            root=root, default_cwd=default_cwd or os.getcwd(),
-            image_entrypoints=dict(image_entrypoints or {}), extra_env=dict(extra_env or {}),
-            backoff_base=backoff_base, backoff_cap=backoff_cap,
-            lookup=self._lookup, lookup_all=self._lookup_all,
+            root=root,
+            default_cwd=default_cwd or os.getcwd(),
+            image_entrypoints=dict(image_entrypoints or {}),
+            extra_env=dict(extra_env or {}),
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            lookup=self._lookup,
+            lookup_all=self._lookup_all,
         )
         self.set_cuda = set_cuda_visible_devices
         self.runners: dict[str, PodRunner] = {}  # uid -> runner
@@ -126,8 +167,9 @@ class Kubelet:
         os.makedirs(self.cfg.root, exist_ok=True)
         for node in self.nodes.values():
             self.add_node(node)
-        self._cancel = self.store.watch(self.pod_rt, None, None, lambda l: True, lambda o: True,
-                                        self.events.put)
+        self._cancel = self.store.watch(
+            self.pod_rt, None, None, lambda _lb: True, lambda _o: True, self.events.put
+        )
         self._thread = threading.Thread(target=self._loop, name="localcluster-kubelet", daemon=True)
         self._thread.start()
         return self
@@ -223,7 +265,9 @@ class Kubelet:
                 gpu_env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         ns, name = meta["namespace"], meta["name"]
         runner = PodRunner(
-            pod, ip, self.cfg,
+            pod,
+            ip,
+            self.cfg,
             write_status=lambda u, status: self._write_status(ns, name, u, status),
             finalize=lambda: self._finalize(ns, name, uid),
             gpu_env=gpu_env,
@@ -244,10 +288,8 @@ class Kubelet:
             obj = self.store.raw(self.pod_rt, ns, name)
             if obj is None or obj["metadata"]["uid"] != uid:
                 return
-            try:
+            with contextlib.suppress(errors.ApiError):
                 self.store.delete(self.pod_rt, ns, name, grace=0, precondition_uid=uid)
-            except errors.ApiError:
-                pass
 
     def _reap(self) -> None:
         """Terminating pods whose runner already ended (e.g. deleted after it Succeeded)."""
@@ -262,7 +304,7 @@ class Kubelet:
 
     # --- scheduling -------------------------------------------------------------------------
     def _schedule_pending(self) -> None:
-        items, _ = self.store.list(self.pod_rt, None, lambda l: True, lambda o: True)
+        items, _ = self.store.list(self.pod_rt, None, lambda _lb: True, lambda _o: True)
         live = {p["metadata"]["uid"] for p in items}
         for uid in [u for u in self.gpus if u not in live]:
             self.gpus.pop(uid)
@@ -299,8 +341,14 @@ class Kubelet:
                 if o["metadata"]["uid"] != meta["uid"]:
                     return
                 o.setdefault("status", {})["phase"] = "Pending"
-                o["status"]["conditions"] = [{"type": "PodScheduled", "status": "False",
-                                              "reason": "Unschedulable", "message": message}]
+                o["status"]["conditions"] = [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message,
+                    }
+                ]
 
             self.store.mutate(self.pod_rt, meta["namespace"], meta["name"], unschedulable, "status")
             return

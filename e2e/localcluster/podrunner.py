@@ -47,7 +47,9 @@ class Slot:
     init: bool = False
     proc: LocalContainer | None = None
     restarts: int = 0
-    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "PodInitializing"}})
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"waiting": {"reason": "PodInitializing"}}
+    )
     last_state: dict[str, Any] = field(default_factory=dict)
     restart_at: float | None = None
     done: bool = False  # terminated for good
@@ -108,8 +110,10 @@ class PodRunner(threading.Thread):
         self.dir = os.path.join(cfg.root, f"{meta['namespace']}_{meta['name']}_{self.uid[:8]}")
         spec = pod["spec"]
         self.policy = spec.get("restartPolicy", "Always")
-        self.inits = [Slot(c, sidecar=c.get("restartPolicy") == "Always", init=True)
-                      for c in spec.get("initContainers") or []]
+        self.inits = [
+            Slot(c, sidecar=c.get("restartPolicy") == "Always", init=True)
+            for c in spec.get("initContainers") or []
+        ]
         self.mains = [Slot(c) for c in spec.get("containers") or []]
         self.stop_grace: float | None = None  # set when deletion asks the pod to stop
         self.shutdown = False  # cluster shutdown: kill quickly, write nothing
@@ -136,7 +140,9 @@ class PodRunner(threading.Thread):
     def _write(self) -> None:
         if self.shutdown:
             return
-        ready_all = all(s.ready for s in self.mains) and all(s.ready for s in self.inits if s.sidecar)
+        ready_all = all(s.ready for s in self.mains) and all(
+            s.ready for s in self.inits if s.sidecar
+        )
         conds = [
             ("PodReadyToStartContainers", True),
             ("Initialized", self.initialized),
@@ -194,7 +200,9 @@ class PodRunner(threading.Thread):
         lookup_all = self.cfg.lookup_all
         try:
             spec = process_spec(
-                slot.spec, info, self.volumes,
+                slot.spec,
+                info,
+                self.volumes,
                 pod_root=self.dir,
                 default_cwd=self.cfg.default_cwd,
                 lookup=(lambda k, n, key: lookup(ns, k, n, key)) if lookup else None,
@@ -224,7 +232,9 @@ class PodRunner(threading.Thread):
     def _backoff(self, slot: Slot) -> float:
         return min(self.cfg.backoff_cap, self.cfg.backoff_base * (2 ** max(0, slot.restarts - 1)))
 
-    def _terminated(self, slot: Slot, code: int, reason: str | None = None, message: str = "") -> None:
+    def _terminated(
+        self, slot: Slot, code: int, reason: str | None = None, message: str = ""
+    ) -> None:
         started = (slot.state.get("running") or {}).get("startedAt", now_iso())
         term: dict[str, Any] = {
             "exitCode": code,
@@ -259,8 +269,13 @@ class PodRunner(threading.Thread):
                     slot.restarts += 1
                     delay = self._backoff(slot)
                     slot.restart_at = now + delay
-                    slot.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                              "message": f"back-off {delay:.1f}s restarting failed container={slot.name}"}}
+                    slot.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off {delay:.1f}s restarting failed "
+                            f"container={slot.name}",
+                        }
+                    }
                 else:
                     slot.done = True
                 return
@@ -269,8 +284,12 @@ class PodRunner(threading.Thread):
                 if ps is not None and ps.due(now):
                     ps.record(run_probe(ps.probe, slot.spec, self.pod_ip, slot.env, slot.cwd), now)
                     if attr == "liveness" and ps.failed:
-                        log.info("pod %s: liveness probe of %s failed, restarting", self.name, slot.name)
-                        slot.proc.stop(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+                        log.info(
+                            "pod %s: liveness probe of %s failed, restarting", self.name, slot.name
+                        )
+                        slot.proc.stop(
+                            float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+                        )
         elif slot.restart_at is not None and now >= slot.restart_at and self.stop_grace is None:
             self._start(slot)
 

@@ -19,27 +19,46 @@ def _port(probe_port: Any, container: dict[str, Any]) -> int:
     for p in container.get("ports") or []:
         if p.get("name") == probe_port:
             return int(p["containerPort"])
-    raise ValueError(f"probe port {probe_port!r} names no port of container {container.get('name')!r}")
+    raise ValueError(
+        f"probe port {probe_port!r} names no port of container {container.get('name')!r}"
+    )
 
 
-def run_probe(probe: dict[str, Any], container: dict[str, Any], pod_ip: str,
-              env: dict[str, str] | None = None, cwd: str | None = None) -> bool:
+def run_probe(
+    probe: dict[str, Any],
+    container: dict[str, Any],
+    pod_ip: str,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> bool:
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
         if "httpGet" in probe:
             hg = probe["httpGet"]
             host = hg.get("host") or pod_ip
-            url = f"{hg.get('scheme', 'HTTP').lower()}://{host}:{_port(hg['port'], container)}{hg.get('path', '/')}"
-            req = urllib.request.Request(url, headers={h["name"]: h["value"] for h in hg.get("httpHeaders") or []})
+            scheme = hg.get("scheme", "HTTP").lower()
+            url = f"{scheme}://{host}:{_port(hg['port'], container)}{hg.get('path', '/')}"
+            req = urllib.request.Request(
+                url, headers={h["name"]: h["value"] for h in hg.get("httpHeaders") or []}
+            )
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return 200 <= resp.status < 400
         if "tcpSocket" in probe:
             ts = probe["tcpSocket"]
-            with socket.create_connection((ts.get("host") or pod_ip, _port(ts["port"], container)), timeout=timeout):
+            with socket.create_connection(
+                (ts.get("host") or pod_ip, _port(ts["port"], container)), timeout=timeout
+            ):
                 return True
         if "exec" in probe:
-            r = subprocess.run(probe["exec"]["command"], env=env, cwd=cwd, timeout=timeout,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            r = subprocess.run(
+                probe["exec"]["command"],
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
             return r.returncode == 0
     except (OSError, urllib.error.URLError, subprocess.TimeoutExpired, ValueError):
         return False

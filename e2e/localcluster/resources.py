@@ -116,7 +116,15 @@ def _rt(
 
 
 BUILTIN: tuple[ResourceType, ...] = (
-    _rt("", "v1", "pods", "Pod", short=("po",), subs=("status", "binding", "log"), categories=("all",)),
+    _rt(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        short=("po",),
+        subs=("status", "binding", "log"),
+        categories=("all",),
+    ),
     _rt("", "v1", "services", "Service", short=("svc",), subs=("status",), categories=("all",)),
     _rt("", "v1", "nodes", "Node", namespaced=False, short=("no",), subs=("status",)),
     _rt("", "v1", "events", "Event", short=("ev",)),
@@ -125,7 +133,14 @@ BUILTIN: tuple[ResourceType, ...] = (
     _rt("", "v1", "configmaps", "ConfigMap", short=("cm",)),
     _rt("", "v1", "serviceaccounts", "ServiceAccount", short=("sa",)),
     _rt("", "v1", "endpoints", "Endpoints", short=("ep",)),
-    _rt("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=("pvc",), subs=("status",)),
+    _rt(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        short=("pvc",),
+        subs=("status",),
+    ),
     _rt(
         "apps",
         "v1",
@@ -143,7 +158,14 @@ BUILTIN: tuple[ResourceType, ...] = (
     _rt("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short=("netpol",)),
     _rt("coordination.k8s.io", "v1", "leases", "Lease"),
     _rt("events.k8s.io", "v1", "events", "Event", short=("ev",)),
-    _rt("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short=("pdb",), subs=("status",)),
+    _rt(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        short=("pdb",),
+        subs=("status",),
+    ),
     _rt(
         "apiextensions.k8s.io",
         "v1",
@@ -156,9 +178,29 @@ BUILTIN: tuple[ResourceType, ...] = (
     _rt("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     _rt("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     _rt("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
-    _rt("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
-    _rt("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False, short=("pc",)),
-    _rt("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", short=("hpa",), subs=("status",)),
+    _rt(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+    ),
+    _rt(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+        namespaced=False,
+        short=("pc",),
+    ),
+    _rt(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        short=("hpa",),
+        subs=("status",),
+    ),
 )
 
 

@@ -17,58 +17,86 @@ WIDGET_CRD: dict[str, Any] = {
     "spec": {
         "group": WIDGET_GROUP,
         "scope": "Namespaced",
-        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
-        "versions": [{
-            "name": WIDGET_VERSION,
-            "served": True,
-            "storage": True,
-            "subresources": {
-                "status": {},
-                "scale": {
-                    "specReplicasPath": ".spec.replicas",
-                    "statusReplicasPath": ".status.replicas",
-                    "labelSelectorPath": ".status.selector",
-                },
-            },
-            "additionalPrinterColumns": [
-                {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
-                {"name": "Ready", "type": "integer", "jsonPath": ".status.replicas"},
-                {"name": "State", "type": "string",
-                 "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
-                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-            ],
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "spec": {
-                        "type": "object",
-                        "required": ["replicas"],
-                        "x-kubernetes-validations": [
-                            {"rule": "self.replicas <= self.maxReplicas",
-                             "message": "replicas must be <= maxReplicas"},
-                            {"rule": "self.color == oldSelf.color", "message": "color is immutable"},
-                        ],
-                        "properties": {
-                            "replicas": {"type": "integer", "minimum": 0},
-                            "maxReplicas": {"type": "integer", "default": 10},
-                            "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
-                            "template": {"type": "object",
-                                         "x-kubernetes-preserve-unknown-fields": True},
-                        },
-                    },
-                    "status": {
-                        "type": "object",
-                        "properties": {
-                            "replicas": {"type": "integer"},
-                            "selector": {"type": "string"},
-                            "conditions": {"type": "array", "items": {
-                                "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                            "message": {"type": "string"},
-                        },
+        "names": {
+            "plural": "widgets",
+            "singular": "widget",
+            "kind": "Widget",
+            "shortNames": ["wd"],
+        },
+        "versions": [
+            {
+                "name": WIDGET_VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
                     },
                 },
-            }},
-        }],
+                "additionalPrinterColumns": [
+                    {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+                    {"name": "Ready", "type": "integer", "jsonPath": ".status.replicas"},
+                    {
+                        "name": "State",
+                        "type": "string",
+                        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                    },
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["replicas"],
+                                "x-kubernetes-validations": [
+                                    {
+                                        "rule": "self.replicas <= self.maxReplicas",
+                                        "message": "replicas must be <= maxReplicas",
+                                    },
+                                    {
+                                        "rule": "self.color == oldSelf.color",
+                                        "message": "color is immutable",
+                                    },
+                                ],
+                                "properties": {
+                                    "replicas": {"type": "integer", "minimum": 0},
+                                    "maxReplicas": {"type": "integer", "default": 10},
+                                    "color": {
+                                        "type": "string",
+                                        "enum": ["red", "blue"],
+                                        "default": "red",
+                                    },
+                                    "template": {
+                                        "type": "object",
+                                        "x-kubernetes-preserve-unknown-fields": True,
+                                    },
+                                },
+                            },
+                            "status": {
+                                "type": "object",
+                                "properties": {
+                                    "replicas": {"type": "integer"},
+                                    "selector": {"type": "string"},
+                                    "conditions": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        },
+                                    },
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 

@@ -68,8 +68,13 @@ def parse_resource_path(path: str) -> Parsed | None:
 class ApiServer:
     """Runs on its own thread and event loop; ``start()`` returns once it listens."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, store: Store | None = None,
-                 bookmark_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        store: Store | None = None,
+        bookmark_interval: float = 5.0,
+    ) -> None:
         self.host = host
         self.port = port
         self.store = store or Store()
@@ -110,7 +115,9 @@ class ApiServer:
         self._thread.start()
         ready.wait(30)
         if failure:
-            raise RuntimeError(f"the local API server failed to start: {failure[0]}") from failure[0]
+            raise RuntimeError(f"the local API server failed to start: {failure[0]}") from failure[
+                0
+            ]
         return self
 
     async def _serve(self, ready: threading.Event) -> None:
@@ -176,42 +183,58 @@ class ApiServer:
                 self._audit(verb, parsed, ua, code, path)
 
     def _audit(self, verb: str, parsed: Parsed | None, ua: str, code: int, path: str) -> None:
-        self.audit.add(AuditRecord(
-            verb=verb,
-            group=parsed.group if parsed else "",
-            version=parsed.version if parsed else "",
-            resource=parsed.plural if parsed else "",
-            subresource=parsed.subresource if parsed else "",
-            namespace=parsed.namespace if parsed else "",
-            name=parsed.name if parsed else "",
-            user_agent=ua,
-            code=code,
-            path=path,
-            time=now(),
-        ))
+        self.audit.add(
+            AuditRecord(
+                verb=verb,
+                group=parsed.group if parsed else "",
+                version=parsed.version if parsed else "",
+                resource=parsed.plural if parsed else "",
+                subresource=parsed.subresource if parsed else "",
+                namespace=parsed.namespace if parsed else "",
+                name=parsed.name if parsed else "",
+                user_agent=ua,
+                code=code,
+                path=path,
+                time=now(),
+            )
+        )
 
     def _non_resource(self, path: str) -> web.Response:
         reg = self.store.registry
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
         if path == "/version":
-            return json_response({
-                "major": "1", "minor": "32", "gitVersion": "v1.32.0-rpcjob-local",
-                "gitCommit": "local", "gitTreeState": "clean", "buildDate": now_iso(),
-                "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64",
-            })
+            return json_response(
+                {
+                    "major": "1",
+                    "minor": "32",
+                    "gitVersion": "v1.32.0-rpcjob-local",
+                    "gitCommit": "local",
+                    "gitTreeState": "clean",
+                    "buildDate": now_iso(),
+                    "goVersion": "go1.23",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                }
+            )
         if path == "/api":
-            return json_response({
-                "kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
-                ],
-            })
+            return json_response(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                    ],
+                }
+            )
         if path == "/apis":
-            return json_response({
-                "kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [_group(g, vs) for g, vs in sorted(reg.groups().items())],
-            })
+            return json_response(
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [_group(g, vs) for g, vs in sorted(reg.groups().items())],
+                }
+            )
         if path == "/api/v1":
             return json_response(_resource_list("v1", reg.in_group_version("", "v1")))
         segs = [s for s in path.split("/") if s]
@@ -228,7 +251,7 @@ class ApiServer:
         if path == "/openapi/v3":
             return json_response(openapi.v3_index(reg))
         if path.startswith("/openapi/v3/"):
-            doc = openapi.group_version_doc(reg, path[len("/openapi/v3/"):])
+            doc = openapi.group_version_doc(reg, path[len("/openapi/v3/") :])
             if doc is not None:
                 return json_response(doc)
         if path == "/openapi/v2":
@@ -262,4 +285,9 @@ def _resource_list(gv: str, rts: list[ResourceType]) -> dict[str, Any]:
     resources: list[dict[str, Any]] = []
     for rt in sorted(rts, key=lambda r: r.plural):
         resources.extend(rt.discovery_entries())
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }

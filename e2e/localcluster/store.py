@@ -108,12 +108,16 @@ class Store:
         self.rv += 1
         if etype != "DELETED":
             obj["metadata"]["resourceVersion"] = str(self.rv)
-            self._bucket(rt)[self._key(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])] = obj
+            self._bucket(rt)[
+                self._key(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            ] = obj
         else:
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = str(self.rv)
             self._remove(rt, obj)  # gone before watchers and controllers hear of it
-        ev = Event(etype, rt.storage_key, copy.deepcopy(obj), copy.deepcopy(old) if old else None, self.rv)
+        ev = Event(
+            etype, rt.storage_key, copy.deepcopy(obj), copy.deepcopy(old) if old else None, self.rv
+        )
         self.history.append(ev)
         while len(self.history) > self.history_limit:
             self.oldest_rv = self.history.popleft().rv
@@ -182,13 +186,14 @@ class Store:
             unknown = self.validator.unknown_fields(schema, obj)
             if unknown:
                 raise errors.bad_request(
-                    "strict decoding error: "
-                    + ", ".join(f'unknown field "{u}"' for u in unknown)
+                    "strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown)
                 )
         obj = self.validator.apply_defaults(schema, self.validator.prune(schema, obj))
         errs = self.validator.validate(schema, obj, old)
         if errs:
-            raise errors.invalid(rt, obj["metadata"].get("name", ""), [(error_field(e), e) for e in errs])
+            raise errors.invalid(
+                rt, obj["metadata"].get("name", ""), [(error_field(e), e) for e in errs]
+            )
         return obj
 
     # --- reads --------------------------------------------------------------------------
@@ -224,7 +229,9 @@ class Store:
         with self.lock:
             w = Watcher(rt.storage_key, ns, labels, fields, push)
             if since is None:
-                for o in sorted(self._bucket(rt).values(), key=lambda o: int(o["metadata"]["resourceVersion"])):
+                for o in sorted(
+                    self._bucket(rt).values(), key=lambda o: int(o["metadata"]["resourceVersion"])
+                ):
                     if w.matches(o):
                         push(Event("ADDED", rt.storage_key, copy.deepcopy(o), None, self.rv))
             else:
@@ -248,7 +255,11 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------
     def create(
-        self, rt: ResourceType, ns: str | None, body: Obj, strict: bool = False,
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        body: Obj,
+        strict: bool = False,
         keep_status: bool = False,
     ) -> Obj:
         """POST semantics; ``keep_status`` is for in-process controllers (kubelet Nodes)."""
@@ -274,10 +285,16 @@ class Store:
             self._require_namespace(rt, ns)
             if not meta.get("name"):
                 if not meta.get("generateName"):
-                    raise errors.invalid(rt, "", [(
-                        "metadata.name",
-                        "metadata.name: Required value: name or generateName is required",
-                    )])
+                    raise errors.invalid(
+                        rt,
+                        "",
+                        [
+                            (
+                                "metadata.name",
+                                "metadata.name: Required value: name or generateName is required",
+                            )
+                        ],
+                    )
                 bucket = self._bucket(rt)
                 while True:
                     name = meta["generateName"] + "".join(random.choices(_GEN_CHARS, k=5))
@@ -286,13 +303,17 @@ class Store:
                 meta["name"] = name
             name = meta["name"]
             if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
-                raise errors.invalid(rt, name, [(
-                    "metadata.name", f'metadata.name: Invalid value: "{name}": {_NAME_HINT}'
-                )])
+                raise errors.invalid(
+                    rt,
+                    name,
+                    [("metadata.name", f'metadata.name: Invalid value: "{name}": {_NAME_HINT}')],
+                )
             if self._bucket(rt).get(self._key(rt, ns, name)) is not None:
                 raise errors.already_exists(rt, name)
             if meta.get("resourceVersion"):
-                raise errors.bad_request("resourceVersion should not be set on objects to be created")
+                raise errors.bad_request(
+                    "resourceVersion should not be set on objects to be created"
+                )
             obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
             for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):
@@ -346,8 +367,15 @@ class Store:
             else:
                 new.pop("status", None)
         meta, old_meta = new["metadata"], old["metadata"]
-        for k in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp",
-                  "deletionGracePeriodSeconds", "generation"):
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ):
             if k in old_meta:
                 meta[k] = old_meta[k]
             else:
@@ -355,11 +383,17 @@ class Store:
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:
-                raise errors.invalid(rt, old_meta["name"], [(
-                    "metadata.finalizers",
-                    f"metadata.finalizers: Forbidden: no new finalizers can be added if the "
-                    f"object is being deleted, found new finalizers {sorted(added)!r}",
-                )])
+                raise errors.invalid(
+                    rt,
+                    old_meta["name"],
+                    [
+                        (
+                            "metadata.finalizers",
+                            "metadata.finalizers: Forbidden: no new finalizers can be added if "
+                            f"the object is being deleted, found new finalizers {sorted(added)!r}",
+                        )
+                    ],
+                )
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
         self._normalize(rt, new)
         new = self._validate_custom(rt, new, old, strict)
@@ -368,11 +402,14 @@ class Store:
             k: v for k, v in old.items() if k not in ignore | {"apiVersion"}
         }:
             new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            if not self._graceful_pending(rt, new):
-                self._commit("DELETED", rt, new, old)
-                self._remove(rt, new)
-                return self._out(rt, new)
+        nmeta = new["metadata"]
+        if (
+            nmeta.get("deletionTimestamp")
+            and not nmeta.get("finalizers")
+            and not self._graceful_pending(rt, new)
+        ):
+            self._commit("DELETED", rt, new, old)
+            return self._out(rt, new)
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if new == old:
             return self._out(rt, old)  # a no-op write does not bump resourceVersion
@@ -418,7 +455,9 @@ class Store:
                 finalizers.append("foregroundDeletion")
             if propagation == "Orphan" and "orphan" not in finalizers:
                 finalizers.append("orphan")
-            is_pod_on_node = rt.kind == "Pod" and not rt.group and bool(new.get("spec", {}).get("nodeName"))
+            is_pod_on_node = (
+                rt.kind == "Pod" and not rt.group and bool(new.get("spec", {}).get("nodeName"))
+            )
             if is_pod_on_node:
                 if grace is None:
                     grace = int(new["spec"].get("terminationGracePeriodSeconds", 30))
@@ -454,7 +493,11 @@ class Store:
                 self._remove(rt, old)
 
     def mutate(
-        self, rt: ResourceType, ns: str | None, name: str, fn: Callable[[Obj], None],
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        name: str,
+        fn: Callable[[Obj], None],
         subresource: str | None = None,
     ) -> Obj | None:
         """Read-modify-write under the lock (in-process controllers: kubelet, CRD status)."""

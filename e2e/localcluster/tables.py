@@ -8,7 +8,9 @@ from typing import Any
 
 from .resources import ResourceType
 
-_TOKEN = re.compile(r"""\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\]|\[(\d+|\*)\]|\[\?\(@\.([\w.-]+)\s*==\s*['"]([^'"]*)['"]\)\]""")
+_TOKEN = re.compile(
+    r"""\.([A-Za-z0-9_-]+)|\[['"]([^'"]+)['"]\]|\[(\d+|\*)\]|\[\?\(@\.([\w.-]+)\s*==\s*['"]([^'"]*)['"]\)\]"""
+)
 
 
 def jsonpath(obj: Any, path: str) -> list[Any]:
@@ -93,24 +95,38 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str]]] = {
 
 
 def columns_for(rt: ResourceType) -> list[dict[str, Any]]:
-    cols = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
+    cols = [
+        {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}
+    ]
     if rt.crd_version is not None:
         for c in rt.crd_version.get("additionalPrinterColumns") or []:
-            cols.append({
-                "name": c["name"],
-                "type": c.get("type", "string"),
-                "format": c.get("format", ""),
-                "description": c.get("description", ""),
-                "priority": int(c.get("priority", 0)),
-                "_jsonPath": c["jsonPath"],
-            })
+            cols.append(
+                {
+                    "name": c["name"],
+                    "type": c.get("type", "string"),
+                    "format": c.get("format", ""),
+                    "description": c.get("description", ""),
+                    "priority": int(c.get("priority", 0)),
+                    "_jsonPath": c["jsonPath"],
+                }
+            )
         if not rt.crd_version.get("additionalPrinterColumns"):
-            cols.append({"name": "Age", "type": "date", "format": "", "description": "Age",
-                         "priority": 0, "_jsonPath": ".metadata.creationTimestamp"})
+            cols.append(
+                {
+                    "name": "Age",
+                    "type": "date",
+                    "format": "",
+                    "description": "Age",
+                    "priority": 0,
+                    "_jsonPath": ".metadata.creationTimestamp",
+                }
+            )
         return cols
     for name, typ in _BUILTIN_COLUMNS.get(rt.kind, []):
         cols.append({"name": name, "type": typ, "format": "", "description": name, "priority": 0})
-    cols.append({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0})
+    cols.append(
+        {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
+    )
     return cols
 
 
@@ -132,7 +148,9 @@ def _row_cells(rt: ResourceType, cols: list[dict[str, Any]], obj: dict[str, Any]
     return cells
 
 
-def to_table(rt: ResourceType, items: list[dict[str, Any]], rv: str | None, include_object: str) -> dict[str, Any]:
+def to_table(
+    rt: ResourceType, items: list[dict[str, Any]], rv: str | None, include_object: str
+) -> dict[str, Any]:
     cols = columns_for(rt)
     rows = []
     for obj in items:

@@ -36,9 +36,9 @@ def _synthetic_crd(schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "served.local"},
-        "spec": {"versions": [
-            {"name": "served", "storage": True, "schema": {"openAPIV3Schema": schema}}
-        ]},
+        "spec": {
+            "versions": [{"name": "served", "storage": True, "schema": {"openAPIV3Schema": schema}}]
+        },
     }
 
 
@@ -63,7 +63,9 @@ class CrdSchemaValidator:
         crd = _synthetic_crd(schema)
         return [
             str(e)
-            for e in self.module.validate(crd, _unversioned(obj), _unversioned(old_obj), strict=False)
+            for e in self.module.validate(
+                crd, _unversioned(obj), _unversioned(old_obj), strict=False
+            )
         ]
 
     def _keep_version(self, obj: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +90,10 @@ def default_validator() -> Validator:
         mod = importlib.import_module("rpcjob_operator.crdschema")
     except ImportError:
         return MinimalValidator()
-    if all(callable(getattr(mod, f, None)) for f in ("validate", "prune", "unknown_fields", "apply_defaults")):
+    if all(
+        callable(getattr(mod, f, None))
+        for f in ("validate", "prune", "unknown_fields", "apply_defaults")
+    ):
         return CrdSchemaValidator(mod)
     return MinimalValidator()
 
@@ -128,7 +133,7 @@ def _show(value: Any) -> str:
 
 def _type_ok(schema: dict[str, Any], value: Any) -> bool:
     want = schema.get("type")
-    if want is None or schema.get("x-kubernetes-int-or-string") and isinstance(value, int | str):
+    if want is None or (schema.get("x-kubernetes-int-or-string") and isinstance(value, int | str)):
         return True
     if value is None:
         return bool(schema.get("nullable"))
@@ -160,9 +165,12 @@ class MinimalValidator:
             if old_obj is not None
             else None
         )
-        root = {**schema, "properties": {
-            k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"
-        }}
+        root = {
+            **schema,
+            "properties": {
+                k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"
+            },
+        }
         self._walk(root, body, old, "", errors, old is not None)
         return errors
 
@@ -186,7 +194,9 @@ class MinimalValidator:
             return
         if "enum" in schema and value not in schema["enum"]:
             allowed = ", ".join(json.dumps(v) for v in schema["enum"])
-            errors.append(f"{where}: Unsupported value: {_show(value)}: supported values: {allowed}")
+            errors.append(
+                f"{where}: Unsupported value: {_show(value)}: supported values: {allowed}"
+            )
         if isinstance(value, int | float) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
                 errors.append(
@@ -215,11 +225,14 @@ class MinimalValidator:
                 )
         if isinstance(value, list):
             if "maxItems" in schema and len(value) > schema["maxItems"]:
-                errors.append(f"{where}: Too many: {len(value)}: must have at most "
-                              f"{schema['maxItems']} items")
+                errors.append(
+                    f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items"
+                )
             if "minItems" in schema and len(value) < schema["minItems"]:
-                errors.append(f"{where}: Invalid value: {len(value)}: {where} in body should have "
-                              f"at least {schema['minItems']} items")
+                errors.append(
+                    f"{where}: Invalid value: {len(value)}: {where} in body should have "
+                    f"at least {schema['minItems']} items"
+                )
             item_schema = schema.get("items") or {}
             for i, item in enumerate(value):
                 self._walk(item_schema, item, None, f"{path}[{i}]", errors, False)
@@ -241,7 +254,12 @@ class MinimalValidator:
         self._cel(schema, value, old, path, errors, has_old)
 
     def _cel(
-        self, schema: dict[str, Any], value: Any, old: Any, path: str, errors: list[str],
+        self,
+        schema: dict[str, Any],
+        value: Any,
+        old: Any,
+        path: str,
+        errors: list[str],
         has_old: bool,
     ) -> None:
         rules = schema.get("x-kubernetes-validations") or []
@@ -279,9 +297,12 @@ class MinimalValidator:
         out = copy.deepcopy(obj)
         meta = out.pop("metadata", None)
         api_version, kind = out.pop("apiVersion", None), out.pop("kind", None)
-        root = {**schema, "properties": {
-            k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"
-        }}
+        root = {
+            **schema,
+            "properties": {
+                k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"
+            },
+        }
         pruned = _prune(root, out)
         assert isinstance(pruned, dict)
         for key, val in (("apiVersion", api_version), ("kind", kind), ("metadata", meta)):
