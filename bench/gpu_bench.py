@@ -249,9 +249,7 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         x = torch.rand(n, device=dev)
         out["bw_maps"] = bandwidth("worker_1", x, a.iters)
         log(a.name, f"maps E->L {out['bw_maps']}")
-        out["bw_cpu_staging"] = bandwidth(
-            "worker_1", x, max(2, a.iters // 6), fn=_stage_in, prep=lambda t: t.cpu()
-        )
+        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
         log(a.name, f"staging E->L {out['bw_cpu_staging']}")
         store.set("bench/phase1_done", "1")
         store.wait(["bench/T_checked"], WAIT)
@@ -331,6 +329,169 @@ def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# --- the real sidecar path: rpcjob-sidecar + rpcjob.init_rpc() per "pod", a real etcd ---------
+class FileResults(dict[str, Any]):
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        super().__setitem__(k, v)
+        self.path.write_text(json.dumps(dict(self)))
+
+
+def wait_file(path: Path, timeout: float = 120) -> None:
+    """Wait for a flag file written by another worker (a condition with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {path.name}")
+        time.sleep(0.005)
+
+
+def until_ok(dst: str, deadline_s: float = 20) -> dict[str, Any]:
+    """Round trips until one succeeds (the sidecar's JOINED event may still be on its way)."""
+    first, n, t0 = "", 0, time.monotonic()
+    while True:
+        n += 1
+        r = roundtrip(dst, torch.cuda.is_available(), timeout=30)
+        first = first or r
+        if r == "ok" or time.monotonic() - t0 > deadline_s:
+            return {"result": r, "attempts": n, "first": first, "s": time.monotonic() - t0}
+
+
+def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
+    import rpcjob
+
+    d = Path(os.environ["BENCH_DIR"])
+    ident = rpcjob.init_rpc()
+    name = ident.worker_name
+    out = FileResults(d / f"result_{name}.json")
+    out["devices"] = list(ident.devices)
+    out["maps"] = {k: dict(v.map) for k, v in ident.device_maps.items()}
+    out["rank"] = ident.rank
+    (d / f"joined_{name}").write_text("1")
+    n = a.size_mib << 18
+    cuda = torch.cuda.is_available()
+    dev = "cuda:0" if cuda else "cpu"
+    if name == "worker_0":
+        wait_file(d / "joined_worker_1")
+        out["E_to_L_after_join"] = until_ok("worker_1")
+        wait_file(d / "L_to_E_done")
+        x = torch.rand(n, device=dev)
+        out["bw_maps"] = bandwidth("worker_1", x, a.iters)
+        log(name, f"sidecar path maps E->L {out['bw_maps']}")
+        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
+        (d / "phase1_done").write_text("1")
+        wait_file(d / "joined_worker_2")
+        out["E_to_T"] = until_ok("worker_2")
+        (d / "E_T_done").write_text("1")
+        wait_file(d / "left_worker_2")
+        # straight after the graceful leave: does anything arrive before the LEFT event?
+        out["E_to_L_right_after_leave"] = [
+            roundtrip("worker_1", cuda, timeout=30) for _ in range(5)
+        ]
+        out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
+        log(name, f"sidecar path maps E->L after leave {out['bw_maps_after_leave']}")
+        (d / "E_done").write_text("1")
+        wait_file(d / "L_done")
+    elif name == "worker_1":
+        out["L_to_E_after_join"] = until_ok("worker_0")
+        (d / "L_to_E_done").write_text("1")
+        wait_file(d / "joined_worker_2")
+        out["L_to_T"] = until_ok("worker_2")
+        (d / "L_T_done").write_text("1")
+        wait_file(d / "left_worker_2")
+        out["L_to_E_right_after_leave"] = [
+            roundtrip("worker_0", cuda, timeout=30) for _ in range(5)
+        ]
+        wait_file(d / "E_done")
+        out["L_to_E_after_leave"] = until_ok("worker_0")
+        (d / "L_done").write_text("1")
+    else:
+        out["T_to_E"] = until_ok("worker_0")
+        out["T_to_L"] = until_ok("worker_1")
+        wait_file(d / "E_T_done")
+        wait_file(d / "L_T_done")
+        rpcjob.shutdown()
+        (d / "left_worker_2").write_text("1")
+        return out
+    rpcjob.shutdown()
+    return out
+
+
+def run_sidecar_scenario(a: argparse.Namespace, limit: float) -> dict[str, Any]:
+    """Three pods (sidecar + worker) against a real etcd, each worker seeing one GPU."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "operator"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from podkit import Job  # type: ignore[import-not-found]
+
+    from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+
+    res: dict[str, Any] = {}
+    g = 0 if a.cpu else 1
+    with EmbeddedEtcd() as etcd, tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        job = Job(
+            etcd.endpoint, d / "pods", slots={"worker": 3}, lease_ttl=10,
+            env={
+                "RPCJOB_GPUS": str(g), "RPCJOB_ROLE_GPUS": json.dumps({"worker": g}),
+                "RPCJOB_NODE_LABELS": json.dumps({"nvidia.com/gpu.count": str(a.node_gpus)}),
+                "RPCJOB_RPC_TIMEOUT": "300",
+            },
+        )  # fmt: skip
+        argv = [sys.executable, __file__, "--worker", "sidecar", "--size-mib", str(a.size_mib),
+                "--iters", str(a.iters)]  # fmt: skip
+        deadline = time.monotonic() + limit
+        try:
+            for i, gpu_index in enumerate((0, 1, 0)):
+                pod = job.pod("worker", i, CUDA_VISIBLE_DEVICES="" if a.cpu else str(gpu_index))
+                pod.start_worker(argv, env={"BENCH_DIR": str(d)})
+                wait_file(d / f"joined_worker_{i}", max(1.0, deadline - time.monotonic()))
+                if i == 1:
+                    wait_file(d / "phase1_done", max(1.0, deadline - time.monotonic()))
+            wait_file(d / "L_done", max(1.0, deadline - time.monotonic()))
+            for pod in job.pods:
+                for w in pod.workers:
+                    w.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except Exception as e:
+            res["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            for i, pod in enumerate(job.pods):
+                f = d / f"result_worker_{i}.json"
+                res[f"worker_{i}"] = {
+                    "rc": [w.poll() for w in pod.workers],
+                    **(json.loads(f.read_text()) if f.exists() else {}),
+                }
+                logs = sorted(pod.dir.glob("*.log"))
+                tail = "".join(p.read_text()[-1500:] for p in logs)
+                if any(w.poll() not in (0, None) for w in pod.workers) or "error" in res:
+                    print(f"--- pod worker_{i} logs ---\n{tail}", flush=True)
+            job.close()
+    return res
+
+
+# Like a Kubernetes pod on a multi-GPU node: own PID and mount namespace, and a /dev holding
+# only its own GPU's device node, so that CUDA *and NVML* see one GPU (the device plugin's
+# isolation), unlike CUDA_VISIBLE_DEVICES, which NVML ignores.
+ISOLATE = r"""
+g=$1; shift
+d=$(mktemp -d /tmp/isodev.XXXXXX)
+mount -t tmpfs -o mode=755 tmpfs "$d" || exit 97
+for f in /dev/nvidia$g /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia-modeset \
+         /dev/null /dev/zero /dev/random /dev/urandom /dev/full /dev/tty; do
+  [ -e "$f" ] && cp -a "$f" "$d/"
+done
+[ -d /dev/nvidia-caps ] && cp -a /dev/nvidia-caps "$d/"
+mkdir -p "$d/shm" "$d/pts"
+mount --bind "$d" /dev && mount -t tmpfs tmpfs /dev/shm || exit 98
+echo "[isolated gpu $g] /dev: $(ls /dev | tr '\n' ' ')"; nvidia-smi -L 2>&1 | sed 's/^/[isolated] /'
+exec "$@"
+"""
+
+
 # --- parent ---------------------------------------------------------------------------------
 def run_scenario(
     kind: str,
@@ -392,6 +553,7 @@ def worker_main(a: argparse.Namespace) -> None:
             out = worker_handset(a)
         elif a.worker == "rpcjob":
             out = worker_rpcjob(a)
+
         else:
             out = worker_pidns(a)
     except Exception as e:
@@ -415,13 +577,24 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--visible", default="own")
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--node-gpus", type=int, default=0)
     ap.add_argument("--pidns", action="store_true")
+    ap.add_argument("--isolated", action="store_true", help="pods with their own /dev (1 GPU)")
     ap.add_argument("--cpu", action="store_true", help="choreography smoke test without CUDA")
     ap.add_argument("--out", default="")
-    ap.add_argument("--scenarios", default="handset,rpcjob", help="comma list; pidns via --pidns")
+    ap.add_argument(
+        "--scenarios", default="handset,rpcjob,sidecar", help="comma list; pidns via --pidns"
+    )
     a = ap.parse_args()
+    if a.worker == "sidecar":
+        try:
+            worker_sidecar(a)
+        except Exception:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if a.worker:
         if a.worker == "handset":
             a.rank = int(os.environ["BENCH_RANK"])
@@ -454,8 +627,16 @@ def main() -> None:
                 ws[i] = (nm, {**e, "BENCH_RANK": str(i), "BENCH_VISIBLE": vis}, pfx)
             res[f"handset_{vis}"] = run_scenario("handset", ws, a, 150)
     rj = [("worker_0", gpu(0), []), ("worker_1", gpu(1), []), ("worker_2", gpu(0), [])]
+    if not a.cpu and "handset" in a.scenarios:  # the anchor twice: its run-to-run spread
+        ws2 = [
+            (f"w{r}", {**gpu(r), "BENCH_RANK": str(r), "BENCH_VISIBLE": "own"}, [])
+            for r in range(2)
+        ]
+        res["handset_own_again"] = run_scenario("handset", ws2, a, 150)
     if "rpcjob" in a.scenarios:
         res["rpcjob"] = run_scenario("rpcjob", rj, a, 240)
+    if "sidecar" in a.scenarios:
+        res["sidecar"] = run_sidecar_scenario(a, 240)
     if a.pidns and not a.cpu:
         unshare = shutil.which("unshare")
         if unshare:
@@ -470,6 +651,14 @@ def main() -> None:
             res["pidns"] = run_scenario("pidns", pj, a, 60)
         else:
             res["pidns"] = {"skipped": "no unshare binary"}
+    if a.isolated and not a.cpu:
+        unshare = shutil.which("unshare")
+        if unshare:
+            iso = [unshare, "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+                   "sh", "-c", ISOLATE, "isolate"]  # fmt: skip
+            wenv = {"BENCH_WAIT_S": "40"}
+            ij = [("worker_0", wenv, [*iso, "0"]), ("worker_1", wenv, [*iso, "1"])]
+            res["isolated"] = run_scenario("pidns", ij, a, 60)
     summarize(res, a)
 
 
@@ -486,37 +675,51 @@ def summarize(res: dict[str, Any], a: argparse.Namespace) -> None:
             cur = cur[k]
         return float(cur) if isinstance(cur, (int, float)) else None
 
-    hs = g("handset_own", "w0", "bw", "gbps")
+    hs_runs = [v for v in (g("handset_own", "w0", "bw", "gbps"),
+                           g("handset_own_again", "w0", "bw", "gbps")) if v]  # fmt: skip
+    hs = statistics.mean(hs_runs) if hs_runs else None
     hs_all = g("handset_all", "w0", "bw", "gbps")
-    rj = g("rpcjob", "worker_0", "bw_maps", "gbps")
-    rj_leave = g("rpcjob", "worker_0", "bw_maps_after_leave", "gbps")
-    cpu = g("rpcjob", "worker_0", "bw_cpu_staging", "gbps")
-    ratio = (rj / hs) if rj and hs else None
-    checks = {
-        k: v
-        for w in ("worker_0", "worker_1", "worker_2")
-        for k, v in res.get("rpcjob", {}).get(w, {}).items()
-        if isinstance(v, str)
-    }
-    print("\nchecks:", json.dumps(checks, indent=1))
-    if ratio is not None:
-        print(
-            f"rpcjob / handset = {ratio:.3f}   "
-            f"rpcjob / handset(all GPUs visible) = {rj / hs_all:.3f}"
-            if hs_all
-            else ""
-        )
-        if cpu:
-            print(f"rpcjob / cpu staging = {rj / cpu:.1f}x")
+    store_path = g("rpcjob", "worker_0", "bw_maps", "gbps")
+    store_leave = g("rpcjob", "worker_0", "bw_maps_after_leave", "gbps")
+    side = g("sidecar", "worker_0", "bw_maps", "gbps")
+    side_leave = g("sidecar", "worker_0", "bw_maps_after_leave", "gbps")
+    cpu = g("sidecar", "worker_0", "bw_cpu_staging", "gbps") or g(
+        "rpcjob", "worker_0", "bw_cpu_staging", "gbps"
+    )
+    rj = side or store_path
+
+    def ratio(x: float | None, y: float | None) -> float | None:
+        return round(x / y, 4) if x and y else None
+
+    for scen in ("rpcjob", "sidecar"):
+        checks = {
+            f"{w}.{k}": v
+            for w, r in res.get(scen, {}).items()
+            if isinstance(r, dict)
+            for k, v in r.items()
+            if k[:1].isupper() and k[1:2] == "_"
+        }
+        if checks:
+            print(f"\nchecks ({scen}):", json.dumps(checks, indent=1))
+    print(f"\nhandset runs (GB/s): {[round(v, 1) for v in hs_runs]}  all-visible: {hs_all}")
+    for label, v in (("store-driven + guards", store_path), ("after leave", store_leave),
+                     ("real sidecar path", side), ("sidecar, after leave", side_leave),
+                     ("cpu staging", cpu)):  # fmt: skip
+        if v:
+            print(f"{label:24s} {v:8.2f} GB/s   x{ratio(v, hs)} of handset")
     print(
         json.dumps(
             {
                 "gbps_handset": hs,
+                "gbps_handset_runs": hs_runs,
                 "gbps_handset_all_visible": hs_all,
                 "gbps_rpcjob": rj,
-                "gbps_rpcjob_after_leave": rj_leave,
+                "gbps_rpcjob_path": "sidecar" if side else "store-driven",
+                "gbps_rpcjob_store_driven": store_path,
+                "gbps_rpcjob_after_leave": side_leave or store_leave,
                 "gbps_cpu_staging": cpu,
-                "ratio_vs_handset": ratio,
+                "ratio_vs_handset": ratio(rj, hs),
+                "ratio_vs_cpu_staging": ratio(rj, cpu),
                 "card": res["card"],
             }
         )
