@@ -49,15 +49,19 @@ def test_default_socket_path_is_the_contracts(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_init_rpc_without_sidecar_fails_fast(tmp_path: Path) -> None:
-    env = {**os.environ, contract.ENV_SOCKET: str(tmp_path / "nope.sock"),
-           contract.ENV_SIDECAR_WAIT: "0.5"}
+    env = {
+        **os.environ,
+        contract.ENV_SOCKET: str(tmp_path / "nope.sock"),
+        contract.ENV_SIDECAR_WAIT: "0.5",
+    }
     code = "import rpcjob; rpcjob.init_rpc()"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode != 0
-    assert "not found after 0.5s: is the rpcjob sidecar running in this pod? (set RPCJOB_SOCKET" in (
-        out.stderr
+    assert (
+        "not found after 0.5s: is the rpcjob sidecar running in this pod? (set RPCJOB_SOCKET"
+        in (out.stderr)
     )
 
 
@@ -74,7 +78,10 @@ def test_launcher_usage_errors(argv: list[str], message: str) -> None:
         launcher.parse_args(argv)
 
 
-def test_launcher_socket_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_launcher_socket_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(contract.ENV_SIDECAR_WAIT, "0.2")
     assert launcher.main(["--socket", str(tmp_path / "x.sock"), "--", "true"]) == 2
     assert "rpcjob-worker: sidecar socket" in capsys.readouterr().err
 

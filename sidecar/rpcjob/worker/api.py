@@ -58,6 +58,8 @@ class _Worker:
 
 
 _w = _Worker()
+# Seconds spent in each phase of the last successful join (logged; read by bench/).
+join_timings: dict[str, float] = {}
 
 
 def on_drain(callback: Callable[[], None]) -> Callable[[], None]:
@@ -84,6 +86,7 @@ def init_rpc(
     ``timeout`` bounds each Hello to the sidecar (default 60 s: it may still be starting).
     ``rpc_options_overrides`` go to ``TensorPipeRpcBackendOptions`` (e.g. ``_transports``).
     """
+    from rpcjob.devices import agent as dagent
     from rpcjob.worker import join as J
     from rpcjob.worker.guard_store import GuardStore
 
@@ -95,11 +98,15 @@ def init_rpc(
         hook = os.environ.get(contract.ENV_TEST_HOOK, "")
         errors: list[str] = []
         for attempt in range(max(1, join_attempts)):
+            t_hello = time.monotonic()
             identity = client.hello(fresh_rank=attempt > 0, timeout=timeout)
+            t_store = time.monotonic()
             contract.validate_worker_name(identity.worker_name)
             for warning in identity.warnings:
                 log.warning("rpcjob sidecar: %s", warning)
             J.init_cuda(list(identity.devices))
+            # every member installs them: they fix torch's join/leave device bookkeeping
+            dagent.install_membership_guards(list(identity.devices))
             inner = _build_store(identity)
             store = GuardStore(inner, identity.worker_name, identity.rank, hook)
             session = client.session()
@@ -113,6 +120,7 @@ def init_rpc(
                 device_maps={k: dict(v.map) for k, v in identity.device_maps.items()},
                 overrides=rpc_options_overrides,
             )
+            t_join = time.monotonic()
             try:
                 J.join(spec, store)
             except Exception as err:  # torch raises RuntimeError/DistStoreError/ValueError
@@ -128,6 +136,15 @@ def init_rpc(
                     break  # bad options: retrying cannot help
                 time.sleep(min(2.0, 0.2 * 2**attempt))  # backoff while a dead peer is evicted
                 continue
+            t_done = time.monotonic()
+            join_timings.clear()
+            join_timings.update(
+                hello=t_store - t_hello, setup=t_join - t_store, torch_join=t_done - t_join
+            )
+            log.info(
+                "rpcjob: %s joined with rank %d (hello %.3fs, store %.3fs, torch join %.3fs)",
+                identity.worker_name, identity.rank, *join_timings.values(),
+            )  # fmt: skip
             _w.identity, _w.store, _w.session, _w.joined = identity, store, session, True
             session.report(R.JOINED, detail=f"rank={identity.rank}")
             _start_background(identity, session, metrics_interval)

@@ -1,8 +1,8 @@
 """Applies the sidecar's membership events to the live agent (DESIGN §4-5).
 
-A pure-ish state holder: which peers are live and their reverse maps (needed on every
-eviction, because torch's ``is_join=False`` update drops every reverse map not passed in).
-The torch calls go through :mod:`rpcjob.worker.agent_ops`; tests can pass other ops.
+The decisions (which event needs which agent update, acks, self-eviction) live here; the
+torch calls go through :class:`TorchOps` (``rpcjob.devices.agent``, which keeps this worker's
+devices and the live peers' reverse maps).
 """
 
 from __future__ import annotations
@@ -24,24 +24,9 @@ EV = pb.MembershipEvent
 
 
 class Ops(Protocol):
-    def evict(
-        self,
-        name: str,
-        rank: int,
-        my_devices: Sequence[str],
-        keep: Mapping[str, Mapping[str, str]],
-    ) -> None: ...
+    def evict(self, name: str, rank: int) -> None: ...
 
-    def reapply(
-        self, me: tuple[str, int], my_devices: Sequence[str], maps: Mapping[str, Mapping[str, str]]
-    ) -> None: ...
-
-
-@dataclass
-class Peer:
-    name: str
-    rank: int
-    reverse_map: dict[str, str]
+    def joined(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None: ...
 
 
 @dataclass
@@ -52,12 +37,8 @@ class MembershipApplier:
     ack: Callable[[str, int], None]  # (peer name, event id)
     on_drain: Callable[[], None]
     on_self_evicted: Callable[[], None]
-    peers: dict[str, Peer] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
-
-    def reverse_maps(self, exclude: str = "") -> dict[str, dict[str, str]]:
-        return {n: p.reverse_map for n, p in self.peers.items() if n != exclude and p.reverse_map}
 
     def apply(self, ev: Any) -> None:
         kind = ev.kind
@@ -69,57 +50,39 @@ class MembershipApplier:
                 return
             if kind == EV.SNAPSHOT:
                 for m in ev.members:
-                    if m.name != self.me[0]:
-                        self.peers[m.name] = Peer(m.name, m.rank, dict(m.reverse_map))
-                self._reapply()
+                    self._joined(m)
             elif kind == EV.JOINED:
-                m = ev.peer
-                if m.name != self.me[0]:
-                    self.peers[m.name] = Peer(m.name, m.rank, dict(m.reverse_map))
-                    self._reapply()
+                self._joined(ev.peer)
             elif kind == EV.LEFT:
-                self.peers.pop(ev.peer.name, None)
-                # torch's graceful leave wiped my devices and reverse maps: put them back
-                self._reapply()
+                # torch's leave ran through rpcjob.devices.agent's guard on this member: my
+                # devices and the other peers' reverse maps were kept. Nothing to re-apply.
                 self.ack(ev.peer.name, ev.id)
             elif kind == EV.EVICT:
-                self._evict(ev.peer.name, ev.peer.rank, ev.id)
+                if (ev.peer.name, ev.peer.rank) == self.me:
+                    self.on_self_evicted()
+                    return
+                self.ops.evict(ev.peer.name, ev.peer.rank)
+                self.ack(ev.peer.name, ev.id)
 
-    def _evict(self, name: str, rank: int, event_id: int) -> None:
-        if (name, rank) == self.me:
-            self.on_self_evicted()
-            return
-        current = self.peers.get(name)
-        if current is not None and current.rank == rank:
-            del self.peers[name]
-        self.ops.evict(name, rank, self.devices, self.reverse_maps())
-        self.ack(name, event_id)
-
-    def _reapply(self) -> None:
-        if self.devices:
-            self.ops.reapply(self.me, self.devices, self.reverse_maps())
+    def _joined(self, m: Any) -> None:
+        # Earlier members never get a later joiner's reverse map from torch (DESIGN §5).
+        if self.devices and m.name != self.me[0] and m.reverse_map:
+            self.ops.joined(m.name, m.rank, dict(m.reverse_map))
 
 
 class TorchOps:
-    """The real agent calls."""
+    """The real agent calls, through rpcjob.devices.agent's bookkeeping of my devices and
+    the live peers' reverse maps (torch's ``is_join=False`` update drops what is not passed)."""
 
-    def evict(
-        self,
-        name: str,
-        rank: int,
-        my_devices: Sequence[str],
-        keep: Mapping[str, Mapping[str, str]],
-    ) -> None:
-        from rpcjob.worker import agent_ops
+    def evict(self, name: str, rank: int) -> None:
+        from rpcjob.devices import agent
 
-        agent_ops.evict(name, rank, my_devices, keep)
+        agent.evict(name, rank)
 
-    def reapply(
-        self, me: tuple[str, int], my_devices: Sequence[str], maps: Mapping[str, Mapping[str, str]]
-    ) -> None:
-        from rpcjob.worker import agent_ops
+    def joined(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None:
+        from rpcjob.devices import agent
 
-        agent_ops.reapply_all(me, my_devices, maps)
+        agent.reapply(name, rank, reverse_map)
 
 
 def fatal(msg: str) -> None:

@@ -1,0 +1,273 @@
+"""Membership benchmark (issue 3): join latency and SIGKILL -> healthy latency.
+
+Anchor, measured in the same run: torch's own dynamic RPC group (``init_rpc(world_size=None)``)
+over a TCPStore. For each N in (2, 8, 32): a group of N-1 members is formed one join at a time,
+then the N-th join is timed inside the joiner (the ``init_rpc`` call; for rpcjob this includes
+the Hello to the sidecar, the etcd rank allocation and the EtcdStore) — median of --repeats
+joins, each joiner leaving gracefully afterwards. Heal latency: SIGKILL a member (its worker,
+or its sidecar, which takes the worker down) and time until a fresh worker has joined and every
+survivor's agent view equals the etcd membership.
+
+    python3 bench/membership_bench.py [--sizes 2,8,32] [--repeats 3]
+
+Ends with one JSON line: {"join_s": {...}, "join_vs_tcpstore": {...}, "heal_s_worker_kill": s,
+"heal_s_sidecar_kill": s}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+CHILD = r"""
+import json, os, sys, time
+import torch.distributed.rpc as rpc
+mode, name, rank, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def out(*a):
+    print(*a, flush=True)
+if mode == "plain":
+    opts = rpc.TensorPipeRpcBackendOptions(num_worker_threads=4, rpc_timeout=60,
+                                           init_method=f"tcp://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    rpc.init_rpc(name, rank=rank, world_size=None, rpc_backend_options=opts)
+    out("JOINED", name, rank, f"{time.monotonic() - t0:.4f}")
+    leave = rpc.shutdown
+else:
+    import rpcjob
+    import rpcjob.store, rpcjob.worker.api, rpcjob.worker.join, rpcjob.worker.guard_store
+    import rpcjob.worker.agent_ops  # imports are not join latency (same for the anchor)
+    t0 = time.monotonic()
+    ident = rpcjob.init_rpc()
+    out("JOINED", ident.worker_name, ident.rank, f"{time.monotonic() - t0:.4f}",
+        json.dumps(rpcjob.worker.api.join_timings))
+    leave = rpcjob.shutdown
+from rpcjob.worker import agent_ops
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd and cmd[0] == "members":
+        out("MEMBERS", json.dumps(agent_ops.current_members()))
+    elif cmd and cmd[0] == "leave":
+        leave()
+        out("LEFT")
+        break
+"""
+
+
+CHILD_ARGV = [sys.executable, "-c", CHILD]
+PIPES: dict[str, Any] = {
+    "stdin": subprocess.PIPE,
+    "stdout": subprocess.PIPE,
+    "stderr": subprocess.STDOUT,
+    "text": True,
+}
+
+
+class Child:
+    def __init__(self, popen: subprocess.Popen[str]) -> None:
+        self.p = popen
+        self.q: queue.Queue[str] = queue.Queue()
+        self.tail: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @classmethod
+    def plain(cls, name: str, rank: int, port: int) -> Child:
+        return cls(subprocess.Popen([*CHILD_ARGV, "plain", name, str(rank), str(port)], **PIPES))
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.tail = [*self.tail[-30:], line.rstrip()]
+            self.q.put(line.rstrip())
+        self.q.put("EOF")
+
+    def expect(self, prefix: str, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+            if line == "EOF":
+                break
+        raise RuntimeError(f"no {prefix!r} from child; last output:\n" + "\n".join(self.tail))
+
+    def ask(self, cmd: str, prefix: str) -> str:
+        assert self.p.stdin is not None
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        return self.expect(prefix)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcpstore_join(n: int, repeats: int) -> float:
+    """Median seconds of the N-th join into torch's own group of N-1 over a TCPStore."""
+    import torch.distributed as dist
+
+    port = _free_port()
+    master = dist.TCPStore(
+        "127.0.0.1", port, is_master=True, wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=120),
+    )  # fmt: skip
+    members: list[Child] = []
+    times: list[float] = []
+    try:
+        # rank 0 of torch's tcp:// handler would start its own server: members use 1..N
+        for i in range(1, n):
+            members.append(Child.plain(f"w_{i}", i, port))
+        for m in members:
+            m.expect("JOINED")
+        for r in range(repeats):
+            joiner = Child.plain(f"j_{r}", n + r, port)
+            times.append(float(joiner.expect("JOINED").split()[3]))
+            joiner.ask("leave", "LEFT")
+            joiner.kill()
+    finally:
+        for m in members:
+            m.kill()
+        del master
+    return statistics.median(times)
+
+
+# --- rpcjob: real sidecars (tests/podkit.py pods) + workers joining via rpcjob.init_rpc() -----
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _start_pods(job: Any, indexes: range) -> list[tuple[Any, Child]]:
+    pods = [job.pod("worker", i, start=False) for i in indexes]
+    for p in pods:
+        p.start_sidecar(wait=False)
+    from podkit import wait_for
+
+    for p in pods:
+        wait_for(p._sidecar_up, 300, f"sidecar {p.name}")
+    out = []
+    for p in pods:
+        out.append((p, Child(p.start_worker([*CHILD_ARGV, "rpcjob", "-", "0", "0"], **PIPES))))
+    return out
+
+
+def rpcjob_join(endpoint: str, workdir: Path, n: int, repeats: int) -> float:
+    """Median seconds of the N-th join into an rpcjob group of N-1 (pods: sidecar + worker)."""
+    from podkit import Job
+
+    job = Job(endpoint, workdir / f"join{n}", slots={"worker": n + repeats + 1})
+    times: list[float] = []
+    try:
+        for _, child in _start_pods(job, range(n - 1)):
+            child.expect("JOINED")
+        for r in range(repeats):
+            ((pod, joiner),) = _start_pods(job, range(n - 1 + r, n + r))
+            times.append(float(joiner.expect("JOINED").split()[3]))
+            joiner.ask("leave", "LEFT")
+            joiner.p.wait(timeout=120)
+            pod.stop_sidecar()
+    finally:
+        job.close()
+    return statistics.median(times)
+
+
+def heal(endpoint: str, workdir: Path, kill: str, size: int = 4, ttl: int = 3) -> float:
+    """Seconds from SIGKILL (of a worker, or of a sidecar) until every survivor's agent view
+    excludes the dead member, etcd's membership agrees and torch's token is free."""
+    from podkit import Job, wait_for
+
+    from rpcjob.etcd import Client
+
+    job = Job(endpoint, workdir / f"heal-{kill}", lease_ttl=ttl, slots={"worker": size})
+    client = Client(endpoint)
+    try:
+        pods = _start_pods(job, range(size))
+        for _, child in pods:
+            child.expect("JOINED")
+        (vpod, victim), survivors = pods[-1], [c for _, c in pods[:-1]]
+        token_key = job.keys.store + "rpc_prefix_0/RpcGroupManagementToken"
+        victim_name = vpod.name
+
+        def healthy() -> bool:
+            members = [kv.key.decode().rsplit("/", 1)[1] for kv in client.get_prefix(
+                job.keys.members)]  # fmt: skip
+            token = client.get(token_key)
+            if victim_name in members or (token is not None and token.value != b""):
+                return False
+            for c in survivors:
+                view = json.loads(c.ask("members", "MEMBERS").split(" ", 1)[1])
+                if any(n == victim_name for n, _ in view):
+                    return False
+            return True
+
+        t0 = time.monotonic()
+        if kill == "worker":
+            victim.kill()
+        else:
+            vpod.kill_sidecar()
+        wait_for(healthy, 120, "the group to heal", interval=0.01)
+        return time.monotonic() - t0
+    finally:
+        job.close()
+        client.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="2,8,32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ttl", type=int, default=3, help="lease TTL for the sidecar-kill case")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+
+    import tempfile
+
+    from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+
+    join_s: dict[str, float] = {}
+    ratio: dict[str, float] = {}
+    with EmbeddedEtcd() as etcd, tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            anchor = tcpstore_join(n, args.repeats)
+            ours = rpcjob_join(etcd.endpoint, Path(tmp), n, args.repeats)
+            join_s[str(n)] = round(ours, 4)
+            ratio[str(n)] = round(ours / anchor, 3)
+            print(f"N={n:>3}: join rpcjob {ours * 1000:8.1f} ms   torch+TCPStore "
+                  f"{anchor * 1000:8.1f} ms   ratio {ours / anchor:5.2f}x  (target <= 1.5x at 32)",
+                  flush=True)  # fmt: skip
+        hw = heal(etcd.endpoint, Path(tmp), "worker")
+        print(f"heal after SIGKILL of a worker:  {hw:6.3f} s  (target <= 2 s)", flush=True)
+        hs = heal(etcd.endpoint, Path(tmp), "sidecar", ttl=args.ttl)
+        print(
+            f"heal after SIGKILL of a sidecar: {hs:6.3f} s  (lease TTL {args.ttl} s; "
+            f"target <= TTL + 1 s = {args.ttl + 1} s: {hs / (args.ttl + 1):.2f}x)",
+            flush=True,
+        )
+    print(json.dumps({
+        "join_s": join_s,
+        "join_vs_tcpstore": ratio,
+        "heal_s_worker_kill": round(hw, 3),
+        "heal_s_sidecar_kill": round(hs, 3),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
