@@ -176,6 +176,21 @@ BUILTIN: tuple[ResourceType, ...] = (
         subs=("status",),
     ),
     _rt("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    # Reviews are answered (always allowed), never stored: see Handlers.handle().
+    _rt(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        namespaced=False,
+    ),
+    _rt(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        namespaced=False,
+    ),
     _rt("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     _rt("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
     _rt(

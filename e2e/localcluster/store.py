@@ -10,7 +10,6 @@ version older than the history answers 410 Gone, like a compacted etcd behind th
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import random
 import re
 import threading
@@ -18,14 +17,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import errors
+from .events import Event, Obj, Watcher, now_iso
 from .resources import Registry, ResourceType
 from .selectors import Predicate
 from .validation import Validator, default_validator, error_field
 
-Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -35,45 +33,6 @@ _NAME_HINT = (
     r"for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
 )
 _GEN_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Event:
-    type: str  # ADDED / MODIFIED / DELETED / BOOKMARK
-    storage: tuple[str, str]
-    obj: Obj
-    old: Obj | None
-    rv: int
-
-
-@dataclass
-class Watcher:
-    storage: tuple[str, str]
-    namespace: str | None
-    labels: Predicate
-    fields: Predicate
-    push: Callable[[Event], None]
-
-    def matches(self, obj: Obj) -> bool:
-        meta = obj.get("metadata", {})
-        if self.namespace and meta.get("namespace") != self.namespace:
-            return False
-        return self.labels(meta.get("labels") or {}) and self.fields(obj)
-
-    def deliver(self, ev: Event) -> None:
-        if ev.storage != self.storage:
-            return
-        now, before = self.matches(ev.obj), ev.old is not None and self.matches(ev.old)
-        if ev.type == "MODIFIED" and before and not now:
-            self.push(Event("DELETED", ev.storage, ev.obj, ev.old, ev.rv))
-        elif ev.type == "MODIFIED" and now and not before and ev.old is not None:
-            self.push(Event("ADDED", ev.storage, ev.obj, ev.old, ev.rv))
-        elif now:
-            self.push(ev)
 
 
 @dataclass

@@ -127,6 +127,11 @@ def columns_for(rt: ResourceType) -> list[dict[str, Any]]:
     cols.append(
         {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
     )
+    if rt.kind == "Pod" and not rt.group:  # kubectl get pods -o wide
+        for name in ("IP", "Node"):
+            cols.append(
+                {"name": name, "type": "string", "format": "", "description": name, "priority": 1}
+            )
     return cols
 
 
@@ -145,6 +150,9 @@ def _row_cells(rt: ResourceType, cols: list[dict[str, Any]], obj: dict[str, Any]
     elif rt.kind == "Namespace":
         cells.append((obj.get("status") or {}).get("phase", "Active"))
     cells.append(human_age(obj["metadata"].get("creationTimestamp")))
+    if rt.kind == "Pod" and not rt.group:
+        cells.append((obj.get("status") or {}).get("podIP") or "<none>")
+        cells.append((obj.get("spec") or {}).get("nodeName") or "<none>")
     return cells
 
 
