@@ -1,0 +1,86 @@
+"""The operator's etcd access: read a job's live members, delete a job's keys.
+
+One :class:`rpcjob.etcd.AsyncClient` per distinct endpoint list (jobs usually share the chart's
+etcd), with the operator's own TLS/auth settings from ``RPCJOB_ETCD_*`` (the chart mounts them;
+the operator never reads the jobs' Secrets). A short timeout: an unreachable etcd must not stall
+reconciles — the cycle then runs with ``members=None`` (joined falls back to pod readiness).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from rpcjob import contract
+from rpcjob.etcd import AsyncClient, EtcdError
+from rpcjob_operator.model import MemberView
+
+log = logging.getLogger("rpcjob_operator.members")
+READ_TIMEOUT_S = 2.0
+
+
+class EtcdPool:
+    """Async etcd clients keyed by endpoint list (create them on the operator's event loop)."""
+
+    def __init__(self, client_kwargs: dict[str, Any] | None = None) -> None:
+        if client_kwargs is None:
+            from rpcjob.etcd.client import env_kwargs
+
+            client_kwargs = env_kwargs()
+        self._kwargs = client_kwargs
+        self._clients: dict[tuple[str, ...], AsyncClient] = {}
+
+    def client(self, endpoints: Sequence[str]) -> AsyncClient:
+        key = tuple(endpoints)
+        if key not in self._clients:
+            self._clients[key] = AsyncClient(list(key), timeout=READ_TIMEOUT_S, **self._kwargs)
+        return self._clients[key]
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            try:
+                await c.close()
+            except Exception:  # closing on shutdown: nothing left to do about it
+                log.debug("closing an etcd client failed", exc_info=True)
+        self._clients.clear()
+
+    async def read_members(
+        self, endpoints: Sequence[str], keys: contract.JobKeys
+    ) -> tuple[MemberView, ...]:
+        """The live member records under ``keys.members``; raises EtcdError when unreachable.
+
+        A record that is not JSON is skipped with a log line (a sidecar of another version
+        must not stop the operator from reporting the others)."""
+        kvs = await self.client(endpoints).get_prefix(keys.members, timeout=READ_TIMEOUT_S)
+        out: list[MemberView] = []
+        for kv in kvs:
+            name = kv.key.decode()[len(keys.members) :]
+            try:
+                record = json.loads(kv.value)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                out.append(MemberView.from_record(name, record))
+            except (ValueError, TypeError) as e:
+                log.warning("skipping member record %s%s: %s", keys.members, name, e)
+        return tuple(out)
+
+    async def delete_prefix(self, endpoints: Sequence[str], prefix: str) -> int:
+        """Delete every key under ``prefix``; the number deleted. Raises EtcdError."""
+        result = await self.client(endpoints).delete(prefix, prefix=True, timeout=5.0)
+        return int(result.deleted)
+
+
+def job_endpoints(obj: dict[str, Any], default: Sequence[str]) -> tuple[str, ...]:
+    """The job's etcd endpoints (spec.etcd.endpoints, else the operator default), read
+    leniently so that deletion works even for a job whose spec no longer parses."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    etcd = (spec or {}).get("etcd")
+    raw = etcd.get("endpoints") if isinstance(etcd, dict) else None
+    if isinstance(raw, list) and raw and all(isinstance(e, str) and e for e in raw):
+        return tuple(raw)
+    return tuple(default)
+
+
+__all__ = ["EtcdError", "EtcdPool", "job_endpoints"]
