@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rpcjob.etcd import WatchEvent
 
@@ -40,3 +43,24 @@ class Collector:
     def values(self) -> list[bytes]:
         with self._cv:
             return [e.kv.value for e in self.events]
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return all(s in ("T", "t") for s in states)
+
+
+@contextmanager
+def frozen(pid: int | None) -> Iterator[None]:
+    """SIGSTOP a process (etcd) until every thread is stopped: connections stay open and
+    nothing is answered, like a hung or partitioned etcd. SIGCONT on exit."""
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: _all_threads_stopped(pid), 10, "etcd to stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+from etcd_waits import frozen
 
 from rpcjob.etcd import (
     AsyncClient,
@@ -143,9 +144,6 @@ def test_failover_errors_and_one_client_on_two_loops(etcd_session: EmbeddedEtcd)
 
 
 def test_errors_auth_and_frozen_txn(etcd: EmbeddedEtcd) -> None:
-    import os
-    import signal
-
     etcd.enable_auth("root-pw")
 
     async def main() -> None:
@@ -154,15 +152,11 @@ def test_errors_auth_and_frozen_txn(etcd: EmbeddedEtcd) -> None:
                 await c.get("k")
         async with AsyncClient(etcd.endpoint, **etcd.client_kwargs()) as c:
             await c.put("n", "0")
-            assert etcd.pid
-            os.kill(etcd.pid, signal.SIGSTOP)
-            try:
+            with frozen(etcd.pid):
                 with pytest.raises(EtcdTimeout, match=f"get on etcd at {etcd.endpoint} timed"):
                     await c.get("n", timeout=0.5)  # etcd is frozen for sure now
                 with pytest.raises(EtcdTimeout, match="outcome is unknown"):
                     await c.txn([], [Op.put("n", "1")], timeout=0.5)
-            finally:
-                os.kill(etcd.pid, signal.SIGCONT)
             kv = await c.get("n")
             assert kv is not None and kv.version in (1, 2)
 

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from etcd_waits import Collector
+from etcd_waits import Collector, frozen
 
 from rpcjob.etcd import Client, Compare, EtcdTimeout, EtcdUnavailable, Op
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, free_port
-
-
-@contextmanager
-def frozen(server: EmbeddedEtcd) -> Iterator[None]:
-    """SIGSTOP etcd: connections stay open, nothing is answered (a hung or partitioned etcd)."""
-    assert server.pid
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
 
 def test_failover_skips_a_dead_endpoint(etcd_session: EmbeddedEtcd) -> None:
@@ -78,7 +63,7 @@ def test_txn_not_retried_after_deadline(etcd: EmbeddedEtcd) -> None:
     """A txn that timed out may still apply: the client must not send it again."""
     with Client(etcd.endpoint, timeout=5) as c:
         c.put("n", "0")
-        with frozen(etcd):
+        with frozen(etcd.pid):
             with pytest.raises(EtcdTimeout, match=f"get on etcd at {etcd.endpoint} timed out"):
                 c.get("n", timeout=0.5)  # etcd is frozen for sure now
             with pytest.raises(EtcdTimeout) as info:
