@@ -39,8 +39,8 @@ class AEndpoint:
     lease: Any = field(init=False)
     auth: Any = field(init=False)
     maintenance: Any = field(init=False)
-    token: str | None = None
-    metadata: tuple[tuple[str, str], ...] | None = None
+    token: str | None = field(default=None, repr=False)  # a credential: never printed
+    metadata: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.kv = pbg.KVStub(self.channel)
