@@ -98,6 +98,13 @@ def test_builtin_apply_twice_and_pods_table(local_cluster: LocalCluster, tmp_pat
     cm["data"] = {"b": "2"}
     assert "configured" in ok(local_cluster, "apply", "-f", write(tmp_path, "c.yaml", cm))
     assert ok(local_cluster, "get", "cm", "c", "-o", "jsonpath={.data}") == '{"b":"2"}'
+    local_cluster.apply_docs([{
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1", "namespace": "default"},
+        "involvedObject": {"kind": "ConfigMap", "name": "c"}, "type": "Normal",
+        "reason": "Tested", "message": "hello"}])  # fmt: skip
+    events = ok(local_cluster, "get", "events").splitlines()
+    assert events[0].split()[:4] == ["NAME", "TYPE", "REASON", "OBJECT"]
+    assert events[1].split()[:5] == ["e1", "Normal", "Tested", "configmap/c", "hello"]
     nodes = ok(local_cluster, "get", "nodes").splitlines()
     assert nodes[0].split()[:2] == ["NAME", "STATUS"] and nodes[1].split()[:2] == [
         "local-node-0",

@@ -212,3 +212,16 @@ def test_stop_escalates_to_sigkill_after_grace(tmp_path: object) -> None:
     while "up" not in Path(log).read_text() and time.monotonic() < deadline:
         time.sleep(0.02)  # polling a condition with a deadline
     assert proc.stop(grace=0.3) == 137
+
+
+def test_image_workdirs_stand_in_for_the_images_workdir(tmp_path: Path) -> None:
+    c = {
+        "name": "w",
+        "image": "ghcr.io/rpcjob/example-ps:0.1.0",
+        "command": ["python3", "-m", "app"],
+    }
+    spec = process_spec(c, POD, {}, pod_root=str(tmp_path), default_cwd="/",
+                        image_workdirs={"example-ps": str(tmp_path)})  # fmt: skip
+    assert spec.cwd == str(tmp_path)
+    other = process_spec({**c, "image": "other"}, POD, {}, pod_root=str(tmp_path), default_cwd="/")
+    assert other.cwd == "/"

@@ -332,3 +332,6 @@ def test_readiness_probe_and_pod_ips(local_cluster: LocalCluster, core: client.C
         assert status["containerStatuses"][0]["ready"] is True
     ips = {pod_status(core, n)["podIP"] for n in ("web-a", "web-b")}
     assert len(ips) == 2
+    wide = local_cluster.kubectl("get", "pods", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert {line.split()[5] for line in wide[1:]} == ips

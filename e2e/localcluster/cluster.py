@@ -28,6 +28,16 @@ DEFAULT_IMAGE_ENTRYPOINTS: dict[str, list[str]] = {
 }
 
 
+def example_workdirs() -> dict[str, str]:
+    """The WORKDIR of each example image (examples/worker-image/Dockerfile builds
+    ``example-<folder with '-'>`` with the folder as /app): the folder itself, locally."""
+    out = {}
+    for folder in sorted((REPO_ROOT / "examples").glob("*/")):
+        if (folder / "app.py").exists():
+            out["example-" + folder.name.replace("_", "-")] = str(folder)
+    return out
+
+
 class OperatorUnavailable(RuntimeError):
     pass
 
@@ -71,6 +81,7 @@ class LocalCluster:
         crds: str | Path | None = REPO_ROOT / "crds",
         kubelet: bool = True,
         image_entrypoints: Mapping[str, Sequence[str]] | None = None,
+        image_workdirs: Mapping[str, str] | None = None,
         pod_env: Mapping[str, str] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 10.0,
@@ -98,6 +109,7 @@ class LocalCluster:
         self._kubelet_opts = dict(
             default_cwd=default_cwd or str(REPO_ROOT),
             image_entrypoints={**DEFAULT_IMAGE_ENTRYPOINTS, **(image_entrypoints or {})},
+            image_workdirs={**example_workdirs(), **(image_workdirs or {})},
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
         )

@@ -31,6 +31,7 @@ class RunnerConfig:
     root: str  # per-pod directories live under here
     default_cwd: str
     image_entrypoints: Mapping[str, Sequence[str]]
+    image_workdirs: Mapping[str, str]
     extra_env: Mapping[str, str]
     backoff_base: float = 1.0
     backoff_cap: float = 10.0
@@ -208,6 +209,7 @@ class PodRunner(threading.Thread):
                 lookup=(lambda k, n, key: lookup(ns, k, n, key)) if lookup else None,
                 lookup_all=(lambda k, n: lookup_all(ns, k, n)) if lookup_all else None,
                 image_entrypoints=self.cfg.image_entrypoints,
+                image_workdirs=self.cfg.image_workdirs,
                 extra_env={**self.cfg.extra_env, **self.gpu_env},
             )
         except ContainerConfigError as exc:

@@ -91,6 +91,12 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "Pod": [("Ready", "string"), ("Status", "string"), ("Restarts", "integer")],
     "Node": [("Status", "string")],
     "Namespace": [("Status", "string")],
+    "Event": [
+        ("Type", "string"),
+        ("Reason", "string"),
+        ("Object", "string"),
+        ("Message", "string"),
+    ],
 }
 
 
@@ -149,6 +155,11 @@ def _row_cells(rt: ResourceType, cols: list[dict[str, Any]], obj: dict[str, Any]
         cells.append("Ready" if ready else "NotReady")
     elif rt.kind == "Namespace":
         cells.append((obj.get("status") or {}).get("phase", "Active"))
+    elif rt.kind == "Event":
+        ref = obj.get("involvedObject") or obj.get("regarding") or {}
+        obj_ref = f"{str(ref.get('kind', '')).lower()}/{ref.get('name', '')}"
+        cells += [obj.get("type", ""), obj.get("reason", ""), obj_ref,
+                  obj.get("message") or obj.get("note", "")]  # fmt: skip
     cells.append(human_age(obj["metadata"].get("creationTimestamp")))
     if rt.kind == "Pod" and not rt.group:
         cells.append((obj.get("status") or {}).get("podIP") or "<none>")

@@ -23,7 +23,9 @@ How a container maps to a process:
   (``rpcjob.contract.local_path``). So ``RPCJOB_SOCKET=/var/run/rpcjob/sidecar.sock`` in both
   containers of a pod points at the same file in the pod's shared emptyDir directory.
 * **workingDir**: rewritten like a mount path; a directory that does not exist locally is
-  created under the pod's root directory (``<pod_root>/<workingDir>``); default: ``default_cwd``.
+  created under the pod's root directory (``<pod_root>/<workingDir>``). Without it, the image's
+  WORKDIR stands in: ``image_workdirs`` (image name without tag, or its last path component ->
+  local directory), else ``default_cwd``.
 * **stop**: SIGTERM to the process group, SIGKILL after the grace period. Exit codes follow
   container runtimes: a process killed by signal N exits ``128 + N``.
 """
@@ -282,6 +284,7 @@ def process_spec(
     lookup: Lookup | None = None,
     lookup_all: LookupAll | None = None,
     image_entrypoints: Mapping[str, Sequence[str]] | None = None,
+    image_workdirs: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     parent_env: Mapping[str, str] | None = None,
 ) -> ProcessSpec:
@@ -311,7 +314,9 @@ def process_spec(
     env.update(own)
     env[ENV_LOCAL_POD_IP] = pod.pod_ip
     env[ENV_LOCAL_MOUNTS] = json.dumps(mounts, sort_keys=True)
-    cwd = default_cwd or os.getcwd()
+    full, short = _image_key(str(container.get("image", "")))
+    workdirs = image_workdirs or {}
+    cwd = workdirs.get(full) or workdirs.get(short) or default_cwd or os.getcwd()
     if container.get("workingDir"):
         wd = rewrite_paths(str(container["workingDir"]), mounts)
         if not os.path.isdir(wd):
