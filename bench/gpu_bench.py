@@ -47,6 +47,7 @@ import torch.distributed.rpc as rpc  # noqa: E402
 from rpcjob.devices import Peer, RoleShape, parse_node_labels, plan_devices, visible_gpus  # noqa: E402
 from rpcjob.devices import agent as devagent  # noqa: E402
 
+WARMUP = 5  # calls before timing: channel setup, allocator caching, clocks
 WAIT = timedelta(seconds=float(os.environ.get("BENCH_WAIT_S", "120")))
 
 
@@ -89,14 +90,14 @@ def bandwidth(
 ) -> dict[str, float]:
     nbytes = t.numel() * t.element_size()
     times = []
-    for i in range(iters + 2):  # 2 warm-up calls
+    for i in range(iters + WARMUP):
         if t.is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         arg = prep(t) if prep is not None else t
         rpc.rpc_sync(dst, fn, args=(arg,), timeout=300)
         dt = time.perf_counter() - t0
-        if i >= 2:
+        if i >= WARMUP:
             times.append(dt)
     med = statistics.median(times)
     return {"gbps": nbytes / med / 1e9, "median_s": med, "best_gbps": nbytes / min(times) / 1e9}
