@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import logging
 import os
 import queue
@@ -153,6 +154,7 @@ class Kubelet:
         self.set_cuda = set_cuda_visible_devices
         self.runners: dict[str, PodRunner] = {}  # uid -> runner
         self.gpus: dict[str, tuple[str, list[int]]] = {}  # uid -> (node, device indices)
+        self.pending: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name), unbound pods
         self.ips = IpPool()
         self.events: queue.Queue[Event | None] = queue.Queue()
         self._cancel: Any = None
@@ -242,7 +244,19 @@ class Kubelet:
                 runner.kill_now()
             self._release(uid)
             return
-        node = (pod.get("spec") or {}).get("nodeName")
+        spec = pod.get("spec") or {}
+        meta = pod["metadata"]
+        if (
+            not spec.get("nodeName")
+            and not meta.get("deletionTimestamp")
+            and spec.get("schedulerName", "default-scheduler") == "default-scheduler"
+        ):
+            self.pending[uid] = (meta["namespace"], meta["name"])
+        else:
+            self.pending.pop(uid, None)
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            self.gpus.pop(uid, None)  # terminal pods hold no devices
+        node = spec.get("nodeName")
         if not node or node not in self.nodes:
             return
         if pod["metadata"].get("deletionTimestamp"):
@@ -301,20 +315,18 @@ class Kubelet:
                 self._finalize(meta["namespace"], meta["name"], uid)
 
     def _release(self, uid: str) -> None:
+        self.pending.pop(uid, None)
         self.runners.pop(uid, None)
         self.gpus.pop(uid, None)
 
     # --- scheduling -------------------------------------------------------------------------
     def _schedule_pending(self) -> None:
-        items, _ = self.store.list(self.pod_rt, None, lambda _lb: True, lambda _o: True)
-        live = {p["metadata"]["uid"] for p in items}
-        for uid in [u for u in self.gpus if u not in live]:
-            self.gpus.pop(uid)
-        for pod in items:
-            spec = pod.get("spec") or {}
-            if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-                continue
-            if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
+        for uid, (ns, name) in list(self.pending.items()):
+            with self.store.lock:
+                pod = self.store.raw(self.pod_rt, ns, name)
+                pod = copy.deepcopy(pod) if pod is not None else None
+            if pod is None or pod["metadata"]["uid"] != uid or pod["spec"].get("nodeName"):
+                self.pending.pop(uid, None)
                 continue
             self._schedule(pod)
 
