@@ -93,9 +93,11 @@ class OperatorEnv:
         self.proc: Any = None
 
     # --- the operator process -------------------------------------------------------------
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> Any:
+    def start(
+        self, *extra: str, env: dict[str, str] | None = None, all_namespaces: bool = True
+    ) -> Any:
         args = [
-            "--all-namespaces",
+            *(["--all-namespaces"] if all_namespaces else []),
             "--standalone",
             f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
             f"--metrics=127.0.0.1:{self.metrics_port}",
@@ -229,9 +231,11 @@ def joined(env: OperatorEnv, name: str, n: int) -> bool:
     ) == n
 
 
-def running_pods(env: OperatorEnv, name: str) -> list[str]:
+def running_pods(env: OperatorEnv, name: str, ns: str = "default") -> list[str]:
     return sorted(
-        p["metadata"]["name"] for p in env.pods(name) if not p["metadata"].get("deletionTimestamp")
+        p["metadata"]["name"]
+        for p in env.pods(name, ns)
+        if not p["metadata"].get("deletionTimestamp")
     )
 
 

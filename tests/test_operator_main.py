@@ -1,0 +1,74 @@
+"""rpcjob-operator's command line and process: usage errors, namespace scope, liveness and
+Prometheus metrics (the real operator on the local cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
+
+from rpcjob_operator.main import cli
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--all-namespaces", "--namespace", "a"], "--all-namespaces and --namespace exclude"),
+        (["--standalone", "--peering", "p"], "--standalone and --peering exclude each other"),
+        (["--resync", "0"], "Invalid value for --resync: must be > 0"),
+        (
+            ["--watch-server-timeout", "60", "--watch-client-timeout", "30"],
+            "must be larger than --watch-server-timeout (60.0)",
+        ),
+    ],
+)
+def test_usage_errors_name_the_flags(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_help_lists_the_chart_flags() -> None:
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for flag in ("--peering", "--priority", "--liveness", "--all-namespaces", "--namespace",
+                 "--standalone", "--metrics", "--watch-server-timeout"):  # fmt: skip
+        assert flag in out
+
+
+@pytest.fixture
+def env(etcd_endpoint: str) -> Iterator[OperatorEnv]:
+    with operator_env(etcd_endpoint, start=False) as e:
+        yield e
+
+
+def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
+    env.cluster.create_namespace("team-a")
+    env.cluster.create_namespace("team-b")
+    # Namespace scope, as the chart runs it with rbac.scope=namespace.
+    env.start("--namespace=team-a", all_namespaces=False)
+    mine, theirs = unique("mine"), unique("theirs")
+    env.apply(job_manifest(mine, replicas=2, command=SLEEPER, namespace="team-a"))
+    env.apply(job_manifest(theirs, replicas=2, command=SLEEPER, namespace="team-b"))
+    env.wait_for(lambda: len(running_pods(env, mine, "team-a")) == 2, 60, "team-a pods")
+    env.wait_for(lambda: env.status(mine, "team-a").get("replicas") == 2, 30, "team-a status")
+    assert env.pods(theirs, "team-b") == [] and env.status(theirs, "team-b") == {}
+    assert env.job(theirs, "team-b")["metadata"].get("finalizers") in (None, [])  # type: ignore[index]
+
+    assert env.healthy()
+    text = env.metrics()
+    for line in (
+        "rpcjob_operator_pods_created_total 2.0",
+        'rpcjob_operator_jobs{state="Pending"} 1.0',
+        'rpcjob_operator_reconciles_total{result="ok"}',
+        "rpcjob_operator_reconcile_duration_seconds_count",
+        "rpcjob_operator_status_writes_total",
+        "rpcjob_operator_errors_total",
+    ):
+        assert line in text, line
+    # Only the operator's own calls, attributable in the audit log by its user agents.
+    agents = {r.user_agent.split("/")[0] for r in env.cluster.audit.records()}
+    assert {"rpcjob-operator", "kopf"} <= agents
