@@ -14,8 +14,9 @@ Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All
 
 from __future__ import annotations
 
+from rpcjob.etcd._convert import prefix_end
 from rpcjob.etcd.aio import AsyncClient, AsyncKeepAlive, AsyncWatch
-from rpcjob.etcd.client import Client, KeepAlive, Watch
+from rpcjob.etcd.client import Client, KeepAlive, Watch, env_kwargs
 from rpcjob.etcd.errors import (
     EtcdAuthError,
     EtcdCompacted,
@@ -58,4 +59,6 @@ __all__ = [
     "TxnResult",
     "Watch",
     "WatchEvent",
+    "env_kwargs",
+    "prefix_end",
 ]

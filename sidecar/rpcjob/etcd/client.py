@@ -41,7 +41,7 @@ from rpcjob.etcd.values import (
 # The generated modules build their classes at run time: mypy sees them as Any.
 pb: Any = _rpc_pb2
 
-__all__ = ["Client", "KeepAlive", "Watch"]
+__all__ = ["Client", "KeepAlive", "Watch", "env_kwargs"]
 
 
 class Client:
