@@ -106,7 +106,7 @@ class LocalCluster:
             for i in range(nodes)
         ]
         self.kubelet: Kubelet | None = None
-        self._kubelet_opts = dict(
+        self._kubelet_opts: dict[str, Any] = dict(
             default_cwd=default_cwd or str(REPO_ROOT),
             image_entrypoints={**DEFAULT_IMAGE_ENTRYPOINTS, **(image_entrypoints or {})},
             image_workdirs={**example_workdirs(), **(image_workdirs or {})},
@@ -136,7 +136,7 @@ class LocalCluster:
                 os.path.join(self.workdir, "pods"),
                 extra_env=env,
                 **self._kubelet_opts,
-            )  # type: ignore[arg-type]
+            )
             self.kubelet.start()
             self.server.handlers.pod_logs = self.kubelet.logs
         return self

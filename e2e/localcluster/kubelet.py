@@ -340,8 +340,8 @@ class Kubelet:
         need = pod_gpus(pod)
         selector = (pod.get("spec") or {}).get("nodeSelector") or {}
         fits, reasons = [], []
-        for name, node in sorted(self.nodes.items()):
-            if any(node.labels.get(k) != v for k, v in selector.items()):
+        for name, spec in sorted(self.nodes.items()):
+            if any(spec.labels.get(k) != v for k, v in selector.items()):
                 reasons.append("didn't match Pod's node affinity/selector")
             elif len(self._free_gpus(name)) < need:
                 reasons.append(f"Insufficient {GPU}")

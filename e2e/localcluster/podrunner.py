@@ -215,7 +215,7 @@ class PodRunner(threading.Thread):
         except ContainerConfigError as exc:
             slot.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             slot.restart_at = time.monotonic() + self._backoff(slot)
-            log.warning("pod %s: %s", self.name, exc)
+            log.warning("pod %s: %s", self.pod_label, exc)
             return
         slot.env, slot.cwd = spec.env, spec.cwd
         slot.proc = LocalContainer(slot.name, spec, self.log_path(slot.name))
@@ -287,7 +287,9 @@ class PodRunner(threading.Thread):
                     ps.record(run_probe(ps.probe, slot.spec, self.pod_ip, slot.env, slot.cwd), now)
                     if attr == "liveness" and ps.failed:
                         log.info(
-                            "pod %s: liveness probe of %s failed, restarting", self.name, slot.name
+                            "pod %s: liveness probe of %s failed, restarting",
+                            self.pod_label,
+                            slot.name,
                         )
                         slot.proc.stop(
                             float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -296,7 +298,8 @@ class PodRunner(threading.Thread):
             self._start(slot)
 
     @property
-    def name(self) -> str:
+    def pod_label(self) -> str:
+        """``namespace/name`` for log lines (Thread.name stays the thread's own)."""
         return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
 
     def _snapshot(self) -> str:
@@ -307,7 +310,7 @@ class PodRunner(threading.Thread):
         try:
             self._run()
         except Exception:  # the kubelet must survive one pod's bug; the pod shows Failed
-            log.exception("pod %s: runner crashed", self.name)
+            log.exception("pod %s: runner crashed", self.pod_label)
             self.phase, self.message = "Failed", "local kubelet error (see test log)"
             self._kill_all(0.0)
             self._write()

@@ -24,6 +24,8 @@ from .resources import Registry, ResourceType
 from .selectors import Predicate
 from .validation import Validator, default_validator, error_field
 
+__all__ = ["Event", "Obj", "Store", "Watcher", "now_iso"]  # events.py names re-exported here
+
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
