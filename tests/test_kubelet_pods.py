@@ -335,3 +335,53 @@ def test_readiness_probe_and_pod_ips(local_cluster: LocalCluster, core: client.C
     wide = local_cluster.kubectl("get", "pods", "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
     assert {line.split()[5] for line in wide[1:]} == ips
+
+
+def test_init_containers_run_in_order_before_the_containers(
+    local_cluster: LocalCluster, core: client.CoreV1Api
+) -> None:
+    def step(n: int) -> dict[str, Any]:
+        code = f"open('/shared/order', 'a').write('init{n} ')"
+        return {"name": f"init{n}", "image": "x", "command": [PY, "-c", code],
+                "volumeMounts": [{"name": "s", "mountPath": "/shared"}]}  # fmt: skip
+
+    main = "print(open('/shared/order').read().strip())"
+    core.create_namespaced_pod("default", {"metadata": {"name": "ordered"}, "spec": {
+        "restartPolicy": "Never", "volumes": [{"name": "s", "emptyDir": {}}],
+        "initContainers": [step(1), step(2)],
+        "containers": [{"name": "main", "image": "x", "command": [PY, "-c", main],
+                        "volumeMounts": [{"name": "s", "mountPath": "/shared"}]}]}})  # fmt: skip
+    status = wait_phase(local_cluster, core, "ordered", ("Succeeded", "Failed"))
+    assert status["phase"] == "Succeeded"
+    assert local_cluster.pod_logs("default", "ordered", "main").strip() == "init1 init2"
+    assert [s["state"]["terminated"]["exitCode"] for s in status["initContainerStatuses"]] == [0, 0]
+
+
+def test_failing_init_container_fails_a_never_restart_pod(
+    local_cluster: LocalCluster, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_pod("default", {"metadata": {"name": "badinit"}, "spec": {
+        "restartPolicy": "Never",
+        "initContainers": [{"name": "init", "image": "x", "command": [PY, "-c", "exit(4)"]}],
+        "containers": [{"name": "main", "image": "x",
+                        "command": [PY, "-c", "print('never')"]}]}})  # fmt: skip
+    status = wait_phase(local_cluster, core, "badinit", ("Succeeded", "Failed"))
+    assert status["phase"] == "Failed"
+    assert status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 4
+    assert "waiting" in status["containerStatuses"][0]["state"]  # main never started
+
+
+def test_missing_command_is_a_config_error_naming_the_fix(
+    local_cluster: LocalCluster, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_pod("default", {"metadata": {"name": "nocmd"}, "spec": {
+        "containers": [{"name": "c", "image": "registry.example/unknown:1"}]}})  # fmt: skip
+    status = local_cluster.wait_for(
+        lambda: (s := pod_status(core, "nocmd")).get("containerStatuses")
+        and "CreateContainerConfigError" in json.dumps(s) and s, 30)  # fmt: skip
+    waiting = status["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert (
+        "set 'command' in the container spec or register the image's entrypoint"
+        in waiting["message"]
+    )
