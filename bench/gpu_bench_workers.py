@@ -1,0 +1,398 @@
+"""Worker-process side of bench/gpu_bench.py: remote functions, measurements, and each
+scenario's worker body (hand-set static maps, store-driven rpcjob path, real sidecar path).
+
+Run only through bench/gpu_bench.py (``--worker <scenario>``); this module is also imported by
+the callee processes, which is how torch finds the remote functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.rpc as rpc
+
+from rpcjob.devices import Peer, RoleShape, parse_node_labels, plan_devices, visible_gpus
+from rpcjob.devices import agent as devagent
+
+WARMUP = 5  # calls before timing: channel setup, allocator caching, clocks
+WAIT = timedelta(seconds=float(os.environ.get("BENCH_WAIT_S", "120")))
+
+
+# --- functions run remotely -----------------------------------------------------------------
+def _consume(t: torch.Tensor) -> int:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)  # the copy into this process is complete
+    return int(t.numel())
+
+
+def _stage_in(t: torch.Tensor) -> int:
+    dev = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    g = t.to(dev)
+    if g.is_cuda:
+        torch.cuda.synchronize(g.device)
+    return int(g.numel())
+
+
+def _double(t: torch.Tensor) -> torch.Tensor:
+    return t * 2
+
+
+def _make(n: int, on_cuda: bool) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32, device="cuda:0" if on_cuda else "cpu")
+
+
+# --- helpers --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def client(port: int) -> dist.TCPStore:
+    return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=WAIT)
+
+
+def bandwidth(
+    dst: str, t: torch.Tensor, iters: int, fn: Any = _consume, prep: Any = None
+) -> dict[str, float]:
+    nbytes = t.numel() * t.element_size()
+    times = []
+    for i in range(iters + WARMUP):
+        if t.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        arg = prep(t) if prep is not None else t
+        rpc.rpc_sync(dst, fn, args=(arg,), timeout=300)
+        dt = time.perf_counter() - t0
+        if i >= WARMUP:
+            times.append(dt)
+    med = statistics.median(times)
+    return {"gbps": nbytes / med / 1e9, "median_s": med, "best_gbps": nbytes / min(times) / 1e9}
+
+
+def roundtrip(dst: str, cuda: bool, timeout: float = 60) -> str:
+    """A CUDA tensor there and a CUDA tensor back; "ok" or the error."""
+    try:
+        x = _make(1 << 20, cuda)
+        y = rpc.rpc_sync(dst, _double, args=(x,), timeout=timeout)
+        if cuda and not y.is_cuda:
+            return f"reply on {y.device}, expected cuda"
+        if not torch.equal(y.cpu(), (x * 2).cpu()):
+            return "wrong values"
+        return "ok"
+    except Exception as e:  # recorded, not fatal: negative controls expect failures
+        return f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+class Results(dict[str, Any]):
+    """A worker's results, saved to the store on every write: a crash keeps what was measured."""
+
+    def __init__(self, store: dist.TCPStore, name: str) -> None:
+        super().__init__()
+        self.store, self.key = store, f"bench/result/{name}"
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        super().__setitem__(k, v)
+        self.store.set(self.key, json.dumps(dict(self)))
+
+
+def log(name: str, msg: str) -> None:
+    print(f"[{name}] {msg}", flush=True)
+
+
+# --- worker: hand-written static maps -------------------------------------------------------
+def worker_handset(a: argparse.Namespace) -> dict[str, Any]:
+    me, peer = f"w{a.rank}", f"w{1 - a.rank}"
+    mine = 0 if a.visible == "own" else a.rank
+    theirs = 0 if a.visible == "own" else 1 - a.rank
+    torch.cuda.set_device(mine)
+    torch.cuda.init()
+    opts = rpc.TensorPipeRpcBackendOptions(
+        init_method=f"tcp://127.0.0.1:{a.port}",
+        num_worker_threads=16,
+        rpc_timeout=300,
+        devices=[f"cuda:{mine}"],
+    )
+    opts.set_device_map(peer, {mine: theirs})
+    rpc.init_rpc(me, rank=a.rank, world_size=2, rpc_backend_options=opts)
+    out = Results(client(a.port), me)
+    if a.rank == 0:
+        x = torch.rand(a.size_mib << 18, device=f"cuda:{mine}")
+        out["roundtrip"] = roundtrip(peer, True)
+        out["bw"] = bandwidth(peer, x, a.iters)
+        log(me, f"handset({a.visible}) {out}")
+    rpc.shutdown()
+    return out
+
+
+# --- worker: rpcjob dynamic path ---------------------------------------------------------------
+SLOTS = {"worker": RoleShape(max_replicas=3, gpus=1)}
+
+
+def record(store: dist.TCPStore, name: str, rank: int, devices: tuple[str, ...]) -> None:
+    rec = {"name": name, "rank": rank, "node": socket.gethostname(), "devices": list(devices)}
+    store.set(f"bench/member/{name}", json.dumps(rec))
+
+
+def read_peer(store: dist.TCPStore, name: str) -> tuple[Peer, int]:
+    store.wait([f"bench/member/{name}"], WAIT)
+    rec = json.loads(store.get(f"bench/member/{name}"))
+    return Peer(rec["name"], rec["node"], "", tuple(rec["devices"])), int(rec["rank"])
+
+
+class Member:
+    """What the rpcjob worker library does, driven here by store keys instead of the sidecar."""
+
+    def __init__(self, a: argparse.Namespace, store: dist.TCPStore, cuda: bool) -> None:
+        self.a, self.store, self.name, self.cuda = a, store, a.name, cuda
+        env = dict(os.environ)
+        self.visible = visible_gpus(env, torch.cuda.device_count() if cuda else 0)
+        labels = {"nvidia.com/gpu.count": str(a.node_gpus), "nvidia.com/gpu.present": "true"}
+        self.node = parse_node_labels(labels, socket.gethostname())
+        self.peers: dict[str, tuple[Peer, int]] = {}
+
+    def plan(self) -> Any:
+        return plan_devices(
+            worker=self.name,
+            node=self.node,
+            requested_gpus=1 if self.cuda else 0,
+            slots=SLOTS,
+            visible=self.visible,
+            peers=[p for p, _ in self.peers.values()],
+        )
+
+    def join(self, rank: int, after: list[str]) -> None:
+        for peer in after:
+            self.peers[peer] = read_peer(self.store, peer)
+        self.p = self.plan()
+        if self.cuda:  # DESIGN §5.1: a worker without CUDA state aborts on its first CUDA tensor
+            torch.cuda.set_device(0)
+            torch.cuda.init()
+            torch.empty(1, device="cuda:0")
+        devagent.install_membership_guards(self.p.devices)
+        opts = rpc.TensorPipeRpcBackendOptions(
+            init_method=f"tcp://127.0.0.1:{self.a.port}",
+            num_worker_threads=16,
+            rpc_timeout=300,
+            devices=list(self.p.devices),
+            device_maps={k: dict(v) for k, v in self.p.device_maps.items() if v},
+        )
+        rpc.init_rpc(self.name, rank=rank, world_size=None, rpc_backend_options=opts)
+        self.rank = rank
+        record(self.store, self.name, rank, self.p.devices)
+        log(
+            self.name,
+            f"joined rank={rank} devices={self.p.devices} maps={dict(self.p.device_maps)}",
+        )
+
+    def apply(self, peer: str) -> None:
+        """JOINED(peer), as the sidecar's event drives it: re-apply my devices + its reverse map."""
+        p, rank = self.peers.get(peer) or read_peer(self.store, peer)
+        self.peers[peer] = (p, rank)
+        devagent.reapply(peer, rank, self.p.reverse_map(p))
+
+    def left(self, peer: str) -> None:
+        """LEFT(peer): re-apply for every live peer (a no-op change with the guards installed)."""
+        self.peers.pop(peer, None)
+        for other in list(self.peers):
+            self.apply(other)
+
+
+def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
+    cuda = not a.cpu
+    store = client(a.port)
+    m = Member(a, store, cuda)
+    out = Results(store, a.name)
+    n = a.size_mib << 18
+    dev = "cuda:0" if cuda else "cpu"
+    if a.name == "worker_0":  # early joiner
+        m.join(1, [])
+        # The late joiner checks L->E before we apply anything: torch's own join must suffice.
+        store.wait(["bench/L_checked_before_apply"], WAIT)
+        out["E_to_L_before_apply"] = roundtrip("worker_1", cuda)
+        m.apply("worker_1")
+        store.set("bench/applied/worker_0/worker_1", "1")
+        out["E_to_L_after_join"] = roundtrip("worker_1", cuda)
+        store.wait(["bench/L_to_E_checked"], WAIT)
+        x = torch.rand(n, device=dev)
+        out["bw_maps"] = bandwidth("worker_1", x, a.iters)
+        log(a.name, f"maps E->L {out['bw_maps']}")
+        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
+        log(a.name, f"staging E->L {out['bw_cpu_staging']}")
+        store.set("bench/phase1_done", "1")
+        store.wait(["bench/T_checked"], WAIT)
+        out["E_to_T_before_apply"] = roundtrip("worker_2", cuda)
+        m.apply("worker_2")
+        out["E_to_T"] = roundtrip("worker_2", cuda)
+        store.set("bench/E_to_T_checked", "1")
+        store.wait(["bench/left/worker_2"], WAIT)
+        # Right after the graceful leave, before any re-application (the race of DESIGN 5.3).
+        out["E_to_L_right_after_leave"] = roundtrip("worker_1", cuda)
+        out["reverse_maps_after_leave"] = json.dumps(devagent.reverse_maps())
+        m.left("worker_2")
+        out["E_to_L_after_leave"] = roundtrip("worker_1", cuda)
+        store.set("bench/reapplied/worker_0", "1")
+        store.wait(["bench/reapplied/worker_1"], WAIT)
+        out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
+        log(a.name, f"maps E->L after leave {out['bw_maps_after_leave']}")
+        store.set("bench/E_done", "1")
+    elif a.name == "worker_1":  # late joiner
+        m.join(2, ["worker_0"])
+        out["L_to_E_before_apply"] = roundtrip("worker_0", cuda, timeout=30)
+        store.set("bench/L_checked_before_apply", "1")
+        store.wait(["bench/applied/worker_0/worker_1"], WAIT)
+        out["L_to_E_after_join"] = roundtrip("worker_0", cuda)
+        store.set("bench/L_to_E_checked", "1")
+        store.wait(["bench/T_checked"], WAIT)
+        m.apply("worker_2")
+        store.set("bench/applied/worker_1/worker_2", "1")
+        store.wait(["bench/left/worker_2"], WAIT)
+        out["L_to_E_right_after_leave"] = roundtrip("worker_0", cuda)
+        m.left("worker_2")
+        store.set("bench/reapplied/worker_1", "1")
+        out["L_to_E_after_leave"] = roundtrip("worker_0", cuda)
+        store.wait(["bench/E_done"], WAIT)
+        if cuda:
+            y = torch.rand(n, device=dev)
+            out["bw_maps_L_to_E"] = bandwidth("worker_0", y, a.iters)
+            log(a.name, f"maps L->E {out['bw_maps_L_to_E']}")
+    else:  # worker_2: joins third, then leaves gracefully
+        store.wait(["bench/phase1_done"], WAIT)
+        m.join(3, ["worker_0", "worker_1"])
+        out["T_to_E"] = roundtrip("worker_0", cuda)
+        out["T_to_L"] = roundtrip("worker_1", cuda)
+        store.set("bench/T_checked", "1")
+        store.wait(["bench/E_to_T_checked", "bench/applied/worker_1/worker_2"], WAIT)
+        rpc.shutdown()
+        store.set("bench/left/worker_2", "1")
+        return out
+    store.set(f"bench/bye/{a.name}", "1")
+    store.wait(["bench/bye/worker_0", "bench/bye/worker_1"], WAIT)
+    rpc.shutdown()
+    return out
+
+
+def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
+    """Two dynamic members, the second one in its own PID namespace (like another pod)."""
+    store = client(a.port)
+    m = Member(a, store, True)
+    out = Results(store, a.name)
+    if a.name == "worker_0":
+        m.join(1, [])
+        m.apply("worker_1")
+        store.set("bench/applied", "1")
+        out["E_to_L"] = roundtrip("worker_1", True, timeout=60)
+        if out["E_to_L"] == "ok":
+            out["bw_maps"] = bandwidth("worker_1", torch.rand(a.size_mib << 18, device="cuda:0"), 5)
+        log(a.name, f"pidns {out}")
+        store.set("bench/E_done", "1")
+    else:
+        m.join(2, ["worker_0"])
+        store.wait(["bench/applied"], WAIT)
+        out["L_to_E"] = roundtrip("worker_0", True, timeout=60)
+        store.wait(["bench/E_done"], WAIT)
+    store.set(f"bench/bye/{a.name}", "1")
+    store.wait(["bench/bye/worker_0", "bench/bye/worker_1"], WAIT)
+    rpc.shutdown()
+    return out
+
+
+# --- the real sidecar path: rpcjob-sidecar + rpcjob.init_rpc() per "pod", a real etcd ---------
+class FileResults(dict[str, Any]):
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        super().__setitem__(k, v)
+        self.path.write_text(json.dumps(dict(self)))
+
+
+def wait_file(path: Path, timeout: float = 120) -> None:
+    """Wait for a flag file written by another worker (a condition with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {path.name}")
+        time.sleep(0.005)
+
+
+def until_ok(dst: str, deadline_s: float = 20) -> dict[str, Any]:
+    """Round trips until one succeeds (the sidecar's JOINED event may still be on its way)."""
+    first, n, t0 = "", 0, time.monotonic()
+    while True:
+        n += 1
+        r = roundtrip(dst, torch.cuda.is_available(), timeout=30)
+        first = first or r
+        if r == "ok" or time.monotonic() - t0 > deadline_s:
+            return {"result": r, "attempts": n, "first": first, "s": time.monotonic() - t0}
+
+
+def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
+    import rpcjob
+
+    d = Path(os.environ["BENCH_DIR"])
+    ident = rpcjob.init_rpc()
+    name = ident.worker_name
+    out = FileResults(d / f"result_{name}.json")
+    out["devices"] = list(ident.devices)
+    out["maps"] = {k: dict(v.map) for k, v in ident.device_maps.items()}
+    out["rank"] = ident.rank
+    (d / f"joined_{name}").write_text("1")
+    n = a.size_mib << 18
+    cuda = torch.cuda.is_available()
+    dev = "cuda:0" if cuda else "cpu"
+    if name == "worker_0":
+        wait_file(d / "joined_worker_1")
+        out["E_to_L_after_join"] = until_ok("worker_1")
+        wait_file(d / "L_to_E_done")
+        x = torch.rand(n, device=dev)
+        out["bw_maps"] = bandwidth("worker_1", x, a.iters)
+        log(name, f"sidecar path maps E->L {out['bw_maps']}")
+        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
+        (d / "phase1_done").write_text("1")
+        wait_file(d / "joined_worker_2")
+        out["E_to_T"] = until_ok("worker_2")
+        (d / "E_T_done").write_text("1")
+        wait_file(d / "left_worker_2")
+        # straight after the graceful leave: does anything arrive before the LEFT event?
+        out["E_to_L_right_after_leave"] = [
+            roundtrip("worker_1", cuda, timeout=30) for _ in range(5)
+        ]
+        out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
+        log(name, f"sidecar path maps E->L after leave {out['bw_maps_after_leave']}")
+        (d / "E_done").write_text("1")
+        wait_file(d / "L_done")
+    elif name == "worker_1":
+        out["L_to_E_after_join"] = until_ok("worker_0")
+        (d / "L_to_E_done").write_text("1")
+        wait_file(d / "joined_worker_2")
+        out["L_to_T"] = until_ok("worker_2")
+        (d / "L_T_done").write_text("1")
+        wait_file(d / "left_worker_2")
+        out["L_to_E_right_after_leave"] = [
+            roundtrip("worker_0", cuda, timeout=30) for _ in range(5)
+        ]
+        wait_file(d / "E_done")
+        out["L_to_E_after_leave"] = until_ok("worker_0")
+        (d / "L_done").write_text("1")
+    else:
+        out["T_to_E"] = until_ok("worker_0")
+        out["T_to_L"] = until_ok("worker_1")
+        wait_file(d / "E_T_done")
+        wait_file(d / "L_T_done")
+        rpcjob.shutdown()
+        (d / "left_worker_2").write_text("1")
+        return out
+    rpcjob.shutdown()
+    return out
