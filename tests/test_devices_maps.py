@@ -17,12 +17,9 @@ from rpcjob.devices import (
     RoleShape,
     forward_map,
     parse_node_labels,
-    parse_slots,
     plan_devices,
     reverse_map,
     slot_names,
-    verify_visible,
-    visible_gpus,
 )
 
 NODES: dict[str, dict[str, str]] = yaml.safe_load(
@@ -339,86 +336,6 @@ def test_bad_worker_name() -> None:
 def test_slot_names_cover_roles_times_max_replicas() -> None:
     assert slot_names(slots(replicas=3)) == ["driver_0", "worker_0", "worker_1", "worker_2"]
     assert slot_names({"worker": RoleShape(0, 1)}) == []
-
-
-@pytest.mark.parametrize(
-    ("env", "torch_count", "expected"),
-    [
-        ({}, None, None),
-        ({"CUDA_VISIBLE_DEVICES": "0,1"}, None, ("0", "1")),
-        ({"CUDA_VISIBLE_DEVICES": ""}, None, ()),
-        ({"CUDA_VISIBLE_DEVICES": "0,-1,2"}, None, ("0",)),  # CUDA stops at an invalid entry
-        ({"CUDA_VISIBLE_DEVICES": "MIG-8f2a"}, None, ("MIG-8f2a",)),
-        ({"NVIDIA_VISIBLE_DEVICES": "all"}, None, None),
-        ({"NVIDIA_VISIBLE_DEVICES": "void"}, None, ()),
-        ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, None, ("GPU-a", "GPU-b")),
-        ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, 2, ("GPU-a", "GPU-b")),
-        ({"NVIDIA_VISIBLE_DEVICES": "all"}, 4, 4),  # torch's count is the truth
-        ({"CUDA_VISIBLE_DEVICES": "0,1"}, 1, 1),
-        ({"CUDA_VISIBLE_DEVICES": "1", "NVIDIA_VISIBLE_DEVICES": "all"}, None, ("1",)),
-    ],
-)
-def test_visible_gpus(env: dict[str, str], torch_count: int | None, expected: Any) -> None:
-    assert visible_gpus(env, torch_count) == expected
-
-
-def test_parse_slots() -> None:
-    got = parse_slots('{"worker": 8, "driver": 1}', '{"worker": 2, "driver": 0, "gone": 1}')
-    assert got == {"worker": RoleShape(8, 2), "driver": RoleShape(1, 0)}
-    assert parse_slots('{"worker": 2}') == {"worker": RoleShape(2, None)}
-
-
-@pytest.mark.parametrize(
-    ("slots_json", "gpus_json", "message"),
-    [
-        (
-            "{worker: 8}",
-            "",
-            "RPCJOB_SLOTS='{worker: 8}' is not JSON (Expecting property name "
-            'enclosed in double quotes); expected e.g. {"worker": 8, "driver": 1}',
-        ),
-        (
-            '{"worker": -1}',
-            "",
-            "RPCJOB_SLOTS='{\"worker\": -1}' must map each role to its "
-            'maxReplicas (a non-negative integer), e.g. {"worker": 8, "driver": 1}',
-        ),
-        (
-            '{"worker": 2}',
-            "[1]",
-            "RPCJOB_ROLE_GPUS='[1]' must map each role to its "
-            'nvidia.com/gpu request per replica, e.g. {"worker": 1, "driver": 0}',
-        ),
-        (
-            '{"worker": 2}',
-            "{",
-            "RPCJOB_ROLE_GPUS='{' is not JSON (Expecting property name "
-            'enclosed in double quotes); expected e.g. {"worker": 1, "driver": 0}',
-        ),
-    ],
-)
-def test_parse_slots_errors(slots_json: str, gpus_json: str, message: str) -> None:
-    with pytest.raises(DeviceMapError) as err:
-        parse_slots(slots_json, gpus_json)
-    assert str(err.value) == message
-
-
-def test_parse_slots_rejects_bad_role_names() -> None:
-    with pytest.raises(contract.InvalidName):
-        parse_slots('{"my-role": 1}')
-
-
-def test_verify_visible() -> None:
-    verify_visible(("cuda:0",), 1)
-    verify_visible(("cuda:0",), None)
-    verify_visible((), 0)
-    with pytest.raises(DeviceMapError) as err:
-        verify_visible(("cuda:0", "cuda:1"), ("GPU-a",), "worker_3")
-    assert str(err.value) == (
-        "the sidecar planned devices ['cuda:0', 'cuda:1'] but the worker container worker_3 "
-        "sees 1 GPU(s); rpcjob will not fall back to CPU silently: check the pod's "
-        "nvidia.com/gpu limit, CUDA_VISIBLE_DEVICES and the NVIDIA device plugin"
-    )
 
 
 def test_devices_package_is_torch_free() -> None:
