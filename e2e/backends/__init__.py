@@ -11,5 +11,12 @@ from .base import Backend, Cluster, KubectlError, WaitTimeout, wait_for
 BACKENDS = ("local", "kind")
 ENV_BACKEND = "RPCJOB_E2E_BACKEND"
 
-__all__ = ["BACKENDS", "ENV_BACKEND", "Backend", "Cluster", "KubectlError", "WaitTimeout",
-           "wait_for"]
+__all__ = [
+    "BACKENDS",
+    "ENV_BACKEND",
+    "Backend",
+    "Cluster",
+    "KubectlError",
+    "WaitTimeout",
+    "wait_for",
+]

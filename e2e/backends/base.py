@@ -78,6 +78,10 @@ class Backend:
     def prepare_namespace(self, namespace: str) -> None:
         """Anything a job namespace needs besides the Namespace (e.g. the job ServiceAccount)."""
 
+    def use_example(self, folder: Path) -> None:
+        """Make the images of ``folder``'s RpcJob runnable (examples/<x>/: each example's image
+        has that folder as its WORKDIR, where `python -m app` finds app.py)."""
+
     def cleanup_namespace(self, namespace: str) -> None:
         """Undo prepare_namespace's cluster-scoped parts."""
 
@@ -122,7 +126,11 @@ class Cluster:
 
     # --- kubectl ------------------------------------------------------------------------------
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120,
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
         namespaced: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl in this namespace; raises KubectlError on failure if ``check``."""
@@ -228,3 +236,6 @@ class Cluster:
 
     def restart_operator(self) -> None:
         self.backend.restart_operator()
+
+    def use_example(self, folder: Path) -> None:
+        self.backend.use_example(folder)

@@ -13,8 +13,9 @@ from tests.helm_chart import CHART, run_helm
 RELEASE = "rpcjob"
 
 
-def render(namespace: str, set_values: Mapping[str, str] | None = None,
-           values_files: Sequence[str] = ()) -> list[dict[str, Any]]:
+def render(
+    namespace: str, set_values: Mapping[str, str] | None = None, values_files: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """``helm template --include-crds`` as dicts, in helm's install order (crds/ first)."""
     args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
     for path in values_files:
@@ -32,8 +33,12 @@ def install_order(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def operator_deployment(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == "Deployment"
-             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"]
+    found = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+    ]
     if len(found) != 1:
         raise ValueError(f"the chart rendered {len(found)} operator Deployments, expected 1")
     return found[0]

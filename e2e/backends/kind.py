@@ -18,10 +18,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from rpcjob.etcd import Client
 from tests.helm_chart import CHART, helm_binary
@@ -32,12 +34,13 @@ KIND_CONFIG = REPO / "e2e" / "kind" / "kind-config.yaml"
 TAG = "e2e"
 OPERATOR_IMAGE = f"ghcr.io/rpcjob/rpcjob-operator:{TAG}"
 SIDECAR_IMAGE = f"ghcr.io/rpcjob/rpcjob-sidecar:{TAG}"
-# The examples' RpcJobs name this image (examples/*/rpcjob.yaml).
-WORKER_IMAGE = "ghcr.io/rpcjob/examples:0.1.0"
+# The scenarios' own workloads (python -c ...) need torch + rpcjob only: any example image.
+WORKER_IMAGE = f"ghcr.io/rpcjob/e2e-worker:{TAG}"
+WORKER_DOCKERFILE = "examples/worker-image/Dockerfile"
 IMAGES = (
-    (OPERATOR_IMAGE, "operator/Dockerfile"),
-    (SIDECAR_IMAGE, "sidecar/Dockerfile"),
-    (WORKER_IMAGE, "examples/worker-image/Dockerfile"),
+    (OPERATOR_IMAGE, "operator/Dockerfile", ()),
+    (SIDECAR_IMAGE, "sidecar/Dockerfile", ()),
+    (WORKER_IMAGE, WORKER_DOCKERFILE, ("EXAMPLE=parameter_server",)),
 )
 RELEASE = "rpcjob"
 
@@ -46,7 +49,9 @@ def _run(*args: str, timeout: float = 900, env: dict[str, str] | None = None) ->
     proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=str(REPO))  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}")
+        raise RuntimeError(
+            f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
+        )
     return proc.stdout
 
 
@@ -79,6 +84,7 @@ class KindBackend(Backend):
         self.cluster_name = os.environ.get("RPCJOB_E2E_KIND_CLUSTER", "rpcjob-e2e")
         self.kubeconfig = str(workdir / "kubeconfig")
         self.created = False
+        self.loaded: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> KindBackend:
@@ -99,16 +105,29 @@ class KindBackend(Backend):
         return self
 
     def _images(self) -> None:
+        for image, dockerfile, build_args in IMAGES:
+            self._image(image, dockerfile, build_args)
+
+    def _image(self, image: str, dockerfile: str, build_args: Sequence[str]) -> None:
+        """Build (unless RPCJOB_E2E_SKIP_BUILD=1) and `kind load` one image, once per run."""
+        if image in self.loaded:
+            return
         if os.environ.get("RPCJOB_E2E_SKIP_BUILD") != "1":
-            for image, dockerfile in IMAGES:
-                extra: list[str] = []
-                torch_image = os.environ.get("RPCJOB_E2E_TORCH_IMAGE")
-                if torch_image and "worker-image" in dockerfile:
-                    extra = ["--build-arg", f"TORCH_IMAGE={torch_image}"]
-                _run("docker", "build", "-f", dockerfile, "-t", image, *extra, ".", timeout=3600)
-        for image, _ in IMAGES:
-            _run("kind", "load", "docker-image", image, "--name", self.cluster_name,
-                 timeout=1800)  # fmt: skip
+            args = [a for arg in build_args for a in ("--build-arg", arg)]
+            torch_image = os.environ.get("RPCJOB_E2E_TORCH_IMAGE")
+            if torch_image and dockerfile == WORKER_DOCKERFILE:
+                args += ["--build-arg", f"TORCH_IMAGE={torch_image}"]
+            _run("docker", "build", "-f", dockerfile, "-t", image, *args, ".", timeout=3600)
+        _run("kind", "load", "docker-image", image, "--name", self.cluster_name, timeout=1800)
+        self.loaded.add(image)
+
+    def use_example(self, folder: Path) -> None:
+        """Build and load the example's image: examples/worker-image/Dockerfile with
+        EXAMPLE=<folder> (its WORKDIR holds the example's app.py), tagged as the RpcJob names it."""
+        job = yaml.safe_load((folder / "rpcjob.yaml").read_text())
+        for role in job["spec"]["roles"].values():
+            for c in role["template"]["spec"]["containers"]:
+                self._image(c["image"], WORKER_DOCKERFILE, (f"EXAMPLE={folder.name}",))
 
     def _helm(self, *args: str, timeout: float = 900) -> str:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}

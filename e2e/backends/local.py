@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import socket
 from collections.abc import Iterator
@@ -53,7 +54,9 @@ class LocalBackend(Backend):
     def __init__(self, workdir: Path, operator_mode: str | None = None) -> None:
         mode = operator_mode or os.environ.get("RPCJOB_E2E_OPERATOR", "pod")
         if mode not in OPERATOR_MODES:
-            raise ValueError(f"RPCJOB_E2E_OPERATOR={mode!r}: use one of {', '.join(OPERATOR_MODES)}")
+            raise ValueError(
+                f"RPCJOB_E2E_OPERATOR={mode!r}: use one of {', '.join(OPERATOR_MODES)}"
+            )
         self.mode = mode
         self.workdir = workdir
         self.etcd: EmbeddedEtcd | None = None
@@ -72,6 +75,11 @@ class LocalBackend(Backend):
                 crds=None, workdir=str(self.workdir), backoff_base=0.2, backoff_cap=2.0
             ).start()
             self.kubeconfig = self.cluster.kubeconfig
+            # Every local cluster hands out pod IPs from 127.0.0.2 on; other clusters on this
+            # machine (pytest-xdist workers, other test runs) would collide on the pods' fixed
+            # ports (sidecar 9464, operator 8080/9465). Start at a random point of the pool.
+            assert self.cluster.kubelet is not None
+            self.cluster.kubelet.ips.next = random.randrange(256 * 253)
             self.docs = chart.render(
                 self.operator_namespace, {"etcd.endpoints[0]": self.etcd.endpoint}
             )
@@ -122,8 +130,10 @@ class LocalBackend(Backend):
                              for a in container.get("args") or []]  # fmt: skip
         if not any(a.startswith("--metrics") for a in container["args"]):
             container["args"].append(f"--metrics=$({POD_IP_VAR}):{contract.OPERATOR_METRICS_PORT}")
-        container["env"] = [*(container.get("env") or []), {
-            "name": POD_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+        container["env"] = [
+            *(container.get("env") or []),
+            {"name": POD_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ]
         self.lc.apply_docs([pod])
         wait_for(lambda: self._operator_phase() == "Running", 60, "the operator pod to run")
 
@@ -175,6 +185,13 @@ class LocalBackend(Backend):
             return self.lc.pod_logs(self.operator_namespace, self.operator_pod_name, "operator")
         except KeyError:
             return ""
+
+    def use_example(self, folder: Path) -> None:
+        """Each example's image has its folder as WORKDIR (examples/worker-image/Dockerfile);
+        the local cluster has no images, so the kubelet's default working directory plays that
+        WORKDIR for the containers started from now on (the sidecar ignores it)."""
+        assert self.lc.kubelet is not None
+        self.lc.kubelet.cfg.default_cwd = str(folder)
 
     # --- etcd, audit, logs ----------------------------------------------------------------
     @contextmanager

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,31 +57,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="module")
-def e2e_backend(request: pytest.FixtureRequest,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:  # fmt: skip
+def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     name = backend_name(request.config)
-    workdir = tmp_path_factory.mktemp(f"e2e-{name}")
-    backend: Any
     if name == "kind":
         from e2e.backends import kind
 
         reason = kind.unavailable()
         if reason:
             pytest.skip(f"kind backend: {reason}")
-        backend = kind.KindBackend(workdir).start()
-    else:
-        from e2e.backends.local import LocalBackend
+    # A short directory (not pytest's deep tmp path): pod directories live under it and hold
+    # unix sockets, whose paths are limited to 107 characters.
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-"))
+    backend: Any
+    try:
+        if name == "kind":
+            backend = kind.KindBackend(workdir).start()
+        else:
+            from e2e.backends.local import LocalBackend
 
-        backend = LocalBackend(workdir).start()
+            backend = LocalBackend(workdir).start()
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         yield backend
     finally:
         backend.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _namespace_for(item: pytest.Item) -> str:
+    # Short: the local kubelet's pod directories embed it, and the sidecar's unix socket path
+    # inside them must stay under the kernel's 107-character limit.
     base = re.sub(r"[^a-z0-9]+", "-", item.name.lower().removeprefix("test_")).strip("-")
-    return f"e2e-{base[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    return f"{base[:10].strip('-')}-{uuid.uuid4().hex[:4]}"
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ while True:
         last = line
     time.sleep(0.5)
 """
-WORKER_IMAGE = "ghcr.io/rpcjob/examples:0.1.0"
+from e2e.backends.kind import WORKER_IMAGE  # noqa: E402  (ignored by the local kubelet)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -110,8 +110,11 @@ def wait_group(c: Cluster, job: str, expected: list[str], timeout: float | None 
             return None
         return status
 
-    return c.wait_for(settled, timeout or c.backend.job_timeout,
-                      f"{job}: members {want}" + (f" seen by {observer}" if observer else ""))
+    return c.wait_for(
+        settled,
+        timeout or c.backend.job_timeout,
+        f"{job}: members {want}" + (f" seen by {observer}" if observer else ""),
+    )
 
 
 def pod_by_index(c: Cluster, job: str, index: int, role: str = "worker") -> dict[str, Any]:

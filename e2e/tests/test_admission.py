@@ -17,7 +17,6 @@ from .jobs import elastic_job, printer_table
 pytestmark = pytest.mark.e2e_no_operator
 
 
-
 def bad_role_name(job: dict[str, Any]) -> None:
     job["spec"]["roles"]["Bad-Role"] = copy.deepcopy(job["spec"]["roles"]["worker"])
 
@@ -47,7 +46,11 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("min-replicas", min_above_replicas, "minReplicas must be <= replicas"),
     ("max-replicas", above_max, "replicas must be <= maxReplicas"),
     ("worker-role", no_worker_role, "a role named 'worker' is required"),
-    ("success-role", unknown_success_role, "spec.successPolicy.role must name a role in spec.roles"),
+    (
+        "success-role",
+        unknown_success_role,
+        "spec.successPolicy.role must name a role in spec.roles",
+    ),
     ("unknown-field", unknown_field, 'unknown field "spec.replicaz"'),
 ]
 
