@@ -225,6 +225,12 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         if self._owns_client:
             self._client.close()
 
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- c10d API -----------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
         try:
