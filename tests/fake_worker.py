@@ -4,7 +4,8 @@ Usage: fake_worker.py EVENTS_FILE join|hello. Says Hello, opens the Session, rep
 (in ``join`` mode) joins torch's group *in the store* exactly as torch 2.13 writes it (token,
 ``names/<rank>``, ``_ALL_WORKER_INFOS``, ``addrs/<name>``; see rpcjob.torchkeys) and reports
 JOINED; appends every event it receives to EVENTS_FILE as a JSON line, acks every EVICT
-(unless FAKE_NO_ACK=1), answers DRAIN with a store-level leave + LEAVING + LEFT and exits 0.
+(unless FAKE_NO_ACK=1), answers DRAIN with a store-level leave + LEAVING + LEFT and exits 0
+(unless FAKE_IGNORE_DRAIN=1).
 RPCJOB_TEST_HOOK=die-in-critical-section: SIGKILL itself while holding the join token.
 stdin commands: ``join`` (report JOINED), ``leave`` (LEAVING, LEFT, exit 0), ``leave-exit``
 (LEAVING, torch's leave, exit without LEFT), ``close`` (end the stream without LEFT),
@@ -121,7 +122,7 @@ def main() -> None:
                 record(path, d.pop("kind"), **d)
                 if ev.kind == pb.MembershipEvent.EVICT and not no_ack:
                     session.report(R.EVICTED, peer=ev.peer.name, event_id=ev.id)
-                if ev.kind == pb.MembershipEvent.DRAIN:
+                if ev.kind == pb.MembershipEvent.DRAIN and not os.environ.get("FAKE_IGNORE_DRAIN"):
                     leave(session)
         except Exception as e:
             record(path, "STREAM_ERROR", error=str(e)[:300])

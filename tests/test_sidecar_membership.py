@@ -166,6 +166,20 @@ def test_exactly_one_cleaner_and_failover(job: Job, client: Client) -> None:
     assert new is not None and new.value != leader.value
 
 
+def test_a_draining_cleaner_still_evicts(job: Job, client: Client) -> None:
+    pods = [start(job, i, FAKE_IGNORE_DRAIN="1") for i in range(3)]
+    joined(pods[0][1], "worker_2")
+    leader = next(p for p in pods if "rpcjob_cleaner_leader 1.0" in p[0].http("/metrics")[1])
+    others = [p for p in pods if p is not leader]
+    leader[0].sidecar.send_signal(15)  # type: ignore[union-attr]  # drains for up to 20 s
+    wait_for(lambda: "draining" in leader[0].sidecar_log.read_text(), 30, "leader draining")
+    t0 = time.monotonic()
+    others[1][1].kill()
+    evicted(others[0][1], others[1][0].name, others[1][2], timeout=15)
+    assert time.monotonic() - t0 < 10, "the eviction waited for the cleaner's drain to end"
+    assert leader[0].sidecar.wait(60) == 0  # type: ignore[union-attr]
+
+
 def test_rank_space_exhaustion_waits_then_reuses_safely(etcd_endpoint: str, tmp_path: Path) -> None:
     job = Job(etcd_endpoint, tmp_path, lease_ttl=3, rank_space=2)
     client = Client(etcd_endpoint)

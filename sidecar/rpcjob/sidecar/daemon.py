@@ -46,7 +46,9 @@ class Sidecar(IncarnationMixin):
         self.election_holder: int | None = None
         self.inc: Incarnation | None = None
         self.wake = threading.Event()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # SIGTERM: no new incarnation (still cleans)
+        self.closed = threading.Event()  # drained and leases given up: background loops end
+        self.failed = threading.Event()  # the membership watch ended: main exits 1
         self.lease: Lease | None = None
         self.cleaner = Cleaner(
             client, self.keys, max(3.0 * cfg.lease_ttl, 10.0), on_evicted=self._on_evicted
@@ -79,7 +81,7 @@ class Sidecar(IncarnationMixin):
 
     def _sidecar_lease_lost(self, err: BaseException | None) -> None:
         log.warning("sidecar lease lost (%s): re-granting", err or "expired")
-        if not self.stopping.is_set():
+        if not self.closed.is_set():
             try:
                 self._grant_sidecar_lease()
             except EtcdError as e:
@@ -96,6 +98,7 @@ class Sidecar(IncarnationMixin):
                 log.warning("worker did not leave within %.0fs: revoking its lease", grace)
         if inc is not None:
             self.end_incarnation(inc, "sidecar stopping")
+        self.closed.set()
         if self.lease is not None:
             try:
                 self.client.lease_revoke(self.lease.id)
@@ -106,7 +109,7 @@ class Sidecar(IncarnationMixin):
     # --- watch ----------------------------------------------------------------------------------
     def _on_watch_error(self, err: BaseException) -> None:
         log.error("membership watch ended (%s); exiting so that the pod restarts", err)
-        self.stopping.set()
+        self.failed.set()
 
     def _on_batch(self, batch: list[WatchEvent]) -> None:
         self.last_etcd_ok = time.monotonic()
@@ -183,7 +186,8 @@ class Sidecar(IncarnationMixin):
         return self.lease is not None and self.election_holder == self.lease.id
 
     def _cleaner_loop(self) -> None:
-        while not self.stopping.is_set():
+        # Runs through a drain too: a peer may crash while this worker leaves.
+        while not self.closed.is_set():
             # Watch events wake the loop; the timeout re-plans for ack deadlines (often while
             # an eviction is pending, rarely otherwise).
             self.wake.wait(0.5 if self.evicts else 5.0)
@@ -279,8 +283,8 @@ class Sidecar(IncarnationMixin):
 
     # --- probes -------------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
-        if self.stopping.is_set():
-            return False, "stopping"
+        if self.failed.is_set():
+            return False, "the membership watch ended"
         if time.monotonic() - self.last_etcd_ok < self.cfg.lease_ttl:
             return True, "ok"
         try:

@@ -47,7 +47,6 @@ class Incarnation:
     next_id: int = 1
     evict_ids: dict[int, Identity] = field(default_factory=dict)
     ended: threading.Event = field(default_factory=threading.Event)
-    graceful: bool = False
     closing: bool = False  # the stream-closed handler ran
 
 
@@ -161,7 +160,6 @@ class IncarnationMixin:
             ],
         )
         self.client.delete(self.keys.left_marker(self.me))
-        inc.graceful = True
         log.info("%s left gracefully", self.me)
         self.end_incarnation(inc, "left")
 

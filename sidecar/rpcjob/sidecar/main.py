@@ -69,7 +69,7 @@ def run(cfg: SidecarConfig, stop: threading.Event) -> int:
              cfg.worker_name, cfg.socket, cfg.http_host, http.port,
              list(plan.devices) or "none (CPU)")  # fmt: skip
     while not stop.wait(0.5):
-        if sidecar.stopping.is_set():  # the watch ended: let the pod restart us
+        if sidecar.failed.is_set():  # the watch ended: let the pod restart us
             grpc_server.stop(0)
             http.stop()
             client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from rpcjob import contract
 
 from ._pb import sidecar_pb2 as _pb2
 from ._pb import sidecar_pb2_grpc as _pb2_grpc
@@ -83,8 +86,11 @@ def serve(sidecar: Sidecar, socket_path: str, hello_timeout: float) -> grpc.Serv
     # A shared emptyDir may be owned by another uid; the socket itself is 0600 either way.
     with contextlib.suppress(PermissionError):
         os.chmod(path.parent, 0o700)
-    if path.exists() or path.is_socket():
+    if path.exists() or path.is_symlink():
         path.unlink()
+    bind = Path(contract.socket_bind_path(str(path)))
+    if bind != path and (bind.exists() or bind.is_socket()):
+        bind.unlink()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpcjob-grpc"),
         options=[("grpc.so_reuseport", 0)],
@@ -92,10 +98,14 @@ def serve(sidecar: Sidecar, socket_path: str, hello_timeout: float) -> grpc.Serv
     pb_grpc.add_SidecarServicer_to_server(Servicer(sidecar, hello_timeout), server)
     old = os.umask(0o177)
     try:
-        if not server.add_insecure_port(f"unix:{path}"):
-            raise OSError(f"cannot listen on unix socket {path}")
+        if not server.add_insecure_port(f"unix:{bind}"):
+            raise OSError(f"cannot listen on unix socket {bind}")
         server.start()
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(bind, 0o600)
+    if bind != path:
+        path.symlink_to(bind)
+        # The short path lives outside the pod's volume: remove it when the sidecar exits.
+        atexit.register(lambda: bind.unlink(missing_ok=True))
     return server
