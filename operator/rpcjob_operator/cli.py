@@ -66,16 +66,42 @@ class _Interrupts:
 
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
-              help="Override a spec field, e.g. --set roles.worker.replicas=4.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a spec field, e.g. --set roles.worker.replicas=4.",
+)
 @click.option("--json", "json_mode", is_flag=True, help="Print events as JSON lines.")
-@click.option("--node-labels", type=click.Path(dir_okay=False),
-              help="YAML map of node labels the sidecars see (e.g. nvidia.com/gpu.count).")
-@click.option("--lease-ttl", default=3, show_default=True, type=click.IntRange(1, 60),
-              help="Member lease TTL in seconds: how fast a dead sidecar is noticed.")
+@click.option(
+    "--node-labels",
+    type=click.Path(dir_okay=False),
+    help="YAML map of node labels the sidecars see (e.g. nvidia.com/gpu.count).",
+)
+@click.option(
+    "--lease-ttl",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 60),
+    help="Member lease TTL in seconds: how fast a dead sidecar is noticed.",
+)
+@click.option(
+    "--etcd",
+    "etcd_endpoint",
+    metavar="HOST:PORT",
+    help="Use this etcd instead of starting one (the job's keys are removed at exit).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also show sidecar logs and status events.")
-def run(job_file: str, sets: tuple[str, ...], json_mode: bool, node_labels: str | None,
-        lease_ttl: int, verbose: bool) -> None:
+def run(
+    job_file: str,
+    sets: tuple[str, ...],
+    json_mode: bool,
+    node_labels: str | None,
+    lease_ttl: int,
+    etcd_endpoint: str | None,
+    verbose: bool,
+) -> None:
     """Run JOB_FILE on this machine: embedded etcd, each slot a sidecar + worker process."""
     try:
         obj, _job = jobfile.load(job_file, sets)
@@ -91,14 +117,15 @@ def run(job_file: str, sets: tuple[str, ...], json_mode: bool, node_labels: str 
     root = tempfile.mkdtemp(prefix="rpj-")  # short: unix socket paths below it
     code = EXIT_FAILED
     try:
-        code = _run(obj, job_file, root, labels, lease_ttl, json_mode, verbose)
+        code = _run(obj, job_file, root, labels, lease_ttl, etcd_endpoint, json_mode, verbose)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     raise SystemExit(code)
 
 
-def _run(obj: dict[str, Any], job_file: str, root: str, labels: dict[str, str], lease_ttl: int,
-         json_mode: bool, verbose: bool) -> int:
+def _start_etcd(root: str, endpoint: str | None) -> tuple[str, EmbeddedEtcd | None]:
+    if endpoint:
+        return endpoint, None
     try:
         os.makedirs(os.path.join(root, "etcd"))
         etcd = EmbeddedEtcd(data_dir=os.path.join(root, "etcd")).start()
@@ -106,12 +133,26 @@ def _run(obj: dict[str, Any], job_file: str, root: str, labels: dict[str, str], 
         fail(str(exc), EXIT_ENVIRONMENT)
     except EtcdStartError as exc:
         fail(f"the embedded etcd did not start: {exc}", EXIT_ENVIRONMENT)
+    return etcd.endpoint, etcd
+
+
+def _run(
+    obj: dict[str, Any],
+    job_file: str,
+    root: str,
+    labels: dict[str, str],
+    lease_ttl: int,
+    etcd_endpoint: str | None,
+    json_mode: bool,
+    verbose: bool,
+) -> int:
+    endpoint, etcd = _start_etcd(root, etcd_endpoint)
     interrupts = _Interrupts()
     old = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     opts = RunOptions(
         workdir=str(Path(job_file).resolve().parent),
         root=os.path.join(root, "p"),
-        etcd_endpoint=etcd.endpoint,
+        etcd_endpoint=endpoint,
         node_labels=labels,
         lease_ttl=lease_ttl,
     )
@@ -121,19 +162,34 @@ def _run(obj: dict[str, Any], job_file: str, root: str, labels: dict[str, str], 
         with display:
             job = LocalJob(obj, opts, display.emit)
             display.job, display.rows = job.name, job.rows
-            reg = control.Registration(job.name, os.getpid(), etcd.endpoint, job.uid)
+            reg = control.Registration(job.name, os.getpid(), endpoint, job.uid)
             reg.write()
+            display.emit(
+                {
+                    "type": "job",
+                    "name": job.name,
+                    "uid": job.uid,
+                    "etcd": endpoint,
+                    "root": root,
+                    "pid": os.getpid(),
+                }
+            )
             state = job.run(interrupts.graceful)
             if state == "Interrupted":
-                display.emit({"type": "warning", "message": "interrupted: draining (Ctrl-C again "
-                              "to stop now)"})
+                display.emit(
+                    {
+                        "type": "warning",
+                        "message": "interrupted: draining (Ctrl-C again to stop now)",
+                    }
+                )
                 threading.Thread(target=_force_watch, args=(interrupts, job), daemon=True).start()
                 job.stop_all()
             job.cleanup_keys()
     finally:
         if reg is not None:
             reg.remove()
-        etcd.close()
+        if etcd is not None:
+            etcd.close()
         for s, h in old.items():
             signal.signal(s, h)
     result = {"Succeeded": 0, "Interrupted": EXIT_INTERRUPTED}.get(state, EXIT_FAILED)
@@ -181,8 +237,10 @@ def status(name: str | None, json_mode: bool) -> None:
         return
     st = summary.get("status", {})
     console = Console()
-    console.print(f"[bold]{name}[/bold]  state {st.get('state')}  ready {st.get('ready')}  "
-                  f"restarts {st.get('restarts', 0)}")
+    console.print(
+        f"[bold]{name}[/bold]  state {st.get('state')}  ready {st.get('ready')}  "
+        f"restarts {st.get('restarts', 0)}"
+    )
     t = Table(box=None)
     for col in ("member", "rank", "pod", "devices"):
         t.add_column(col)

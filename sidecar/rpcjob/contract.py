@@ -204,6 +204,20 @@ def socket_path(socket_dir: str = SOCKET_DIR) -> str:
     return f"{socket_dir.rstrip('/')}/{SOCKET_FILE}"
 
 
+MAX_SOCKET_PATH = 100  # sockaddr_un holds 107 bytes on Linux (103 on macOS)
+
+
+def socket_bind_path(path: str) -> str:
+    """Where the sidecar really binds ``path``: itself when short enough, else a short path in
+    /tmp named by the path's hash (the sidecar links ``path`` to it; the worker resolves the
+    link). Local pods under a long temp dir would otherwise exceed the unix socket limit."""
+    if len(path.encode()) <= MAX_SOCKET_PATH:
+        return path
+    import hashlib
+
+    return f"/tmp/rpcjob-{hashlib.sha256(path.encode()).hexdigest()[:16]}.sock"
+
+
 # --- etcd key layout -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobKeys:

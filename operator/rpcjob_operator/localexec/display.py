@@ -61,8 +61,7 @@ class Display:
             if self.verbose:
                 self._tails.append(_Tail(ev["slot"] + "/sidecar", ev["sidecar_log"]))
         if self.json_mode:
-            if kind != "status" or self.verbose:
-                self._print_json(ev)
+            self._print_json(ev)
             return
         line = self._describe(ev)
         if line is not None:

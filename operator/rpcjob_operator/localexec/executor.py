@@ -23,6 +23,7 @@ from typing import Any
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
 from rpcjob_operator.localexec.control import keys
+from rpcjob_operator.localexec.loopback import LoopbackPool
 from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
 from rpcjob_operator.model import (
     CreatePod,
@@ -45,19 +46,6 @@ Emit = Callable[[dict[str, Any]], None]
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class IpPool:
-    """127.0.0.2, 127.0.0.3, ...: never reused within a run (old peers may still dial an IP)."""
-
-    def __init__(self) -> None:
-        self._n = 1
-
-    def take(self) -> str:
-        self._n += 1
-        if self._n >= 254 * 254:
-            raise RuntimeError("out of loopback addresses (over 64k pods in one run)")
-        return f"127.0.{self._n // 254}.{self._n % 254 + 1}"
 
 
 @dataclass
@@ -105,7 +93,7 @@ class LocalJob:
         self.uid = str(md["uid"])
         self.keys = contract.JobKeys(self.namespace, self.name, self.uid)
         self.pods: dict[str, LocalPod] = {}
-        self.ips = IpPool()
+        self.ips = LoopbackPool()
         self.wake = threading.Event()
         self.defaults = OperatorDefaults(
             sidecar_image="local", etcd_endpoints=(opts.etcd_endpoint,), lease_ttl=opts.lease_ttl

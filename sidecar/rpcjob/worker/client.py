@@ -98,7 +98,8 @@ class Session:
 class SidecarClient:
     def __init__(self, socket: str | None = None) -> None:
         self.path = resolve_socket(socket)
-        self._channel = grpc.insecure_channel(f"unix://{self.path}")
+        # realpath: a long socket path is a link to the short path the sidecar bound.
+        self._channel = grpc.insecure_channel(f"unix://{os.path.realpath(self.path)}")
         self._stub = pb_grpc.SidecarStub(self._channel)
 
     def hello(self, *, fresh_rank: bool = False, timeout: float | None = None) -> Any:

@@ -1,0 +1,162 @@
+"""Drive ``rpcjob run --json`` as a user would: a real process, its JSON events, its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+Event = dict[str, Any]
+
+
+def rpcjob(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rpcjob_operator.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False,
+    )  # fmt: skip
+
+
+class LocalRun:
+    """``rpcjob run --json JOB`` in the background, with its events collected as they come."""
+
+    def __init__(self, job: str, *args: str, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rpcjob_operator.cli", "run", "--json", job, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+        )  # fmt: skip
+        self.events: list[Event] = []
+        self.raw: list[str] = []
+        self._q: queue.Queue[Event | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                self._q.put(ev)
+        self._q.put(None)
+
+    def wait_event(self, pred: Callable[[Event], bool], timeout: float, what: str) -> Event:
+        deadline = time.monotonic() + timeout
+        for ev in self.events:
+            if pred(ev):
+                return ev
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; output:\n{self.tail()}")
+            try:
+                ev = self._q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if ev is None:
+                raise AssertionError(f"rpcjob run exited before {what}; output:\n{self.tail()}")
+            self.events.append(ev)
+            if pred(ev):
+                return ev
+
+    def wait(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"rpcjob run did not end in {timeout}s:\n{self.tail()}") from None
+        self._reader.join(5)
+        while True:
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if ev is not None:
+                self.events.append(ev)
+        return code
+
+    def interrupt(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        """Teardown: Ctrl-C first (rpcjob run then stops its pods), SIGKILL as a last resort."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, n: int = 60) -> str:
+        return "".join(self.raw[-n:])
+
+    def logs(self, slot: str) -> list[str]:
+        return [e["line"] for e in self.events if e.get("type") == "log" and e["slot"] == slot]
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Pids whose environment has key=value (how a test finds a job's local containers)."""
+    needle = f"{key}={value}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            out.append(int(entry))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def worker_pid(pod: str) -> int:
+    """The worker (not the sidecar) process of a local pod."""
+    pids = [
+        p for p in processes_with_env("RPCJOB_POD_NAME", pod) if "rpcjob-sidecar" not in cmdline(p)
+    ]
+    if len(pids) != 1:
+        raise AssertionError(f"expected one worker process for {pod}, found {pids}")
+    return pids[0]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def base_env(tmp: Path, extra: dict[str, str] | None = None,
+             drop: Sequence[str] = ()) -> dict[str, str]:  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["RPCJOB_STATE_DIR"] = str(tmp / "state")
+    env["TMPDIR"] = str(tmp / "tmp")
+    (tmp / "tmp").mkdir(exist_ok=True)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env

@@ -1,0 +1,169 @@
+"""``rpcjob run`` end to end: real etcd, real sidecar + worker processes, the examples' code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from localrun import LocalRun, base_env, processes_with_env, rpcjob, wait_until, worker_pid
+
+from rpcjob import contract
+from rpcjob.etcd import Client
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+
+pytestmark = pytest.mark.slow
+PS = "examples/parameter_server/rpcjob.yaml"
+AL = "examples/actor_learner/rpcjob.yaml"
+
+
+def _result(run: LocalRun) -> dict[str, object]:
+    return run.wait_event(lambda e: e.get("type") == "result", 5, "the result line")
+
+
+def _members(run: LocalRun) -> int:
+    for ev in reversed(run.events):
+        if ev.get("type") == "status":
+            return len(ev["status"].get("members") or [])
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("job", "env", "leader", "done"),
+    [
+        (PS, {"EXAMPLE_STEPS": "200"}, "ps_0", "ps: done after 200 updates"),
+        (AL, {"EXAMPLE_UPDATES": "100"}, "learner_0", "learner: done at version 100"),
+    ],
+    ids=["parameter_server", "actor_learner"],
+)
+def test_cpu_examples_run_to_success(
+    tmp_path: Path, job: str, env: dict[str, str], leader: str, done: str
+) -> None:
+    run = LocalRun(job, "--set", "roles.worker.replicas=2", env=base_env(tmp_path, env))
+    try:
+        assert run.wait(240) == 0, run.tail()
+    finally:
+        run.kill()
+    assert _result(run)["state"] == "Succeeded"
+    assert any(done in line for line in run.logs(leader)), run.tail()
+    # Every worker really joined the group.
+    joined = {m["name"] for e in run.events if e.get("type") == "status"
+              for m in e["status"].get("members") or []}  # fmt: skip
+    assert {leader, "worker_0", "worker_1"} <= joined
+
+
+def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
+    run = LocalRun(AL, "--set", "roles.worker.replicas=2",
+                   env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1500"}))  # fmt: skip
+    try:
+        run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group to form")
+        run.wait_event(lambda e: any(line.startswith("learner: version")
+                                     for line in run.logs("learner_0")) or False,
+                       120, "training to progress")  # fmt: skip
+        os.kill(worker_pid("actor-learner-worker-1"), signal.SIGKILL)
+        run.wait_event(
+            lambda e: e.get("type") == "pod" and e.get("pod") == "actor-learner-worker-1"
+            and e.get("action") == "created" and bool(e.get("replacement")),
+            60, "worker_1's replacement",
+        )  # fmt: skip
+        assert run.wait(300) == 0, run.tail()
+    finally:
+        run.kill()
+    assert _result(run)["state"] == "Succeeded"
+    restarts = [e["status"].get("restarts", 0) for e in run.events if e.get("type") == "status"]
+    assert max(restarts) >= 1
+
+
+def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    with EmbeddedEtcd() as etcd:
+        env = base_env(tmp_path, {"EXAMPLE_UPDATES": "1000000"})
+        run = LocalRun(AL, "--set", "roles.worker.replicas=1", "--etcd", etcd.endpoint, env=env)
+        try:
+            job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
+            run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group")
+            wait_until(lambda: _members(run) == 2, 120, "learner + 1 actor joined")
+
+            out = rpcjob("scale", "actor-learner", "worker=3", env=env)
+            assert out.returncode == 0, out.stderr
+            run.wait_event(lambda e: e.get("type") == "status"
+                           and len(e["status"].get("members") or []) == 4,
+                           180, "4 members after scaling up")  # fmt: skip
+            status = rpcjob("status", "actor-learner", "--json", env=env)
+            assert '"worker_2"' in status.stdout
+
+            out = rpcjob("scale", "actor-learner", "worker=1", env=env)
+            assert out.returncode == 0, out.stderr
+            run.wait_event(lambda e: e.get("type") == "status"
+                           and len(e["status"].get("members") or []) == 2,
+                           180, "2 members after scaling down")  # fmt: skip
+            left = [e for e in run.events if e.get("type") == "pod" and e["action"] == "deleted"]
+            assert {e["pod"] for e in left} >= {"actor-learner-worker-1", "actor-learner-worker-2"}
+            assert {e["reason"] for e in left} == {"ScaleDown"}
+
+            run.interrupt()
+            assert run.wait(120) == 130, run.tail()
+        finally:
+            run.kill()
+        # Nothing left behind: processes, keys, temp dirs, the state file.
+        wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 30,
+                   "the job's processes to exit")  # fmt: skip
+        with Client(etcd.endpoint) as c:
+            assert c.get_prefix("/rpcjob/") == []
+            assert c.get_prefix("/rpcjob-local/") == []
+        assert not Path(job["root"]).exists()
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert not (tmp_path / "state" / "actor-learner.json").exists()
+    # The drained actors left gracefully (exit 0), not by SIGKILL.
+    assert "Traceback" not in run.tail(400)
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: rpcjob.dev/v1alpha1\nkind: RpcJob\nspec: [roles:\n")
+    out = rpcjob("run", str(bad), env=base_env(tmp_path))
+    assert out.returncode == 2
+    assert f"{bad}: not valid YAML at line 4, column 1: expected the node content" in out.stderr
+
+
+def test_invalid_spec_names_the_field(tmp_path: Path) -> None:
+    out = rpcjob("run", PS, "--set", "roles.worker.replicas=40", env=base_env(tmp_path))
+    assert out.returncode == 2
+    assert "spec.roles.worker: Invalid value" in out.stderr
+    assert "replicas must be <= maxReplicas" in out.stderr
+    out = rpcjob("run", PS, "--set", "roles.worker.replicas", env=base_env(tmp_path))
+    assert "expected PATH=VALUE, e.g. --set roles.worker.replicas=4" in out.stderr
+
+
+def test_missing_etcd_binary_gives_an_install_hint(tmp_path: Path) -> None:
+    env = base_env(tmp_path, {"PATH": str(Path(sys.executable).parent) + ":/nonexistent"})
+    if os.path.exists(Path(sys.executable).parent / "etcd"):
+        pytest.skip("etcd lives next to python here")
+    out = rpcjob("run", PS, env=env)
+    assert out.returncode == 3
+    assert "the 'etcd' binary was not found on PATH" in out.stderr
+    assert "apt-get install etcd-server" in out.stderr
+
+
+def test_scale_and_status_errors(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    out = rpcjob("scale", "nope", "worker=2", env=env)
+    assert out.returncode == 1
+    assert "no local job named 'nope' is running (running: none)" in out.stderr
+    out = rpcjob("scale", "nope", "worker", env=env)
+    assert "'worker': expected ROLE=REPLICAS, e.g. worker=8" in out.stderr
+    out = rpcjob("status", "nope", env=env)
+    assert "no local job named 'nope' is running" in out.stderr
+
+
+def test_validate_examples_and_a_bad_file(tmp_path: Path) -> None:
+    examples = sorted(str(p) for p in Path("examples").glob("*/rpcjob.yaml"))
+    out = rpcjob("validate", *examples)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(": valid") == len(examples) >= 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(PS).read_text().replace("name: param-server", "name: Param_Server"))
+    out = rpcjob("validate", str(bad))
+    assert out.returncode == 1
+    assert "metadata.name" in out.stderr or "job name" in out.stderr
