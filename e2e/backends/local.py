@@ -62,6 +62,7 @@ class LocalBackend(Backend):
         self.etcd: EmbeddedEtcd | None = None
         self.cluster: LocalCluster | None = None
         self.docs: list[dict[str, Any]] = []
+        self.chart_values: dict[str, str] = {}  # --set values the chart was rendered with
         self.deployment: dict[str, Any] = {}
         self.operator_pod_name = ""
         self._generation = 0
@@ -80,9 +81,8 @@ class LocalBackend(Backend):
             # ports (sidecar 9464, operator 8080/9465). Start at a random point of the pool.
             assert self.cluster.kubelet is not None
             self.cluster.kubelet.ips.next = random.randrange(256 * 253)
-            self.docs = chart.render(
-                self.operator_namespace, {"etcd.endpoints[0]": self.etcd.endpoint}
-            )
+            self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
+            self.docs = chart.render(self.operator_namespace, self.chart_values)
             self.deployment = chart.operator_deployment(self.docs)
             self.cluster.create_namespace(self.operator_namespace)
             # Everything but the Deployment, which has no controller here: see start_operator.
