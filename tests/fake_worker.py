@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Compare, Op
@@ -31,9 +31,10 @@ out_lock = threading.Lock()
 
 
 def as_dict(msg: Any) -> dict[str, Any]:
-    return MessageToDict(
+    d: dict[str, Any] = MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return d
 
 
 def record(path: str, kind: str, **fields: Any) -> None:
