@@ -39,6 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e_no_operator: an e2e scenario that needs no operator")
+    backend_name(config)  # a bad RPCJOB_E2E_BACKEND is a usage error before anything runs
 
 
 def backend_name(config: pytest.Config) -> str:
