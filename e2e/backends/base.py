@@ -80,7 +80,8 @@ class Backend:
 
     def use_example(self, folder: Path) -> None:
         """Make the images of ``folder``'s RpcJob runnable (examples/<x>/: each example's image
-        has that folder as its WORKDIR, where `python -m app` finds app.py)."""
+        has that folder as its WORKDIR, where `python -m app` finds app.py). Locally nothing to
+        do: the kubelet's ``image_workdirs`` map each example image to its folder."""
 
     def cleanup_namespace(self, namespace: str) -> None:
         """Undo prepare_namespace's cluster-scoped parts."""

@@ -186,13 +186,6 @@ class LocalBackend(Backend):
         except KeyError:
             return ""
 
-    def use_example(self, folder: Path) -> None:
-        """Each example's image has its folder as WORKDIR (examples/worker-image/Dockerfile);
-        the local cluster has no images, so the kubelet's default working directory plays that
-        WORKDIR for the containers started from now on (the sidecar ignores it)."""
-        assert self.lc.kubelet is not None
-        self.lc.kubelet.cfg.default_cwd = str(folder)
-
     # --- etcd, audit, logs ----------------------------------------------------------------
     @contextmanager
     def etcd_client(self) -> Iterator[Client]:
