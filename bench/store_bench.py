@@ -1,16 +1,17 @@
 """EtcdStore vs the raw rpcjob.etcd client vs torch's TCPStore, in one run.
 
-    python3 bench/store_bench.py [--endpoint HOST:PORT] [--ops 300] [--rounds 7] [--waits 200]
+    python3 bench/store_bench.py [--endpoint HOST:PORT] [--ops 20] [--rounds 60] [--waits 200]
 
-Starts its own etcd (the ``etcd`` binary on PATH) unless ``--endpoint`` is given. For get, set,
-add and compare_set it runs ``--rounds`` interleaved rounds of ``--ops`` calls per contender
-(rotating who goes first) and reports the best round's ops/s and the ratios of those: on a
-shared machine other processes only ever add time, so the best of many short interleaved
-rounds is the stable figure (medians are printed too). The raw client does the least the same
-operation needs: get = one range, set = one put, add = one optimistic CAS txn on the
-mod_revision it saw last (the same single round trip EtcdStore uses), compare_set = one txn
-comparing the value. wait-notify: a waiter blocks in ``wait([key])``, another thread sets the
-key; latency is from just before the set to the waiter's wake-up (p50 over ``--waits``).
+Starts its own etcd (the ``etcd`` binary on PATH) unless ``--endpoint`` is given. For get,
+set, add and compare_set it times every call, in ``--rounds`` interleaved rounds of ``--ops``
+calls per contender (rotating who goes first), and reports ops/s = 1 / median call latency
+and the ratios of those: on a shared machine other processes only ever add time and wreck
+throughput averages; the median of many interleaved single-call samples is the stable figure.
+The raw client does the least the same operation needs: get = one range, set = one put,
+add = one optimistic CAS txn on the mod_revision it saw last (the same single round trip
+EtcdStore uses), compare_set = one txn comparing the value. wait-notify: a waiter blocks in
+``wait([key])``, another thread sets the key; latency is from just before the set to the
+waiter's wake-up (p50 over ``--waits``).
 Ends with one JSON line (see issue 2).
 """
 
@@ -83,11 +84,13 @@ def store_ops(s: Any) -> dict[str, Callable[[int], Any]]:
     }
 
 
-def rate(fn: Callable[[int], Any], n: int) -> float:
-    t0 = time.perf_counter()
+def timed(fn: Callable[[int], Any], n: int, out: list[float]) -> None:
+    """Append the latency of each of ``n`` calls (seconds)."""
+    clock = time.perf_counter
     for i in range(n):
+        t0 = clock()
         fn(i)
-    return n / (time.perf_counter() - t0)
+        out.append(clock() - t0)
 
 
 def wait_notify_ms(waiter: Any, setter: Any, n: int) -> float:
@@ -116,8 +119,8 @@ def wait_notify_ms(waiter: Any, setter: Any, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--endpoint", help="use this etcd (host:port) instead of starting one")
-    ap.add_argument("--ops", type=int, default=100, help="calls per contender per round")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--ops", type=int, default=20, help="calls per contender per round")
+    ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--waits", type=int, default=200, help="wait-notify samples")
     a = ap.parse_args()
 
@@ -137,13 +140,13 @@ def main() -> None:
         }
         for ops in contenders.values():  # warm up channels, caches
             for fn in ops.values():
-                rate(fn, 20)
-        rates: dict[str, dict[str, list[float]]] = {c: {o: [] for o in OPS} for c in contenders}
+                timed(fn, 20, [])
+        lat: dict[str, dict[str, list[float]]] = {c: {o: [] for o in OPS} for c in contenders}
         names = list(contenders)
         for r in range(a.rounds):
             for op in OPS:
                 for name in names[r % 3 :] + names[: r % 3]:  # rotate who goes first
-                    rates[name][op].append(rate(contenders[name][op], a.ops))
+                    timed(contenders[name][op], a.ops, lat[name][op])
         wn = {
             "etcdstore": wait_notify_ms(store, EtcdStore(endpoint, prefix=prefix), a.waits),
             "tcpstore": wait_notify_ms(tcp, tcp2, a.waits),
@@ -152,17 +155,17 @@ def main() -> None:
         if server is not None:
             server.close()
 
+    rate = {c: {o: 1.0 / statistics.median(lat[c][o]) for o in OPS} for c in contenders}
+    p90 = {c: {o: 1.0 / statistics.quantiles(lat[c][o], n=10)[-1] for o in OPS} for c in lat}
+
     def ratio(x: str, y: str, op: str) -> float:
-        return round(max(rates[x][op]) / max(rates[y][op]), 3)
+        return round(rate[x][op] / rate[y][op], 3)
 
     print(f"store bench: etcd {endpoint}, {a.rounds} rounds x {a.ops} ops, {a.waits} waits")
-    print("ops/s, best round (median round in brackets)")
+    print("ops/s = 1 / median latency of one call (1 / p90 latency in brackets)")
     print(f"{'op':<12}{'raw':>17}{'EtcdStore':>17}{'TCPStore':>19}{'ES/raw':>8}{'ES/TCP':>8}")
     for op in OPS:
-        cells = "".join(
-            f"{max(rates[c][op]):>9.0f} ({statistics.median(rates[c][op]):>6.0f})"
-            for c in contenders
-        )
+        cells = "".join(f"{rate[c][op]:>9.0f} ({p90[c][op]:>6.0f})" for c in contenders)
         print(
             f"{op:<12}{cells}"
             f"{ratio('etcdstore', 'raw', op):>8.3f}{ratio('etcdstore', 'tcpstore', op):>8.3f}"
