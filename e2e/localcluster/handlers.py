@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import errors
+from . import errors, protobuf
 from .patch import json_patch, merge_patch, strategic_merge
 from .resources import ResourceType
 from .selectors import parse_field_selector, parse_label_selector
@@ -133,6 +133,11 @@ class Handlers:
             return None
         if req.http.content_type == "application/apply-patch+yaml":
             return yaml.safe_load(raw)
+        if req.http.content_type == protobuf.CONTENT_TYPE:  # client-go typed clients (helm)
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufUnsupported as exc:
+                raise errors.ApiError(415, "UnsupportedMediaType", str(exc)) from None
         return json.loads(raw)
 
     # --- reads --------------------------------------------------------------------------

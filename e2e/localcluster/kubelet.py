@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import queue
+import random
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,15 +113,42 @@ def pod_gpus(pod: Obj) -> int:
 
 
 class IpPool:
-    """127.0.A.B with B >= 2, handed out in order (no quick reuse: no TIME_WAIT surprises)."""
+    """127.0.A.B with B >= 2, handed out in order (no quick reuse: no TIME_WAIT surprises).
 
-    def __init__(self) -> None:
-        self.next = 0
+    Several local clusters may run on one machine (pytest-xdist, other test runs), and pods
+    bind fixed ports on their IP: each pool starts at a random point, and skips addresses
+    where something already listens (Linux /proc/net/tcp)."""
+
+    SIZE = 256 * 253
+
+    def __init__(self, start: int | None = None) -> None:
+        self.next = random.randrange(self.SIZE) if start is None else start
 
     def take(self) -> str:
-        n = self.next
-        self.next = (self.next + 1) % (256 * 253)
-        return f"127.0.{n // 253}.{n % 253 + 2}"
+        busy = _listening_ips()
+        for _ in range(self.SIZE):
+            n = self.next
+            self.next = (self.next + 1) % self.SIZE
+            ip = f"127.0.{n // 253}.{n % 253 + 2}"
+            if ip not in busy:
+                return ip
+        raise RuntimeError("no free loopback address for a pod")
+
+
+def _listening_ips() -> set[str]:
+    """IPv4 addresses with a listening TCP socket (empty where /proc is unavailable)."""
+    out: set[str] = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) > 3 and parts[3] == "0A":  # LISTEN
+                    hexip = parts[1].split(":")[0]
+                    out.add(".".join(str(int(hexip[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    except OSError:
+        pass
+    return out
 
 
 class Kubelet:
