@@ -9,12 +9,14 @@ Runs the local cluster until interrupted (Ctrl-C / SIGTERM); drive it with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import signal
 import sys
 import threading
 
+from rpcjob import contract
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, EtcdNotFound
 
 from .cluster import LocalCluster, OperatorUnavailable
@@ -60,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pod directories and logs: {cluster.workdir}/pods")
         if a.with_operator:
             try:
+                if importlib.util.find_spec("rpcjob_operator.main") is None:
+                    cluster.start_operator()  # raises OperatorUnavailable with the explanation
                 etcd = EmbeddedEtcd()
                 etcd.start()
-                cluster.start_operator(env={"RPCJOB_DEFAULT_ETCD_ENDPOINTS": etcd.endpoint})
+                cluster.start_operator(env={contract.ENV_DEFAULT_ETCD_ENDPOINTS: etcd.endpoint})
                 print(
                     f"  operator running (log: {cluster.workdir}/operator.log), "
                     f"etcd {etcd.endpoint}"
