@@ -136,7 +136,8 @@ def worker_handset(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- worker: rpcjob dynamic path ---------------------------------------------------------------
-SLOTS = {"worker": RoleShape(max_replicas=3, gpus=1)}
+def slots(cuda: bool) -> dict[str, RoleShape]:
+    return {"worker": RoleShape(max_replicas=3, gpus=1 if cuda else 0)}
 
 
 def record(store: dist.TCPStore, name: str, rank: int, devices: tuple[str, ...]) -> None:
@@ -166,7 +167,7 @@ class Member:
             worker=self.name,
             node=self.node,
             requested_gpus=1 if self.cuda else 0,
-            slots=SLOTS,
+            slots=slots(self.cuda),
             visible=self.visible,
             peers=[p for p, _ in self.peers.values()],
         )

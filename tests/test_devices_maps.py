@@ -40,7 +40,7 @@ def ident(n: int) -> dict[str, str]:
 # node, requested, visible -> mode, devices, map to worker_1 (None: no assertion), warning parts
 CASES: list[tuple[str, int, Any, str, int, dict[str, str] | None, list[str]]] = [
     ("dgx-h100", 1, 1, "cuda", 1, ident(1), []),
-    ("dgx-h100", 8, 8, "cuda", 8, ident(1), []),  # worker_1's role requests 1: map 1 GPU
+    ("dgx-h100", 8, 8, "cuda", 8, ident(8), []),
     ("hgx-h200-a", 1, 8, "cuda", 1, ident(1), ["sees 8 GPUs but role 'worker' requests 1"]),
     ("gb200-nvl-rack1-node3", 1, None, "cuda", 1, ident(1), []),
     ("gb200-nvl-rack1-node4", 1, ("GPU-1",), "cuda", 1, ident(1), []),
@@ -50,7 +50,7 @@ CASES: list[tuple[str, int, Any, str, int, dict[str, str] | None, list[str]]] = 
     ("t4-time-sliced", 1, 1, "cuda", 1, ident(1), ["shared between pods (time-slicing"]),
     ("cpu-only", 0, 0, "cpu", 0, {}, []),
     ("cpu-only", 1, None, "cuda", 1, ident(1), []),  # labels silent, container unknown: trust
-    ("override", 2, 8, "cuda", 2, ident(1), ["sees 8 GPUs but role 'worker' requests 2"]),
+    ("override", 2, 8, "cuda", 2, ident(2), ["sees 8 GPUs but role 'worker' requests 2"]),
     ("bad-count-word", 1, 1, "cuda", 1, ident(1), ["gpu.count='eight'"]),
     ("bad-count-negative", 1, 1, "cuda", 1, ident(1), ["gpu.count='-1'"]),
     ("bad-override", 1, None, "cuda", 1, ident(1), ["rpcjob.dev/gpus='2.5'"]),
@@ -75,7 +75,7 @@ def test_fixture_node_plan(
         worker="worker_0",
         node=parse_node_labels(NODES[node], node),
         requested_gpus=req,
-        slots=slots(),
+        slots=slots(worker_gpus=req),
         visible=visible,
     )
     assert plan.mode == mode
@@ -344,3 +344,20 @@ def test_devices_package_is_torch_free() -> None:
 
     code = "import sys, rpcjob.devices; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_inconsistent_role_gpus_env() -> None:
+    node = parse_node_labels({}, "n")
+    with pytest.raises(DeviceMapError) as err:
+        plan_devices(worker="worker_0", node=node, requested_gpus=1, slots=slots(2), visible=2)
+    assert str(err.value) == (
+        "RPCJOB_GPUS=1 but RPCJOB_ROLE_GPUS says role 'worker' requests 2 GPUs: the pod's "
+        "environment is inconsistent (peers would map to GPUs this worker does not have); "
+        "re-render the pod from the job spec"
+    )
+    plan = plan_devices(worker="worker_0", node=node, requested_gpus=2, slots=slots(1), visible=2)
+    assert plan.devices == ("cuda:0", "cuda:1")
+    assert plan.warnings == (
+        "RPCJOB_GPUS=2 but RPCJOB_ROLE_GPUS says role 'worker' requests 1: peers send CUDA "
+        "tensors only to cuda:0..cuda:0 of worker_0",
+    )

@@ -311,6 +311,20 @@ def plan_devices(
             f"worker {worker!r} belongs to role {role!r}, which the job's slots "
             f"({contract.ENV_SLOTS}) do not list: {sorted(slots)}"
         )
+    declared = slots[role].gpus
+    if declared is not None and declared > requested_gpus:
+        # Peers pre-declare maps to GPUs this slot would not have: torch rejects our join.
+        raise DeviceMapError(
+            f"{contract.ENV_GPUS}={requested_gpus} but {contract.ENV_ROLE_GPUS} says role "
+            f"{role!r} requests {declared} GPUs: the pod's environment is inconsistent (peers "
+            "would map to GPUs this worker does not have); re-render the pod from the job spec"
+        )
+    if declared is not None and declared < requested_gpus:
+        warnings.append(
+            f"{contract.ENV_GPUS}={requested_gpus} but {contract.ENV_ROLE_GPUS} says role "
+            f"{role!r} requests {declared}: peers send CUDA tensors only to cuda:0..cuda:"
+            f"{declared - 1} of {worker}"
+        )
     names = [n for n in slot_names(slots) if n != worker]
     live = [p for p in peers if p.name != worker]
 
