@@ -16,19 +16,18 @@ from collections.abc import Callable
 from typing import Any
 
 from rpcjob import devices as dv
+from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Compare, EtcdError, Lease, Op, WatchEvent
 
 from .cleaner import Cleaner, parse_ident, read_snapshot
 from .cleanup import Identity, name_is_clean
 from .config import SidecarConfig
 from .http import Metrics
-from .incarnation import HelloError, Incarnation, IncarnationMixin, pb
+from .incarnation import Event, HelloError, Incarnation, IncarnationMixin, Report, pb
 from .members import MembershipView
 from .ranks import allocate_once
 
 log = logging.getLogger("rpcjob.sidecar")
-Report: Any = pb.WorkerReport
-Event: Any = pb.MembershipEvent
 
 
 class Sidecar(IncarnationMixin):
@@ -70,8 +69,13 @@ class Sidecar(IncarnationMixin):
                 self._note_evict(kv.key.decode(), True)
             self.election_holder = int(election[0].value) if election else None
             self.metrics.members.set(len(self.view.members))
-        self.client.watch(self.keys.root, prefix=True, start_revision=res.revision + 1,
+        # Our own keys sort before "store/"; of the store only torch's RPC keys matter (token,
+        # _ALL_WORKER_INFOS: they gate Hello and wake the cleaner), not the user's traffic.
+        start = res.revision + 1
+        self.client.watch(self.keys.root, range_end=self.keys.store, start_revision=start,
                           callback=self._on_batch, on_error=self._on_watch_error)  # fmt: skip
+        self.client.watch(self.keys.store + tk.RPC_PREFIX, prefix=True, start_revision=start,
+                          callback=self._on_store_batch, on_error=self._on_watch_error)  # fmt: skip
         self.last_etcd_ok = time.monotonic()
         threading.Thread(target=self._cleaner_loop, daemon=True, name="rpcjob-cleaner").start()
 
@@ -110,6 +114,12 @@ class Sidecar(IncarnationMixin):
     def _on_watch_error(self, err: BaseException) -> None:
         log.error("membership watch ended (%s); exiting so that the pod restarts", err)
         self.failed.set()
+
+    def _on_store_batch(self, batch: list[WatchEvent]) -> None:
+        self.last_etcd_ok = time.monotonic()
+        with self.cond:
+            self.cond.notify_all()
+        self.wake.set()
 
     def _on_batch(self, batch: list[WatchEvent]) -> None:
         self.last_etcd_ok = time.monotonic()
