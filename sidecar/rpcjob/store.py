@@ -49,7 +49,15 @@ from rpcjob.etcd import (
     WatchEvent,
 )
 
-__all__ = ["EtcdStore", "keep_alive"]
+__all__ = [
+    "EtcdStore",
+    "StoreAuthError",
+    "StoreEtcdError",
+    "StoreTLSError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "keep_alive",
+]
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: multi_get/multi_set chunk above it
 NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
@@ -79,8 +87,8 @@ class StoreTLSError(DistNetworkError, EtcdTLSError):  # type: ignore[misc,valid-
     pass
 
 
-class StoreOutcomeUnknown(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
-    pass
+class StoreTimeout(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
+    """The etcd call ran out of time; for add/append/compare_set the outcome is unknown."""
 
 
 class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
@@ -94,7 +102,7 @@ class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type
 _TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
     (EtcdTLSError, StoreTLSError),
     (EtcdUnavailable, StoreUnavailable),
-    (EtcdTimeout, StoreOutcomeUnknown),
+    (EtcdTimeout, StoreTimeout),
     (EtcdAuthError, StoreAuthError),
     (EtcdError, StoreEtcdError),
 )
