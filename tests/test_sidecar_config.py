@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,12 @@ from podkit import Job, free_port, next_ip
 
 from rpcjob import contract as c
 from rpcjob.sidecar.config import ConfigError, load_config
-from rpcjob.sidecar.labels_source import LabelsError, labels_from_file, read_node_labels
+from rpcjob.sidecar.labels_source import (
+    LabelsError,
+    labels_from_api,
+    labels_from_file,
+    read_node_labels,
+)
 
 GOOD = {
     c.ENV_NAMESPACE: "ns",
@@ -150,3 +159,59 @@ def test_bad_gpu_labels_are_warnings_in_identity_not_a_crash(
         assert ident["devices"] == []
     finally:
         job.close()
+
+
+# --- in cluster: GET /api/v1/nodes/<node> over TLS with the service-account token ------------
+@pytest.fixture
+def fake_apiserver(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+    """A real HTTPS server answering like the API server for two nodes (token checked)."""
+    from etcd_tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("tok-123\n")
+    (sa / "ca.crt").write_text(Path(tls.ca).read_text())
+    nodes = {"gpu-node": {"nvidia.com/gpu.count": "8"}, "locked": None}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[1]
+            if self.headers.get("Authorization") != "Bearer tok-123":
+                code, body = 401, {}
+            elif name not in nodes:
+                code, body = 404, {"kind": "Status", "code": 404}
+            elif nodes[name] is None:
+                code, body = 403, {"kind": "Status", "code": 403}
+            else:
+                code, body = (
+                    200,
+                    {"kind": "Node", "metadata": {"name": name, "labels": nodes[name]}},
+                )
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls.server_cert, tls.server_key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield "127.0.0.1", int(srv.server_address[1]), sa
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_labels_from_the_kubernetes_api(fake_apiserver: tuple[str, int, Path]) -> None:
+    host, port, sa = fake_apiserver
+    env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port)}
+    assert labels_from_api("gpu-node", env, sa_dir=sa) == {"nvidia.com/gpu.count": "8"}
+    with pytest.raises(LabelsError, match=r"may not GET node 'locked' \(403\).*'get' on nodes"):
+        labels_from_api("locked", env, sa_dir=sa)
+    with pytest.raises(LabelsError, match=f"node 'gone' not found: check {c.ENV_NODE_NAME}"):
+        labels_from_api("gone", env, sa_dir=sa)

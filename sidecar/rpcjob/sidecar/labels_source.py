@@ -59,10 +59,12 @@ def labels_from_json(raw: str) -> dict[str, str]:
     return _as_labels(data, where)
 
 
-def labels_from_api(node: str, env: Mapping[str, str], timeout: float = 10.0) -> dict[str, str]:
+def labels_from_api(
+    node: str, env: Mapping[str, str], timeout: float = 10.0, sa_dir: Path = SA_DIR
+) -> dict[str, str]:
     host = env.get("KUBERNETES_SERVICE_HOST", "")
     port = int(env.get("KUBERNETES_SERVICE_PORT", "443") or 443)
-    token_file, ca_file = SA_DIR / "token", SA_DIR / "ca.crt"
+    token_file, ca_file = sa_dir / "token", sa_dir / "ca.crt"
     if not host or not token_file.exists():
         raise LabelsError(
             "not running in a Kubernetes pod (no KUBERNETES_SERVICE_HOST or service-account "
@@ -90,6 +92,8 @@ def labels_from_api(node: str, env: Mapping[str, str], timeout: float = 10.0) ->
             f"the pod's service account may not GET node {node!r} (403): grant it "
             "'get' on nodes (the rpcjob chart's job ClusterRole does)"
         )
+    if resp.status == 404:
+        raise LabelsError(f"node {node!r} not found: check {c.ENV_NODE_NAME} (spec.nodeName)")
     if resp.status != 200:
         raise LabelsError(f"GET /api/v1/nodes/{node} answered {resp.status}: {body[:200]!r}")
     return _as_labels(json.loads(body), f"node {node}")
