@@ -5,11 +5,9 @@ Helm's install is replayed in its own order: the chart's crds/ first (`helm temp
 server's store, which serves the kinds, establishes CRDs and validates custom resources. Then an
 example RpcJob must be accepted by the CRD the chart templated.
 
-A real `helm install` against the emulator is attempted too and expected to fail for one known
-reason: helm stores its release record as a Secret encoded as protobuf (client-go's default for
-typed clients), which the emulator does not decode; helm's memory driver is no way out (it swaps
-in a fake Kubernetes client). When the emulator learns protobuf Secrets, the xfail turns into an
-XPASS and fails the suite (strict): then drop the marker.
+A real `helm install` against the emulator runs too: helm stores its release record as a Secret
+encoded as protobuf (client-go's default for typed clients), which the emulator decodes
+(e2e/localcluster/protobuf.py).
 """
 
 from __future__ import annotations
@@ -110,10 +108,6 @@ def test_install_namespace_mode_and_tls_auth(cluster: LocalCluster) -> None:
     assert get(cluster, "batch/v1", "Job", "rpcjob-etcd-enable-auth", "rpcjob-system")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the emulator does not decode helm's protobuf-encoded release Secret (see docstring)",
-)
 def test_real_helm_install_into_the_emulator(cluster: LocalCluster, tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(helm_binary()), "install", "rpcjob", str(CHART), "--namespace", "rpcjob-system",

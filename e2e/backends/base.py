@@ -160,7 +160,7 @@ class Cluster:
         proc = self.kubectl("get", kind, name, "-o", "json", "--ignore-not-found", check=True)
         return json.loads(proc.stdout) if proc.stdout.strip() else None
 
-    def list(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+    def objects(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-o", "json"]
         if selector:
             args += ["-l", selector]
@@ -176,7 +176,7 @@ class Cluster:
         selector = f"{contract.LABEL_JOB_NAME}={job}"
         if role:
             selector += f",{contract.LABEL_ROLE}={role}"
-        return sorted(self.list("pods", selector), key=lambda p: p["metadata"]["name"])
+        return sorted(self.objects("pods", selector), key=lambda p: p["metadata"]["name"])
 
     def live_pods(self, job: str, role: str | None = None) -> list[dict[str, Any]]:
         return [p for p in self.pods(job, role) if not p["metadata"].get("deletionTimestamp")]

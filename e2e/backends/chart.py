@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.helm_chart import CHART, run_helm
+from tests.helm_chart import CHART, helm_binary, run_helm
 
 RELEASE = "rpcjob"
 
@@ -23,6 +26,37 @@ def render(
     for key, value in sorted((set_values or {}).items()):
         args += ["--set", f"{key}={value}"]
     return [d for d in yaml.safe_load_all(run_helm(*args)) if d]
+
+
+def helm_install(
+    kubeconfig: str, workdir: Path, namespace: str, set_values: Mapping[str, str] | None = None
+) -> str:
+    """`helm install` the chart (the real helm, private config/cache dirs); helm's stdout."""
+    home = workdir / "helm"
+    env = {
+        **os.environ,
+        "KUBECONFIG": kubeconfig,
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    args = [
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--timeout",
+        "120s",
+    ]
+    for key, value in sorted((set_values or {}).items()):
+        args += ["--set", f"{key}={value}"]
+    proc = subprocess.run([str(helm_binary()), *args], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
+    return proc.stdout
 
 
 def install_order(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -138,7 +138,8 @@ class KindBackend(Backend):
             "upgrade", "--install", RELEASE, str(CHART), "--namespace", self.operator_namespace,
             "--create-namespace", "--wait", "--timeout", "10m",
             "--set", f"operator.image.tag={TAG}", "--set", "operator.image.pullPolicy=Never",
-            "--set", f"jobs.sidecar.image.tag={TAG}", "--set", "jobs.sidecar.image.pullPolicy=Never",
+            "--set", f"jobs.sidecar.image.tag={TAG}",
+            "--set", "jobs.sidecar.image.pullPolicy=Never",
         )  # fmt: skip
 
     def stop(self) -> None:

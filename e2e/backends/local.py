@@ -1,10 +1,10 @@
 """The ``local`` backend: the emulated API server + process kubelet (e2e/localcluster), the chart
 installed into it the way `helm install` would, and the operator it installs.
 
-* The chart is rendered with the real helm (``helm template --include-crds``, external etcd =
-  a real etcd started here) and its objects are created in helm's order; the RpcJob CRD the
-  scenarios use is the chart's.
-* The operator runs as the chart's Deployment would run it. ``RPCJOB_E2E_OPERATOR=pod``
+* The chart is installed with the real ``helm install`` (external etcd = a real etcd started
+  here; no ``--wait``: no Deployment controller makes the Deployment available); the RpcJob CRD
+  the scenarios use is the one the chart installed.
+* The operator runs as the installed Deployment would run it. ``RPCJOB_E2E_OPERATOR=pod``
   (default): a Pod made from the Deployment's pod template, run by the process kubelet — the
   image's entrypoint ``rpcjob-operator`` becomes a local process. The local cluster has no
   Deployment controller, so this backend plays the ReplicaSet (creates the pod, re-creates it
@@ -61,7 +61,6 @@ class LocalBackend(Backend):
         self.workdir = workdir
         self.etcd: EmbeddedEtcd | None = None
         self.cluster: LocalCluster | None = None
-        self.docs: list[dict[str, Any]] = []
         self.chart_values: dict[str, str] = {}  # --set values the chart was rendered with
         self.deployment: dict[str, Any] = {}
         self.operator_pod_name = ""
@@ -82,13 +81,9 @@ class LocalBackend(Backend):
             assert self.cluster.kubelet is not None
             self.cluster.kubelet.ips.next = random.randrange(256 * 253)
             self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
-            self.docs = chart.render(self.operator_namespace, self.chart_values)
-            self.deployment = chart.operator_deployment(self.docs)
-            self.cluster.create_namespace(self.operator_namespace)
-            # Everything but the Deployment, which has no controller here: see start_operator.
-            self.cluster.apply_docs(
-                [d for d in chart.install_order(self.docs) if d is not self.deployment]
-            )
+            chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
+                               self.chart_values)  # fmt: skip
+            self.deployment = self._installed_deployment()
             if self.operator_missing() is None:
                 self.start_operator()
         except BaseException:
@@ -108,6 +103,13 @@ class LocalBackend(Backend):
     def lc(self) -> LocalCluster:
         assert self.cluster is not None, "the local backend is not started"
         return self.cluster
+
+    def _installed_deployment(self) -> dict[str, Any]:
+        """The operator Deployment as helm installed it (read back from the API server)."""
+        rt = self.lc.store.registry.by_kind("apps/v1", "Deployment")
+        assert rt is not None
+        items, _ = self.lc.store.list(rt, self.operator_namespace, lambda _l: True, lambda _o: True)
+        return chart.operator_deployment(items)
 
     # --- operator -----------------------------------------------------------------------
     def operator_missing(self) -> str | None:

@@ -121,9 +121,9 @@ def _collect(c: Cluster, item: pytest.Item, tmp_path: Path) -> None:
     dest = Path(root) / re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid) if root else tmp_path / "logs"
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        pods = c.list("pods")
+        pods = c.objects("pods")
         (dest / "pods.json").write_text(json.dumps(pods, indent=1))
-        (dest / "rpcjobs.json").write_text(json.dumps(c.list(contract.PLURAL), indent=1))
+        (dest / "rpcjobs.json").write_text(json.dumps(c.objects(contract.PLURAL), indent=1))
         for pod in pods:
             spec = pod["spec"]
             for ctr in [*(spec.get("initContainers") or []), *spec["containers"]]:
@@ -141,7 +141,7 @@ def _collect(c: Cluster, item: pytest.Item, tmp_path: Path) -> None:
 def _teardown(c: Cluster) -> None:
     c.kubectl("delete", contract.PLURAL, "--all", "--wait=false", check=False)
     try:
-        wait_for(lambda: not c.list("pods", contract.LABEL_JOB_NAME), 120,
+        wait_for(lambda: not c.objects("pods", contract.LABEL_JOB_NAME), 120,
                  f"the job pods in {c.namespace} to go")  # fmt: skip
     finally:
         c.kubectl("delete", "namespace", c.namespace, "--wait=false", check=False,

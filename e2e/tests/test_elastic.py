@@ -8,9 +8,10 @@ the torch group itself sees (a surviving worker reaches exactly the expected mem
 
 from __future__ import annotations
 
-from rpcjob import contract
+from typing import Any
 
 from e2e.backends import Cluster
+from rpcjob import contract
 
 from .jobs import elastic_job, members, pod_by_index, wait_group, workers
 
@@ -41,7 +42,7 @@ def test_kubectl_scale_up_and_down_live(cluster: Cluster) -> None:
     assert status["roles"]["worker"]["failed"] == 0  # a drained member is not a failure
 
 
-def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> dict[str, object]:
+def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> dict[str, Any]:
     victim = pod_by_index(cluster, name, index)
     old_uid = victim["metadata"]["uid"]
     # A graceful delete (the pod terminates, then goes), as `kubectl delete pod` does. A forced
@@ -55,17 +56,20 @@ def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> di
         return len(mine) == 1 and mine[0]["metadata"]["uid"] != old_uid
 
     cluster.wait_for(replaced, 120, f"a replacement pod for {name} worker {index}")
-    status = wait_group(cluster, name, workers(3), observer=observer)
-    status = cluster.wait_for(lambda: (s := cluster.job_status(name)).get("restarts") == 1 and s,
-                              60, "the restart to be counted")  # fmt: skip
-    return dict(status)
+    wait_group(cluster, name, workers(3), observer=observer)
+
+    def counted() -> dict[str, Any] | None:
+        status = cluster.job_status(name)
+        return status if status.get("restarts") == 1 else None
+
+    return cluster.wait_for(counted, 60, "the restart to be counted")
 
 
 def test_killed_worker_pod_is_replaced_and_counted(cluster: Cluster) -> None:
     start(cluster, "kill", 3)
     status = _kill_and_heal(cluster, "kill", 2, observer="kill-worker-0")
     failures = status.get("failures") or []
-    assert [f["pod"] for f in failures] == ["kill-worker-2"], failures  # type: ignore[index]
+    assert [f["pod"] for f in failures] == ["kill-worker-2"], failures
     assert status["ready"] == "3/3"
 
 

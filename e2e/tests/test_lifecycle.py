@@ -3,9 +3,8 @@ references) and its etcd prefix (the operator's finalizer), read back with rpcjo
 
 from __future__ import annotations
 
-from rpcjob import contract
-
 from e2e.backends import Cluster
+from rpcjob import contract
 
 from .jobs import elastic_job, wait_group, workers
 
@@ -22,8 +21,8 @@ def test_delete_job_removes_pods_objects_and_etcd_prefix(cluster: Cluster) -> No
     assert job is not None
     assert contract.FINALIZER in job["metadata"].get("finalizers", [])
     selector = f"{contract.LABEL_JOB_NAME}=doomed"
-    assert cluster.list("services", selector), "the job's headless Service is missing"
-    assert cluster.list("networkpolicies", selector), "the job's NetworkPolicy is missing"
+    assert cluster.objects("services", selector), "the job's headless Service is missing"
+    assert cluster.objects("networkpolicies", selector), "the job's NetworkPolicy is missing"
     prefix = contract.job_prefix(cluster.namespace, "doomed")
     keys = etcd_keys(cluster, prefix)
     uid = job["metadata"]["uid"]
@@ -35,8 +34,8 @@ def test_delete_job_removes_pods_objects_and_etcd_prefix(cluster: Cluster) -> No
 
     cluster.wait_for(lambda: cluster.job("doomed") is None, 120, "the RpcJob to be gone")
     cluster.wait_for(lambda: not cluster.pods("doomed"), 120, "the job's pods to be gone")
-    cluster.wait_for(lambda: not cluster.list("services", selector)
-                     and not cluster.list("networkpolicies", selector),
+    cluster.wait_for(lambda: not cluster.objects("services", selector)
+                     and not cluster.objects("networkpolicies", selector),
                      60, "the Service and NetworkPolicy to be garbage-collected")  # fmt: skip
     # Keys bound to a sidecar's lease may outlive their pod by the lease TTL; anything else
     # left under the prefix is a leak and never goes.

@@ -41,9 +41,13 @@ def test_operator_api_calls_are_covered_by_the_chart_roles(cluster: Cluster) -> 
     assert all(r.path.startswith(DISCOVERY_PREFIXES) for r in records if not r.resource)
     # The operator did reach every kind of object it manages.
     touched = {(r.group, r.resource, r.subresource, r.verb) for r in resources}
-    for needed in [("", "pods", "", "create"), ("", "pods", "", "delete"),
-                   ("rpcjob.dev", "rpcjobs", "status", "patch"), ("", "events", "", "create")]:
-        assert needed in touched, sorted(touched)
+    for call in [
+        ("", "pods", "", "create"),
+        ("", "pods", "", "delete"),
+        ("rpcjob.dev", "rpcjobs", "status", "patch"),
+        ("", "events", "", "create"),
+    ]:
+        assert call in touched, sorted(touched)
 
     needed = [audit_rule(r.verb, r.group, r.resource, r.subresource, r.namespace)
               for r in resources]  # fmt: skip
