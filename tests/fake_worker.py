@@ -46,7 +46,11 @@ class TorchStoreEmulation:
     """The store writes of torch's dynamic join/leave (measured on torch 2.13, DESIGN §4)."""
 
     def __init__(self, ident: Any) -> None:
-        self.c = Client(list(ident.etcd_endpoints))
+        self.c = Client(
+            list(ident.etcd_endpoints), ca=ident.etcd_ca or None, cert=ident.etcd_cert or None,
+            key=ident.etcd_key or None, user=ident.etcd_user or None,
+            password=ident.etcd_password or None,
+        )  # fmt: skip
         self.p = ident.store_prefix
         self.name, self.rank = ident.worker_name, ident.rank
 

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ETCD_TEST_ROOT_PASSWORD
+from etcd_tls import TLSMaterial
 from podkit import FakeWorker, Job, Pod, wait_for
 
+from rpcjob import contract as c
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
@@ -271,6 +274,27 @@ def test_etcd_restart_evicts_no_live_member(etcd: EmbeddedEtcd, tmp_path: Path) 
             assert {kv.key.decode().rsplit("/", 1)[1] for kv in c.get_prefix(job.keys.members)} \
                 == {"worker_0", "worker_1", "worker_2"}  # fmt: skip
         assert not any(e["kind"] == "EVICT" for w in (wa, wb, wc) for e in w.events())
+    finally:
+        job.close()
+
+
+def test_tls_and_auth_etcd(
+    etcd_tls_auth: EmbeddedEtcd, etcd_tls_material: TLSMaterial, tmp_path: Path
+) -> None:
+    m = etcd_tls_material
+    env = {
+        c.ENV_ETCD_CA: m.ca, c.ENV_ETCD_CERT: m.client_cert, c.ENV_ETCD_KEY: m.client_key,
+        c.ENV_ETCD_USER: "root", c.ENV_ETCD_PASSWORD: ETCD_TEST_ROOT_PASSWORD,
+    }  # fmt: skip
+    job = Job(etcd_tls_auth.endpoint, tmp_path, lease_ttl=3, env=env)
+    try:
+        a, wa, _ = start(job, 0)
+        b, wb, rb = start(job, 1)
+        joined(wa, "worker_1")
+        wb.kill()
+        evicted(wa, "worker_1", rb)
+        for p in (a, b):
+            assert ETCD_TEST_ROOT_PASSWORD not in p.sidecar_log.read_text()
     finally:
         job.close()
 
