@@ -134,11 +134,12 @@ class _Waiter:
         self.error: BaseException | None = None
 
     def on_events(self, events: list[WatchEvent]) -> None:
+        # A key set since the read counts even if deleted again at once (TCPStore wakes its
+        # waiters on the set): torch's token waiter key may be set "Done" and then deleted by
+        # the next holder in the same watch batch.
         for ev in events:
             if ev.type == "PUT":
                 self.missing.discard(ev.kv.key)
-            else:
-                self.missing.add(ev.kv.key)
         if not self.missing:
             self.done.set()
 
@@ -406,6 +407,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
             except EtcdTimeout as e:
                 if time.monotonic() >= deadline:
                     raise self._fail(op, keys, e) from e
+                time.sleep(0.05)  # cut off mid-call (etcd restarting): retry the same txn
             except EtcdError as e:
                 raise self._fail(op, keys, e) from e
 
