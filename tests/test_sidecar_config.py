@@ -148,6 +148,17 @@ def test_process_exits_1_when_etcd_unreachable_without_leaking_the_password(
     assert "pw-must-not-leak" not in r.stderr + r.stdout
 
 
+def test_labels_unavailable_is_a_warning_not_a_crash(tmp_path: Path, etcd_endpoint: str) -> None:
+    env = {c.ENV_NODE_LABELS: "", c.ENV_NODE_NAME: ""}
+    job = Job(etcd_endpoint, tmp_path, env=env)
+    try:
+        pod = job.pod("worker", 0)
+        assert pod.fake_worker().identity()["devices"] == []
+        assert f"{c.ENV_NODE_NAME} is not set" in pod.sidecar_log.read_text()
+    finally:
+        job.close()
+
+
 def test_bad_gpu_labels_are_warnings_in_identity_not_a_crash(
     tmp_path: Path, etcd_endpoint: str
 ) -> None:

@@ -27,11 +27,12 @@ log = logging.getLogger("rpcjob.sidecar")
 
 def node_gpus(cfg: SidecarConfig) -> dv.NodeGPUs:
     """The node's GPUs from its labels. A labels file/JSON we cannot read is a configuration
-    error; an API failure falls back to empty labels with a warning (never a crash loop)."""
+    error; labels we cannot get (no node name, API refused) fall back to none with a warning,
+    never a crash loop (DESIGN §5): the role's GPU request then decides."""
     try:
         labels = read_node_labels(cfg.node_name, cfg.node_labels_file, cfg.node_labels_json)
     except LabelsError as e:
-        if cfg.node_labels_file or cfg.node_labels_json or not cfg.node_name:
+        if cfg.node_labels_file or cfg.node_labels_json:  # what the user gave is wrong
             raise ConfigError(str(e)) from None
         log.warning("cannot read node labels (%s): assuming none", e)
         labels = {}
