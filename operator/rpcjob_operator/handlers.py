@@ -118,9 +118,8 @@ async def job_changed(
     if type == "DELETED":
         rt.reconciler.forget(namespace, name)
         return
-    mem = rt.reconciler.memory.get((namespace, name))
-    if mem is not None and body.metadata.get("resourceVersion") == mem.written_rv:
-        return  # the echo of our own status write: nothing new to plan from
+    if not rt.reconciler.seen(namespace, name, body):
+        return  # our own status write echoing back, or kopf's bookkeeping patches
     rt.trigger(namespace, name)
 
 

@@ -75,6 +75,12 @@ class JobGone(Exception):
 class JobMemory:
     etcd_failing: bool = False
     written_rv: str = ""  # the resourceVersion of our own last status write
+    # What the last cycle planned from and left behind: a job event that changes neither (our
+    # own status write echoing back, kopf's finalizer and bookkeeping patches) needs no cycle.
+    generation: int | None = None
+    status: dict[str, Any] | None = None
+    planned: dict[str, Any] | None = None  # the status being written by the running cycle
+    read_rv: str = ""  # the resourceVersion the last cycle planned from
     refused: set[str] = field(default_factory=set)  # warnings already posted (no repeats)
 
 
@@ -105,6 +111,25 @@ class Reconciler:
 
     def mem(self, ns: str, name: str) -> JobMemory:
         return self.memory.setdefault((ns, name), JobMemory())
+
+    def seen(self, ns: str, name: str, body: Any) -> bool:
+        """Record a watch event of the job; whether it carries anything the last cycle did not
+        plan from (our own status write echoing back, kopf's finalizer and bookkeeping patches
+        do not)."""
+        mem = self.mem(ns, name)
+        if mem.status is None:
+            return True
+        md = body.get("metadata") or {}
+        if md.get("deletionTimestamp"):
+            return True
+        rv = str(md.get("resourceVersion", ""))
+        if rv == mem.written_rv or _not_after(rv, mem.read_rv):
+            return False  # already planned from this version (or a later one)
+        status = body.get("status") or {}
+        return bool(
+            md.get("generation") != mem.generation
+            or (status != mem.status and status != mem.planned)
+        )
 
     def forget(self, ns: str, name: str) -> None:
         self.memory.pop((ns, name), None)
@@ -172,12 +197,18 @@ class Reconciler:
         status write (the caller retries both)."""
         started = time.monotonic()
         try:
+            mem = self.mem(ns, name)
+            # A fresh read, never the watch's copy: planning from a stale status would count
+            # a restart twice (the resourceVersion precondition of the write catches the rest).
             obj = await self.kube.get_job(ns, name)
             if obj is None:
                 self.forget(ns, name)
                 raise JobGone(f"{ns}/{name}")
+            mem.generation, mem.status = obj["metadata"].get("generation"), obj.get("status") or {}
+            mem.read_rv = str(obj["metadata"].get("resourceVersion", ""))
             observed, job = await self.observe(obj)
             plan = reconcile(obj, observed)
+            mem.planned = plan.status
             await self._write_status(obj, plan)
             await self._apply(obj, job, plan.actions)
         except JobGone:
@@ -193,6 +224,7 @@ class Reconciler:
             metrics.DURATION.observe(time.monotonic() - started)
         metrics.RECONCILES.labels("ok").inc()
         self.states.set((ns, name), str(plan.status.get("state") or "Pending"))
+        mem.generation, mem.status = obj["metadata"].get("generation"), plan.status
         return plan.requeue_after
 
     async def _write_status(self, obj: dict[str, Any], plan: Plan) -> None:
@@ -204,9 +236,8 @@ class Reconciler:
             md["namespace"], md["name"], md["resourceVersion"], merge_patch(old, plan.status)
         )
         metrics.STATUS_WRITES.inc()
-        self.mem(md["namespace"], md["name"]).written_rv = str(
-            (written.get("metadata") or {}).get("resourceVersion", "")
-        )
+        mem = self.mem(md["namespace"], md["name"])
+        mem.written_rv = str((written.get("metadata") or {}).get("resourceVersion", ""))
 
     async def _apply(
         self, obj: dict[str, Any], job: RpcJob | None, actions: Sequence[Action]
@@ -269,6 +300,15 @@ class Reconciler:
         if self._exit_after is not None and self._creates >= self._exit_after:
             log.warning("test hook: exiting after %d pod creations", self._creates)
             os._exit(137)
+
+
+def _not_after(rv: str, other: str) -> bool:
+    """rv <= other, for resourceVersions that are numbers (etcd revisions in practice);
+    False when either is not (then the event is compared by content)."""
+    try:
+        return int(rv) <= int(other)
+    except ValueError:
+        return False
 
 
 async def _bounded(aws: list[Awaitable[None]]) -> None:

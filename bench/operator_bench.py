@@ -1,0 +1,277 @@
+"""Operator benchmark (issue 4): apply -> pods for 32 workers, 100 jobs reconciled, RSS.
+
+Runs the real ``rpcjob-operator`` process (kopf) against the local cluster's emulated API
+server, with a real etcd. The kubelet is off by default: pods stay Pending, so the figures
+measure the operator, not 64 local processes starting (``--kubelet`` turns it on).
+
+* ``apply_to_pods_s_32``: POST of an RpcJob with 32 workers -> all 32 pods exist. Anchor, same
+  run: the same 32 rendered pods POSTed straight to the API server through the same client
+  (8 in flight, as the operator does) — the floor no operator can beat here.
+* ``jobs_100_reconcile_s``: 100 one-worker RpcJobs POSTed back to back -> every job has its
+  pod and a status written for its generation (no backlog left). Anchor: the API work the
+  operator cannot avoid for them — 100 pod POSTs + 100 status PATCHes via the client.
+* ``operator_rss_mb``: the operator's resident memory after the 100 jobs (/proc, or psutil).
+
+    python3 bench/operator_bench.py [--workers 32] [--jobs 100] [--kubelet]
+
+Ends with one JSON line: {"apply_to_pods_s_32": s, "jobs_100_reconcile_s": s,
+"operator_rss_mb": mb}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from e2e.localcluster.cluster import LocalCluster  # noqa: E402
+from rpcjob import contract  # noqa: E402
+from rpcjob_operator.kube import Kube, merge_patch  # noqa: E402
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd  # noqa: E402
+from rpcjob_operator.model import Slot  # noqa: E402
+from rpcjob_operator.render import OperatorDefaults, render_pod  # noqa: E402
+from rpcjob_operator.spec import parse_job  # noqa: E402
+
+SLEEPER = [sys.executable, "-c", "import signal; signal.sigwait([signal.SIGTERM])"]
+JOBS_PATH = f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{{ns}}/{contract.PLURAL}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def manifest(name: str, ns: str, replicas: int) -> dict[str, Any]:
+    container = {"name": "worker", "image": "ghcr.io/rpcjob/examples:0.1.0", "command": SLEEPER}
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "roles": {
+                "worker": {
+                    "replicas": replicas,
+                    "maxReplicas": max(replicas, 1) * 2,
+                    "template": {"spec": {"containers": [container]}},
+                }
+            }
+        },
+    }
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        import psutil  # type: ignore[import-untyped]
+
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except ImportError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, kube: Kube) -> None:
+        self.cluster = cluster
+        self.kube = kube
+        reg = cluster.store.registry
+        self.pod_rt = reg.get("", "v1", "pods")
+        self.job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
+
+    def pods_in(self, ns: str) -> int:
+        items, _ = self.cluster.store.list(self.pod_rt, ns, lambda lb: True, lambda o: True)
+        return len(items)
+
+    def done_jobs(self, ns: str) -> int:
+        items, _ = self.cluster.store.list(self.job_rt, ns, lambda lb: True, lambda o: True)
+        return sum(
+            1
+            for j in items
+            if (j.get("status") or {}).get("replicas") == j["spec"]["roles"]["worker"]["replicas"]
+            and (j.get("status") or {}).get("observedGeneration") == j["metadata"]["generation"]
+        )
+
+    @staticmethod
+    async def until(pred: Any, timeout: float, what: str) -> float:
+        t0 = time.monotonic()
+        while not pred():
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(0.005)
+        return time.monotonic()
+
+    async def post_job(self, m: dict[str, Any]) -> dict[str, Any]:
+        ns = m["metadata"]["namespace"]
+        _, obj = await self.kube.request("POST", JOBS_PATH.format(ns=ns), body=m)
+        return obj
+
+    async def anchor_pods(self, ns: str, n: int) -> float:
+        """The same n pods the operator would render, POSTed directly, 8 in flight."""
+        obj = await self.post_job(manifest("anchor", ns, n))
+        obj = copy.deepcopy(obj)
+        job = parse_job(obj)
+        pods = [render_pod(job, Slot("worker", i), defaults=OperatorDefaults()) for i in range(n)]
+        sem = asyncio.Semaphore(8)
+
+        async def one(p: dict[str, Any]) -> None:
+            async with sem:
+                await self.kube.create(p)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(p) for p in pods))
+        return time.monotonic() - t0
+
+    async def anchor_jobs(self, ns: str, n: int) -> float:
+        """The API work 100 one-worker jobs need at least: a pod POST and a status PATCH each."""
+        objs = [await self.post_job(manifest(f"a{i}", ns, 1)) for i in range(n)]
+        sem = asyncio.Semaphore(8)
+
+        async def one(obj: dict[str, Any]) -> None:
+            job = parse_job(obj)
+            async with sem:
+                await self.kube.create(
+                    render_pod(job, Slot("worker", 0), defaults=OperatorDefaults())
+                )
+                md = obj["metadata"]
+                status = {"replicas": 1, "observedGeneration": 1, "state": "Pending"}
+                await self.kube.patch_job_status(
+                    ns, md["name"], md["resourceVersion"], merge_patch({}, status)
+                )
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(o) for o in objs))
+        return time.monotonic() - t0
+
+
+async def run(
+    args: argparse.Namespace, cluster: LocalCluster, etcd: EmbeddedEtcd
+) -> dict[str, Any]:
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = cluster.url
+    kube = Kube(cfg, threads=16)
+    b = Bench(cluster, kube)
+    for ns in ("anchor-pods", "anchor-jobs", "bench-pods", "bench-jobs"):
+        cluster.create_namespace(ns)
+    # Anchors first: the operator must not see these namespaces' jobs.
+    health, metrics_port = free_port(), free_port()
+    op_args = [
+        "--namespace=bench-pods",
+        "--namespace=bench-jobs",
+        "--standalone",
+        f"--liveness=http://127.0.0.1:{health}/healthz",
+        f"--metrics=127.0.0.1:{metrics_port}",
+    ]
+    anchor_pods_s = await b.anchor_pods("anchor-pods", args.workers)
+    anchor_jobs_s = await b.anchor_jobs("anchor-jobs", args.jobs)
+
+    proc = cluster.start_operator(
+        args=op_args, env={contract.ENV_DEFAULT_ETCD_ENDPOINTS: etcd.endpoint}
+    )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    await b.until(healthy, 60, "the operator's liveness endpoint")
+    rss_idle = rss_mb(proc.pid)
+
+    # 1. apply -> all pods of a 32-worker job
+    t0 = time.monotonic()
+    await b.post_job(manifest("big", "bench-pods", args.workers))
+    t1 = await b.until(lambda: b.pods_in("bench-pods") >= args.workers, 120, "32 pods")
+    apply_s = t1 - t0
+
+    # 2. 100 jobs back to back -> every one reconciled (pod + status for its generation)
+    cpu0 = cpu_s(proc.pid)
+    t0 = time.monotonic()
+    for i in range(args.jobs):
+        await b.post_job(manifest(f"j{i}", "bench-jobs", 1))
+    posted = time.monotonic() - t0
+    t1 = await b.until(lambda: b.done_jobs("bench-jobs") >= args.jobs, 300, "100 jobs reconciled")
+    jobs_s = t1 - t0
+    jobs_cpu = cpu_s(proc.pid) - cpu0
+    pods_ok = b.pods_in("bench-jobs") == args.jobs  # no duplicates, none missing
+    rss = rss_mb(proc.pid)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    reconciles = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("rpcjob_operator_reconciles_total{")
+    )
+    kube.close()
+    return {
+        "apply_s": apply_s,
+        "anchor_pods_s": anchor_pods_s,
+        "jobs_s": jobs_s,
+        "jobs_posted_s": posted,
+        "anchor_jobs_s": anchor_jobs_s,
+        "pods_ok": pods_ok,
+        "rss": rss,
+        "rss_idle": rss_idle,
+        "reconciles": reconciles,
+        "jobs_cpu": jobs_cpu,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workers", type=int, default=32)
+    p.add_argument("--jobs", type=int, default=100)
+    p.add_argument("--kubelet", action="store_true", help="also run the pods (process kubelet)")
+    args = p.parse_args()
+    workdir = tempfile.mkdtemp(prefix="rpjbench-", dir="/tmp")
+    etcd = EmbeddedEtcd()
+    etcd.start()
+    cluster = LocalCluster(workdir=workdir, kubelet=args.kubelet).start()
+    try:
+        r = asyncio.run(run(args, cluster, etcd))
+    finally:
+        cluster.stop()
+        etcd.close()
+    w, j = args.workers, args.jobs
+    print(
+        f"apply -> {w} pods: {r['apply_s']:.3f}s; anchor (direct POSTs): "
+        f"{r['anchor_pods_s']:.3f}s; ratio {r['apply_s'] / r['anchor_pods_s']:.1f}x"
+    )
+    print(
+        f"{j} jobs reconciled: {r['jobs_s']:.3f}s (POSTing them took {r['jobs_posted_s']:.3f}s);"
+        f" anchor (pod POST + status PATCH each): {r['anchor_jobs_s']:.3f}s; ratio "
+        f"{r['jobs_s'] / r['anchor_jobs_s']:.1f}x; {r['reconciles']:.0f} reconcile cycles; "
+        f"pods exactly one per job: {r['pods_ok']}; operator CPU {r['jobs_cpu']:.1f}s"
+    )
+    print(f"operator RSS: {r['rss']:.1f} MB after the jobs ({r['rss_idle']:.1f} MB idle)")
+    print(json.dumps({
+        "apply_to_pods_s_32": round(r["apply_s"], 3),
+        "jobs_100_reconcile_s": round(r["jobs_s"], 3),
+        "operator_rss_mb": round(r["rss"], 1),
+    }))  # fmt: skip
+    return 0 if r["pods_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
