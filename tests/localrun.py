@@ -54,9 +54,12 @@ class LocalRun:
                 self._q.put(ev)
         self._q.put(None)
 
-    def wait_event(self, pred: Callable[[Event], bool], timeout: float, what: str) -> Event:
+    def wait_event(
+        self, pred: Callable[[Event], bool], timeout: float, what: str, since: int = 0
+    ) -> Event:
+        """The first event (from index ``since`` of ``events`` on) that matches ``pred``."""
         deadline = time.monotonic() + timeout
-        for ev in self.events:
+        for ev in self.events[since:]:
             if pred(ev):
                 return ev
         while True:

@@ -150,6 +150,7 @@ def init_rpc(
             _start_background(identity, session, metrics_interval)
             if install_sigterm and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _on_sigterm)
+            sys.excepthook = _excepthook
             atexit.register(_atexit_leave)
             return identity
         raise JoinFailed(
@@ -213,8 +214,29 @@ def _drain_and_exit() -> None:
     os._exit(code)
 
 
+_drain_thread: threading.Thread | None = None
+
+
+def _start_drain() -> None:
+    global _drain_thread
+    if _drain_thread is None:
+        _drain_thread = threading.Thread(target=_drain_and_exit, name="rpcjob-drain", daemon=True)
+        _drain_thread.start()
+
+
 def _on_sigterm(_signum: int, _frame: Any) -> None:
-    threading.Thread(target=_drain_and_exit, name="rpcjob-drain", daemon=True).start()
+    _start_drain()
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    # While draining, the application's own RPCs fail because the group is being left: that is
+    # the drain, not a crash. Let the drain finish (it exits 0) instead of dying with a trace.
+    if _drain_thread is not None and _drain_thread.is_alive():
+        _drain_thread.join()
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
 
 
 def _atexit_leave() -> None:
@@ -242,7 +264,7 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
         devices=list(identity.devices),
         ops=TorchOps(),
         ack=ack,
-        on_drain=lambda: threading.Thread(target=_drain_and_exit, daemon=True).start(),
+        on_drain=_start_drain,
         on_self_evicted=_on_self_evicted,
     )
     _w.applier = applier
