@@ -312,3 +312,26 @@ def test_no_leaked_keys_or_leases_after_the_group_ends(job: Job, client: Client)
     # what stays until the job's prefix is deleted: torch's store and the retired-rank ledger
     assert kinds <= {"store", "ranks-retired"}
     assert store(client, job, tk.ALL_WORKER_INFOS_KEY) == ""
+
+
+def test_concurrent_joins_then_many_crashes_at_once(job: Job, client: Client) -> None:
+    n = 10
+    pods = [job.pod("worker", i, start=False) for i in range(n)]
+    for p in pods:
+        p.start_sidecar(wait=False)
+    for p in pods:
+        wait_for(p._sidecar_up, 120, f"sidecar {p.name}")
+    workers = [p.fake_worker() for p in pods]  # Hello and join all at once
+    ranks = [int(w.identity(120)["rank"]) for w in workers]
+    assert sorted(ranks) == list(range(n))  # unique, dense
+    wait_for(lambda: len(client.get_prefix(job.keys.members)) == n, 120, "all members")
+    dead = list(range(0, n, 2))
+    for i in dead:
+        workers[i].kill()
+    for i in range(1, n, 2):
+        for d in dead:
+            evicted(workers[i], f"worker_{d}", ranks[d], timeout=60)
+    wait_for(lambda: not client.get_prefix(job.keys.evicts), 60, "evictions released")
+    infos = tk.parse_worker_infos(store(client, job, tk.ALL_WORKER_INFOS_KEY) or "")
+    assert sorted(infos) == sorted((f"worker_{i}", ranks[i]) for i in range(1, n, 2))
+    assert store(client, job, tk.TOKEN_KEY) == ""
