@@ -213,6 +213,9 @@ def main() -> None:
     ap.add_argument("--node-gpus", type=int, default=0)
     ap.add_argument("--pidns", action="store_true")
     ap.add_argument("--isolated", action="store_true", help="pods with their own /dev (1 GPU)")
+    ap.add_argument(
+        "--crossnode", action="store_true", help="TensorPipe limited to TCP + cuda_basic"
+    )
     ap.add_argument("--cpu", action="store_true", help="choreography smoke test without CUDA")
     ap.add_argument("--out", default="")
     ap.add_argument(
@@ -283,6 +286,14 @@ def main() -> None:
             res["pidns"] = run_scenario("pidns", pj, a, 60)
         else:
             res["pidns"] = {"skipped": "no unshare binary"}
+    if a.crossnode and not a.cpu:
+        xenv = {
+            "BENCH_WAIT_S": "40",
+            "BENCH_TRANSPORTS": "uv",
+            "BENCH_CHANNELS": "cuda_basic,basic",
+        }
+        xj = [("worker_0", {**gpu(0), **xenv}, []), ("worker_1", {**gpu(1), **xenv}, [])]
+        res["crossnode"] = run_scenario("pidns", xj, a, 90)
     if a.isolated and not a.cpu:
         unshare = shutil.which("unshare")
         if unshare:

@@ -136,6 +136,16 @@ def worker_handset(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- worker: rpcjob dynamic path ---------------------------------------------------------------
+def channel_overrides() -> dict[str, list[str]]:
+    """BENCH_TRANSPORTS / BENCH_CHANNELS: restrict TensorPipe as between two machines (TCP,
+    no CUDA IPC: CUDA tensors go through cuda_basic, i.e. staged through host memory)."""
+    out = {}
+    for key, opt in (("BENCH_TRANSPORTS", "_transports"), ("BENCH_CHANNELS", "_channels")):
+        if os.environ.get(key):
+            out[opt] = os.environ[key].split(",")
+    return out
+
+
 def slots(cuda: bool) -> dict[str, RoleShape]:
     return {"worker": RoleShape(max_replicas=3, gpus=1 if cuda else 0)}
 
@@ -187,6 +197,7 @@ class Member:
             rpc_timeout=300,
             devices=list(self.p.devices),
             device_maps={k: dict(v) for k, v in self.p.device_maps.items() if v},
+            **channel_overrides(),
         )
         rpc.init_rpc(self.name, rank=rank, world_size=None, rpc_backend_options=opts)
         self.rank = rank
@@ -284,7 +295,7 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
-    """Two dynamic members, the second one in its own PID namespace (like another pod)."""
+    """Two dynamic members; the parent puts them in namespaces or restricts TensorPipe."""
     store = client(a.port)
     m = Member(a, store, True)
     out = Results(store, a.name)
@@ -294,7 +305,12 @@ def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
         store.set("bench/applied", "1")
         out["E_to_L"] = roundtrip("worker_1", True, timeout=60)
         if out["E_to_L"] == "ok":
-            out["bw_maps"] = bandwidth("worker_1", torch.rand(a.size_mib << 18, device="cuda:0"), 5)
+            x = torch.rand(a.size_mib << 18, device="cuda:0")
+            out["bw_maps"] = bandwidth("worker_1", x, 5)
+            if channel_overrides():  # the cross-machine comparison: staging by hand
+                out["bw_cpu_staging"] = bandwidth(
+                    "worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu()
+                )
         log(a.name, f"pidns {out}")
         store.set("bench/E_done", "1")
     else:
