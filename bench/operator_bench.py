@@ -8,8 +8,9 @@ measure the operator, not 64 local processes starting (``--kubelet`` turns it on
   run: the same 32 rendered pods POSTed straight to the API server through the same client
   (8 in flight, as the operator does) — the floor no operator can beat here.
 * ``jobs_100_reconcile_s``: 100 one-worker RpcJobs POSTed back to back -> every job has its
-  pod and a status written for its generation (no backlog left). Anchor: the API work the
-  operator cannot avoid for them — 100 pod POSTs + 100 status PATCHes via the client.
+  pod and a status written for its generation (no backlog left). Anchor: the API writes the
+  operator cannot avoid for them — pod, Service and NetworkPolicy POSTs and a status PATCH
+  per job, via the client, 8 in flight.
 * ``operator_rss_mb``: the operator's resident memory after the 100 jobs (/proc, or psutil).
 
     python3 bench/operator_bench.py [--workers 32] [--jobs 100] [--kubelet]
@@ -41,7 +42,12 @@ from rpcjob import contract  # noqa: E402
 from rpcjob_operator.kube import Kube, merge_patch  # noqa: E402
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd  # noqa: E402
 from rpcjob_operator.model import Slot  # noqa: E402
-from rpcjob_operator.render import OperatorDefaults, render_pod  # noqa: E402
+from rpcjob_operator.render import (  # noqa: E402
+    OperatorDefaults,
+    render_network_policy,
+    render_pod,
+    render_service,
+)
 from rpcjob_operator.spec import parse_job  # noqa: E402
 
 SLEEPER = [sys.executable, "-c", "import signal; signal.sigwait([signal.SIGTERM])"]
@@ -95,8 +101,10 @@ class Bench:
         self.cluster = cluster
         self.kube = kube
         reg = cluster.store.registry
-        self.pod_rt = reg.get("", "v1", "pods")
-        self.job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
+        pod_rt = reg.get("", "v1", "pods")
+        job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
+        assert pod_rt is not None and job_rt is not None, "the CRD is not applied"
+        self.pod_rt, self.job_rt = pod_rt, job_rt
 
     def pods_in(self, ns: str) -> int:
         items, _ = self.cluster.store.list(self.pod_rt, ns, lambda lb: True, lambda o: True)
@@ -142,7 +150,8 @@ class Bench:
         return time.monotonic() - t0
 
     async def anchor_jobs(self, ns: str, n: int) -> float:
-        """The API work 100 one-worker jobs need at least: a pod POST and a status PATCH each."""
+        """The API writes 100 one-worker jobs need at least: their pod, Service and
+        NetworkPolicy POSTs and a status PATCH each."""
         objs = [await self.post_job(manifest(f"a{i}", ns, 1)) for i in range(n)]
         sem = asyncio.Semaphore(8)
 
@@ -152,6 +161,8 @@ class Bench:
                 await self.kube.create(
                     render_pod(job, Slot("worker", 0), defaults=OperatorDefaults())
                 )
+                await self.kube.create(render_service(job))
+                await self.kube.create(render_network_policy(job))
                 md = obj["metadata"]
                 status = {"replicas": 1, "observedGeneration": 1, "state": "Pending"}
                 await self.kube.patch_job_status(
@@ -215,6 +226,12 @@ async def run(
     t1 = await b.until(lambda: b.done_jobs("bench-jobs") >= args.jobs, 300, "100 jobs reconciled")
     jobs_s = t1 - t0
     jobs_cpu = cpu_s(proc.pid) - cpu0
+    wall0 = time.time() - (time.monotonic() - t0)
+    calls = sum(
+        1
+        for rec in cluster.audit.records()
+        if rec.time >= wall0 and rec.user_agent.startswith(("rpcjob-operator", "kopf"))
+    )
     pods_ok = b.pods_in("bench-jobs") == args.jobs  # no duplicates, none missing
     rss = rss_mb(proc.pid)
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
@@ -235,6 +252,7 @@ async def run(
         "rss_idle": rss_idle,
         "reconciles": reconciles,
         "jobs_cpu": jobs_cpu,
+        "calls": calls,
     }
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,14 +92,21 @@ class OperatorEnv:
         self.job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
         self.event_rt = reg.get("", "v1", "events")
         self.proc: Any = None
+        self.log_path = Path(cluster.workdir) / "operator.log"
 
     # --- the operator process -------------------------------------------------------------
     def start(
-        self, *extra: str, env: dict[str, str] | None = None, all_namespaces: bool = True
+        self,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        all_namespaces: bool = True,
+        standalone: bool = True,
+        log_name: str = "",
     ) -> Any:
+        """Start the operator process; ``log_name`` starts one more (not the cluster's own)."""
         args = [
             *(["--all-namespaces"] if all_namespaces else []),
-            "--standalone",
+            *(["--standalone"] if standalone else []),
             f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
             f"--metrics=127.0.0.1:{self.metrics_port}",
             "--resync=30",
@@ -106,11 +114,25 @@ class OperatorEnv:
             *extra,
         ]
         full_env = {contract.ENV_DEFAULT_ETCD_ENDPOINTS: self.etcd_endpoint, **(env or {})}
-        self.proc = self.cluster.start_operator(args=args, env=full_env)
+        if log_name:
+            self.log_path = Path(self.cluster.workdir) / log_name
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "rpcjob_operator.main", *args],
+                    env={**os.environ, "KUBECONFIG": self.cluster.kubeconfig, **full_env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        else:
+            self.proc = self.cluster.start_operator(args=args, env=full_env)
         self.wait_for(self.healthy, 60, "the operator's liveness endpoint")
         return self.proc
 
     def stop(self) -> int | None:
+        if self.proc is not None and self.proc is not self.cluster.operator:
+            self.proc.terminate()
+            return int(self.proc.wait(30))
         return self.cluster.stop_operator()
 
     def kill(self) -> None:
@@ -134,7 +156,7 @@ class OperatorEnv:
             return str(r.read().decode())
 
     def log(self) -> str:
-        p = Path(self.cluster.workdir) / "operator.log"
+        p = self.log_path
         return p.read_text(errors="replace") if p.exists() else ""
 
     # --- reads (in-process: cheap to poll) --------------------------------------------------

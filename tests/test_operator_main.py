@@ -4,6 +4,7 @@ Prometheus metrics (the real operator on the local cluster)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +13,7 @@ from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, runni
 from rpcjob_operator.main import cli
 
 pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,33 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
     # Only the operator's own calls, attributable in the audit log by its user agents.
     agents = {r.user_agent.split("/")[0] for r in env.cluster.audit.records()}
     assert {"rpcjob-operator", "kopf"} <= agents
+
+
+def test_peering_a_higher_priority_operator_takes_over(env: OperatorEnv) -> None:
+    # The chart's kopf peering CRDs and its ClusterKopfPeering (cluster scope).
+    env.cluster.apply_file(REPO / "charts" / "rpcjob" / "crds" / "kopf-peerings.yaml")
+    env.cluster.apply_docs(
+        [
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": "rpcjob"},
+            }
+        ]
+    )
+    env.start("--peering=rpcjob", "--priority=0", standalone=False)
+    name = unique("peer")
+    env.apply(job_manifest(name, replicas=1, command=SLEEPER))
+    env.wait_for(lambda: env.status(name).get("replicas") == 1, 60, "the first operator's work")
+
+    second = OperatorEnv(env.cluster, env.etcd_endpoint)
+    second.start("--peering=rpcjob", "--priority=100", standalone=False, log_name="second.log")
+    try:
+        env.wait_for(lambda: "Pausing operations in favour of" in env.log(), 60, "the pause")
+        paused_at = len(env.log())
+        env.kubectl("scale", f"rpj/{name}", "--replicas=2")
+        env.wait_for(lambda: env.status(name).get("replicas") == 2, 60, "scaled by the second")
+        assert "POST /api/v1/namespaces/default/pods" in second.log()
+        assert "POST /api/v1/namespaces/default/pods" not in env.log()[paused_at:]
+    finally:
+        second.stop()
