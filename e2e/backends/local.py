@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
 import socket
 from collections.abc import Iterator
@@ -75,11 +74,6 @@ class LocalBackend(Backend):
                 crds=None, workdir=str(self.workdir), backoff_base=0.2, backoff_cap=2.0
             ).start()
             self.kubeconfig = self.cluster.kubeconfig
-            # Every local cluster hands out pod IPs from 127.0.0.2 on; other clusters on this
-            # machine (pytest-xdist workers, other test runs) would collide on the pods' fixed
-            # ports (sidecar 9464, operator 8080/9465). Start at a random point of the pool.
-            assert self.cluster.kubelet is not None
-            self.cluster.kubelet.ips.next = random.randrange(256 * 253)
             self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
             chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
                                self.chart_values)  # fmt: skip

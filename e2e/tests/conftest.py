@@ -1,9 +1,9 @@
-"""The e2e suite's fixtures: one backend per test module, one namespace per test.
+"""The e2e suite's fixtures: one backend per test module (kind: per run), one namespace per test.
 
 * ``--e2e-backend=local|kind`` (or ``RPCJOB_E2E_BACKEND``; default ``local``) picks the backend.
-* ``e2e_backend`` (module scope): a started backend — the local cluster with the chart's objects
-  and its operator, or a kind cluster with the chart installed. kind skips cleanly when docker,
-  a docker engine or kind is missing.
+* ``e2e_backend`` (module scope; session scope for kind): a started backend — the local cluster
+  with the chart installed by helm and its operator, or a kind cluster with the chart installed.
+  kind skips cleanly when docker, a docker engine or kind is missing.
 * ``cluster`` (per test): a ``Cluster`` on a fresh namespace. On failure the job pods' logs (every
   container), the operator's log and (kind) ``kind export logs`` are written under
   ``$RPCJOB_E2E_LOGS/<test>`` (default: the test's temp dir) and the operator log's tail is
@@ -57,7 +57,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-@pytest.fixture(scope="module")
+def _backend_scope(fixture_name: str, config: pytest.Config) -> str:
+    # A kind cluster (image builds, helm install) is set up once per run; a local cluster is
+    # cheap, so each module gets a fresh one (its own audit log, no state between modules).
+    return "session" if backend_name(config) == "kind" else "module"
+
+
+@pytest.fixture(scope=_backend_scope)  # type: ignore[arg-type]
 def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     name = backend_name(request.config)
     if name == "kind":

@@ -42,13 +42,19 @@ def test_kubectl_scale_up_and_down_live(cluster: Cluster) -> None:
     assert status["roles"]["worker"]["failed"] == 0  # a drained member is not a failure
 
 
-def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> dict[str, Any]:
+def _kill_and_heal(
+    cluster: Cluster, name: str, index: int, observer: str, force: bool
+) -> dict[str, Any]:
+    """Delete one member's pod; it is replaced and the group of 3 heals around it.
+
+    ``force=False``: `kubectl delete pod` (SIGTERM: the worker drains and leaves, then the pod
+    goes); the operator sees it terminating and counts a restart. ``force=True``: `kubectl delete
+    pod --grace-period=0 --force` (the pod object is gone at once and its processes are killed):
+    the group must evict the crashed member and take in its replacement.
+    """
     victim = pod_by_index(cluster, name, index)
     old_uid = victim["metadata"]["uid"]
-    # A graceful delete (the pod terminates, then goes), as `kubectl delete pod` does. A forced
-    # delete removes the pod before the operator can see it terminating; it is replaced, but
-    # not counted as a restart by the operator today (reported).
-    cluster.delete_pod(victim["metadata"]["name"])
+    cluster.delete_pod(victim["metadata"]["name"], force=force)
 
     def replaced() -> bool:
         pods = cluster.live_pods(name)
@@ -56,7 +62,11 @@ def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> di
         return len(mine) == 1 and mine[0]["metadata"]["uid"] != old_uid
 
     cluster.wait_for(replaced, 120, f"a replacement pod for {name} worker {index}")
-    wait_group(cluster, name, workers(3), observer=observer)
+    status = wait_group(cluster, name, workers(3), observer=observer)
+    if force:
+        # The operator never observes a force-deleted pod terminating, so today it replaces it
+        # without counting a restart (reported to the operator's author); not asserted here.
+        return status
 
     def counted() -> dict[str, Any] | None:
         status = cluster.job_status(name)
@@ -65,9 +75,9 @@ def _kill_and_heal(cluster: Cluster, name: str, index: int, observer: str) -> di
     return cluster.wait_for(counted, 60, "the restart to be counted")
 
 
-def test_killed_worker_pod_is_replaced_and_counted(cluster: Cluster) -> None:
+def test_deleted_worker_pod_is_replaced_and_counted(cluster: Cluster) -> None:
     start(cluster, "kill", 3)
-    status = _kill_and_heal(cluster, "kill", 2, observer="kill-worker-0")
+    status = _kill_and_heal(cluster, "kill", 2, observer="kill-worker-0", force=False)
     failures = status.get("failures") or []
     assert [f["pod"] for f in failures] == ["kill-worker-2"], failures
     assert status["ready"] == "3/3"
@@ -80,7 +90,7 @@ def test_killed_first_member_rank_0_heals(cluster: Cluster) -> None:
     first = ranks[0]
     index = int(contract.parse_worker_name(first["name"])[1])
     observer = pod_by_index(cluster, "rank0", (index + 1) % 3)["metadata"]["name"]
-    _kill_and_heal(cluster, "rank0", index, observer=observer)
+    _kill_and_heal(cluster, "rank0", index, observer=observer, force=True)
     # The replacement joined as a new incarnation of the same worker name.
     assert first["name"] in members(cluster, "rank0")
 
