@@ -7,8 +7,10 @@ import json
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rpcjob import contract as c
 from rpcjob import devices as dv
@@ -22,6 +24,7 @@ from .http import Metrics
 from .members import MemberRecord, MembershipView
 
 log = logging.getLogger("rpcjob.sidecar")
+T = TypeVar("T")
 # The generated modules build their classes at run time: mypy sees them as Any.
 pb: Any = _pb2
 Report: Any = pb.WorkerReport
@@ -134,11 +137,14 @@ class IncarnationMixin:
         rec = MemberRecord(self.me, inc.rank, self.cfg.pod_name, self.cfg.node_name,
                            self.cfg.pod_ip, tuple(inc.plan.devices), inc.revision,
                            clique=self.node.clique)  # fmt: skip
-        res = self.client.txn(
-            [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
-            [Op.put(self.keys.member(self.me), rec.encode(), lease=inc.lease.id)],
+        res = self._retry(
+            "publish the member record",
+            lambda: self.client.txn(
+                [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
+                [Op.put(self.keys.member(self.me), rec.encode(), lease=inc.lease.id)],
+            ),
         )
-        if not res.succeeded:
+        if res is None or not res.succeeded:
             self.end_incarnation(inc, "its rank record is gone (lease lost)")
             return
         self.metrics.worker_joined.set(1)
@@ -148,20 +154,40 @@ class IncarnationMixin:
         """A graceful leave, in one txn: watchers see the left marker and the member record's
         deletion at the same revision (a LEFT, not a crash)."""
         names_key = torch_key(self.keys, tk.name_key(inc.rank))
-        self.client.txn(
-            [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
-            [
-                Op.put(self.keys.left_marker(self.me), json.dumps({"incarnation": inc.revision})),
-                Op.delete(self.keys.member(self.me)),
-                Op.delete(self.keys.rank(inc.rank)),
-                # torch leaves these behind on a graceful leave (rpcjob.torchkeys)
-                Op.txn([Compare.value(names_key, "=", self.me)], [Op.delete(names_key)]),
-                Op.delete(torch_key(self.keys, tk.addr_key(self.me))),
-            ],
+        res = self._retry(
+            "record the graceful leave",
+            lambda: self.client.txn(
+                [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
+                [
+                    Op.put(self.keys.left_marker(self.me),
+                           json.dumps({"incarnation": inc.revision})),
+                    Op.delete(self.keys.member(self.me)),
+                    Op.delete(self.keys.rank(inc.rank)),
+                    # torch leaves these behind on a graceful leave (rpcjob.torchkeys)
+                    Op.txn([Compare.value(names_key, "=", self.me)], [Op.delete(names_key)]),
+                    Op.delete(torch_key(self.keys, tk.addr_key(self.me))),
+                ],
+            ),
+        )  # fmt: skip
+        # (not succeeded: the lease was lost meanwhile, or a retried txn had applied already)
+        self._retry(
+            "delete the left marker", lambda: self.client.delete(self.keys.left_marker(self.me))
         )
-        self.client.delete(self.keys.left_marker(self.me))
         log.info("%s left gracefully", self.me)
-        self.end_incarnation(inc, "left")
+        self.end_incarnation(inc, "left" if res is not None else "left (etcd unreachable)")
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T | None:
+        """Ride through a short etcd outage (up to one lease TTL); None when it lasted longer."""
+        deadline = time.monotonic() + self.cfg.lease_ttl
+        while True:
+            try:
+                return call()
+            except EtcdError as e:
+                if time.monotonic() > deadline:
+                    log.error("could not %s: %s", what, e)
+                    return None
+                log.warning("could not %s yet (%s): retrying", what, e)
+                time.sleep(0.2)  # backoff between attempts, not synchronisation
 
     def _incarnation_lost(self, lease: Lease, err: BaseException | None) -> None:
         inc = self.inc
