@@ -107,6 +107,8 @@ class Job:
             c.ENV_HTTP_ADDR: http,
             c.ENV_NODE_LABELS: "{}",
             c.ENV_RPC_TIMEOUT: "20",
+            # 2 shared cores, many workers: few RPC threads (bench's torch anchor uses 4 too)
+            c.ENV_RPC_THREADS: "4",
             c.ENV_DRAIN_GRACE: "20",
         }
         if self.rank_space is not None:
