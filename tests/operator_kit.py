@@ -88,9 +88,11 @@ class OperatorEnv:
         self.health_port = free_port()
         self.metrics_port = free_port()
         reg = cluster.store.registry
-        self.pod_rt = reg.get("", "v1", "pods")
-        self.job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
-        self.event_rt = reg.get("", "v1", "events")
+        pod_rt = reg.get("", "v1", "pods")
+        job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
+        event_rt = reg.get("", "v1", "events")
+        assert pod_rt and job_rt and event_rt, "the local cluster serves pods, events, RpcJobs"
+        self.pod_rt, self.job_rt, self.event_rt = pod_rt, job_rt, event_rt
         self.proc: Any = None
         self.log_path = Path(cluster.workdir) / "operator.log"
 

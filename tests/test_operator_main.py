@@ -71,6 +71,16 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
         "rpcjob_operator_errors_total",
     ):
         assert line in text, line
+    # At most one status write per cycle, and only when the status changed.
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("rpcjob_operator_") and not line.startswith("#")
+    }
+    cycles = values['rpcjob_operator_reconciles_total{result="ok"}']
+    writes = values["rpcjob_operator_status_writes_total"]
+    patches = [r for r in env.cluster.audit.records() if r.subresource == "status"]
+    assert 1 <= writes <= cycles and len(patches) == writes
     # Only the operator's own calls, attributable in the audit log by its user agents.
     agents = {r.user_agent.split("/")[0] for r in env.cluster.audit.records()}
     assert {"rpcjob-operator", "kopf"} <= agents

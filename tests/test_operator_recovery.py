@@ -77,6 +77,7 @@ def test_delete_job_removes_pods_and_etcd_prefix(env: OperatorEnv, etcd_endpoint
         assert c.get(other) is not None
         c.delete(other)
     svc_rt = env.cluster.store.registry.get("", "v1", "services")
+    assert svc_rt is not None
     env.wait_for(
         lambda: env.cluster.store.raw(svc_rt, "default", name) is None, 30, "the Service gone"
     )  # by ownerReference (the garbage collector)
