@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -38,7 +37,8 @@ class LocalRun:
         )  # fmt: skip
         self.events: list[Event] = []
         self.raw: list[str] = []
-        self._q: queue.Queue[Event | None] = queue.Queue()
+        self.ended = False
+        self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -51,30 +51,31 @@ class LocalRun:
             except ValueError:
                 continue
             if isinstance(ev, dict):
-                self._q.put(ev)
-        self._q.put(None)
+                with self._cond:
+                    self.events.append(ev)
+                    self._cond.notify_all()
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
 
     def wait_event(
         self, pred: Callable[[Event], bool], timeout: float, what: str, since: int = 0
     ) -> Event:
         """The first event (from index ``since`` of ``events`` on) that matches ``pred``."""
         deadline = time.monotonic() + timeout
-        for ev in self.events[since:]:
-            if pred(ev):
-                return ev
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out waiting for {what}; output:\n{self.tail()}")
-            try:
-                ev = self._q.get(timeout=left)
-            except queue.Empty:
-                continue
-            if ev is None:
-                raise AssertionError(f"rpcjob run exited before {what}; output:\n{self.tail()}")
-            self.events.append(ev)
-            if pred(ev):
-                return ev
+        i = since
+        with self._cond:
+            while True:
+                while i < len(self.events):
+                    if pred(self.events[i]):
+                        return self.events[i]
+                    i += 1
+                if self.ended:
+                    raise AssertionError(f"rpcjob run exited before {what}:\n{self.tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {what}; output:\n{self.tail()}")
+                self._cond.wait(left)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -82,14 +83,15 @@ class LocalRun:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"rpcjob run did not end in {timeout}s:\n{self.tail()}") from None
         self._reader.join(5)
-        while True:
-            try:
-                ev = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if ev is not None:
-                self.events.append(ev)
         return code
+
+    def members(self) -> int:
+        """How many members the latest status reports."""
+        with self._cond:
+            for ev in reversed(self.events):
+                if ev.get("type") == "status":
+                    return len(ev["status"].get("members") or [])
+        return 0
 
     def interrupt(self) -> None:
         self.proc.send_signal(signal.SIGINT)

@@ -23,13 +23,6 @@ def _result(run: LocalRun) -> dict[str, object]:
     return run.wait_event(lambda e: e.get("type") == "result", 5, "the result line")
 
 
-def _members(run: LocalRun) -> int:
-    for ev in reversed(run.events):
-        if ev.get("type") == "status":
-            return len(ev["status"].get("members") or [])
-    return 0
-
-
 @pytest.mark.parametrize(
     ("job", "env", "leader", "done"),
     [
@@ -84,7 +77,7 @@ def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         try:
             job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
             run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group")
-            wait_until(lambda: _members(run) == 2, 120, "learner + 1 actor joined")
+            wait_until(lambda: run.members() == 2, 120, "learner + 1 actor joined")
 
             mark = len(run.events)
             out = rpcjob("scale", "actor-learner", "worker=3", env=env)

@@ -12,14 +12,15 @@ import copy
 import logging
 import os
 import queue
-import random
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rpcjob_operator.localexec.loopback import LoopbackPool
+from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
+
 from . import errors
-from .podrunner import PodRunner, RunnerConfig
 from .resources import ResourceType
 from .store import Event, Obj, Store, now_iso
 
@@ -112,45 +113,6 @@ def pod_gpus(pod: Obj) -> int:
     return max(mains, inits)
 
 
-class IpPool:
-    """127.0.A.B with B >= 2, handed out in order (no quick reuse: no TIME_WAIT surprises).
-
-    Several local clusters may run on one machine (pytest-xdist, other test runs), and pods
-    bind fixed ports on their IP: each pool starts at a random point, and skips addresses
-    where something already listens (Linux /proc/net/tcp)."""
-
-    SIZE = 256 * 253
-
-    def __init__(self, start: int | None = None) -> None:
-        self.next = random.randrange(self.SIZE) if start is None else start
-
-    def take(self) -> str:
-        busy = _listening_ips()
-        for _ in range(self.SIZE):
-            n = self.next
-            self.next = (self.next + 1) % self.SIZE
-            ip = f"127.0.{n // 253}.{n % 253 + 2}"
-            if ip not in busy:
-                return ip
-        raise RuntimeError("no free loopback address for a pod")
-
-
-def _listening_ips() -> set[str]:
-    """IPv4 addresses with a listening TCP socket (empty where /proc is unavailable)."""
-    out: set[str] = set()
-    try:
-        with open("/proc/net/tcp") as f:
-            next(f, None)
-            for line in f:
-                parts = line.split()
-                if len(parts) > 3 and parts[3] == "0A":  # LISTEN
-                    hexip = parts[1].split(":")[0]
-                    out.add(".".join(str(int(hexip[i : i + 2], 16)) for i in (6, 4, 2, 0)))
-    except OSError:
-        pass
-    return out
-
-
 class Kubelet:
     def __init__(
         self,
@@ -183,7 +145,7 @@ class Kubelet:
         self.runners: dict[str, PodRunner] = {}  # uid -> runner
         self.gpus: dict[str, tuple[str, list[int]]] = {}  # uid -> (node, device indices)
         self.pending: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name), unbound pods
-        self.ips = IpPool()
+        self.ips = LoopbackPool()
         self.events: queue.Queue[Event | None] = queue.Queue()
         self._cancel: Any = None
         self._thread: threading.Thread | None = None

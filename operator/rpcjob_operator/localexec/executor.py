@@ -103,6 +103,7 @@ class LocalJob:
             root=opts.root,
             default_cwd=opts.workdir,
             image_entrypoints={},
+            image_workdirs={},
             extra_env={
                 contract.ENV_NODE_LABELS: json.dumps(opts.node_labels),
                 contract.ENV_LEASE_TTL: str(opts.lease_ttl),

@@ -35,6 +35,7 @@ class RunnerConfig:
     root: str  # per-pod directories live under here
     default_cwd: str
     image_entrypoints: Mapping[str, Sequence[str]]
+    image_workdirs: Mapping[str, str]
     extra_env: Mapping[str, str]
     backoff_base: float = 1.0
     backoff_cap: float = 10.0
@@ -111,8 +112,7 @@ class PodRunner(threading.Thread):
         self.write_status_cb = write_status
         self.finalize_cb = finalize
         self.gpu_env = dict(gpu_env)
-        # Short on purpose: the sidecar's unix socket lives below it, and socket paths are
-        # limited to 107 bytes.
+        # Short on purpose: the sidecar's unix socket lives below it (sockets: <= 107 bytes).
         self.dir = os.path.join(cfg.root, self.uid[:12])
         spec = pod["spec"]
         self.policy = spec.get("restartPolicy", "Always")
@@ -214,12 +214,13 @@ class PodRunner(threading.Thread):
                 lookup=(lambda k, n, key: lookup(ns, k, n, key)) if lookup else None,
                 lookup_all=(lambda k, n: lookup_all(ns, k, n)) if lookup_all else None,
                 image_entrypoints=self.cfg.image_entrypoints,
+                image_workdirs=self.cfg.image_workdirs,
                 extra_env={**self.cfg.extra_env, **self.gpu_env},
             )
         except ContainerConfigError as exc:
             slot.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
             slot.restart_at = time.monotonic() + self._backoff(slot)
-            log.warning("pod %s: %s", self.ref, exc)
+            log.warning("pod %s: %s", self.pod_label, exc)
             return
         slot.env, slot.cwd = spec.env, spec.cwd
         slot.proc = LocalContainer(slot.name, spec, self.log_path(slot.name))
@@ -293,7 +294,9 @@ class PodRunner(threading.Thread):
                     ps.record(run_probe(ps.probe, slot.spec, self.pod_ip, slot.env, slot.cwd), now)
                     if attr == "liveness" and ps.failed:
                         log.info(
-                            "pod %s: liveness probe of %s failed, restarting", self.ref, slot.name
+                            "pod %s: liveness probe of %s failed, restarting",
+                            self.pod_label,
+                            slot.name,
                         )
                         slot.proc.stop(
                             float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -302,7 +305,8 @@ class PodRunner(threading.Thread):
             self._start(slot)
 
     @property
-    def ref(self) -> str:
+    def pod_label(self) -> str:
+        """``namespace/name`` for log lines (Thread.name stays the thread's own)."""
         return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
 
     def _snapshot(self) -> str:
@@ -313,7 +317,7 @@ class PodRunner(threading.Thread):
         try:
             self._run()
         except Exception:  # the kubelet must survive one pod's bug; the pod shows Failed
-            log.exception("pod %s: runner crashed", self.ref)
+            log.exception("pod %s: runner crashed", self.pod_label)
             self.phase, self.message = "Failed", "local kubelet error (see test log)"
             self._kill_all(0.0)
             self._write()
