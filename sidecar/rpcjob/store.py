@@ -36,18 +36,17 @@ from typing import Any
 
 import torch.distributed as dist
 
-from rpcjob.etcd import (
-    Client,
-    Compare,
-    EtcdAuthError,
-    EtcdCompacted,
-    EtcdError,
-    EtcdTimeout,
-    EtcdTLSError,
-    EtcdUnavailable,
-    Op,
-    WatchEvent,
+from rpcjob._store_errors import (
+    DistStoreError,
+    StoreAuthError,
+    StoreEtcdError,
+    StoreTimeout,
+    StoreTLSError,
+    StoreUnavailable,
+    keep_alive,
+    translate,
 )
+from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, EtcdTimeout, Op, WatchEvent
 
 __all__ = [
     "EtcdStore",
@@ -62,50 +61,6 @@ __all__ = [
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: multi_get/multi_set chunk above it
 NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
 _CACHE_MAX = 4096
-_STORES: list[Any] = []  # stores handed to torch (incl. clones): alive for the process
-_KEEP_LOCK = threading.Lock()
-
-_d: Any = dist
-DistStoreError: type[Exception] = _d.DistStoreError
-DistNetworkError: type[Exception] = _d.DistNetworkError
-
-
-def keep_alive(store: Any) -> Any:
-    """Keep ``store`` alive for the process lifetime (torch drops the Python half of a Python
-    store it holds; its next call would then die with an INTERNAL ASSERT)."""
-    with _KEEP_LOCK:
-        _STORES.append(store)
-    return store
-
-
-# torch's error types that are also the etcd client's, so both ``except`` styles work.
-class StoreUnavailable(DistNetworkError, EtcdUnavailable):  # type: ignore[misc,valid-type]
-    pass
-
-
-class StoreTLSError(DistNetworkError, EtcdTLSError):  # type: ignore[misc,valid-type]
-    pass
-
-
-class StoreTimeout(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
-    """The etcd call ran out of time; for add/append/compare_set the outcome is unknown."""
-
-
-class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
-    pass
-
-
-class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type]
-    pass
-
-
-_TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
-    (EtcdTLSError, StoreTLSError),
-    (EtcdUnavailable, StoreUnavailable),
-    (EtcdTimeout, StoreTimeout),
-    (EtcdAuthError, StoreAuthError),
-    (EtcdError, StoreEtcdError),
-)
 
 
 def _b(v: Any) -> bytes:
@@ -213,9 +168,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         return self.timeout.total_seconds() or NO_TIMEOUT_S
 
     def _fail(self, op: str, key: Any, e: EtcdError) -> Exception:
-        store_cls = next(s for c, s in _TRANSLATE if isinstance(e, c))
-        where = f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}"
-        return store_cls(f"{where}: {e}")
+        return translate(e, f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}")
 
     def _timeout_error(self, keys: Sequence[Any], seconds: float) -> Exception:
         names = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else k for k in keys)
