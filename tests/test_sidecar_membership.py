@@ -335,3 +335,38 @@ def test_concurrent_joins_then_many_crashes_at_once(job: Job, client: Client) ->
     infos = tk.parse_worker_infos(store(client, job, tk.ALL_WORKER_INFOS_KEY) or "")
     assert sorted(infos) == sorted((f"worker_{i}", ranks[i]) for i in range(1, n, 2))
     assert store(client, job, tk.TOKEN_KEY) == ""
+
+
+def test_a_second_crash_does_not_wedge_an_eviction(job: Job, client: Client) -> None:
+    _, wa, _ = start(job, 0)
+    _, hung, rh = start(job, 1, FAKE_NO_ACK="1")  # receives EVICTs, never acks
+    _, wc, rc = start(job, 2)
+    joined(wa, "worker_2")
+    wc.kill()
+    evicted(wa, "worker_2", rc)
+    evicted(hung, "worker_2", rc)
+    # the cleaner holds the token, waiting for the hung survivor's ack ...
+    assert client.get_prefix(job.keys.evicts)
+    assert store(client, job, tk.TOKEN_KEY) == tk.CLEANER_TOKEN
+    t0 = time.monotonic()
+    hung.kill()  # ... which crashes too: it is no longer awaited, and is evicted in turn
+    evicted(wa, "worker_1", rh)
+    wait_for(lambda: not client.get_prefix(job.keys.evicts), 30, "both evictions released")
+    assert time.monotonic() - t0 < 10  # not the ack deadline (max(3 x TTL, 10 s))
+    assert store(client, job, tk.TOKEN_KEY) == ""
+
+
+def test_a_hung_survivor_is_released_at_the_ack_deadline(job: Job, client: Client) -> None:
+    a, wa, _ = start(job, 0)
+    _, hung, _ = start(job, 1, FAKE_NO_ACK="1")
+    _, wc, rc = start(job, 2)
+    joined(wa, "worker_2")
+    wc.kill()
+    evicted(hung, "worker_2", rc)
+    t0 = time.monotonic()
+    wait_for(lambda: not client.get_prefix(job.keys.evicts), 60, "release at the deadline")
+    assert time.monotonic() - t0 > 5  # it did wait for the hung survivor
+    assert store(client, job, tk.TOKEN_KEY) == ""
+    leader = next(p for p in job.pods if "rpcjob_cleaner_leader 1.0" in p.http("/metrics")[1])
+    assert "rpcjob_evictions_unacked_total 1.0" in leader.http("/metrics")[1]
+    assert a.http("/healthz")[0] == 200
