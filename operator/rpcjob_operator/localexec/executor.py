@@ -48,6 +48,15 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def node_gpu_count(labels: dict[str, str]) -> int:
+    """The GPUs this machine offers local pods: rpcjob.dev/gpus, else nvidia.com/gpu.count."""
+    for key in (contract.NODE_LABEL_GPUS_OVERRIDE, "nvidia.com/gpu.count"):
+        raw = labels.get(key, "")
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
 @dataclass
 class LocalPod:
     obj: dict[str, Any]
@@ -113,6 +122,9 @@ class LocalJob:
         )
         self.stopping = False
         self.members: tuple[MemberView, ...] = ()
+        self.gpu_total = node_gpu_count(opts.node_labels)
+        self.gpus_used: dict[str, tuple[int, ...]] = {}  # pod name -> GPU indices
+        self.gpu_waiting: set[str] = set()
 
     # --- observe ----------------------------------------------------------------------------
     def _read_members(self) -> tuple[MemberView, ...] | None:
@@ -149,6 +161,9 @@ class LocalJob:
         name = str(md["name"])
         if name in self.pods:
             return  # like a 409 on create: the pod exists
+        gpu_env = self._take_gpus(name, job.roles[action.slot.role].gpus or 0)
+        if gpu_env is None:
+            return  # Pending: the planner asks again next cycle
         ip = self.ips.take()
         holder: dict[str, LocalPod] = {}
 
@@ -159,9 +174,10 @@ class LocalJob:
         def finalize() -> None:
             if self.pods.get(name) is holder["pod"]:
                 del self.pods[name]
+                self.gpus_used.pop(name, None)
             self.wake.set()
 
-        runner = PodRunner(pod, ip, self.runner_cfg, write_status, finalize, {})
+        runner = PodRunner(pod, ip, self.runner_cfg, write_status, finalize, gpu_env)
         holder["pod"] = LocalPod(pod, runner)
         self.pods[name] = holder["pod"]
         runner.start()
@@ -177,6 +193,28 @@ class LocalJob:
                 "sidecar_log": runner.log_path(contract.SIDECAR_CONTAINER),
             }
         )
+
+    def _take_gpus(self, pod: str, need: int) -> dict[str, str] | None:
+        """Whole GPUs for a pod, as the device plugin gives them; None: not enough free."""
+        if need <= 0:
+            return {}
+        used = {i for devs in self.gpus_used.values() for i in devs}
+        free = [i for i in range(self.gpu_total) if i not in used]
+        if len(free) < need:
+            if pod not in self.gpu_waiting:
+                self.gpu_waiting.add(pod)
+                self.emit(
+                    {
+                        "type": "warning",
+                        "message": f"pod {pod} waits for {need} GPU(s): "
+                        f"{len(free)} of {self.gpu_total} free (--node-labels sets the count)",
+                    }
+                )
+            return None
+        self.gpu_waiting.discard(pod)
+        ids = ",".join(map(str, free[:need]))
+        self.gpus_used[pod] = tuple(free[:need])
+        return {"CUDA_VISIBLE_DEVICES": ids, "NVIDIA_VISIBLE_DEVICES": ids}
 
     def _delete(self, action: DeletePod) -> None:
         pod = self.pods.get(action.name)
@@ -194,6 +232,7 @@ class LocalJob:
             pod.runner.request_stop(float(grace))
         elif self.pods.get(action.name) is pod:
             del self.pods[action.name]  # already finished: nothing to stop
+            self.gpus_used.pop(action.name, None)
 
     def apply_scale_requests(self) -> None:
         """Apply ``rpcjob scale`` requests (validated by the scaler) to the spec."""

@@ -52,11 +52,16 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def _scalar(text: str) -> Any:
-    # YAML's own scalar rules: "4" -> 4, "true" -> True, "x" -> "x".
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """Helm's ``--set`` rules: integers, true/false and null are typed, all else is a string
+    (YAML 1.1 would turn ``off`` into False: ``--set rpc.deviceMaps=off`` must stay "off")."""
+    t = text.strip()
+    if t in ("true", "false"):
+        return t == "true"
+    if t == "null":
+        return None
+    if t.lstrip("-").isdigit():
+        return int(t)
+    return text
 
 
 def apply_set(obj: dict[str, Any], assignment: str) -> dict[str, Any]:
