@@ -30,14 +30,28 @@ def test_form_4_scale_to_8_down_to_2_no_leaks(etcd: EmbeddedEtcd, tmp_path: Path
     job = Job(etcd.endpoint, tmp_path, lease_ttl=3)
     client = Client(etcd.endpoint)
     try:
-        workers = start_pods(job, range(4))
+        workers = start_pods(job, range(4), KIT_METRICS_S="0.5")
         assert_consistent(client, job, workers)
+        # the worker reports its agent's metrics; the sidecar exports them
+        wait_for(
+            lambda: (
+                'rpcjob_agent_metric{name="agent.thread_pool_size"}'
+                in workers[0].pod.http("/metrics")[1]
+            ),
+            60,
+            "agent metrics on /metrics",
+        )
         workers += start_pods(job, range(4, 8))  # four live joins at once
         assert len(assert_consistent(client, job, workers)) == 8
 
-        # graceful leaves: three through rpcjob.shutdown(), three through SIGTERM (drain)
-        for w in workers[5:8]:
+        # graceful leaves: two through rpcjob.shutdown(), one through the sidecar's DRAIN (pod
+        # deletion reaches the sidecar first), three through SIGTERM to the worker
+        for w in workers[5:7]:
             w.leave()
+        drained = workers[7]
+        assert drained.pod.stop_sidecar() == 0
+        drained.proc.expect("DRAINING", timeout=120)
+        assert drained.proc.p.wait(timeout=120) == 0
         for w in workers[2:5]:
             w.proc.p.send_signal(signal.SIGTERM)
         for w in workers[2:5]:
@@ -49,7 +63,8 @@ def test_form_4_scale_to_8_down_to_2_no_leaks(etcd: EmbeddedEtcd, tmp_path: Path
         for w in workers[:2]:
             w.leave()
         for p in job.pods:
-            assert p.stop_sidecar() == 0, p.sidecar_log.read_text()[-2000:]
+            if p is not drained.pod:
+                assert p.stop_sidecar() == 0, p.sidecar_log.read_text()[-2000:]
         keys = sorted(kv.key.decode() for kv in client.get_prefix(job.keys.root))
         leaked = [
             k for k in keys
