@@ -49,11 +49,13 @@ def test_example_runs_to_success(cluster: Cluster, path: Path) -> None:
     out = cluster.kubectl("apply", "-f", str(path)).stdout
     assert out.strip() == f"{contract.SINGULAR}.{contract.GROUP}/{name} created"
 
-    roles = load(path)["spec"]["roles"]
-    desired = sum(int(r["replicas"]) for r in roles.values())
-    cluster.wait_for(lambda: len(cluster.live_pods(name)) == desired, 120,
-                     f"{desired} pods of {name}")  # fmt: skip
+    spec = load(path)["spec"]
     status = cluster.wait_state(name, "Succeeded")
+    for role, role_spec in spec["roles"].items():
+        assert status["roles"][role]["desired"] == role_spec["replicas"], status["roles"]
+    success_role = (spec.get("successPolicy") or {}).get("role")
+    if success_role:  # done because that role's pods exited 0
+        assert status["roles"][success_role]["succeeded"] >= 1, status["roles"]
     assert status["observedGeneration"] >= 1
     conditions = {c["type"]: c for c in status.get("conditions") or []}
     assert conditions.get("Succeeded", {}).get("status") == "True", conditions
