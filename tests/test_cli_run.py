@@ -47,6 +47,21 @@ def test_cpu_examples_run_to_success(
     assert {leader, "worker_0", "worker_1"} <= joined
 
 
+def test_gpu_example_cpu_fallback(tmp_path: Path) -> None:
+    """The GPU example's documented CPU fallback (examples/gpu_pipeline/README.md)."""
+    run = LocalRun(
+        "examples/gpu_pipeline/rpcjob.yaml",
+        *("--set", "roles.driver.gpus=0", "--set", "roles.worker.gpus=0"),
+        *("--set", "rpc.deviceMaps=off"),
+        env=base_env(tmp_path, {"EXAMPLE_ROUNDS": "3", "EXAMPLE_MIB": "4"}),
+    )
+    try:
+        assert run.wait(240) == 0, run.tail()
+    finally:
+        run.kill()
+    assert any("3 rounds on cpu" in line for line in run.logs("driver_0")), run.tail()
+
+
 def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
     run = LocalRun(AL, "--set", "roles.worker.replicas=2",
                    env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1500"}))  # fmt: skip
