@@ -22,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def local_gpus() -> int:
+    """NVIDIA GPUs on this machine (0 without nvidia-smi): the local node offers them."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU "))
 
 
 class LocalBackend(Backend):
@@ -70,9 +80,17 @@ class LocalBackend(Backend):
         try:
             self.etcd = EmbeddedEtcd()
             self.etcd.start()
+            gpus = local_gpus()
             self.cluster = LocalCluster(
-                crds=None, workdir=str(self.workdir), backoff_base=0.2, backoff_cap=2.0
+                crds=None,
+                workdir=str(self.workdir),
+                backoff_base=0.2,
+                backoff_cap=2.0,
+                gpus_per_node=gpus,
             ).start()
+            if gpus:  # each GPU pod sees only the devices the kubelet gave it
+                assert self.cluster.kubelet is not None
+                self.cluster.kubelet.set_cuda = True
             self.kubeconfig = self.cluster.kubeconfig
             self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
             chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
