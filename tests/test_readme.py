@@ -73,7 +73,9 @@ def test_local_quickstart_as_written(tmp_path: Path) -> None:
             assert out.returncode == 0, (line, out.stderr)
             if words[1] == "scale":
                 want = int(words[3].partition("=")[2]) + 1  # the learner is a member too
-                wait_until(lambda: run.members() == want, 240, f"{want} members after {line}")
+                wait_until(
+                    lambda want=want: run.members() == want, 240, f"{want} members after {line}"
+                )
             else:
                 assert "actor-learner" in out.stdout
         run.interrupt()
