@@ -47,7 +47,8 @@ class Snapshot:
     addr_kvs: dict[str, KV]
 
 
-def _kvs(r: object) -> list[KV]:
+def kvs_of(r: object) -> list[KV]:
+    """The key-values of one range op's result inside a txn."""
     assert isinstance(r, RangeResult)
     return r.kvs
 
@@ -70,7 +71,7 @@ def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
             Op.get(keys.token_waiters, prefix=True),
         ],
     )
-    ranks, token, infos, names, addrs, evicts, acks, waiters = (_kvs(r) for r in res.responses)
+    ranks, token, infos, names, addrs, evicts, acks, waiters = (kvs_of(r) for r in res.responses)
     live: dict[int, LiveRank] = {}
     for kv in ranks:
         r = int(kv.key.decode().rsplit("/", 1)[1])

@@ -19,7 +19,7 @@ from rpcjob import devices as dv
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Compare, EtcdError, Lease, Op, WatchEvent
 
-from .cleaner import Cleaner, parse_ident, read_snapshot
+from .cleaner import Cleaner, kvs_of, parse_ident, read_snapshot
 from .cleanup import Identity, name_is_clean
 from .config import SidecarConfig
 from .http import Metrics
@@ -62,7 +62,7 @@ class Sidecar(IncarnationMixin):
             [Op.get(self.keys.members, prefix=True), Op.get(self.keys.evicts, prefix=True),
              Op.get(self.keys.election)],
         )  # fmt: skip
-        members, evicts, election = (getattr(r, "kvs", []) for r in res.responses)
+        members, evicts, election = (kvs_of(r) for r in res.responses)
         with self.lock:
             self.view.apply([WatchEvent("PUT", kv, None) for kv in members])
             for kv in evicts:

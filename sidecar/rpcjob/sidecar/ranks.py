@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from rpcjob import contract as c
 from rpcjob.etcd import Client, Compare, Op
 
+from .cleaner import kvs_of
 from .cleanup import torch_key
 
 
@@ -97,12 +98,11 @@ def allocate_once(
     snap = client.txn(
         [], [Op.get(keys.ranks, prefix=True), Op.get(keys.retired_ranks, prefix=True)]
     )
-    held_kvs, retired_kvs = snap.responses[0], snap.responses[1]
-    assert hasattr(held_kvs, "kvs") and hasattr(retired_kvs, "kvs")
-    held = {int(kv.key.decode().rsplit("/", 1)[1]): kv.create_revision for kv in held_kvs.kvs}
+    held_kvs, retired_kvs = (kvs_of(r) for r in snap.responses)
+    held = {int(kv.key.decode().rsplit("/", 1)[1]): kv.create_revision for kv in held_kvs}
     retired = {
         int(kv.key.decode().rsplit("/", 1)[1]): (parse_retired(kv.value), kv.mod_revision)
-        for kv in retired_kvs.kvs
+        for kv in retired_kvs
     }
     stamps = to_stamp(held, retired)
     if stamps:
