@@ -60,3 +60,23 @@ def test_protobuf_body_of_an_undecoded_kind_is_415_with_the_fix(cluster: LocalCl
     assert r.returncode == 1
     assert "the local API server decodes protobuf only for ConfigMap, DeleteOptions" in r.stderr
     assert "got apps/v1/Deployment: send it as JSON" in r.stderr
+
+
+def test_kubectl_auth_can_i_sends_a_protobuf_review_which_is_answered(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2e.localcluster import protobuf
+
+    decoded: list[dict] = []  # type: ignore[type-arg]
+    real = protobuf.decode
+    monkeypatch.setattr(protobuf, "decode", lambda raw: decoded.append(real(raw)) or decoded[-1])
+    assert ok(cluster, "auth", "can-i", "delete", "pods/web-0", "-n", "team",
+              "--subresource=log").strip() == "yes"  # fmt: skip
+    assert ok(cluster, "auth", "can-i", "get", "/healthz").strip() == "yes"
+    kinds = [d["kind"] for d in decoded]
+    assert kinds == ["SelfSubjectAccessReview", "SelfSubjectAccessReview"]
+    assert decoded[0]["spec"]["resourceAttributes"] == {
+        "namespace": "team", "verb": "delete", "resource": "pods", "subresource": "log",
+        "name": "web-0",
+    }  # fmt: skip
+    assert decoded[1]["spec"]["nonResourceAttributes"] == {"path": "/healthz", "verb": "get"}

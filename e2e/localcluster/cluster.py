@@ -18,6 +18,7 @@ import yaml
 from .errors import ApiError
 from .kubelet import Kubelet, NodeSpec
 from .server import ApiServer
+from .workloads import WorkloadControllers
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,7 @@ class LocalCluster:
         bookmark_interval: float = 5.0,
         port: int = 0,
         default_cwd: str | None = None,
+        workloads: bool = False,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="rpcjob-localcluster-")
@@ -95,6 +97,8 @@ class LocalCluster:
         self.server = ApiServer(port=port, bookmark_interval=bookmark_interval)
         self.store = self.server.store
         self.audit = self.server.audit
+        # Deployment -> ReplicaSet -> Pod and Service cluster IPs (workloads.py), when asked.
+        self.workloads = WorkloadControllers(self.store) if workloads else None
         self.crds = Path(crds) if crds else None
         labels = (
             list(node_labels)

@@ -1,11 +1,12 @@
 """Kubernetes protobuf request bodies -> JSON objects, for the built-in kinds clients send that way.
 
 client-go's typed clients (helm's release storage, ``kubectl create namespace|secret|configmap|
-serviceaccount``, typed deletes) encode bodies as ``application/vnd.kubernetes.protobuf``: the
-magic ``k8s\\x00`` and a ``runtime.Unknown`` {typeMeta{apiVersion, kind}, raw, contentEncoding,
-contentType} whose ``raw`` is the object in the generated.proto messages of k8s.io/api. This
-module decodes the wire format by hand for the messages below (field numbers from
-k8s.io/api/core/v1 and k8s.io/apimachinery/pkg/apis/meta/v1 generated.proto); anything else is
+serviceaccount``, ``kubectl auth can-i``, typed deletes) encode bodies as
+``application/vnd.kubernetes.protobuf``: the magic ``k8s\\x00`` and a ``runtime.Unknown``
+{typeMeta{apiVersion, kind}, raw, contentEncoding, contentType} whose ``raw`` is the object in
+the generated.proto messages of k8s.io/api. This module decodes the wire format by hand for the
+messages below (field numbers from k8s.io/api/{core,authorization}/v1 and
+k8s.io/apimachinery/pkg/apis/meta/v1 generated.proto); anything else is
 a ``ProtobufUnsupported`` error naming the kind, which the server answers with 415 and the fix
 (send JSON). Responses stay JSON: clients accept it.
 """
@@ -141,6 +142,18 @@ OBJECT_REFERENCE = message({
     4: ("uid", _str, "one"), 5: ("apiVersion", _str, "one"),
 })  # fmt: skip
 
+# k8s.io/api/authorization/v1: kubectl auth can-i sends SelfSubjectAccessReviews.
+RESOURCE_ATTRIBUTES = message({
+    1: ("namespace", _str, "one"), 2: ("verb", _str, "one"), 3: ("group", _str, "one"),
+    4: ("version", _str, "one"), 5: ("resource", _str, "one"), 6: ("subresource", _str, "one"),
+    7: ("name", _str, "one"),
+})  # fmt: skip
+NON_RESOURCE_ATTRIBUTES = message({1: ("path", _str, "one"), 2: ("verb", _str, "one")})
+ACCESS_REVIEW_SPEC: Schema = {
+    1: ("resourceAttributes", RESOURCE_ATTRIBUTES, "one"),
+    2: ("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES, "one"),
+}
+
 KINDS: dict[str, Schema] = {
     "Secret": {
         1: ("metadata", OBJECT_META, "one"), 2: ("data", _b64, "map"), 3: ("type", _str, "one"),
@@ -158,6 +171,14 @@ KINDS: dict[str, Schema] = {
         1: ("metadata", OBJECT_META, "one"), 2: ("secrets", OBJECT_REFERENCE, "list"),
         3: ("imagePullSecrets", LOCAL_OBJECT_REFERENCE, "list"),
         4: ("automountServiceAccountToken", _bool, "one"),
+    },
+    "SelfSubjectAccessReview": {
+        1: ("metadata", OBJECT_META, "one"), 2: ("spec", message(ACCESS_REVIEW_SPEC), "one"),
+    },
+    "SubjectAccessReview": {
+        1: ("metadata", OBJECT_META, "one"),
+        2: ("spec", message({**ACCESS_REVIEW_SPEC, 3: ("user", _str, "one"),
+                             4: ("groups", _str, "list"), 6: ("uid", _str, "one")}), "one"),
     },
     "DeleteOptions": {
         1: ("gracePeriodSeconds", _int, "one"),
