@@ -226,3 +226,12 @@ def test_labels_from_the_kubernetes_api(fake_apiserver: tuple[str, int, Path]) -
         labels_from_api("locked", env, sa_dir=sa)
     with pytest.raises(LabelsError, match=f"node 'gone' not found: check {c.ENV_NODE_NAME}"):
         labels_from_api("gone", env, sa_dir=sa)
+
+
+def test_the_sidecar_never_imports_torch() -> None:
+    code = (
+        "import sys, rpcjob.sidecar.main, rpcjob.sidecar.daemon, rpcjob.sidecar.server; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
