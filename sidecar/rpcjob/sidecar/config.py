@@ -16,6 +16,8 @@ from rpcjob import contract as c
 from rpcjob.devices import DeviceMapError, RoleShape
 from rpcjob.devices import parse_slots as parse_job_slots
 
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, NUL included
+
 
 class ConfigError(ValueError):
     """A missing or invalid environment variable; the message names it and the fix."""
@@ -178,6 +180,12 @@ def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
 
     http_raw = env.get(c.ENV_HTTP_ADDR, "").strip() or f"{pod_ip}:{c.SIDECAR_HTTP_PORT}"
     http_host, http_port = parse_host_port(http_raw, c.ENV_HTTP_ADDR)
+    sock = env.get(c.ENV_SOCKET, "").strip() or c.socket_path()
+    if len(sock.encode()) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"{c.ENV_SOCKET}={sock!r} is {len(sock.encode())} bytes but unix socket paths are "
+            f"limited to {MAX_UNIX_PATH}: use a shorter path"
+        )
     return SidecarConfig(
         namespace=namespace,
         job_name=job_name,
@@ -209,7 +217,7 @@ def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
         ),
         http_host=http_host,
         http_port=http_port,
-        socket=env.get(c.ENV_SOCKET, "").strip() or c.socket_path(),
+        socket=sock,
         drain_grace=_float(env, c.ENV_DRAIN_GRACE, c.DEFAULT_DRAIN_GRACE, "seconds, e.g. 30"),
         node_labels_file=env.get(c.ENV_NODE_LABELS_FILE, "").strip(),
         node_labels_json=env.get(c.ENV_NODE_LABELS, "").strip(),
