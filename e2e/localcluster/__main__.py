@@ -1,6 +1,7 @@
 """Run the local cluster by hand.
 
     python -m e2e.localcluster --kubeconfig FILE [--nodes N] [--gpus-per-node K] [--with-operator]
+                               [--workloads]
 
 Runs the local cluster until interrupted (Ctrl-C / SIGTERM); drive it with
 ``kubectl --kubeconfig FILE ...``.
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run rpcjob-operator (and an embedded etcd for it) against the cluster",
     )
+    p.add_argument(
+        "--workloads",
+        action="store_true",
+        help="run Deployments (Deployment -> ReplicaSet -> Pods) and give Services cluster IPs, "
+        "so `helm install --wait charts/rpcjob` runs the chart's operator as a pod",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         node_labels=json.loads(a.node_labels),
         kubeconfig=a.kubeconfig,
         workdir=a.workdir,
+        workloads=a.workloads,
     )
     etcd: EmbeddedEtcd | None = None
     stop = threading.Event()
