@@ -29,7 +29,11 @@ def render(
 
 
 def helm_install(
-    kubeconfig: str, workdir: Path, namespace: str, set_values: Mapping[str, str] | None = None
+    kubeconfig: str,
+    workdir: Path,
+    namespace: str,
+    set_values: Mapping[str, str] | None = None,
+    values_files: Sequence[str] = (),
 ) -> str:
     """`helm install` the chart (the real helm, private config/cache dirs); helm's stdout."""
     home = workdir / "helm"
@@ -50,6 +54,8 @@ def helm_install(
         "--timeout",
         "120s",
     ]
+    for path in values_files:
+        args += ["-f", path]
     for key, value in sorted((set_values or {}).items()):
         args += ["--set", f"{key}={value}"]
     proc = subprocess.run([str(helm_binary()), *args], env=env, capture_output=True, text=True,

@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,15 @@ class LocalBackend(Backend):
     name = "local"
     job_timeout = 240.0
 
-    def __init__(self, workdir: Path, operator_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        operator_mode: str | None = None,
+        values_files: Sequence[str] = (),
+        namespaces: Sequence[str] = (),
+    ) -> None:
+        """``values_files``: extra chart values (e.g. charts/rpcjob/ci/namespaced-values.yaml);
+        ``namespaces``: created before the install (namespace scope puts Roles in them)."""
         mode = operator_mode or os.environ.get("RPCJOB_E2E_OPERATOR", "pod")
         if mode not in OPERATOR_MODES:
             raise ValueError(
@@ -70,7 +78,9 @@ class LocalBackend(Backend):
         self.workdir = workdir
         self.etcd: EmbeddedEtcd | None = None
         self.cluster: LocalCluster | None = None
-        self.chart_values: dict[str, str] = {}  # --set values the chart was rendered with
+        self.chart_values: dict[str, str] = {}  # --set values the chart was installed with
+        self.values_files = list(values_files)
+        self.namespaces = list(namespaces)
         self.deployment: dict[str, Any] = {}
         self.operator_pod_name = ""
         self._generation = 0
@@ -93,8 +103,10 @@ class LocalBackend(Backend):
                 self.cluster.kubelet.set_cuda = True
             self.kubeconfig = self.cluster.kubeconfig
             self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
+            for ns in self.namespaces:
+                self.cluster.create_namespace(ns)
             chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
-                               self.chart_values)  # fmt: skip
+                               self.chart_values, self.values_files)  # fmt: skip
             self.deployment = self._installed_deployment()
             if self.operator_missing() is None:
                 self.start_operator()

@@ -1,14 +1,22 @@
 """RBAC coverage: every API call the operator made while running a job through its life (create,
 scale up and down, a deleted pod, deletion) is allowed by the chart's roles for the operator's
-ServiceAccount. Local backend only: it reads the emulated API server's audit log (kind keeps no
-audit log by default; there a missing permission fails the other scenarios with a 403)."""
+ServiceAccount, in cluster scope (the default) and in namespace scope (Roles only).
+
+Local backend only: it reads the emulated API server's audit log (kind keeps no audit log by
+default; there a missing permission fails the other scenarios with a 403)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from e2e.backends import Cluster
-from tests.helm_chart import audit_rule, operator_rules, uncovered
+from e2e.backends import Backend, Cluster
+from e2e.backends.local import LocalBackend
+from tests.helm_chart import CHART, audit_rule, operator_rules, uncovered
 
 from .jobs import elastic_job, pod_by_index, wait_group, workers
 
@@ -18,8 +26,10 @@ OPERATOR_AGENTS = ("kopf/", "rpcjob-operator/")
 DISCOVERY_PREFIXES = ("/api", "/apis", "/version", "/openapi")
 
 
-def test_operator_api_calls_are_covered_by_the_chart_roles(cluster: Cluster) -> None:
-    if cluster.backend.audit_records() is None:
+def exercise_and_check(cluster: Cluster, values_files: list[str]) -> None:
+    """Run a job through its life, then check the operator's calls against the chart's roles."""
+    records = cluster.backend.audit_records()
+    if records is None:
         pytest.skip(f"the {cluster.backend.name} backend keeps no audit log of API calls")
     cluster.apply(elastic_job("rbac", replicas=1, max_replicas=3))
     wait_group(cluster, "rbac", workers(1))
@@ -51,5 +61,34 @@ def test_operator_api_calls_are_covered_by_the_chart_roles(cluster: Cluster) -> 
 
     needed = [audit_rule(r.verb, r.group, r.resource, r.subresource, r.namespace)
               for r in resources]  # fmt: skip
-    backend_values = getattr(cluster.backend, "chart_values", {})
-    assert uncovered(operator_rules(set_values=backend_values), needed) == []
+    values = getattr(cluster.backend, "chart_values", {})
+    assert uncovered(operator_rules(values_files, set_values=values), needed) == []
+
+
+def test_operator_api_calls_are_covered_by_the_chart_roles(cluster: Cluster) -> None:
+    exercise_and_check(cluster, [])
+
+
+NAMESPACED = str(CHART / "ci" / "namespaced-values.yaml")
+
+
+@pytest.fixture
+def namespaced_cluster(e2e_backend: Backend) -> Iterator[Cluster]:
+    """The chart in namespace scope (Roles in ml-team and ml-batch only), on its own local
+    cluster: a job in ml-team, the operator watching just those two namespaces."""
+    if e2e_backend.audit_records() is None:
+        pytest.skip(f"the {e2e_backend.name} backend keeps no audit log of API calls")
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-"))
+    backend = LocalBackend(workdir, values_files=[NAMESPACED], namespaces=["ml-team", "ml-batch"])
+    try:
+        backend.start()
+        yield Cluster(backend, "ml-team")
+    finally:
+        backend.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_namespace_scope_operator_calls_are_covered_by_its_roles(
+    namespaced_cluster: Cluster,
+) -> None:
+    exercise_and_check(namespaced_cluster, [NAMESPACED])
