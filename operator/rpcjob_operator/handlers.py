@@ -47,6 +47,16 @@ class OperatorConfig:
 CONFIG = OperatorConfig()
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff-base storage that stores nothing (the operator diffs nothing: it reconciles)."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 class Runtime:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
@@ -85,9 +95,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = contract.FINALIZER
     # kopf's bookkeeping in our annotations only: the status schema is strict (no status.kopf).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=contract.GROUP, key="last-handled-configuration"
-    )
+    # No "last-handled-configuration": the only changing handler is on.delete, which needs no
+    # diff; storing it would cost one extra PATCH (and watch event) per spec change.
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Events are our decisions (RecordEvent); kopf's handler chatter stays in the log.
     settings.posting.enabled = True
     settings.posting.level = logging.WARNING
