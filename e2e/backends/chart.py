@@ -1,4 +1,5 @@
-"""The rpcjob chart rendered for an e2e backend (``helm template``, the real helm binary)."""
+"""The rpcjob chart for the local e2e backend: ``helm install`` (the real helm) and the operator
+Deployment's pod template turned into a Pod or a process."""
 
 from __future__ import annotations
 
@@ -9,23 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.helm_chart import CHART, helm_binary, run_helm
+from tests.helm_chart import CHART, helm_binary
 
 RELEASE = "rpcjob"
-
-
-def render(
-    namespace: str, set_values: Mapping[str, str] | None = None, values_files: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """``helm template --include-crds`` as dicts, in helm's install order (crds/ first)."""
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds"]
-    for path in values_files:
-        args += ["-f", path]
-    for key, value in sorted((set_values or {}).items()):
-        args += ["--set", f"{key}={value}"]
-    return [d for d in yaml.safe_load_all(run_helm(*args)) if d]
 
 
 def helm_install(
@@ -63,13 +50,6 @@ def helm_install(
     if proc.returncode != 0:
         raise RuntimeError(f"helm {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
     return proc.stdout
-
-
-def install_order(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Hooks last, as `helm install` runs them after the release's objects."""
-    docs = list(docs)
-    hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
-    return [d for d in docs if d not in hooks] + hooks
 
 
 def operator_deployment(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
