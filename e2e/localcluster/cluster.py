@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -100,10 +100,10 @@ class LocalCluster:
         # Deployment -> ReplicaSet -> Pod and Service cluster IPs (workloads.py), when asked.
         self.workloads = WorkloadControllers(self.store) if workloads else None
         self.crds = Path(crds) if crds else None
-        labels = (
+        labels: list[Mapping[str, str]] = (
             list(node_labels)
             if isinstance(node_labels, list | tuple)
-            else [node_labels or {}] * nodes
+            else [cast(Mapping[str, str], node_labels or {})] * nodes
         )
         self.node_specs = [
             NodeSpec.make(i, gpus_per_node, labels[i] if i < len(labels) else {})

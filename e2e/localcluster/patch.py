@@ -77,13 +77,13 @@ def strategic_merge(target: Any, patch: Any) -> Any:
 def _merge_list(field: str, current: Any, patch: list[Any]) -> list[Any]:
     current = list(current) if isinstance(current, list) else []
     if field in _PRIMITIVE_MERGE:
-        return current + [v for v in patch if v not in current]
+        return [*current, *(v for v in patch if v not in current)]
     key = _MERGE_KEYS.get(field) or (_ports_key(patch + current) if field == "ports" else None)
     if key is None:
         return [v for v in copy.deepcopy(patch) if not (isinstance(v, dict) and "$patch" in v)]
     if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
         return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
-    out = copy.deepcopy(current)
+    out: list[Any] = copy.deepcopy(current)
     for item in patch:
         if not isinstance(item, dict):
             raise bad_request(f"strategic merge patch: {field} items must be objects")

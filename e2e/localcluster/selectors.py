@@ -31,6 +31,18 @@ def _split_top(selector: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _label_in(key: str, values: set[str], inside: bool) -> Predicate:
+    return lambda labels: (labels.get(key) in values) == inside
+
+
+def _has_label(key: str, present: bool) -> Predicate:
+    return lambda labels: (key in labels) == present
+
+
+def _field_test(path: str, value: str, equal: bool) -> Predicate:
+    return lambda obj: (_field_value(obj, path) == value) == equal
+
+
 def parse_label_selector(selector: str | None) -> Predicate:
     if not selector:
         return lambda labels: True
@@ -41,23 +53,23 @@ def parse_label_selector(selector: str | None) -> Predicate:
             key, op, raw = m.group(1), m.group(2), m.group(3)
             values = {v.strip() for v in raw.split(",") if v.strip()}
             if op == "in":
-                reqs.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
+                reqs.append(_label_in(key, values, True))
             else:
-                reqs.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+                reqs.append(_label_in(key, values, False))
             continue
         if "!=" in part:
             key, val = (s.strip() for s in part.split("!=", 1))
-            reqs.append(lambda lb, k=key, v=val: lb.get(k) != v)
+            reqs.append(_label_in(key, {val}, False))
         elif "==" in part or "=" in part:
             key, val = (s.strip() for s in re.split("==?", part, maxsplit=1))
-            reqs.append(lambda lb, k=key, v=val: lb.get(k) == v)
+            reqs.append(_label_in(key, {val}, True))
         elif part.startswith("!"):
             key = part[1:].strip()
-            reqs.append(lambda lb, k=key: k not in lb)
+            reqs.append(_has_label(key, False))
         else:
             if not re.match(r"^[A-Za-z0-9._/-]+$", part):
                 raise bad_request(f"unable to parse requirement: invalid label key {part!r}")
-            reqs.append(lambda lb, k=part: k in lb)
+            reqs.append(_has_label(part, True))
     return lambda labels: all(r(labels) for r in reqs)
 
 
@@ -136,7 +148,7 @@ def parse_field_selector(
                 f"field label not supported: {path}"
             )
         if neg:
-            reqs.append(lambda o, p=path, v=val: _field_value(o, p) != v)
+            reqs.append(_field_test(path, val, False))
         else:
-            reqs.append(lambda o, p=path, v=val: _field_value(o, p) == v)
+            reqs.append(_field_test(path, val, True))
     return lambda obj: all(r(obj) for r in reqs)

@@ -152,7 +152,7 @@ class ApiServer:
         code = 500
         try:
             if parsed is None:
-                resp = self._non_resource(path)
+                resp: web.StreamResponse = self._non_resource(path)
                 code = resp.status
                 return resp
             rt = self.store.registry.get(parsed.group, parsed.version, parsed.plural)
