@@ -187,6 +187,14 @@ def test_helm_install_wait_runs_the_operator_which_runs_an_example(
     final = cluster.wait_for(state, 240, message="param-server to finish")
     operator_log = cluster.pod_logs("rpcjob-system", pod["metadata"]["name"], "operator")
     assert final == "Succeeded", operator_log[-4000:]
+    # The liveness probe (kopf's /healthz on the pod IP) kept passing: never restarted.
+    name = pod["metadata"]["name"]
+    out = cluster.kubectl("-n", "rpcjob-system", "get", "pod", name, "-o", "json", check=True)
+    (status,) = json.loads(out.stdout)["status"]["containerStatuses"]
+    assert (status["ready"], status["restartCount"]) == (True, 0), operator_log[-4000:]
+    # helm's release record: a Secret it sent protobuf-encoded.
+    secret = get(cluster, "v1", "Secret", "sh.helm.release.v1.rpcjob.v1", "rpcjob-system")
+    assert secret["type"] == "helm.sh/release.v1"
 
     proc = helm(cluster, tmp_path, "uninstall", "rpcjob", "--namespace", "rpcjob-system",
                 "--wait", "--timeout", "120s")  # fmt: skip
