@@ -127,3 +127,22 @@ def test_audit_log_records_verbs_resources_and_user_agents(
     assert ("list", "example.dev", "widgets", "", "default") in seen
     assert all(r.code < 500 for r in recs)
     assert local_cluster.audit.records(user_agent_prefix="no-such-agent") == []
+
+
+def test_apply_a_kind_list_validates_items_on_the_server(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """kubectl validates a `kind: List` client-side against /openapi/v2 (protobuf); the local
+    server's v2 document has no schemas, so the items are checked server-side, strictly."""
+    local_cluster.apply_docs([widget_crd()])
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
+    items = {"apiVersion": "v1", "kind": "List", "items": [cm, widget("w1")]}
+    out = ok(local_cluster, "apply", "-f", write(tmp_path, "list.yaml", items))
+    assert out.split("\n")[:2] == ["configmap/c created", "widget.example.dev/w1 created"]
+
+    bad = widget("w2")
+    bad["spec"]["junk"] = 1
+    items["items"] = [bad]
+    r = local_cluster.kubectl("apply", "-f", write(tmp_path, "list.yaml", items))
+    assert r.returncode == 1
+    assert 'strict decoding error: unknown field "spec.junk"' in r.stderr

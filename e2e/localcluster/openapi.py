@@ -94,3 +94,25 @@ def v2_doc(registry: Registry) -> dict[str, Any]:
         "paths": {},
         "definitions": definitions,
     }
+
+
+# Asked for with "@" (what client-go sends, kube-openapi's deprecated form); answered with ".",
+# which Go's mime parser accepts.
+V2_PROTOBUF_ACCEPT = ("com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                      "com.github.proto-openapi.spec.v2.v1.0+protobuf")  # fmt: skip
+V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def _pb_string(field: int, value: str) -> bytes:
+    data = value.encode()
+    assert len(data) < 128  # one-byte lengths are all this needs
+    return bytes([field << 3 | 2, len(data)]) + data
+
+
+def v2_protobuf() -> bytes:
+    """The v2 document as kubectl asks for it (gnostic ``openapi_v2.Document``): swagger and
+    info only, no definitions. kubectl validates a ``kind: List`` client-side against v2
+    (``/openapi/v3`` answers for resources only) and skips items whose kind has no schema, so
+    the items are validated by the server (fieldValidation) as single objects are."""
+    info = _pb_string(1, "Kubernetes") + _pb_string(2, "v1.32.0")
+    return _pb_string(1, "2.0") + bytes([2 << 3 | 2, len(info)]) + info

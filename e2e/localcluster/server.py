@@ -152,7 +152,9 @@ class ApiServer:
         code = 500
         try:
             if parsed is None:
-                resp: web.StreamResponse = self._non_resource(path)
+                resp: web.StreamResponse = self._non_resource(
+                    path, request.headers.get("Accept", "")
+                )
                 code = resp.status
                 return resp
             rt = self.store.registry.get(parsed.group, parsed.version, parsed.plural)
@@ -199,7 +201,7 @@ class ApiServer:
             )
         )
 
-    def _non_resource(self, path: str) -> web.Response:
+    def _non_resource(self, path: str, accept: str = "") -> web.Response:
         reg = self.store.registry
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
@@ -255,6 +257,8 @@ class ApiServer:
             if doc is not None:
                 return json_response(doc)
         if path == "/openapi/v2":
+            if any(t in accept for t in openapi.V2_PROTOBUF_ACCEPT):  # kubectl validation
+                return web.Response(body=openapi.v2_protobuf(), content_type=openapi.V2_PROTOBUF)
             return json_response(openapi.v2_doc(reg))
         raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
 
