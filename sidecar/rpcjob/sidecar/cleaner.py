@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from rpcjob import contract as c
 from rpcjob import torchkeys as tk
-from rpcjob.etcd import KV, Client, Compare, Op, RangeResult
+from rpcjob.etcd import KV, Client, Compare, Op, RangeResult, TxnResult
 from rpcjob.etcd._convert import prefix_end
 
 from .cleanup import (
@@ -121,7 +121,15 @@ class Cleaner:
         self.keys = keys
         self.ack_deadline = ack_deadline
         self.on_evicted = on_evicted
+        self.leader_key = keys.election
+        self.leader_value = ""  # set by the daemon: this sidecar's lease id while it leads
         self._last_wait: str | None = None
+
+    def _txn(self, compare: list[Compare], ops: list[Op]) -> TxnResult:
+        # Every write also requires that this sidecar still holds the election: a cleaner
+        # deposed while it ran (its lease expired in a partition) changes nothing.
+        guard = Compare.value(self.leader_key, "=", self.leader_value)
+        return self.client.txn([guard, *compare], ops)
 
     def _tk(self, key: str) -> str:
         return torch_key(self.keys, key)
@@ -165,7 +173,7 @@ class Cleaner:
             Compare("mod_revision", self.keys.ranks.encode(), "<", snap.revision + 1,
                     prefix_end(self.keys.ranks.encode()))
         )  # fmt: skip
-        res = self.client.txn(compare, ops)
+        res = self._txn(compare, ops)
         if res.succeeded:
             log.info("deleted stale torch keys: names %s, addrs %s",
                      sorted(plan.delete_names), plan.delete_addrs)  # fmt: skip
@@ -185,7 +193,7 @@ class Cleaner:
         ]
         if holder:
             ops.append(Op.put(self.keys.token_waiters + holder, ""))
-        res = self.client.txn([cmp], ops)
+        res = self._txn([cmp], ops)
         if res.succeeded:
             log.info("took the membership token (was %r)", holder)
         return True
@@ -201,7 +209,7 @@ class Cleaner:
         now = time.time()
         for name, rank in plan.new_evicts:
             ops.append(Op.put(self.keys.evict(name, rank), evict_value(name, rank, now)))
-        res = self.client.txn(compare, ops)
+        res = self._txn(compare, ops)
         if res.succeeded:
             log.info("evicting %s from torch's group (live: %s)", plan.new_evicts,
                      sorted(snap.state.live))  # fmt: skip
@@ -219,7 +227,7 @@ class Cleaner:
             ops.append(Op.delete(self.keys.evict(name, rank)))
             ops.append(Op.delete(f"{self.keys.evict(name, rank)}/", prefix=True))
             ops.append(Op.delete(f"{self.keys.evict_acks}{name}-{rank}/", prefix=True))
-        res = self.client.txn([Compare.value(tkey, "=", tk.CLEANER_TOKEN)], ops)
+        res = self._txn([Compare.value(tkey, "=", tk.CLEANER_TOKEN)], ops)
         if res.succeeded:
             now = time.time()
             for ident in plan.done:

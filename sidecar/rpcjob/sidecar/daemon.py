@@ -208,6 +208,7 @@ class Sidecar(IncarnationMixin):
                         [Compare.version(self.keys.election, "=", 0)],
                         [Op.put(self.keys.election, str(self.lease.id), lease=self.lease.id)],
                     )
+                self.cleaner.leader_value = str(self.lease.id) if self.lease else ""
                 for _ in range(50):
                     if not self._is_leader() or not self.cleaner.step():
                         break
