@@ -141,7 +141,7 @@ class Proc:
         self.p.stdin.write(cmd + "\n")
         self.p.stdin.flush()
 
-    def expect(self, *prefixes: str, timeout: float = 60.0) -> str:
+    def expect(self, *prefixes: str, timeout: float = 240.0) -> str:
         """The next protocol line starting with one of ``prefixes`` (log lines are skipped)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -162,7 +162,7 @@ class Proc:
                     "output:\n" + "\n".join(self.all[-40:])
                 )
 
-    def ask(self, cmd: str, *prefixes: str, timeout: float = 60.0) -> str:
+    def ask(self, cmd: str, *prefixes: str, timeout: float = 120.0) -> str:
         self.send(cmd)
         return self.expect(*prefixes, "ERR", timeout=timeout)
 
