@@ -73,6 +73,10 @@ def test_deployment_rolls_out_and_keeps_its_replicas(cluster: LocalCluster) -> N
         "Progressing": "NewReplicaSetAvailable",
     }
 
+    assert ok(cluster, "get", "deploy").splitlines()[1].split()[:4] == ["web", "2/2", "2", "2"]
+    rs_row = ok(cluster, "get", "rs").splitlines()[1].split()
+    assert rs_row[:4] == [rs["metadata"]["name"], "2", "2", "2"]
+
     # A deleted pod is replaced; scaling down removes one.
     victim = pods[0]["metadata"]["name"]
     ok(cluster, "delete", "pod", victim, "--wait=false")

@@ -91,6 +91,8 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "Pod": [("Ready", "string"), ("Status", "string"), ("Restarts", "integer")],
     "Node": [("Status", "string")],
     "Namespace": [("Status", "string")],
+    "Deployment": [("Ready", "string"), ("Up-to-date", "integer"), ("Available", "integer")],
+    "ReplicaSet": [("Desired", "integer"), ("Current", "integer"), ("Ready", "integer")],
     "Event": [
         ("Type", "string"),
         ("Reason", "string"),
@@ -153,6 +155,14 @@ def _row_cells(rt: ResourceType, cols: list[dict[str, Any]], obj: dict[str, Any]
         conds = (obj.get("status") or {}).get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
         cells.append("Ready" if ready else "NotReady")
+    elif rt.kind in ("Deployment", "ReplicaSet"):
+        st, want = obj.get("status") or {}, (obj.get("spec") or {}).get("replicas", 1)
+        ready = st.get("readyReplicas", 0)
+        cells += (
+            [f"{ready}/{want}", st.get("updatedReplicas", 0), st.get("availableReplicas", 0)]
+            if rt.kind == "Deployment"
+            else [want, st.get("replicas", 0), ready]
+        )
     elif rt.kind == "Namespace":
         cells.append((obj.get("status") or {}).get("phase", "Active"))
     elif rt.kind == "Event":
