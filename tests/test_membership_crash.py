@@ -80,3 +80,29 @@ def test_crashes_heal(etcd_endpoint: str, tmp_path: Path) -> None:
     finally:
         job.close()
         client.close()
+
+
+@pytest.mark.slow
+def test_join_racing_a_dead_member_is_retried_with_a_fresh_rank(
+    etcd_endpoint: str, tmp_path: Path
+) -> None:
+    """A joiner that meets a member whose sidecar died (not evicted before the lease TTL)
+    fails fast, reports JOIN_FAILED, and joins on a later attempt with a fresh rank."""
+    ttl = 8  # long enough that the joiner surely meets the dead member
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=ttl)
+    client = Client(etcd_endpoint)
+    try:
+        workers = start_pods(job, range(2))
+        spare = job.pod("worker", 2)
+        dead = workers[1]
+        dead.pod.kill_sidecar()
+        assert dead.proc.p.wait(timeout=60) == 1
+        joiner = start_worker(spare).joined()
+        log = spare.sidecar_log.read_text()
+        assert "worker_2 failed to join" in log, log[-3000:]
+        # the failed attempt's rank was retired: the successful one is a fresh rank
+        assert joiner.rank not in (w.rank for w in workers), joiner.rank
+        assert_consistent(client, job, [workers[0], joiner])
+    finally:
+        job.close()
+        client.close()
