@@ -61,7 +61,9 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
     assert env.job(theirs, "team-b")["metadata"].get("finalizers") in (None, [])  # type: ignore[index]
 
     assert env.healthy()
+    patches_before = len([r for r in env.cluster.audit.records() if r.subresource == "status"])
     text = env.metrics()
+    patches_after = len([r for r in env.cluster.audit.records() if r.subresource == "status"])
     for line in (
         "rpcjob_operator_pods_created_total 2.0",
         'rpcjob_operator_jobs{state="Pending"} 1.0',
@@ -79,8 +81,8 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
     }
     cycles = values['rpcjob_operator_reconciles_total{result="ok"}']
     writes = values["rpcjob_operator_status_writes_total"]
-    patches = [r for r in env.cluster.audit.records() if r.subresource == "status"]
-    assert 1 <= writes <= cycles and len(patches) == writes
+    # (The pods keep changing, so the audit is read just before and after the metrics.)
+    assert 1 <= writes <= cycles and patches_before <= writes <= patches_after
     # Only the operator's own calls, attributable in the audit log by its user agents.
     agents = {r.user_agent.split("/")[0] for r in env.cluster.audit.records()}
     assert {"rpcjob-operator", "kopf"} <= agents
