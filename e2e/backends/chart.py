@@ -1,9 +1,8 @@
 """The rpcjob chart for the local e2e backend: ``helm install`` (the real helm) and the operator
-Deployment's pod template turned into a Pod or a process."""
+Deployment's container as a plain process (``RPCJOB_E2E_OPERATOR=process``)."""
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +20,8 @@ def helm_install(
     namespace: str,
     set_values: Mapping[str, str] | None = None,
     values_files: Sequence[str] = (),
+    set_json: Mapping[str, str] | None = None,
+    wait: bool = False,
 ) -> str:
     """`helm install` the chart (the real helm, private config/cache dirs); helm's stdout."""
     home = workdir / "helm"
@@ -39,12 +40,16 @@ def helm_install(
         namespace,
         "--create-namespace",
         "--timeout",
-        "120s",
+        "300s",
     ]
     for path in values_files:
         args += ["-f", path]
     for key, value in sorted((set_values or {}).items()):
         args += ["--set", f"{key}={value}"]
+    for key, value in sorted((set_json or {}).items()):
+        args += ["--set-json", f"{key}={value}"]
+    if wait:
+        args.append("--wait")
     proc = subprocess.run([str(helm_binary()), *args], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     if proc.returncode != 0:
@@ -62,24 +67,6 @@ def operator_deployment(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if len(found) != 1:
         raise ValueError(f"the chart rendered {len(found)} operator Deployments, expected 1")
     return found[0]
-
-
-def operator_pod(deployment: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The Pod a ReplicaSet would create from the Deployment's template (the local cluster runs
-    no Deployment controller)."""
-    template = copy.deepcopy(deployment["spec"]["template"])
-    meta = template.get("metadata") or {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": deployment["metadata"]["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": dict(meta.get("annotations") or {}),
-        },
-        "spec": template["spec"],
-    }
 
 
 def literal_env(container: Mapping[str, Any], field_values: Mapping[str, str]) -> dict[str, str]:

@@ -1,19 +1,17 @@
-"""The ``local`` backend: the emulated API server + process kubelet (e2e/localcluster), the chart
-installed into it the way `helm install` would, and the operator it installs.
+"""The ``local`` backend: the emulated API server + process kubelet (e2e/localcluster) with its
+workload controllers, the chart installed with the real ``helm install --wait``, and the
+operator that install runs.
 
-* The chart is installed with the real ``helm install`` (external etcd = a real etcd started
-  here; no ``--wait``: no Deployment controller makes the Deployment available); the RpcJob CRD
-  the scenarios use is the one the chart installed.
-* The operator runs as the installed Deployment would run it. ``RPCJOB_E2E_OPERATOR=pod``
-  (default): a Pod made from the Deployment's pod template, run by the process kubelet — the
-  image's entrypoint ``rpcjob-operator`` becomes a local process. The local cluster has no
-  Deployment controller, so this backend plays the ReplicaSet (creates the pod, re-creates it
-  on restart). ``RPCJOB_E2E_OPERATOR=process``: ``LocalCluster.start_operator`` with the
-  Deployment's args and env (for debugging the operator outside the kubelet).
-* One local adaptation: kopf's liveness endpoint binds ``0.0.0.0:8080`` in the chart; here every
-  pod shares the host's network namespace, so the endpoint binds the pod's own loopback IP
-  instead (``$(RPCJOB_E2E_POD_IP)``), and the liveness probe still reaches it; likewise its
-  metrics endpoint (``--metrics``, default ``0.0.0.0:9465``).
+* external etcd = a real etcd started here (``etcd.endpoints``); the RpcJob CRD the scenarios
+  use is the one the chart installed.
+* ``RPCJOB_E2E_OPERATOR=pod`` (default): the chart's Deployment -> ReplicaSet -> Pod, run by the
+  process kubelet (the image's entrypoint ``rpcjob-operator`` is a local process); a restart is
+  ``kubectl rollout restart`` as on kind. ``RPCJOB_E2E_OPERATOR=process``: the chart is installed
+  with ``operator.replicas=0`` and ``LocalCluster.start_operator`` runs the Deployment's args
+  and env as a plain process (for debugging the operator outside the kubelet).
+* One local adaptation, through chart values: kopf's liveness endpoint (``0.0.0.0:8080`` in the
+  chart) and the metrics endpoint (default ``0.0.0.0:9465``) bind the pod's own loopback IP
+  (``operator.extraEnv``/``extraArgs``), since every local pod shares the host's network.
 """
 
 from __future__ import annotations
@@ -30,15 +28,21 @@ from typing import Any
 
 from e2e.localcluster.audit import AuditRecord
 from e2e.localcluster.cluster import LocalCluster
-from rpcjob import contract
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 from . import chart
 from .base import Backend, wait_for
 
-POD_IP_VAR = "RPCJOB_E2E_POD_IP"
 OPERATOR_MODES = ("pod", "process")
+COMPONENT_LABEL = "app.kubernetes.io/component"
+# kopf's liveness and the metrics endpoint on the pod's own IP (see the module docstring).
+POD_LOCAL_VALUES = {
+    "operator.extraEnv": '[{"name": "POD_IP", "valueFrom": {"fieldRef": '
+    '{"fieldPath": "status.podIP"}}}]',
+    "operator.extraArgs": '["--liveness=http://$(POD_IP):8080/healthz", '
+    '"--metrics=$(POD_IP):9465"]',
+}
 
 
 def _free_port() -> int:
@@ -82,8 +86,6 @@ class LocalBackend(Backend):
         self.values_files = list(values_files)
         self.namespaces = list(namespaces)
         self.deployment: dict[str, Any] = {}
-        self.operator_pod_name = ""
-        self._generation = 0
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> LocalBackend:
@@ -93,6 +95,7 @@ class LocalBackend(Backend):
             gpus = local_gpus()
             self.cluster = LocalCluster(
                 crds=None,
+                workloads=True,
                 workdir=str(self.workdir),
                 backoff_base=0.2,
                 backoff_cap=2.0,
@@ -105,11 +108,15 @@ class LocalBackend(Backend):
             self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
             for ns in self.namespaces:
                 self.cluster.create_namespace(ns)
-            chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
-                               self.chart_values, self.values_files)  # fmt: skip
+            run_pod = self.mode == "pod" and self.operator_missing() is None
+            chart.helm_install(
+                self.kubeconfig, self.workdir, self.operator_namespace,
+                {**self.chart_values, **({} if run_pod else {"operator.replicas": "0"})},
+                self.values_files, POD_LOCAL_VALUES, wait=run_pod,
+            )  # fmt: skip
             self.deployment = self._installed_deployment()
-            if self.operator_missing() is None:
-                self.start_operator()
+            if self.mode == "process" and self.operator_missing() is None:
+                self._start_process()
         except BaseException:
             self.stop()
             raise
@@ -144,73 +151,59 @@ class LocalBackend(Backend):
     def operator_container(self) -> dict[str, Any]:
         return dict(self.deployment["spec"]["template"]["spec"]["containers"][0])
 
-    def start_operator(self) -> None:
-        self._generation += 1
-        if self.mode == "process":
-            self._start_process()
-            return
-        self.operator_pod_name = f"{self.deployment['metadata']['name']}-{self._generation}"
-        pod = chart.operator_pod(self.deployment, self.operator_pod_name)
-        container = pod["spec"]["containers"][0]
-        container["args"] = [a.replace("0.0.0.0", f"$({POD_IP_VAR})")
-                             for a in container.get("args") or []]  # fmt: skip
-        if not any(a.startswith("--metrics") for a in container["args"]):
-            container["args"].append(f"--metrics=$({POD_IP_VAR}):{contract.OPERATOR_METRICS_PORT}")
-        container["env"] = [
-            *(container.get("env") or []),
-            {"name": POD_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        ]
-        self.lc.apply_docs([pod])
-        wait_for(lambda: self._operator_phase() == "Running", 60, "the operator pod to run")
-
     def _start_process(self) -> None:
         c = self.operator_container()
         port = _free_port()
-        args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in c.get("args") or []]
-        args.append(f"--metrics=127.0.0.1:{_free_port()}")
-        env = chart.literal_env(c, {"metadata.namespace": self.operator_namespace})
+        args = [a for a in c.get("args") or [] if not a.startswith(("--liveness", "--metrics"))]
+        args += [f"--liveness=http://127.0.0.1:{port}/healthz",
+                 f"--metrics=127.0.0.1:{_free_port()}"]  # fmt: skip
+        env = chart.literal_env(c, {"metadata.namespace": self.operator_namespace,
+                                    "status.podIP": "127.0.0.1"})  # fmt: skip
         self.lc.start_operator(args=args, env=env)
 
-    def _operator_phase(self) -> str | None:
-        pod = self._operator_pod()
-        if pod is None:
-            return None
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Failed", "Succeeded"):
-            raise AssertionError(f"the operator pod ended {phase}:\n{self.operator_logs()[-3000:]}")
-        return str(phase) if phase else None
-
-    def _operator_pod(self) -> dict[str, Any] | None:
+    def operator_pods(self) -> list[dict[str, Any]]:
         rt = self.lc.store.registry.by_kind("v1", "Pod")
         assert rt is not None
-        return self.lc.store.raw(rt, self.operator_namespace, self.operator_pod_name)
-
-    def operator_pods(self) -> list[dict[str, Any]]:
-        pod = self._operator_pod() if self.mode == "pod" else None
-        return [pod] if pod else []
+        items, _ = self.lc.store.list(rt, self.operator_namespace, lambda _l: True, lambda _o: True)
+        return [p for p in items
+                if p["metadata"].get("labels", {}).get(COMPONENT_LABEL) == "operator"]  # fmt: skip
 
     def restart_operator(self) -> None:
-        """Stop the operator (graceful: SIGTERM, as a rollout does) and start a new one, never
-        two at once (the chart's Deployment uses the Recreate strategy)."""
+        """`kubectl rollout restart` (the chart's Recreate strategy: the old pod is gone before
+        the new one starts); process mode: stop and start the process."""
         if self.mode == "process":
             self.lc.stop_operator()
-        else:
-            rt = self.lc.store.registry.by_kind("v1", "Pod")
-            assert rt is not None
-            self.lc.store.delete(rt, self.operator_namespace, self.operator_pod_name)
-            wait_for(lambda: self._operator_pod() is None, 60, "the old operator pod to go")
-        self.start_operator()
+            self._start_process()
+            return
+        old = {p["metadata"]["uid"] for p in self.operator_pods()}
+        deploy = f"deployment/{self.deployment['metadata']['name']}"
+        kubectl = [*self.kubectl_base(), "-n", self.operator_namespace]
+        subprocess.run([*kubectl, "rollout", "restart", deploy], check=True,
+                       capture_output=True, timeout=120)  # fmt: skip
+
+        def replaced() -> bool:
+            pods = self.operator_pods()
+            return (
+                bool(pods)
+                and not {p["metadata"]["uid"] for p in pods} & old
+                and all((p.get("status") or {}).get("phase") == "Running" for p in pods)
+            )
+
+        wait_for(replaced, 120, "the restarted operator pod to run (and the old one to go)")
 
     def operator_logs(self) -> str:
+        """Every operator incarnation's log, oldest first (pod directories outlive the pods)."""
         if self.mode == "process":
             try:
                 return Path(self.lc.workdir, "operator.log").read_text()
             except FileNotFoundError:
                 return ""
-        try:
-            return self.lc.pod_logs(self.operator_namespace, self.operator_pod_name, "operator")
-        except KeyError:
-            return ""
+        name = self.deployment["metadata"]["name"]
+        logs = sorted(
+            Path(self.lc.workdir, "pods").glob(f"{self.operator_namespace}_{name}-*/operator.log"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        return "".join(f"==> {p.parent.name} <==\n{p.read_text()}" for p in logs)
 
     # --- etcd, audit, logs ----------------------------------------------------------------
     @contextmanager
