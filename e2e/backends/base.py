@@ -119,7 +119,7 @@ class Backend:
 
 
 class Cluster:
-    """One test's namespace on a backend. Small on purpose: see e2e/README in docs/testing.md."""
+    """One test's namespace on a backend (API table: docs/testing.md, "The e2e suite")."""
 
     def __init__(self, backend: Backend, namespace: str) -> None:
         self.backend = backend
