@@ -32,10 +32,10 @@ class SidecarNotFound(SidecarError):
 def resolve_socket(socket: str | None = None, wait: float | None = None) -> str:
     """The sidecar's socket path. Containers of a pod start in parallel (a native sidecar
     without a startupProbe gives no ordering), so wait up to ``wait`` seconds
-    (RPCJOB_SIDECAR_WAIT, default 30) for the sidecar to create it."""
+    (RPCJOB_SIDECAR_WAIT, default 120) for the sidecar to create it."""
     path = socket or os.environ.get(contract.ENV_SOCKET) or contract.socket_path()
     if wait is None:
-        wait = float(os.environ.get(contract.ENV_SIDECAR_WAIT, "30"))
+        wait = float(os.environ.get(contract.ENV_SIDECAR_WAIT, "120"))
     deadline = time.monotonic() + wait
     while not os.path.exists(path):
         if time.monotonic() >= deadline:
