@@ -2,10 +2,10 @@
 
 Torch exposes ``TensorPipeAgent._update_group_membership(worker_info, my_devices,
 reverse_device_map, is_join)``; it is how torch itself applies joins and graceful leaves. We
-call it for what torch does not do: drop a crashed member (``is_join=False``), and re-apply
-this worker's devices plus a peer's reverse map after every join and leave (torch never sends
-an earlier member a later joiner's reverse map, and a graceful leave wipes every survivor's
-device list).
+call it for what torch does not do: drop a crashed member (``is_join=False``). Inside
+``rpcjob.init_rpc()`` evictions and device re-application go through ``rpcjob.devices.agent``
+(which also keeps the live peers' reverse maps); :func:`evict` here is the bare operation for
+plain-torch users and tests, :func:`current_members` and :func:`metrics` read the agent.
 """
 
 from __future__ import annotations
@@ -59,20 +59,6 @@ def reapply_devices(
     _agent()._update_group_membership(
         WorkerInfo(name, rank), _devices(my_devices), {name: _reverse(reverse_map)}, True
     )
-
-
-def reapply_all(
-    me: tuple[str, int], my_devices: Sequence[str], reverse_maps: Mapping[str, Mapping[str, str]]
-) -> None:
-    """Restore my devices and every live peer's reverse map after a join or a leave.
-
-    ``is_join=True`` only adds what is missing (and re-reads ``addrs/<me>``, which exists
-    while I am a member), so passing my own WorkerInfo is a safe carrier for the update.
-    """
-    from torch.distributed.rpc import WorkerInfo  # type: ignore[attr-defined]
-
-    maps = {peer: _reverse(m) for peer, m in reverse_maps.items()}
-    _agent()._update_group_membership(WorkerInfo(*me), _devices(my_devices), maps, True)
 
 
 def current_members() -> list[tuple[str, int]]:
