@@ -11,15 +11,13 @@ import pytest
 
 from rpcjob import contract
 from rpcjob_operator import names
+from rpcjob_operator.localexec.containers import ContainerConfigError, PodInfo, resolve_env
 from rpcjob_operator.model import Slot
 from rpcjob_operator.render import (
-    EnvError,
     OperatorDefaults,
-    expand,
     render_network_policy,
     render_pod,
     render_service,
-    resolve_env,
 )
 from rpcjob_operator.render.defaults import ENV_METRICS_NAMESPACE_SELECTOR
 from rpcjob_operator.spec import RpcJob, parse_job
@@ -362,31 +360,24 @@ def test_defaults_from_env() -> None:
         OperatorDefaults.from_env({ENV_METRICS_NAMESPACE_SELECTOR: "[1]"})
 
 
-def test_resolve_env_like_the_kubelet() -> None:
+def test_rendered_env_resolves_like_the_kubelet() -> None:
+    """The rendered env resolves with the kubelet's rules (localexec.containers, which the
+    process kubelet and `rpcjob run` use): downward API, Secret keys, $(VAR) expansion."""
     job = make_job(etcd={"endpoints": ["a:1"], "authSecretRef": {"name": "auth"}})
     pod = render_pod(job, Slot("worker", 2), defaults=DEFAULTS)
     worker, sidecar = containers(pod)
-    fields = {
-        "metadata.name": "demo-worker-2",
-        "metadata.namespace": "ns",
-        "status.podIP": "127.0.0.7",
-        "spec.nodeName": "local",
-    }
+    info = PodInfo(name="demo-worker-2", namespace="ns", uid="u", node_name="local",
+                   pod_ip="127.0.0.7")  # fmt: skip
     secrets = {"auth": {"username": "u", "password": "p"}}
-    env = resolve_env(worker, fields=fields, secrets=secrets)
+
+    def lookup(kind: str, name: str, key: str) -> str | None:
+        return secrets.get(name, {}).get(key) if kind == "secret" else None
+
+    env = resolve_env(worker, info, lookup)
     assert env[contract.ENV_POD_IP] == "127.0.0.7" and env[contract.ENV_ETCD_PASSWORD] == "p"
     assert env["MY_VAR"] == "worker_2-x"
-    senv = resolve_env(sidecar, fields=fields, secrets=secrets)
+    senv = resolve_env(sidecar, info, lookup)
     assert senv[contract.ENV_HTTP_ADDR] == f"127.0.0.7:{contract.SIDECAR_HTTP_PORT}"
-    with pytest.raises(EnvError, match="Secret 'auth' has no key 'password'"):
-        resolve_env(worker, fields=fields, secrets={"auth": {"username": "u"}})
-    with pytest.raises(
-        EnvError,
-        match=r"env RPCJOB_NAMESPACE: no value for the downward API field 'metadata\.namespace'",
-    ):
-        resolve_env(worker, fields={"metadata.name": "x"}, secrets=secrets)
-
-
-def test_expand() -> None:
-    env = {"A": "1"}
-    assert expand("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
+    secrets["auth"].pop("password")
+    with pytest.raises(ContainerConfigError, match="secret 'auth' key 'password', which does not"):
+        resolve_env(worker, info, lookup)

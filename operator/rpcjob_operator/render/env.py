@@ -1,16 +1,12 @@
-"""The env contract of a slot, and resolving a rendered container's env to plain strings.
+"""The env contract of a slot.
 
-``slot_env`` is what both the worker and the sidecar container get. ``resolve_env`` turns a
-rendered container's ``env`` (values, downward API fieldRefs, secretKeyRefs, ``$(VAR)``
-references) into a dict, the way the kubelet does — used by the local executor and the
-process kubelet of the e2e cluster so that they run exactly what the pod would run.
+``slot_env`` is what both the worker and the sidecar container get. Resolving it outside
+Kubernetes (downward API, Secret keys, ``$(VAR)``) is ``localexec.containers.resolve_env``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
 from typing import Any
 
 from rpcjob import contract
@@ -102,58 +98,3 @@ def sidecar_only_env(defaults: OperatorDefaults) -> list[dict[str, Any]]:
             "value": f"$({contract.ENV_POD_IP}):{contract.SIDECAR_HTTP_PORT}",
         },
     ]
-
-
-class EnvError(ValueError):
-    """An env var that cannot be resolved outside Kubernetes (missing Secret, unknown field)."""
-
-
-_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: known names expand, ``$$`` escapes, others stay."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        key = m.group(1)
-        return env[key] if key in env else m.group(0)
-
-    return _REF.sub(sub, value)
-
-
-def resolve_env(
-    container: dict[str, Any],
-    *,
-    fields: Mapping[str, str],
-    secrets: Mapping[str, Mapping[str, str]] | None = None,
-) -> dict[str, str]:
-    """Resolve ``container['env']`` in order, as the kubelet does.
-
-    ``fields`` maps downward-API paths (``metadata.name``, ``metadata.namespace``,
-    ``status.podIP``, ``spec.nodeName``, ...) to values; ``secrets`` maps Secret name -> data.
-    """
-    out: dict[str, str] = {}
-    for item in container.get("env") or []:
-        name = str(item["name"])
-        if "value" in item:
-            out[name] = expand(str(item["value"]), out)
-            continue
-        src = item.get("valueFrom") or {}
-        if "fieldRef" in src:
-            path = src["fieldRef"]["fieldPath"]
-            if path not in fields:
-                raise EnvError(f"env {name}: no value for the downward API field {path!r}")
-            out[name] = fields[path]
-        elif "secretKeyRef" in src:
-            ref = src["secretKeyRef"]
-            data = (secrets or {}).get(ref["name"])
-            if data is None or ref["key"] not in data:
-                if ref.get("optional"):
-                    continue
-                raise EnvError(f"env {name}: Secret {ref['name']!r} has no key {ref['key']!r}")
-            out[name] = data[ref["key"]]
-        else:
-            raise EnvError(f"env {name}: unsupported valueFrom {sorted(src)}")
-    return out
