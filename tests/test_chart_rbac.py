@@ -43,7 +43,15 @@ NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
 
 # Exactly what the operator (kopf + our handlers) needs on a job's namespace.
 JOB_RULES = {
-    ("rpcjob.dev", "rpcjobs"): {"get", "list", "watch", "patch", "update"},
+    # delete: finished jobs past runPolicy.ttlSecondsAfterFinished
+    ("rpcjob.dev", "rpcjobs"): {
+        "get",
+        "list",
+        "watch",
+        "patch",
+        "update",
+        "delete",
+    },
     ("rpcjob.dev", "rpcjobs/status"): {"get", "patch", "update"},
     ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -207,9 +215,9 @@ def test_cluster_scope_covers_the_operator_request_sequence() -> None:
     missing = [c for c in calls if not allows(rules, request_rule(*c))]
     assert not missing
     assert not allows(rules, request_rule("GET", "/api/v1/namespaces/team/secrets/etcd"))
-    assert not allows(
-        rules, request_rule("DELETE", "/apis/rpcjob.dev/v1alpha1/namespaces/t/rpcjobs/j")
-    )
+    # The TTL (runPolicy.ttlSecondsAfterFinished) deletes finished jobs.
+    assert allows(rules, request_rule("DELETE", "/apis/rpcjob.dev/v1alpha1/namespaces/t/rpcjobs/j"))
+    assert not allows(rules, request_rule("DELETE", "/api/v1/namespaces/t/secrets/etcd"))
 
 
 def test_e2e_helpers_operator_rules_and_uncovered() -> None:

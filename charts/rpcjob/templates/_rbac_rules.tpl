@@ -4,10 +4,11 @@ The operator's rules on RpcJobs and the objects it creates for them: exactly the
 API calls the operator really makes).
 */}}
 {{- define "rpcjob.operator.jobRules" -}}
-# kopf (operator): watch jobs; patch finalizers, annotations (handler progress) and spec defaults.
+# kopf (operator): watch jobs; patch finalizers, annotations (handler progress) and spec defaults;
+# delete a finished job once runPolicy.ttlSecondsAfterFinished has passed.
 - apiGroups: ["rpcjob.dev"]
   resources: ["rpcjobs"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
 # operator: one status write per reconcile cycle (status subresource).
 - apiGroups: ["rpcjob.dev"]
   resources: ["rpcjobs/status"]
