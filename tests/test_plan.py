@@ -153,6 +153,7 @@ def test_fresh_job_creates_every_slot_and_the_networking() -> None:
         "failed": 0,
         "succeeded": 0,
         "indices": [0, 1],
+        "pods": {},  # no pod seen yet
     }
     assert st["state"] == "Pending" and st["startTime"] == "2026-01-01T12:00:00Z"
     assert st["observedGeneration"] == 1 and st["ready"] == "0/2" and st["replicas"] == 0
@@ -281,6 +282,34 @@ def test_scale_down_victim_is_not_counted_as_a_restart() -> None:
     down = run(job, running(0, 1), None, status({"worker": [0, 1]}))
     later = run(job, [*running(0), pod("worker", 1, deleting=True)], None, down.status)
     assert later.status.get("restarts", 0) == 0 and "PodDeleted" not in events(later)
+
+
+def test_force_deleted_pod_that_vanished_unseen_is_a_restart() -> None:
+    job = J(worker=2)
+    seen = run(job, running(0, 1), None, status({"worker": [0, 1]}))
+    assert seen.status["roles"]["worker"]["pods"] == {"0": "worker-0-uid", "1": "worker-1-uid"}
+    # worker-1 is gone in the next list without ever showing deletionTimestamp or Failed.
+    gone = run(job, running(0), None, seen.status)
+    assert gone.status["restarts"] == 1
+    assert gone.status["failures"][-1] | {"time": "-"} == {
+        "pod": "demo-worker-1", "uid": "worker-1-uid", "role": "worker", "index": 1,
+        "reason": "Vanished", "time": "-",
+    }  # fmt: skip
+    assert "disappeared without terminating" in event(gone, "PodVanished").message
+    assert creates(gone) == [("worker", 1)]
+    # Counted once: the next cycle (replacement still starting) adds nothing.
+    again = run(job, [*running(0), pod("worker", 1, "Pending", uid="new")], None, gone.status)
+    assert again.status["restarts"] == 1 and "PodVanished" not in events(again)
+
+
+def test_scale_down_and_our_own_restarts_are_not_vanished_pods() -> None:
+    job = J(worker=1)
+    down = run(job, running(0, 1), None, status({"worker": [0, 1]}))
+    after = run(job, running(0), None, down.status)  # the victim is gone
+    assert after.status.get("restarts", 0) == 0 and "PodVanished" not in events(after)
+    failed = run(job, [pod("worker", 0, "Failed", exit_code=1)], None, after.status)
+    replaced = run(job, [], None, failed.status)  # our Restart deletion completed
+    assert replaced.status["restarts"] == 1 and "PodVanished" not in events(replaced)
 
 
 def test_scale_up_waits_when_every_free_index_is_terminating() -> None:

@@ -15,9 +15,33 @@ def _needs_restart(role: RoleSpec, p: PodView) -> bool:
     return p.phase == "Succeeded" and role.restart_policy == "Always"
 
 
+def _vanished(c: Cycle, seen: set[str]) -> None:
+    """A pod of an active slot that disappeared between two cycles without ever being seen
+    failing or terminating (``kubectl delete --force``, a lost node's pods being purged):
+    counted like any deletion done outside rpcjob."""
+    observed = {p.uid for p in c.obs.pods}
+    for role, prev in (c.obs.status.get("roles") or {}).items():
+        if role not in c.job.roles:
+            continue
+        for index, uid in sorted((prev.get("pods") or {}).items()):
+            if uid in observed or uid in seen or int(index) not in c.active.get(role, set()):
+                continue
+            gone = PodView(name=Slot(role, int(index)).pod_name(c.job.meta.name), uid=uid,
+                           role=role, index=int(index), phase="Unknown")  # fmt: skip
+            c.record_failure(gone, "Vanished")
+            c.counter("restarts")
+            c.event(
+                "Warning",
+                "PodVanished",
+                f"pod {gone.name} ({role}_{index}) disappeared without terminating "
+                "(force-deleted?); replacing it",
+            )
+
+
 def account_pods(c: Cycle) -> None:
     """Record each failure / replacement once (dedup by pod uid in status.failures)."""
     seen = c.seen_uids()
+    _vanished(c, seen)
     limit = c.job.run_policy.backoff_limit
     for p in sorted(c.obs.pods, key=lambda x: (x.role, x.index)):
         role = c.job.roles.get(p.role)

@@ -48,6 +48,11 @@ def fill_counts(c: Cycle) -> dict[str, int]:
             "failed": sum(1 for p in pods if p.phase == "Failed"),
             "succeeded": sum(1 for p in pods if p.phase == "Succeeded"),
             "indices": sorted(c.active[r.name]),
+            "pods": {
+                str(i): p.uid
+                for i, p in sorted(c.role_pods(r.name).items())
+                if i in c.active[r.name] and not p.finished
+            },
         }
     c.status["roles"] = roles
     name = c.job.meta.name
