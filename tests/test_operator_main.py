@@ -81,8 +81,9 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
     }
     cycles = values['rpcjob_operator_reconciles_total{result="ok"}']
     writes = values["rpcjob_operator_status_writes_total"]
-    # (The pods keep changing, so the audit is read just before and after the metrics.)
-    assert 1 <= writes <= cycles and patches_before <= writes <= patches_after
+    # (The pods keep changing, so the audit is read just before and after the metrics; one
+    # write may be in flight: recorded by the API server, not yet counted by the operator.)
+    assert 1 <= writes <= cycles and patches_before - 1 <= writes <= patches_after
     # Only the operator's own calls, attributable in the audit log by its user agents.
     agents = {r.user_agent.split("/")[0] for r in env.cluster.audit.records()}
     assert {"rpcjob-operator", "kopf"} <= agents
