@@ -18,7 +18,13 @@ import grpc
 import grpc.aio
 
 from rpcjob.etcd import _failures as fl
-from rpcjob.etcd._conn import CHANNEL_OPTIONS, RETRY_BACKOFF, credentials, parse_endpoints
+from rpcjob.etcd._conn import (
+    CHANNEL_OPTIONS,
+    RETRY_BACKOFF,
+    ErrorContext,
+    credentials,
+    parse_endpoints,
+)
 from rpcjob.etcd._failures import Action, Failure
 from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
 from rpcjob.etcd._pb import rpc_pb2_grpc as _rpc_pb2_grpc
@@ -70,7 +76,7 @@ class _LoopState:
         self.extra: dict[str, Any] = {}  # per-loop helpers (the watch mux)
 
 
-class AConn:
+class AConn(ErrorContext):
     def __init__(
         self,
         endpoints: str | Sequence[str],
@@ -215,25 +221,3 @@ class AConn:
             if f is Failure.DEADLINE:
                 raise self._timeout_error(last, ep, op, budget, details) from err
             raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
-
-    def _timeout_error(
-        self,
-        last: tuple[Failure, str, str] | None,
-        ep: Any,
-        op: str,
-        budget: float,
-        details: str = "deadline passed before the call could be sent",
-    ) -> EtcdError:
-        if last is not None:  # say why earlier attempts failed, not just "timed out"
-            f, details, address = last
-            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
-        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
-
-    def _ctx(self, ep: AEndpoint, op: str, budget: float) -> dict[str, Any]:
-        return {
-            "endpoint": ep.address,
-            "endpoints": self.endpoints,
-            "op": op,
-            "timeout": budget,
-            "user": self.user,
-        }
