@@ -148,14 +148,6 @@ def worker_pid(pod: str) -> int:
     return pids[0]
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def base_env(tmp: Path, extra: dict[str, str] | None = None,
              drop: Sequence[str] = ()) -> dict[str, str]:  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in drop}

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from localrun import LocalRun, base_env, processes_with_env, rpcjob, wait_until, worker_pid
+from etcd_waits import wait_until
+from localrun import LocalRun, base_env, processes_with_env, rpcjob, worker_pid
 
 from rpcjob import contract
 from rpcjob.etcd import Client

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from localrun import REPO, LocalRun, base_env, rpcjob, wait_until
+from etcd_waits import wait_until
+from localrun import REPO, LocalRun, base_env, rpcjob
 
 README = (REPO / "README.md").read_text()
 
