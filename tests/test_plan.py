@@ -628,6 +628,19 @@ def test_degraded_and_recovered() -> None:
     assert cond(back, "Degraded")["status"] == "False" and "Recovered" in events(back)
 
 
+def test_members_that_finished_their_work_do_not_degrade_the_job() -> None:
+    job = J(worker=3, wmin=2)
+    members = [member("worker", i, i) for i in range(3)]
+    formed = run(job, running(0, 1, 2), members, status({"worker": [0, 1, 2]}))
+    # Two workers exited 0 and left the group (the sidecars still drain): winding down.
+    done = [pod("worker", 0), *(pod("worker", i, exit_code=0) for i in (1, 2))]
+    winding = run(job, done, members[:1], formed.status)
+    assert cond(winding, "Degraded") is None and "Degraded" not in events(winding)
+    # The same departures without a clean exit are a degradation.
+    crashed = [pod("worker", 0), *(pod("worker", i, exit_code=137) for i in (1, 2))]
+    assert "Degraded" in events(run(job, crashed, members[:1], formed.status))
+
+
 def test_observed_generation_follows_the_spec() -> None:
     p = run(J(worker=2, generation=7), running(0, 1), None, status({"worker": [0, 1]}))
     assert p.status["observedGeneration"] == 7

@@ -111,8 +111,17 @@ def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
             c.event("Normal", "GroupFormed", f"the RPC group formed: {detail}")
     else:
         set_cond(c, cond.RUNNING, False, "Forming", f"waiting for members: {detail}")
+    # A member whose worker exited 0 has finished its work, not dropped out: no Degraded for
+    # the roles winding down as the job succeeds.
+    done = dict.fromkeys(c.job.roles, 0)
+    for p in c.obs.pods:
+        if p.role in done and p.exit_code == 0:
+            done[p.role] += 1
+    settled = formed or all(
+        joined[r.name] + done[r.name] >= r.min_replicas for r in c.job.roles.values()
+    )
     if was_running or formed:
-        if not formed:
+        if not settled:
             if set_cond(c, cond.DEGRADED, True, "BelowMinReplicas", detail):
                 c.event("Warning", "Degraded", f"a role is below minReplicas: {detail}")
         elif cond.find(conds, cond.DEGRADED) is not None and set_cond(
