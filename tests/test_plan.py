@@ -439,6 +439,11 @@ def test_backoff_limit_exceeded_fails_the_job() -> None:
     failed_c = cond(p, "Failed")
     assert failed_c["status"] == "True" and failed_c["reason"] == "BackoffLimitExceeded"
     assert failed_c["message"] == "2 pods failed, more than backoffLimit 1"
+    # The failure that exhausts the limit is not replaced, so it is no restart.
+    assert p.status["restarts"] == 1 and p.status["failedPods"] == 2
+    assert "failure 2 of backoffLimit 1; not replaced (backoffLimit exceeded)" in (
+        event(p, "PodFailed").message
+    )
     assert cond(p, "Running")["status"] == "False"
     assert event(p, "BackoffLimitExceeded").type == "Warning"
     assert p.status["roles"]["worker"]["indices"] == []

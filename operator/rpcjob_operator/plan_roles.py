@@ -54,12 +54,16 @@ def account_pods(c: Cycle) -> None:
             c.record_failure(p, p.reason or "Error")
             code = f"exit code {p.exit_code}" if p.exit_code is not None else "no exit code"
             what = f"{slot} failed with {code}" + (f" ({p.reason})" if p.reason else "")
+            exhausted = False
             if disrupted:
                 what += "; a disruption, not counted toward backoffLimit"
             else:
                 n = c.counter("failedPods")
+                exhausted = n > limit
                 what += f"; failure {n} of backoffLimit {limit}"
-            if active and role.restart_policy != "Never":
+            if exhausted:
+                what += "; not replaced (backoffLimit exceeded)"
+            elif active and role.restart_policy != "Never":
                 c.counter("restarts")
                 what += "; replacing it"
             else:
