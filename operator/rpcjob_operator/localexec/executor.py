@@ -75,6 +75,10 @@ class LocalPod:
         with self.lock:
             return copy.deepcopy(self.obj)
 
+    @property
+    def grace(self) -> float:
+        return float(self.obj["spec"].get("terminationGracePeriodSeconds", 30))
+
 
 @dataclass
 class RunOptions:
@@ -172,9 +176,7 @@ class LocalJob:
             self.wake.set()
 
         def finalize() -> None:
-            if self.pods.get(name) is holder["pod"]:
-                del self.pods[name]
-                self.gpus_used.pop(name, None)
+            self._forget(holder["pod"])
             self.wake.set()
 
         runner = PodRunner(pod, ip, self.runner_cfg, write_status, finalize, gpu_env)
@@ -224,15 +226,18 @@ class LocalJob:
             if pod.obj["metadata"].get("deletionTimestamp"):
                 return
             pod.obj["metadata"]["deletionTimestamp"] = now_iso()
-        grace = action.grace_seconds
-        if grace is None:
-            grace = int(pod.obj["spec"].get("terminationGracePeriodSeconds", 30))
+        grace = pod.grace if action.grace_seconds is None else float(action.grace_seconds)
         self.emit({"type": "pod", "action": "deleted", "pod": action.name, "reason": action.reason})
         if pod.runner.is_alive():
-            pod.runner.request_stop(float(grace))
-        elif self.pods.get(action.name) is pod:
-            del self.pods[action.name]  # already finished: nothing to stop
-            self.gpus_used.pop(action.name, None)
+            pod.runner.request_stop(grace)
+        else:
+            self._forget(pod)  # already finished: nothing to stop
+
+    def _forget(self, pod: LocalPod) -> None:
+        """The pod object is gone: drop it and give its GPUs back."""
+        if self.pods.get(pod.name) is pod:
+            del self.pods[pod.name]
+            self.gpus_used.pop(pod.name, None)
 
     def apply_scale_requests(self) -> None:
         """Apply ``rpcjob scale`` requests (validated by the scaler) to the spec."""
@@ -333,13 +338,8 @@ class LocalJob:
         """Ctrl-C: every worker drains and leaves (SIGTERM), then sidecars stop."""
         self.stopping = True
         for pod in list(self.pods.values()):
-            g = (
-                grace
-                if grace is not None
-                else float(pod.obj["spec"].get("terminationGracePeriodSeconds", 30))
-            )
             pod.obj["metadata"].setdefault("deletionTimestamp", now_iso())
-            pod.runner.request_stop(g)
+            pod.runner.request_stop(pod.grace if grace is None else grace)
         deadline = time.monotonic() + timeout
         for pod in list(self.pods.values()):
             pod.runner.join(max(0.0, deadline - time.monotonic()))
