@@ -138,10 +138,14 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def worker_pid(pod: str) -> int:
-    """The worker (not the sidecar) process of a local pod."""
+def worker_pid(pod: str, job_uid: str) -> int:
+    """The worker (not the sidecar) process of a local pod of one job run (tests running in
+    parallel may run jobs of the same name)."""
+    mine = set(processes_with_env("RPCJOB_JOB_UID", job_uid))
     pids = [
-        p for p in processes_with_env("RPCJOB_POD_NAME", pod) if "rpcjob-sidecar" not in cmdline(p)
+        p
+        for p in processes_with_env("RPCJOB_POD_NAME", pod)
+        if p in mine and "rpcjob-sidecar" not in cmdline(p)
     ]
     if len(pids) != 1:
         raise AssertionError(f"expected one worker process for {pod}, found {pids}")

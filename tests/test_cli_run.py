@@ -67,12 +67,13 @@ def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
     run = LocalRun(AL, "--set", "roles.worker.replicas=2",
                    env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1500"}))  # fmt: skip
     try:
+        job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
         run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group to form")
         run.wait_event(lambda e: any(line.startswith("learner: version")
                                      for line in run.logs("learner_0")) or False,
                        120, "training to progress")  # fmt: skip
         mark = len(run.events)
-        os.kill(worker_pid("actor-learner-worker-1"), signal.SIGKILL)
+        os.kill(worker_pid("actor-learner-worker-1", job["uid"]), signal.SIGKILL)
         run.wait_event(
             lambda e: e.get("type") == "pod" and e.get("pod") == "actor-learner-worker-1"
             and e.get("action") == "created" and bool(e.get("replacement")),
