@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -212,6 +213,38 @@ def test_stop_escalates_to_sigkill_after_grace(tmp_path: object) -> None:
     while "up" not in Path(log).read_text() and time.monotonic() < deadline:
         time.sleep(0.02)  # polling a condition with a deadline
     assert proc.stop(grace=0.3) == 137
+
+
+def test_terminate_then_stop_sends_sigterm_once(tmp_path: object) -> None:
+    # The kubelet's deletion path calls terminate() and then stop(grace): like a real kubelet
+    # the process must get one SIGTERM. A second one can land while it is already exiting
+    # (Python restores the default handler at shutdown) and turn a clean exit 0 into 143.
+    sent: list[int] = []
+
+    class Recording(LocalContainer):
+        def _signal(self, sig: int) -> None:
+            sent.append(sig)
+            super()._signal(sig)
+
+    drain = (
+        "import signal, sys, time\n"
+        "def on_term(*a):\n"
+        "    time.sleep(0.3); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('up', flush=True); time.sleep(60)\n"
+    )
+    spec = process_spec(
+        {"name": "c", "command": ["python3", "-c", drain]}, POD, {}, pod_root=str(tmp_path)
+    )
+    log = f"{tmp_path}/c.log"
+    proc = Recording("c", spec, log)
+    proc.start()
+    deadline = time.monotonic() + 30
+    while "up" not in Path(log).read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a condition with a deadline
+    proc.terminate()
+    assert proc.stop(grace=10) == 0
+    assert sent.count(signal.SIGTERM) == 1, sent
 
 
 def test_image_workdirs_stand_in_for_the_images_workdir(tmp_path: Path) -> None:

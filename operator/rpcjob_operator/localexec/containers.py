@@ -346,8 +346,12 @@ class LocalContainer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
         self._log: IO[bytes] | None = None
+        # A kubelet sends SIGTERM once: a second one can land while the process is already
+        # exiting (Python restores the default handler at shutdown) and turn exit 0 into 143.
+        self._terminated = False
 
     def start(self) -> None:
+        self._terminated = False
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log
@@ -383,7 +387,9 @@ class LocalContainer:
             os.killpg(self.proc.pid, sig)
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        if not self._terminated:
+            self._terminated = True
+            self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
