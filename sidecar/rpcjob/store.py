@@ -1,8 +1,8 @@
 """``EtcdStore``: a ``torch.distributed.Store`` on etcd's v3 API with exact c10d semantics.
 
 Torch's own etcd store speaks the v2 API (removed in etcd 3.6) and cannot ``compare_set``, so
-dynamic RPC cannot run on it (DESIGN §9). Semantics are pinned to HashStore/TCPStore by one
-contract suite (tests/store_contract.py); notable points:
+dynamic RPC cannot run on it (docs/architecture.md#etcd-client). Semantics are pinned to
+HashStore/TCPStore by one contract suite (tests/store_contract.py); notable points:
 
 * ``get``/``wait``/``multi_get`` block until the keys exist or the store timeout passes, then
   raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore). A wait reads

@@ -1,4 +1,6 @@
-"""Pure decisions over torch's RPC keys in the c10d store (torch-free; DESIGN §4).
+"""Pure decisions over torch's RPC keys in the c10d store (torch-free).
+
+See docs/architecture.md#membership for the protocol these keys belong to.
 
 Torch 2.13's dynamic RPC group (``init_rpc(world_size=None)``) keeps its state under the store
 prefix ``rpc_prefix_0/`` (measured on a live store, see docs/contract.md):

@@ -1,6 +1,7 @@
 """TensorPipe device maps for one slot: a pure function of labels, visible GPUs and the job shape.
 
-Why the maps look the way they do (measured torch behaviour, DESIGN §5, docs/devices.md):
+Why the maps look the way they do (measured torch behaviour; docs/devices.md and
+docs/architecture.md#device-maps):
 
 * Torch freezes a worker's forward maps at ``init_rpc``, so maps are declared for **every slot
   name the job can ever have** (roles x maxReplicas), present or not.
@@ -8,8 +9,8 @@ Why the maps look the way they do (measured torch behaviour, DESIGN §5, docs/de
   joiner does not have (or any CUDA device on a CPU-only joiner) makes the *joiner's*
   ``init_rpc`` raise. A forward map to slot ``s`` therefore only targets devices that every
   incarnation of ``s`` is guaranteed to have: ``min(my GPUs, s's role request)``.
-* Torch demands 1-to-1 maps (no two source devices on one target), so DESIGN's
-  ``cuda:i -> cuda:(i mod n_peer)`` is applied to ``i < min(n_me, n_peer)``, where it is the
+* Torch demands 1-to-1 maps (no two source devices on one target), so the modular
+  rule ``cuda:i -> cuda:(i mod n_peer)`` is applied to ``i < min(n_me, n_peer)``, where it is the
   identity. A tensor on a higher device must be moved before it is sent to a smaller peer.
 * Reverse maps (what a member needs to send CUDA *replies* to a peer) are the inverse of the
   peer's forward map to us; torch never gives them to earlier members, and a graceful leave

@@ -1,4 +1,6 @@
-"""rpcjob.etcd: our own thin etcd v3 client over grpcio (DESIGN §9).
+"""rpcjob.etcd: our own thin etcd v3 client over grpcio.
+
+Why our own client: docs/architecture.md#etcd-client.
 
 Sync :class:`Client` and asyncio :class:`AsyncClient` over one set of generated stubs
 (``proto/*.proto``, etcd's own packages and field numbers; stubs in ``_pb/``).

@@ -1,5 +1,6 @@
 """Crash eviction: the pure decision of what to take over, rewrite, delete and release in
-torch's store after members died (DESIGN §4). The executor is :mod:`rpcjob.sidecar.cleaner`.
+torch's store after members died (docs/architecture.md#recovery). The executor is
+:mod:`rpcjob.sidecar.cleaner`.
 
 The decision is level-triggered: it compares torch's own view (``_ALL_WORKER_INFOS``, the
 membership token, ``names/<rank>``, ``addrs/<name>``) with the live rank records in etcd, so a

@@ -1,4 +1,4 @@
-"""``rpcjob-sidecar``: the pod's membership daemon (DESIGN §2-4, docs/contract.md).
+"""``rpcjob-sidecar``: the pod's membership daemon (docs/architecture.md#pod, docs/contract.md).
 
 Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 2 for a configuration error (the message
 names the environment variable and the fix), 1 when etcd is unreachable at start or the
@@ -28,7 +28,7 @@ log = logging.getLogger("rpcjob.sidecar")
 def node_gpus(cfg: SidecarConfig) -> dv.NodeGPUs:
     """The node's GPUs from its labels. A labels file/JSON we cannot read is a configuration
     error; labels we cannot get (no node name, API refused) fall back to none with a warning,
-    never a crash loop (DESIGN §5): the role's GPU request then decides."""
+    never a crash loop (docs/devices.md): the role's GPU request then decides."""
     try:
         labels = read_node_labels(cfg.node_name, cfg.node_labels_file, cfg.node_labels_json)
     except LabelsError as e:

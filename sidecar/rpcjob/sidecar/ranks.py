@@ -6,7 +6,7 @@ Keys (docs/contract.md): ``ranks/<r>`` is the allocation, bound to the incarnati
 ``ranks/<r>`` is gone the next allocator stamps the revision it observed the absence at (an
 upper bound of the real end: conservative). A retired rank is reusable only when every live
 incarnation was allocated after that revision: a member that knew the old incarnation keeps a
-stale pipe to it (DESIGN §3).
+stale pipe to it (docs/architecture.md#identity).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Membership edits on the live TensorPipe agent (DESIGN §4-5).
+"""Membership edits on the live TensorPipe agent.
+
+See docs/architecture.md#membership and docs/architecture.md#device-maps.
 
 Torch exposes ``TensorPipeAgent._update_group_membership(worker_info, my_devices,
 reverse_device_map, is_join)``; it is how torch itself applies joins and graceful leaves. We

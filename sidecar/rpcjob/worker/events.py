@@ -1,4 +1,6 @@
-"""Applies the sidecar's membership events to the live agent (DESIGN §4-5).
+"""Applies the sidecar's membership events to the live agent.
+
+See docs/architecture.md#membership and docs/architecture.md#device-maps.
 
 The decisions (which event needs which agent update, acks, self-eviction) live here; the
 torch calls go through :class:`TorchOps` (``rpcjob.devices.agent``, which keeps this worker's
@@ -65,7 +67,8 @@ class MembershipApplier:
                 self.ack(ev.peer.name, ev.id)
 
     def _joined(self, m: Any) -> None:
-        # Earlier members never get a later joiner's reverse map from torch (DESIGN §5).
+        # Earlier members never get a later joiner's reverse map from torch
+        # (docs/architecture.md#device-maps).
         if self.devices and m.name != self.me[0] and m.reverse_map:
             self.ops.joined(m.name, m.rank, dict(m.reverse_map))
 

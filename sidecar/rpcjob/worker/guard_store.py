@@ -1,4 +1,6 @@
-"""The c10d store handed to torch: a thin guard around the EtcdStore (DESIGN §4).
+"""The c10d store handed to torch: a thin guard around the EtcdStore.
+
+See docs/architecture.md#recovery.
 
 It fixes what torch's membership critical section gets wrong, without touching torch:
 

@@ -41,7 +41,10 @@ class JoinSpec:
 
 
 def build_options(spec: JoinSpec) -> Any:
-    """TensorPipe options with maps pre-declared for every slot the job can have (DESIGN §5)."""
+    """TensorPipe options with maps pre-declared for every slot the job can have.
+
+    Why every slot: docs/architecture.md#device-maps.
+    """
     from torch.distributed.rpc import TensorPipeRpcBackendOptions
 
     kwargs: dict[str, Any] = {
