@@ -43,7 +43,7 @@ def record(path: str, kind: str, **fields: Any) -> None:
 
 
 class TorchStoreEmulation:
-    """The store writes of torch's dynamic join/leave (torch 2.13; docs/architecture.md#membership)."""
+    """The store writes of torch's dynamic join/leave (docs/architecture.md#membership)."""
 
     def __init__(self, ident: Any) -> None:
         self.c = Client(

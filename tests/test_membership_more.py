@@ -54,7 +54,8 @@ def test_small_rank_space_reuses_ranks_safely(etcd_endpoint: str, tmp_path: Path
 def test_etcd_restart_evicts_nobody_then_unreachable_is_clear(
     etcd: EmbeddedEtcd, tmp_path: Path
 ) -> None:
-    job = Job(etcd.endpoint, tmp_path, lease_ttl=10)  # the cluster minimum (docs/architecture.md#etcd-client)
+    # The cluster minimum lease TTL (docs/architecture.md#etcd-client).
+    job = Job(etcd.endpoint, tmp_path, lease_ttl=10)
     client = Client(etcd.endpoint)
     try:
         workers = start_pods(job, range(3))

@@ -261,8 +261,9 @@ def test_health_ready_and_metrics(job: Job) -> None:
 
 
 def test_etcd_restart_evicts_no_live_member(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
-    # The cluster minimum TTL (docs/architecture.md#etcd-client): etcd keeps leases across a restart, but after it
-    # the keepalives must get through within one TTL, and 3 s is too tight on 2 busy cores.
+    # The cluster minimum TTL (docs/architecture.md#etcd-client): etcd keeps leases across a
+    # restart, but after it the keepalives must get through within one TTL, and 3 s is too
+    # tight on 2 busy cores.
     job = Job(etcd.endpoint, tmp_path, lease_ttl=10)
     try:
         _, wa, _ = start(job, 0)

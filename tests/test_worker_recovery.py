@@ -1,6 +1,6 @@
 """Store-level crash recovery with real torch processes and torch's own TCPStore (no sidecar).
 
-Shows the torch behaviours (docs/architecture.md#recovery) we rely on, end to end: a join racing a dead
+Shows what docs/architecture.md#recovery relies on, end to end: a join racing a dead
 member fails fast (not after the store timeout) and releases the token; the torchkeys plan
 plus agent evictions heal the group; an in-process retry with a fresh rank joins; a joiner
 SIGKILLed inside the critical section is recovered by a token takeover.
