@@ -186,7 +186,8 @@ class Member:
         for peer in after:
             self.peers[peer] = read_peer(self.store, peer)
         self.p = self.plan()
-        if self.cuda:  # docs/devices.md: a worker without CUDA state aborts on its first CUDA tensor
+        # no CUDA state: abort on the first CUDA tensor (docs/devices.md)
+        if self.cuda:
             torch.cuda.set_device(0)
             torch.cuda.init()
             torch.empty(1, device="cuda:0")
@@ -248,7 +249,8 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         out["E_to_T"] = roundtrip("worker_2", cuda)
         store.set("bench/E_to_T_checked", "1")
         store.wait(["bench/left/worker_2"], WAIT)
-        # Right after the graceful leave, before any re-application (the leave race of docs/devices.md).
+        # Right after the graceful leave, before any re-application (the leave race of
+        # docs/devices.md).
         out["E_to_L_right_after_leave"] = roundtrip("worker_1", cuda)
         out["reverse_maps_after_leave"] = json.dumps(devagent.reverse_maps())
         m.left("worker_2")
