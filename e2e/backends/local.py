@@ -145,7 +145,7 @@ class LocalBackend(Backend):
     # --- operator -----------------------------------------------------------------------
     def operator_missing(self) -> str | None:
         if importlib.util.find_spec("rpcjob_operator.main") is None:
-            return "rpcjob_operator.main is not importable yet (the operator, issue 4)"
+            return "rpcjob_operator.main is not importable: run 'pip install -e .[dev]'"
         return None
 
     def operator_container(self) -> dict[str, Any]:

@@ -257,8 +257,8 @@ class LocalCluster:
     ) -> subprocess.Popen[bytes]:
         if importlib.util.find_spec("rpcjob_operator.main") is None:
             raise OperatorUnavailable(
-                "rpcjob_operator.main is not importable: the operator is not built yet (issue 4) "
-                "or rpcjob is not installed ('pip install -e .[dev]'); start without "
+                "rpcjob_operator.main is not importable: rpcjob is not installed "
+                "('pip install -e .[dev]'); start without "
                 "--with-operator and run the operator yourself with KUBECONFIG=" + self.kubeconfig
             )
         full_env = {**os.environ, "KUBECONFIG": self.kubeconfig, **(env or {})}
