@@ -1,4 +1,4 @@
-"""1 GiB CUDA tensor RPC bandwidth: rpcjob's device maps vs hand-written torch maps (issue 3).
+"""1 GiB CUDA tensor RPC bandwidth: rpcjob's device maps vs hand-written torch maps.
 
 One run, one machine with 2+ GPUs, every worker a separate process that sees only its own GPU
 (CUDA_VISIBLE_DEVICES, as a Kubernetes pod does):

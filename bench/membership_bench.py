@@ -1,4 +1,4 @@
-"""Membership benchmark (issue 3): join latency and SIGKILL -> healthy latency.
+"""Membership benchmark: join latency and SIGKILL -> healthy latency.
 
 Anchor, measured in the same run: torch's own dynamic RPC group (``init_rpc(world_size=None)``)
 over a TCPStore. For each N in (2, 8, 32): a group of N-1 members is formed one join at a time,

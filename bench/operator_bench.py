@@ -1,4 +1,4 @@
-"""Operator benchmark (issue 4): apply -> pods for 32 workers, 100 jobs reconciled, RSS.
+"""Operator benchmark: apply -> pods for 32 workers, 100 jobs reconciled, RSS.
 
 Runs the real ``rpcjob-operator`` process (kopf) against the local cluster's emulated API
 server, with a real etcd. The kubelet is off by default: pods stay Pending, so the figures

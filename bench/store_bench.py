@@ -12,7 +12,7 @@ add = one optimistic CAS txn on the mod_revision it saw last (the same single ro
 EtcdStore uses), compare_set = one txn comparing the value. wait-notify: a waiter blocks in
 ``wait([key])``, another thread sets the key; latency is from just before the set to the
 waiter's wake-up (p50 over ``--waits``).
-Ends with one JSON line (see issue 2).
+Ends with one JSON line (docs/benchmarks.md lists the figures).
 """
 
 from __future__ import annotations

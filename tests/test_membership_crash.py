@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: crashes heal by themselves (docs/architecture.md#recovery).
+"""Crashes heal by themselves (docs/architecture.md#recovery).
 
 SIGKILL a worker, the first member (rank 0), a joiner inside the membership critical section
 and a sidecar (its worker exits with it): each time the dead incarnation is evicted from every

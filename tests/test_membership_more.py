@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: 16 concurrent joins, rank reuse in a small rank space, etcd restart,
+"""Membership under stress: 16 concurrent joins, rank reuse in a small rank space, etcd restart,
 etcd unreachable (clear error). Real etcd, sidecars and torch workers."""
 
 from __future__ import annotations

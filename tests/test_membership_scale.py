@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: form 4, scale to 8 with live joins, down to 2 with graceful leaves.
+"""Live membership: form 4, scale to 8 with live joins, down to 2 with graceful leaves.
 
 Real etcd, real rpcjob-sidecar processes, real torch workers (podkit pods on 127.0.0.N).
 """
