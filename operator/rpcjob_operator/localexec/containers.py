@@ -22,12 +22,16 @@ How a container maps to a process:
   ``RPCJOB_LOCAL_MOUNTS`` for code that builds paths from constants
   (``rpcjob.contract.local_path``). So ``RPCJOB_SOCKET=/var/run/rpcjob/sidecar.sock`` in both
   containers of a pod points at the same file in the pod's shared emptyDir directory.
+  With ``rewrite_mounts=False`` (a caller that bind-mounts each volume at its path in a mount
+  namespace, as e2e/cluster's kubelet does) nothing is rewritten and workingDir stays as given.
 * **workingDir**: rewritten like a mount path; a directory that does not exist locally is
   created under the pod's root directory (``<pod_root>/<workingDir>``). Without it, the image's
   WORKDIR stands in: ``image_workdirs`` (image name without tag, or its last path component ->
   local directory), else ``default_cwd``.
 * **stop**: SIGTERM to the process group, SIGKILL after the grace period. Exit codes follow
   container runtimes: a process killed by signal N exits ``128 + N``.
+* **lifetime**: each process group dies with the process that started it, even when that one is
+  SIGKILLed (``lifeline.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from rpcjob.contract import ENV_LOCAL_MOUNTS, ENV_LOCAL_POD_IP
+from rpcjob_operator.localexec import lifeline
 
 # (kind, name, key) -> value; kind is "secret" or "configmap"; None when missing.
 Lookup = Callable[[str, str, str], str | None]
@@ -287,11 +292,14 @@ def process_spec(
     image_workdirs: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     parent_env: Mapping[str, str] | None = None,
+    rewrite_mounts: bool = True,
 ) -> ProcessSpec:
     name = str(container.get("name", ""))
     own = resolve_env(container, pod, lookup, lookup_all)
     mounts = mount_table(container, volume_dirs)
-    own = {k: rewrite_paths(v, mounts) for k, v in own.items()}
+    # Without rewriting (volumes really mounted at their paths) the table stays for the caller.
+    rewrite = mounts if rewrite_mounts else {}
+    own = {k: rewrite_paths(v, rewrite) for k, v in own.items()}
     command = [expand(str(c), own) for c in container.get("command") or []]
     args = [expand(str(a), own) for a in container.get("args") or []]
     if not command:
@@ -306,18 +314,21 @@ def process_spec(
                 f"image's entrypoint (image_entrypoints={{{short!r}: ['python3', '-m', '...']}})"
             )
         command = list(entry)
-    argv = [rewrite_paths(a, mounts) for a in command + args]
+    argv = [rewrite_paths(a, rewrite) for a in command + args]
     if argv[0] in PYTHON_NAMES:
         argv[0] = sys.executable
     env = base_environment(parent_env)
     env.update(extra_env or {})
     env.update(own)
     env[ENV_LOCAL_POD_IP] = pod.pod_ip
-    env[ENV_LOCAL_MOUNTS] = json.dumps(mounts, sort_keys=True)
+    if rewrite_mounts:
+        env[ENV_LOCAL_MOUNTS] = json.dumps(mounts, sort_keys=True)
     full, short = _image_key(str(container.get("image", "")))
     workdirs = image_workdirs or {}
     cwd = workdirs.get(full) or workdirs.get(short) or default_cwd or os.getcwd()
-    if container.get("workingDir"):
+    if container.get("workingDir") and not rewrite_mounts:
+        cwd = str(container["workingDir"])  # the caller enters it inside the mount namespace
+    elif container.get("workingDir"):
         wd = rewrite_paths(str(container["workingDir"]), mounts)
         if not os.path.isdir(wd):
             wd = os.path.join(pod_root, wd.lstrip("/"))
@@ -356,14 +367,18 @@ class LocalContainer:
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log
             out = self._log
+        # Through the lifeline launcher: the process group dies with this process even when
+        # it is SIGKILLed (the pid, env and exit code stay the command's own).
+        argv, fds = lifeline.wrap(self.spec.argv)
         self.proc = subprocess.Popen(
-            self.spec.argv,
+            argv,
             env=self.spec.env,
             cwd=self.spec.cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=fds,
         )
         self.started_at = time.time()
 

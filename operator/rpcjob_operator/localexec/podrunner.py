@@ -18,6 +18,7 @@ from rpcjob_operator.localexec.containers import (
     ContainerConfigError,
     LocalContainer,
     PodInfo,
+    ProcessSpec,
     process_spec,
 )
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
@@ -41,6 +42,10 @@ class RunnerConfig:
     backoff_cap: float = 10.0
     lookup: Callable[[str, str, str, str], str | None] | None = None  # (ns, kind, name, key)
     lookup_all: Callable[[str, str, str], Mapping[str, str] | None] | None = None
+    host_ip: str = "127.0.0.1"  # status.hostIP and the downward API's status.hostIP
+    # False where the caller mounts volumes for real (the cluster kubelet's mount namespaces):
+    # paths in env, command and workingDir then stay as the pod spec wrote them.
+    rewrite_mounts: bool = True
 
 
 @dataclass
@@ -160,8 +165,8 @@ class PodRunner(threading.Thread):
             "phase": self.phase,
             "podIP": self.pod_ip,
             "podIPs": [{"ip": self.pod_ip}],
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
+            "hostIP": self.cfg.host_ip,
+            "hostIPs": [{"ip": self.cfg.host_ip}],
             "startTime": self.start_time,
             "qosClass": "BestEffort",
             "conditions": [{"type": t, "status": "True" if v else "False"} for t, v in conds],
@@ -200,7 +205,7 @@ class PodRunner(threading.Thread):
 
     # --- containers -----------------------------------------------------------------------
     def _start(self, slot: Slot) -> None:
-        info = PodInfo.from_pod(self.pod, self.pod_ip)
+        info = PodInfo.from_pod(self.pod, self.pod_ip, self.cfg.host_ip)
         ns = info.namespace
         lookup = self.cfg.lookup
         lookup_all = self.cfg.lookup_all
@@ -216,6 +221,7 @@ class PodRunner(threading.Thread):
                 image_entrypoints=self.cfg.image_entrypoints,
                 image_workdirs=self.cfg.image_workdirs,
                 extra_env={**self.cfg.extra_env, **self.gpu_env},
+                rewrite_mounts=self.cfg.rewrite_mounts,
             )
         except ContainerConfigError as exc:
             slot.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
@@ -223,7 +229,7 @@ class PodRunner(threading.Thread):
             log.warning("pod %s: %s", self.pod_label, exc)
             return
         slot.env, slot.cwd = spec.env, spec.cwd
-        slot.proc = LocalContainer(slot.name, spec, self.log_path(slot.name))
+        slot.proc = self._container(slot, spec)
         try:
             slot.proc.start()
         except OSError as exc:
@@ -235,6 +241,11 @@ class PodRunner(threading.Thread):
         for attr in ("readiness", "liveness"):
             probe = slot.spec.get(f"{attr}Probe")
             setattr(slot, attr, ProbeState(probe) if probe else None)
+
+    def _container(self, slot: Slot, spec: ProcessSpec) -> LocalContainer:
+        """The process of one container incarnation; the cluster kubelet (e2e/cluster)
+        overrides this to start it inside the pod's network and mount namespaces."""
+        return LocalContainer(slot.name, spec, self.log_path(slot.name))
 
     def _backoff(self, slot: Slot) -> float:
         return float(
