@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rpcjob_operator.localexec import lifeline
+
 INSTALL_HINT = (
     "the 'etcd' binary was not found on PATH; rpcjob needs etcd v3 (3.4 or newer). "
     "Install it with 'sudo apt-get install etcd-server' (Debian/Ubuntu), "
@@ -117,10 +119,13 @@ class EmbeddedEtcd:
         args += self.extra_args
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
         self._log = Path(self.data_dir) / "etcd.log"
+        # Tied to this process (lifeline.py): etcd dies with it, even on SIGKILL; same pid.
+        argv, fds = lifeline.wrap(args)
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                pass_fds=fds,
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the client port accepts connections (the process may have died)."""
