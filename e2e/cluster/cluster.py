@@ -1,0 +1,115 @@
+"""The e2e cluster: the real control plane plus N process kubelets (e2e/cluster/kubelet.py).
+
+Node ``node-<i>`` authenticates as ``system:node:node-<i>`` (its own client certificate, so the
+Node authorizer and NodeRestriction apply), gets its podCIDR from the controller manager's
+node-ipam controller, and reports ``nvidia.com/gpu`` capacity plus GPU Feature Discovery labels
+when it has GPUs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .controlplane import ControlPlane, ControlPlaneError
+
+NODE_IP_BASE = "127.0.100."  # node-<i> gets 127.0.100.<i+1> (loopback: see docs/testing.md)
+
+
+def kubelet_available() -> bool:
+    return importlib.util.find_spec("e2e.cluster.kubelet") is not None
+
+
+def gpu_labels(gpus: int) -> dict[str, str]:
+    """What GPU Feature Discovery would label a node with ``gpus`` H100s."""
+    if gpus <= 0:
+        return {}
+    return {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        "nvidia.com/gpu.memory": "81559",
+        "nvidia.com/gpu.family": "hopper",
+        "nvidia.com/mig.strategy": "none",
+    }
+
+
+@dataclass
+class E2ECluster:
+    work_dir: Path | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    node_labels: dict[str, str] = field(default_factory=dict)
+    control: ControlPlane | None = None
+    kubelets: list[Any] = field(default_factory=list)
+    started_in: float = 0.0
+    _own_dir: bool = False
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.control is not None, "the cluster is not started"
+        return self.control.admin_kubeconfig
+
+    def start(self, timeout: float = 180.0) -> E2ECluster:
+        t0 = time.monotonic()
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="rpcjob-k8s-"))
+            self._own_dir = True
+        try:
+            self.control = ControlPlane(self.work_dir).start(timeout)
+            if self.nodes and kubelet_available():
+                self._start_nodes(t0 + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def _start_nodes(self, deadline: float) -> None:
+        from .kubelet import ProcessKubelet
+
+        assert self.control is not None and self.work_dir is not None
+        for i in range(self.nodes):
+            name = f"node-{i}"
+            labels = {**gpu_labels(self.gpus_per_node), **self.node_labels}
+            kubelet = ProcessKubelet(
+                self.control.node_kubeconfig(name), name, f"{NODE_IP_BASE}{i + 1}", None,
+                labels, self.gpus_per_node, self.work_dir / "nodes" / name,
+            )  # fmt: skip
+            self.kubelets.append(kubelet)
+            kubelet.start()
+        for i in range(self.nodes):
+            self._wait_node_ready(f"node-{i}", deadline)
+
+    def _wait_node_ready(self, name: str, deadline: float) -> None:
+        assert self.control is not None
+        while True:
+            node = self.control.get_json(f"/api/v1/nodes/{name}")
+            conds = ((node or {}).get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"node {name} did not become Ready; last: {node!r}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the kubelets (their pods, namespaces and interfaces), then the control plane;
+        remove the work dir if this object made it."""
+        while self.kubelets:
+            self.kubelets.pop().stop()
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self._own_dir and self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> E2ECluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
