@@ -34,6 +34,8 @@ try:
 except ImportError:
     from helm_chart import CHART, REPO, helm_binary, run_helm  # type: ignore[no-redef]
 
+pytestmark = pytest.mark.slow  # helm install --wait; the operator runs a whole job
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:

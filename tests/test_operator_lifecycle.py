@@ -18,7 +18,7 @@ from operator_kit import (
 
 from rpcjob import contract
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # whole jobs under the operator
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, runni
 
 from rpcjob_operator.main import cli
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under the operator
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under the operator
 EXIT = [sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['CODE']))"]
 
 

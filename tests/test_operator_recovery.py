@@ -14,7 +14,7 @@ from rpcjob import contract
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under the operator
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from rpcjob import contract
 
 from .jobs import elastic_job, printer_table
 
-pytestmark = pytest.mark.e2e_no_operator
+pytestmark = [pytest.mark.e2e_no_operator, pytest.mark.slow]  # a cluster with the chart
 
 
 def bad_role_name(job: dict[str, Any]) -> None:

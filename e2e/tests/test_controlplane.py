@@ -24,6 +24,8 @@ from tests.helm_chart import CHART, helm_binary
 
 from .jobs import elastic_job
 
+pytestmark = pytest.mark.slow  # starts a whole control plane
+
 REPO = Path(__file__).resolve().parents[2]
 NS = "cp-test"
 OPERATOR_NS = "rpcjob-system"

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from e2e.backends import Cluster
 from rpcjob import contract
 
 from .jobs import elastic_job, members, pod_by_index, wait_group, workers
+
+pytestmark = pytest.mark.slow  # a cluster with the chart, whole jobs
 
 
 def start(cluster: Cluster, name: str, replicas: int, max_replicas: int = 4) -> None:

@@ -14,6 +14,8 @@ from rpcjob import contract
 
 from .jobs import EXAMPLE_APPS, EXAMPLES, load, printer_table
 
+pytestmark = pytest.mark.slow  # a cluster with the chart, whole jobs
+
 
 def gpus_available() -> bool:
     smi = shutil.which("nvidia-smi")

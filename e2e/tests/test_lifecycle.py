@@ -3,10 +3,14 @@ references) and its etcd prefix (the operator's finalizer), read back with rpcjo
 
 from __future__ import annotations
 
+import pytest
+
 from e2e.backends import Cluster
 from rpcjob import contract
 
 from .jobs import elastic_job, wait_group, workers
+
+pytestmark = pytest.mark.slow  # a cluster with the chart, whole jobs
 
 
 def etcd_keys(cluster: Cluster, prefix: str) -> list[str]:

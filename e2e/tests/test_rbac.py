@@ -20,6 +20,8 @@ from tests.helm_chart import CHART, audit_rule, operator_rules, uncovered
 
 from .jobs import elastic_job, pod_by_index, wait_group, workers
 
+pytestmark = pytest.mark.slow  # a cluster with the chart, whole jobs
+
 # The operator's clients: kopf's own (watches, peering, handler patches, events) and rpcjob's
 # (pods, services, network policies, status) — both in the operator process.
 OPERATOR_AGENTS = ("kopf/", "rpcjob-operator/")
