@@ -82,7 +82,6 @@ def _guarded_set_devices_and_reverse_device_map(agent: Any) -> None:
     """Replacement for torch's joiner-side step (backend_registry.py): same validation, but each
     member receives the inverse of my forward map to it instead of my own reverse maps."""
     torch = _mod("torch")
-    api = _mod("torch.distributed.rpc.api")
     backend_registry = _mod("torch.distributed.rpc.backend_registry")
     me = agent.get_worker_info()
     infos = agent.get_worker_infos()
@@ -90,13 +89,14 @@ def _guarded_set_devices_and_reverse_device_map(agent: Any) -> None:
     maps: dict[str, Any] = {}
     devs: dict[str, Any] = {}
     names: list[str] = []
+    peers = [info.name for info in infos if info.name != me.name]
+    # torch asks the members one after another ("TODO: make async?"): ask all at once
+    infos_of = call_all([(p, backend_registry._get_device_infos, ()) for p in peers])
+    answers = dict(zip(peers, infos_of, strict=True))
+    opts = agent._get_backend_options()
+    answers[me.name] = (torch.cuda.device_count(), opts.device_maps, opts.devices)
     for info in infos:
-        if info.name != me.name:
-            count, dmap, dlist = api.rpc_sync(info.name, backend_registry._get_device_infos)
-        else:
-            opts = agent._get_backend_options()
-            count, dmap, dlist = torch.cuda.device_count(), opts.device_maps, opts.devices
-        counts[info.name], maps[info.name], devs[info.name] = count, dmap, dlist
+        counts[info.name], maps[info.name], devs[info.name] = answers[info.name]
         names.append(info.name)
     backend_registry._validate_device_maps(names, counts, maps, devs, is_static_group=False)
     my_reverse = backend_registry._create_reverse_mapping(me.name, names, maps)
@@ -104,6 +104,7 @@ def _guarded_set_devices_and_reverse_device_map(agent: Any) -> None:
         if peer != me.name:
             _reverse[peer] = _str_map(m)
     my_maps = maps[me.name]
+    updates: list[tuple[str, Any, tuple[Any, ...]]] = []
     for info in infos:
         dlist = backend_registry._create_device_list(devs[info.name], maps[info.name], my_reverse)
         if info.name == me.name:
@@ -111,7 +112,36 @@ def _guarded_set_devices_and_reverse_device_map(agent: Any) -> None:
         else:
             fwd = my_maps.get(info.name, {})
             rev = {me.name: {v: k for k, v in fwd.items()}} if fwd else {}
-        api.rpc_sync(info.name, _guarded_update, args=(me, dlist, rev, True))
+        updates.append((info.name, _guarded_update, (me, dlist, rev, True)))
+    call_all(updates)  # every member (and I) learns of me at once, not one after another
+
+
+def call_all(calls: Sequence[tuple[str, Any, tuple[Any, ...]]]) -> list[Any]:
+    """``rpc_async`` every ``(worker, fn, args)`` at once, then wait for all of them.
+
+    Same failure semantics as torch's sequential ``rpc_sync`` loop: any failure raises (the
+    first one, in call order), but only once no call is still in flight, so that the join's
+    error path (torch's ``api.shutdown()``) never races our own outstanding requests.
+    """
+    api = _mod("torch.distributed.rpc.api")
+    futures: list[Any] = []
+    error: BaseException | None = None
+    for worker, fn, args in calls:
+        try:
+            futures.append(api.rpc_async(worker, fn, args=args))
+        except Exception as err:  # e.g. an unknown worker: stop sending, wait for the rest
+            error = err
+            break
+    results: list[Any] = []
+    for fut in futures:
+        try:
+            results.append(fut.wait())
+        except Exception as err:
+            error = error if error is not None else err
+            results.append(None)
+    if error is not None:
+        raise error
+    return results
 
 
 def install_membership_guards(devices: Sequence[str]) -> None:

@@ -165,6 +165,8 @@ def shutdown(graceful: bool = True) -> None:
     that the sidecar treats as a crash (``graceful=False``: peers evict this worker)."""
     import torch.distributed.rpc as rpc
 
+    from rpcjob.worker import join as J
+
     with _w.lock:
         if not _w.joined or _w.leaving:
             return
@@ -182,7 +184,7 @@ def shutdown(graceful: bool = True) -> None:
             return
         session.report(R.LEAVING)
         try:
-            rpc.shutdown(graceful=True)
+            J.leave()  # torch's graceful leave, members told at once
         except Exception:
             # a peer died and is not evicted yet: the stream closes without LEFT, so the
             # sidecar treats this as a crash (its cleaner takes over the token we may hold)

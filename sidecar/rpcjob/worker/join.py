@@ -142,3 +142,36 @@ def init_cuda(devices: Sequence[str]) -> None:
     torch.cuda.init()  # type: ignore[no-untyped-call]
     for dev in devices:
         torch.empty(1, device=dev)
+
+
+def leave(timeout: float = 0.0) -> None:
+    """torch's graceful ``rpc.shutdown()`` of a dynamic member, telling the members at once.
+
+    Same steps as torch (take the membership token, ``_update_group_membership(me, [], {},
+    False)`` on every other member, ``agent.join(shutdown=True)``, local shutdown in any case),
+    but the members are told concurrently instead of one round trip after another.
+    ``timeout`` is torch's ``agent.join`` timeout (0, torch's default: no limit).
+    """
+    import torch.distributed.rpc
+    import torch.distributed.rpc._utils
+    import torch.distributed.rpc.api
+
+    from rpcjob.devices.agent import call_all
+
+    rpc: Any = torch.distributed.rpc
+    api: Any = torch.distributed.rpc.api
+    _utils: Any = torch.distributed.rpc._utils
+    agent = api._get_current_rpc_agent()
+    if not isinstance(agent, rpc.TensorPipeAgent) or agent.is_static_group:
+        rpc.shutdown(graceful=True)
+        return
+    try:
+        me = agent.get_worker_info()
+        with _utils._group_membership_management(agent.store, me.name, False):
+            peers = [w.name for w in agent.get_worker_infos() if w.name != me.name]
+            # by reference, as torch does: each member runs its own (guarded) copy
+            update = _utils._update_group_membership
+            call_all([(peer, update, (me, [], {}, False)) for peer in peers])
+            agent.join(shutdown=True, timeout=timeout)
+    finally:
+        api._finalize_shutdown()
