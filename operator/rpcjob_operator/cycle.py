@@ -39,6 +39,11 @@ class Cycle:
     active: dict[str, set[int]] = field(default_factory=dict)
     prev_active: dict[str, set[int]] = field(default_factory=dict)
     pods: dict[str, dict[int, PodView]] = field(default_factory=lambda: defaultdict(dict))
+    # role -> slot index -> {"uid", "since"}: workers that left the group while their pod kept
+    # running (plan_finish.track_leaves); written to status.roles.<role>.left
+    left: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
+    # Why the job is winding down ("" when it is not): other roles' slots are not refilled
+    finishing: str = ""
 
     @classmethod
     def start(cls, job: RpcJob, obs: Observed) -> Cycle:

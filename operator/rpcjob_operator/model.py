@@ -52,6 +52,7 @@ class PodView:
     node: str = ""
     delete_first: bool = False  # annotated contract.ANNOTATION_DELETE_FIRST
     created: dt.datetime | None = None
+    finished_at: dt.datetime | None = None  # when the worker container terminated
 
     @property
     def finished(self) -> bool:
@@ -71,6 +72,7 @@ class PodView:
         annotations = md.get("annotations") or {}
         st = pod.get("status") or {}
         exit_code: int | None = None
+        finished_at: dt.datetime | None = None
         reason = str(st.get("reason") or "")
         message = str(st.get("message") or "")
         for cs in st.get("containerStatuses") or []:
@@ -81,6 +83,7 @@ class PodView:
             )
             if term:
                 exit_code = term.get("exitCode")
+                finished_at = parse_time(term.get("finishedAt"))
                 reason = reason or str(term.get("reason") or "")
                 message = message or str(term.get("message") or "")
         ready = any(
@@ -102,6 +105,7 @@ class PodView:
             delete_first=str(annotations.get(contract.ANNOTATION_DELETE_FIRST, "")).lower()
             in ("true", "1", "yes"),
             created=parse_time(md.get("creationTimestamp")),
+            finished_at=finished_at,
         )
 
 

@@ -26,6 +26,7 @@ from rpcjob_operator.model import (
     Plan,
     RecordEvent,
 )
+from rpcjob_operator.plan_finish import find_finishing, track_leaves
 from rpcjob_operator.plan_roles import account_pods, reconcile_role, success_state
 from rpcjob_operator.plan_status import active_conditions, clear_invalid, fill_counts, set_cond
 
@@ -130,6 +131,8 @@ def plan(job: RpcJob, observed: Observed) -> Plan:
     clear_invalid(c)
     if c.status.get("state") in FINISHED and c.status.get("completionTime"):
         return _finished(c)
+    track_leaves(c)
+    c.finishing = find_finishing(c)
     account_pods(c)
     failed = int(c.status.get("failedPods") or 0)
     limit = job.run_policy.backoff_limit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rpcjob_operator.cycle import DISRUPTION_REASONS, Cycle
 from rpcjob_operator.model import CreatePod, DeletePod, PodView, Slot
+from rpcjob_operator.plan_finish import holds_slot
 from rpcjob_operator.spec import RoleSpec
 
 WAIT_TERMINATING_S = 2.0  # re-check while a slot waits for its old pod to go
@@ -61,20 +62,19 @@ def account_pods(c: Cycle) -> None:
                 n = c.counter("failedPods")
                 exhausted = n > limit
                 what += f"; failure {n} of backoffLimit {limit}"
+            held = holds_slot(c, p.role, p) if active else ""
             if exhausted:
                 what += "; not replaced (backoffLimit exceeded)"
-            elif active and role.restart_policy != "Never":
+            elif active and role.restart_policy != "Never" and not held:
                 c.counter("restarts")
                 what += "; replacing it"
+            elif held:
+                what += f"; not replaced ({held})"
             else:
                 what += "; not replaced (restartPolicy Never)"
             c.event("Warning", "PodFailed", what)
-        elif p.phase == "Succeeded" and active and role.restart_policy == "Always":
-            c.record_failure(p, "Completed")
-            c.counter("restarts")
-            c.event(
-                "Normal", "PodCompleted", f"{slot} exited 0; replacing it (restartPolicy Always)"
-            )
+        # (A pod that exited 0 is no failure and no restart, whatever its restartPolicy:
+        # reconcile_role refills an Always slot once plan_finish.holds_slot lets it.)
         elif p.deleting and not p.finished and active:
             # Deleted by someone else (kubectl delete, node drain): our own deletions either
             # retire the index first (scale down, suspend, finish) or follow a recorded failure.
@@ -111,6 +111,8 @@ def reconcile_role(c: Cycle, role: RoleSpec) -> None:
     for idx in sorted(active):
         q = pods.get(idx)
         if q is not None and not q.deleting and _needs_restart(role, q):
+            if holds_slot(c, role.name, q):
+                continue
             c.actions.append(DeletePod(q.name, q.uid, 0, "Restart"))
             c.event(
                 "Normal",
@@ -152,6 +154,8 @@ def reconcile_role(c: Cycle, role: RoleSpec) -> None:
     for idx in sorted(active):
         q = pods.get(idx)
         if q is None:
+            if idx in c.prev_active[role.name] and holds_slot(c, role.name, None):
+                continue  # a replacement while the job is finishing: nothing is refilled
             slot = Slot(role.name, idx)
             c.actions.append(CreatePod(slot, replacement=idx in c.prev_active[role.name]))
             c.event("Normal", "SuccessfulCreate", f"created pod {slot.pod_name(name)}")

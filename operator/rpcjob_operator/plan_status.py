@@ -8,6 +8,7 @@ from rpcjob import contract
 from rpcjob_operator import conditions as cond
 from rpcjob_operator.cycle import Cycle
 from rpcjob_operator.model import CreatePod
+from rpcjob_operator.plan_finish import clean_exit, leaving
 from rpcjob_operator.spec import SCALE_ROLE
 
 
@@ -54,6 +55,8 @@ def fill_counts(c: Cycle) -> dict[str, int]:
                 if i in c.active[r.name] and not p.finished
             },
         }
+        if c.left.get(r.name):
+            roles[r.name]["left"] = {str(i): e for i, e in sorted(c.left[r.name].items())}
     c.status["roles"] = roles
     name = c.job.meta.name
     workers = c.role_pods(SCALE_ROLE)
@@ -111,11 +114,12 @@ def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
             c.event("Normal", "GroupFormed", f"the RPC group formed: {detail}")
     else:
         set_cond(c, cond.RUNNING, False, "Forming", f"waiting for members: {detail}")
-    # A member whose worker exited 0 has finished its work, not dropped out: no Degraded for
-    # the roles winding down as the job succeeds.
-    done = dict.fromkeys(c.job.roles, 0)
+    # A member whose worker exited 0, or left the group while its pod winds down, has finished
+    # its work, not dropped out: no Degraded for the roles winding down as the job succeeds
+    # (plan_finish explains the steps of a normal ending).
+    done = {r: leaving(c, r) for r in c.job.roles}
     for p in c.obs.pods:
-        if p.role in done and p.exit_code == 0:
+        if p.role in done and clean_exit(p):
             done[p.role] += 1
     settled = formed or all(
         joined[r.name] + done[r.name] >= r.min_replicas for r in c.job.roles.values()
