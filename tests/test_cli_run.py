@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from etcd_waits import wait_until
-from localrun import LocalRun, base_env, processes_with_env, rpcjob, worker_pid
+from localrun import LocalRun, base_env, cmdline, processes_with_env, rpcjob, worker_pid
 
 from rpcjob import contract
 from rpcjob.etcd import Client
@@ -133,6 +133,32 @@ def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         assert not (tmp_path / "state" / "actor-learner.json").exists()
     # The drained actors left gracefully (exit 0), not by SIGKILL.
     assert "Traceback" not in run.tail(400)
+
+
+def _etcd_of(root: str) -> list[int]:
+    """The embedded etcd of a run: its data dir lives below the run's root."""
+    return [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if f"--data-dir {root}/" in cmdline(p)]  # fmt: skip
+
+
+def test_sigkill_of_rpcjob_run_leaves_no_process(tmp_path: Path) -> None:
+    """Ctrl-C drains; SIGKILL cannot, but the pods' processes and the embedded etcd still go
+    (each is tied to the rpcjob process by the lifeline launcher)."""
+    run = LocalRun(AL, "--set", "roles.worker.replicas=2",
+                   env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1000000"}))  # fmt: skip
+    try:
+        job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
+        wait_until(lambda: run.members() == 3, 180, "learner + 2 actors joined")
+        pids = processes_with_env(contract.ENV_JOB_UID, job["uid"])
+        etcd = _etcd_of(job["root"])
+        assert len(pids) >= 6 and len(etcd) == 1, (pids, etcd)  # 3 pods x (sidecar, worker)
+        run.proc.kill()
+        run.proc.wait(30)
+        wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 60,
+                   "the job's processes to die with rpcjob run")  # fmt: skip
+        wait_until(lambda: not _etcd_of(job["root"]), 60, "the embedded etcd to die")
+    finally:
+        run.kill()
 
 
 def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -258,3 +259,84 @@ def test_image_workdirs_stand_in_for_the_images_workdir(tmp_path: Path) -> None:
     assert spec.cwd == str(tmp_path)
     other = process_spec({**c, "image": "other"}, POD, {}, pod_root=str(tmp_path), default_cwd="/")
     assert other.cwd == "/"
+
+
+# A starter process: runs one LocalContainer (a shell with a background grandchild), prints the
+# container's pid and the grandchild's, then sleeps until killed.
+STARTER = """
+import sys, time
+from pathlib import Path
+from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, process_spec
+pod = PodInfo(name="p", namespace="ns", uid="u", node_name="n", pod_ip="127.0.0.1")
+log = sys.argv[1]
+spec = process_spec({"name": "c", "command": ["bash", "-c", "sleep 600 & echo $!; wait"]},
+                    pod, {}, pod_root=sys.argv[2])
+c = LocalContainer("c", spec, log)
+c.start()
+deadline = time.monotonic() + 60
+while not Path(log).read_text().strip() and time.monotonic() < deadline:
+    time.sleep(0.02)  # polling a condition with a deadline
+print(c.pid, Path(log).read_text().strip(), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent has not reaped it yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_containers_die_with_their_starter_even_on_sigkill(tmp_path: Path) -> None:
+    import subprocess
+
+    from etcd_waits import wait_until
+
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(tmp_path / "c.log"), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert starter.stdout is not None
+        container, grandchild = (int(x) for x in starter.stdout.readline().split())
+        assert _alive(container) and _alive(grandchild)
+        # the container keeps its own command line (the launcher execs it in place)
+        assert Path(f"/proc/{container}/cmdline").read_bytes().startswith(b"bash\0-c\0")
+        starter.kill()
+        starter.wait(30)
+        wait_until(lambda: not _alive(container) and not _alive(grandchild), 30,
+                   "the container and its child to die with their starter")  # fmt: skip
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait(30)
+
+
+def test_the_lifeline_watcher_leaves_with_its_container(tmp_path: Path) -> None:
+    from etcd_waits import wait_until
+
+    spec = process_spec({"name": "c", "command": ["sleep", "600"]}, POD, {},
+                        pod_root=str(tmp_path))  # fmt: skip
+    proc = LocalContainer("c", spec)
+    proc.start()
+    assert proc.pid is not None
+    pgid = proc.pid
+
+    def group() -> list[int]:
+        out = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+        return out
+
+    wait_until(lambda: len(group()) == 2, 30, "the container and its watcher")
+    assert proc.stop(grace=5) == 143
+    wait_until(lambda: group() == [], 30, "the watcher to leave with its container")

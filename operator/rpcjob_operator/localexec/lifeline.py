@@ -11,7 +11,7 @@ and the watcher then SIGKILLs the container and its process group. The watcher i
 with the container (``PR_SET_PDEATHSIG``), so it never outlives what it guards.
 
 Graceful stops (Ctrl-C, SIGTERM, pod deletion) do not involve it: they stop the containers
-first, and the watchers go with them. docs/local.md describes the guarantees.
+first, and the watchers go with them (docs/architecture.md, Local mode).
 
 This file runs as a script (no package imports): the launcher must start fast.
 """
