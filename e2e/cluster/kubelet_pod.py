@@ -1,0 +1,128 @@
+"""One pod of the cluster kubelet: localexec's PodRunner (init containers, native sidecars
+first and last, probes, grace periods, restarts, statuses), with real volumes, the pod's network
+namespace, one mount namespace per container, and timestamped logs per incarnation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, ProcessSpec
+from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig, Slot
+
+from .kubelet_logs import ContainerLogs, LogWriter
+from .kubelet_volumes import Source, VolumeNotReady, volume_dir, volume_files, write_files
+from .mounts import HostMountpoints, hosts_file, plan_mounts, start_script, wrap_argv
+
+VOLUME_RETRY = 1.0  # seconds between tries of a volume whose object is missing (FailedMount)
+
+
+@dataclass
+class PodSandbox:
+    """What the kubelet prepared for the pod: its netns (None: hostNetwork) and IP."""
+
+    netns_path: str | None
+    pod_ip: str
+
+
+class NsContainer(LocalContainer):
+    """A container process started inside the pod's namespaces, its output piped to a
+    timestamping log writer."""
+
+    def __init__(self, name: str, spec: ProcessSpec, argv: list[str], logs: ContainerLogs) -> None:
+        super().__init__(name, spec, None)
+        self.argv = argv
+        self.logs = logs
+        self.writer: LogWriter | None = None
+
+    def start(self) -> None:
+        self._terminated = False
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.spec.env,
+            cwd="/",  # workingDir is entered by the start script, inside the mount namespace
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started_at = time.time()
+        assert self.proc.stdout is not None
+        self.writer = self.logs.attach(self.name, self.proc.stdout)
+
+
+class ClusterPodRunner(PodRunner):
+    def __init__(
+        self,
+        pod: dict[str, Any],
+        sandbox: PodSandbox,
+        cfg: RunnerConfig,
+        write_status: Callable[[str, dict[str, Any]], None],
+        finalize: Callable[[], None],
+        gpu_env: Mapping[str, str],
+        source: Source,
+        mountpoints: HostMountpoints,
+    ) -> None:
+        super().__init__(pod, sandbox.pod_ip, cfg, write_status, finalize, gpu_env)
+        self.sandbox = sandbox
+        self.source = source
+        self.mountpoints = mountpoints
+        self.logs = ContainerLogs(self.dir)
+
+    # --- volumes -------------------------------------------------------------------------
+    def _make_volumes(self) -> None:
+        """Write every volume; a missing Secret/ConfigMap is retried until it appears or the
+        pod is deleted (the containers wait in ContainerCreating meanwhile)."""
+        info = PodInfo.from_pod(self.pod, self.pod_ip, self.cfg.host_ip)
+        root = os.path.join(self.dir, "volumes")
+        pending = list(self.pod["spec"].get("volumes") or [])
+        while pending and self.stop_grace is None:
+            vol = pending[0]
+            path = volume_dir(vol, root)
+            try:
+                write_files(path, volume_files(vol, info, self.pod["spec"], self.source))
+            except VolumeNotReady as exc:
+                self.message = f"MountVolume.SetUp failed for volume {vol['name']!r}: {exc}"
+                for s in self.inits + self.mains:
+                    s.state = {"waiting": {"reason": "ContainerCreating"}}
+                self._write()
+                self.wake.wait(VOLUME_RETRY)
+                continue
+            self.volumes[vol["name"]] = path
+            pending.pop(0)
+        self.message = ""
+        hosts = hosts_file(self.pod_ip, self._hostname(), self.pod["spec"].get("hostAliases") or [])
+        with open(os.path.join(self.dir, "hosts"), "w") as f:
+            f.write(hosts)
+
+    def _hostname(self) -> str:
+        spec = self.pod["spec"]
+        return str(spec.get("hostname") or self.pod["metadata"]["name"])
+
+    # --- containers ----------------------------------------------------------------------
+    def _container(self, slot: Slot, spec: ProcessSpec) -> LocalContainer:
+        mounts = plan_mounts(slot.spec, self.volumes)
+        for m in mounts:
+            self.mountpoints.ensure(m.target, os.path.isfile(m.source))
+        own = {e["name"] for e in slot.spec.get("env") or []}
+        for var in ("KUBECONFIG",):  # the kubelet's own, never a pod's
+            if var not in own:
+                spec.env.pop(var, None)
+        wd = slot.spec.get("workingDir")
+        host_net = bool(self.pod["spec"].get("hostNetwork"))
+        script = os.path.join(self.dir, f"start-{slot.name}.sh")
+        with open(script, "w") as f:
+            f.write(
+                start_script(
+                    mounts,
+                    None if host_net else os.path.join(self.dir, "hosts"),
+                    None if host_net else self._hostname(),
+                    str(wd) if wd else spec.cwd,
+                )
+            )
+        argv = wrap_argv(self.sandbox.netns_path, script, spec.argv)
+        return NsContainer(slot.name, spec, argv, self.logs)

@@ -1,0 +1,155 @@
+"""A container's own mount namespace: its volumes bind-mounted at the pod spec's paths.
+
+Each container incarnation starts as
+``nsenter --net=<pod netns> unshare --mount --uts sh <pod dir>/start-<container>.sh ARGV``:
+``unshare --mount`` makes a private mount namespace (propagation private, so nothing leaks to
+the host), the script bind-mounts every volumeMount (``readOnly`` remounted read-only), binds
+the pod's /etc/hosts, sets the hostname to the pod name, enters workingDir and execs the
+container's command, so the process keeps the pid (and process group) the kubelet started.
+
+The host's root filesystem is shared (no image filesystems), so a mount target must exist on
+it: missing directories (e.g. /var/run/secrets/kubernetes.io/serviceaccount) are created once
+by ``HostMountpoints`` and removed again when the last kubelet of this process stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class MountPlanError(ValueError):
+    """A volumeMount that cannot be mounted; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # host path (volume directory, or a file/dir below it for subPath)
+    target: str  # path inside the container
+    read_only: bool = False
+
+
+def plan_mounts(container: Mapping[str, Any], volume_dirs: Mapping[str, str]) -> list[Mount]:
+    """The bind mounts of one container, parents before children (pure)."""
+    out = []
+    name = container.get("name")
+    for vm in container.get("volumeMounts") or []:
+        vol = vm.get("name")
+        if vol not in volume_dirs:
+            raise MountPlanError(
+                f"container {name!r}: volumeMounts[].name {vol!r} names no volume of the pod; "
+                "add it to spec.volumes"
+            )
+        target = os.path.normpath(str(vm.get("mountPath") or ""))
+        if not target.startswith("/") or target == "/":
+            raise MountPlanError(
+                f"container {name!r}: volumeMounts[].mountPath {vm.get('mountPath')!r} must be "
+                "an absolute path other than /"
+            )
+        source = volume_dirs[vol]
+        sub = str(vm.get("subPath") or "")
+        if sub:
+            if sub.startswith("/") or ".." in sub.split("/"):
+                raise MountPlanError(
+                    f"container {name!r}: volumeMounts[].subPath {sub!r} must be a relative "
+                    "path without '..'"
+                )
+            source = os.path.join(source, sub)
+        out.append(Mount(source, target, bool(vm.get("readOnly"))))
+    return sorted(out, key=lambda m: (m.target.count("/"), m.target))
+
+
+def hosts_file(pod_ip: str, hostname: str, aliases: Sequence[Mapping[str, Any]] = ()) -> str:
+    """/etc/hosts as the kubelet writes it for a pod."""
+    lines = [
+        "# Kubernetes-managed hosts file (rpcjob process kubelet).",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{pod_ip}\t{hostname}",
+    ]
+    for alias in aliases:
+        lines.append(f"{alias['ip']}\t" + "\t".join(alias.get("hostnames") or []))
+    return "\n".join(lines) + "\n"
+
+
+def start_script(
+    mounts: Sequence[Mount], hosts: str | None, hostname: str | None, workdir: str | None
+) -> str:
+    """The shell script run inside the new mount (and UTS) namespace before exec (pure)."""
+    q = shlex.quote
+    lines = ["set -e"]
+    for m in mounts:
+        # Nested targets land inside an earlier mount (a volume directory): create them there.
+        kind = "-f" if os.path.isfile(m.source) else "-d"
+        make = f"touch {q(m.target)}" if kind == "-f" else f"mkdir -p {q(m.target)}"
+        lines.append(f"[ -e {q(m.target)} ] || {make}")
+        lines.append(f"mount --bind {q(m.source)} {q(m.target)}")
+        if m.read_only:
+            lines.append(f"mount -o remount,bind,ro {q(m.target)}")
+    if hosts:
+        lines.append(f"mount --bind {q(hosts)} /etc/hosts")
+    if hostname:
+        lines.append(f"hostname {q(hostname[:63])}")
+    if workdir:
+        lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)}")
+    lines.append('exec "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def wrap_argv(netns_path: str | None, script: str, argv: Sequence[str]) -> list[str]:
+    """argv that runs ``script`` then ``argv`` in the pod's netns and a new mount namespace."""
+    inner = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", script, *argv]
+    if netns_path is None:  # hostNetwork pods keep the host's network
+        return inner
+    return ["nsenter", f"--net={netns_path}", "--", *inner]
+
+
+class HostMountpoints:
+    """Mount targets created on the host filesystem, counted across this process's kubelets,
+    and removed (deepest first, only if still empty) when the last user lets go."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _refs: ClassVar[dict[str, int]] = {}
+
+    def __init__(self) -> None:
+        self.mine: list[str] = []
+
+    def ensure(self, target: str, is_file: bool) -> None:
+        with self._lock:
+            parts = target.strip("/").split("/")
+            for i in range(1, len(parts) + 1):
+                path = "/" + "/".join(parts[:i])
+                last = i == len(parts)
+                if path in self._refs:
+                    if path not in self.mine:
+                        self._refs[path] += 1
+                        self.mine.append(path)
+                    continue
+                if os.path.lexists(path):
+                    continue
+                if last and is_file:
+                    with open(path, "a"):
+                        pass
+                else:
+                    os.mkdir(path)
+                self._refs[path] = 1
+                self.mine.append(path)
+
+    def release_all(self) -> None:
+        with self._lock:
+            for path in sorted(self.mine, key=lambda p: p.count("/"), reverse=True):
+                self._refs[path] -= 1
+                if self._refs[path] > 0:
+                    continue
+                del self._refs[path]
+                with contextlib.suppress(OSError):
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        os.rmdir(path)
+                    else:
+                        os.unlink(path)
+            self.mine = []

@@ -1,0 +1,156 @@
+"""Pod networking of the process kubelet: one network namespace per pod, all on one bridge.
+
+Every node of the test cluster lives on this host, so all pods share one Linux bridge
+(``BRIDGE``) instead of one bridge per node plus routes: a pod's eth0 (one end of a veth pair)
+gets its IP from its node's podCIDR with the prefix of the whole pod network (``POD_NETWORK``),
+so every other pod, on any node, is on-link and no packet is forwarded by the host (no
+``ip_forward`` sysctl, no iptables). Each node puts its gateway (the first address of its
+podCIDR, with the podCIDR's prefix) on the bridge; a pod's default route points there, so the
+pod reaches the host's own non-loopback addresses (the API server) the way a pod reaches its
+node.
+
+Only addresses inside 10.244.0.0/16, only on the bridge and veths we create. The bridge is
+shared by the kubelets of one host: each removes its gateway address on stop, and the last one
+(no addresses, no ports left) deletes the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+BRIDGE = "rpjbr0"
+_bridge_lock = threading.Lock()
+
+
+class NetworkError(RuntimeError):
+    """An ``ip`` command failed; the message carries the command and its stderr."""
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and r.returncode != 0:
+        raise NetworkError(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+    return r
+
+
+class IpPool:
+    """Pod IPs of one node's podCIDR. The first host address is the node's gateway. Released
+    addresses go back at the end of the queue, so a pod's address is not handed to the next
+    pod at once (peers of the old pod may still dial it)."""
+
+    def __init__(self, pod_cidr: str) -> None:
+        net = ipaddress.IPv4Network(pod_cidr, strict=True)
+        if not net.subnet_of(POD_NETWORK):
+            raise ValueError(
+                f"pod_cidr {pod_cidr!r} is outside the pod network {POD_NETWORK}; start the "
+                f"controller manager with --cluster-cidr={POD_NETWORK} or pass a podCIDR inside it"
+            )
+        hosts = list(net.hosts())
+        if len(hosts) < 2:
+            raise ValueError(f"pod_cidr {pod_cidr!r} has no room for a gateway and a pod")
+        self.network = net
+        self.gateway = str(hosts[0])
+        self._free = [str(h) for h in hosts[1:]]
+        self._used: set[str] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            if not self._free:
+                raise NetworkError(f"no free pod IP left in {self.network}")
+            addr = self._free.pop(0)
+            self._used.add(addr)
+            return addr
+
+    def release(self, addr: str) -> None:
+        with self._lock:
+            if addr in self._used:
+                self._used.discard(addr)
+                self._free.append(addr)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+
+def short_name(prefix: str, key: str, length: int = 15) -> str:
+    """A stable interface/namespace name of at most ``length`` characters (IFNAMSIZ - 1)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return (prefix + digest)[:length]
+
+
+def ensure_bridge(gateway: str, prefixlen: int) -> None:
+    """Create the shared bridge if needed and add this node's gateway address to it, with the
+    podCIDR's prefix: each node's gateway is then the primary address of its own subnet (a
+    second address of one subnet would be a secondary, deleted along with the primary)."""
+    with _bridge_lock:
+        r = ip("link", "add", BRIDGE, "type", "bridge", check=False)
+        if r.returncode != 0 and "File exists" not in r.stderr:
+            raise NetworkError(f"ip link add {BRIDGE} type bridge: {r.stderr.strip()}")
+        ip("link", "set", BRIDGE, "up")
+        r = ip("addr", "add", f"{gateway}/{prefixlen}", "dev", BRIDGE, check=False)
+        if r.returncode != 0 and "File exists" not in r.stderr:
+            raise NetworkError(f"ip addr add {gateway} dev {BRIDGE}: {r.stderr.strip()}")
+
+
+def release_bridge(gateway: str, prefixlen: int) -> None:
+    """Remove this node's gateway; delete the bridge once nobody uses it."""
+    with _bridge_lock:
+        ip("addr", "del", f"{gateway}/{prefixlen}", "dev", BRIDGE, check=False)
+        addrs = ip("-4", "-o", "addr", "show", "dev", BRIDGE, check=False).stdout.strip()
+        ports = ip("-o", "link", "show", "master", BRIDGE, check=False).stdout.strip()
+        if not addrs and not ports:
+            ip("link", "del", BRIDGE, check=False)
+
+
+@dataclass
+class PodNet:
+    """One pod's network namespace and the host end of its veth pair."""
+
+    netns: str
+    host_veth: str
+    ip: str
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+
+def pod_netns_commands(net: PodNet, gateway: str) -> Sequence[Sequence[str]]:
+    """The ``ip`` commands that build a pod's network, in order (pure, for the tests)."""
+    prefix = POD_NETWORK.prefixlen
+    return [
+        ("netns", "add", net.netns),
+        ("link", "add", net.host_veth, "type", "veth", "peer", "name", "eth0", "netns", net.netns),
+        ("link", "set", net.host_veth, "master", BRIDGE, "up"),
+        ("-n", net.netns, "link", "set", "lo", "up"),
+        ("-n", net.netns, "addr", "add", f"{net.ip}/{prefix}", "dev", "eth0"),
+        ("-n", net.netns, "link", "set", "eth0", "up"),
+        ("-n", net.netns, "route", "add", "default", "via", gateway, "dev", "eth0"),
+    ]
+
+
+def create_pod_net(uid: str, pod_ip: str, gateway: str) -> PodNet:
+    net = PodNet(short_name("rpj-", uid, 14), short_name("rpv", uid), pod_ip)
+    delete_pod_net(net)  # a leftover of a kubelet that died with this pod (same uid)
+    try:
+        for cmd in pod_netns_commands(net, gateway):
+            ip(*cmd)
+    except NetworkError:
+        delete_pod_net(net)
+        raise
+    return net
+
+
+def delete_pod_net(net: PodNet) -> None:
+    """Deleting the host end of the veth deletes its peer; the netns goes with its last user."""
+    ip("link", "del", net.host_veth, check=False)
+    with contextlib.suppress(OSError):
+        ip("netns", "del", net.netns, check=False)
