@@ -1,14 +1,12 @@
-"""The e2e cluster's process kubelet (e2e/cluster/kubelet*.py): its pure parts (pod IPs from a
-podCIDR, mount plans and start scripts, volume files, log selection), and one pod's network and
-mount namespaces run for real (root and ``ip netns``; skipped otherwise). The kubelet against
-the real API server is tested in e2e/tests/test_kubelet_real.py."""
+"""The e2e cluster's process kubelet (e2e/cluster/kubelet*.py), its pure parts: pod IPs from a
+podCIDR, mount plans and start scripts, volume files, the Node object, log selection. Pods in
+real namespaces: tests/test_process_kubelet_pods.py; against the real API server:
+e2e/tests/test_kubelet_real.py."""
 
 from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -291,77 +289,3 @@ def test_follow_streams_until_the_incarnation_ends(tmp_path: Path) -> None:
     assert list(got) == [b"b\n"]
     writer.join(5)
     assert not logs.writing(path)
-
-
-# --- one pod's namespaces, for real ------------------------------------------------------------
-
-
-def _can_netns() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network and mount namespaces)"
-    for tool in ("ip", "nsenter", "unshare"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    return None
-
-
-needs_netns = pytest.mark.skipif(_can_netns() is not None, reason=str(_can_netns()))
-
-
-@needs_netns
-def test_two_pod_netns_bind_one_port_and_reach_each_other(tmp_path: Path) -> None:
-    gw, cidr = "10.244.250.1", 24
-    netns.ensure_bridge(gw, cidr)
-    nets: list[netns.PodNet] = []
-    try:
-        for i in range(2):
-            nets.append(netns.create_pod_net(f"t-{os.getpid()}-{i}", f"10.244.250.{i + 2}", gw))
-        serve = "import socket,sys; s=socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(); print('up', flush=True); c,_=s.accept(); c.sendall(sys.argv[1].encode()); c.close()"  # noqa: E501
-        servers = [
-            subprocess.Popen(
-                ["nsenter", f"--net={n.path}", "--", "python3", "-c", serve, n.ip],
-                stdout=subprocess.PIPE,
-            )
-            for n in nets
-        ]
-        for s in servers:
-            assert s.stdout is not None and s.stdout.readline() == b"up\n"
-        fetch = "import socket,sys; print(socket.create_connection((sys.argv[1], 8080), 10).recv(64).decode())"  # noqa: E501
-        out = subprocess.run(
-            ["nsenter", f"--net={nets[0].path}", "--", "python3", "-c", fetch, nets[1].ip],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        assert out.stdout.strip() == nets[1].ip
-        # ... and from the host, through the node's gateway on the bridge (probes do this).
-        host = subprocess.run(
-            ["python3", "-c", fetch, nets[0].ip], capture_output=True, text=True, timeout=60
-        )
-        assert host.stdout.strip() == nets[0].ip
-        for s in servers:
-            s.wait(30)
-    finally:
-        for n in nets:
-            netns.delete_pod_net(n)
-        netns.release_bridge(gw, cidr)
-    left = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
-    assert not any(n.netns in left for n in nets)
-
-
-@needs_netns
-def test_start_script_mounts_a_volume_only_inside_the_container(tmp_path: Path) -> None:
-    vol = tmp_path / "vol"
-    vol.mkdir()
-    (vol / "token").write_text("secret-token")
-    target = tmp_path / "mnt" / "serviceaccount"
-    target.mkdir(parents=True)
-    hosts = tmp_path / "hosts"
-    hosts.write_text("10.244.0.9\tpod-x\n")
-    script = tmp_path / "start.sh"
-    script.write_text(start_script([Mount(str(vol), str(target), True)], str(hosts), "pod-x", "/"))
-    cmd = f"cat {target}/token; echo; hostname; grep -c pod-x /etc/hosts; touch {target}/w 2>/dev/null || echo ro"  # noqa: E501
-    out = subprocess.run(
-        wrap_argv(None, str(script), ["sh", "-c", cmd]), capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.split() == ["secret-token", "pod-x", "1", "ro"], out.stderr
-    assert not (target / "token").exists()  # the host's view is untouched
-    assert os.uname().nodename != "pod-x"
