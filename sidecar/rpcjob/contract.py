@@ -83,6 +83,12 @@ ENV_ROLE_GPUS = "RPCJOB_ROLE_GPUS"
 ENV_RPC_TIMEOUT = "RPCJOB_RPC_TIMEOUT"  # seconds
 ENV_RPC_THREADS = "RPCJOB_RPC_THREADS"
 ENV_DEVICE_MAPS = "RPCJOB_DEVICE_MAPS"  # auto | off
+# TensorPipe transports (spec.rpc.transport, docs/operator.md): "tcp" = TCP only (libuv), no
+# busy-polling reactor (TensorPipe's shm transport spins a core per idle worker and cannot
+# connect two pods anyway); "shm" = TensorPipe's defaults (shm + uv + ibv, all channels).
+ENV_RPC_TRANSPORT = "RPCJOB_RPC_TRANSPORT"
+RPC_TRANSPORTS = ("tcp", "shm")
+DEFAULT_RPC_TRANSPORT = "tcp"
 # Sidecar tuning.
 ENV_LEASE_TTL = "RPCJOB_LEASE_TTL"  # seconds, >= 10 in a cluster
 ENV_RANK_SPACE = "RPCJOB_RANK_SPACE"  # ranks are allocated in [0, RANK_SPACE); torch: int16
