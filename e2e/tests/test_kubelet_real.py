@@ -1,0 +1,218 @@
+"""The process kubelet (e2e/cluster/kubelet.py) against the real control plane: pods get their own
+network namespaces and IPs, reach each other by pod IP, read the API with their projected
+service-account token, and ``kubectl logs`` (the pinned kubectl, through the API server to the
+kubelet API) honours --tail, --timestamps, --previous, --since-time and -f.
+
+Skips only when the pinned binaries are not built or not root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster import build
+from e2e.cluster.cluster import E2ECluster
+
+pytestmark = pytest.mark.slow  # starts a whole control plane and two nodes
+
+NS = "kubelet-test"
+GPUS = 2
+SERVE = (
+    "import http.server, socket\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = socket.gethostname().encode()\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+    "http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+)
+
+
+def _unavailable() -> str | None:
+    if build.built() is None:
+        return (
+            f"the pinned Kubernetes binaries are not built (python3 -m e2e.cluster.build builds "
+            f"{build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
+        )
+    if os.geteuid() != 0:
+        return "the e2e cluster needs root (pod network namespaces, the API server's address)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = E2ECluster(tmp_path_factory.mktemp("k8s"), nodes=2, gpus_per_node=GPUS).start()
+    try:
+        kubectl(cluster, "create", "namespace", NS)
+        yield cluster
+    finally:
+        cluster.stop()
+    # stop() removed what the kubelets made: pod namespaces, veths, mountpoints.
+    left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    left += subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    assert "rpj-" not in left and "rpv" not in left, left
+    assert not os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def kubectl(
+    cluster: E2ECluster, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=180)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def pod(
+    name: str, node: str, command: list[str], restart: str = "Never", **extra: Any
+) -> dict[str, Any]:
+    container = {"name": "main", "image": "python:3.11", "command": command, **extra}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [container],
+        },
+    }
+
+
+def apply(cluster: E2ECluster, *objs: dict[str, Any]) -> None:
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(objs)}))  # fmt: skip  # noqa: E501
+
+
+def wait(cluster: E2ECluster, name: str, condition: str, timeout: int = 180) -> None:
+    kubectl(cluster, "wait", "-n", NS, f"--for={condition}", f"pod/{name}", f"--timeout={timeout}s")
+
+
+def get(cluster: E2ECluster, name: str) -> dict[str, Any]:
+    out = kubectl(cluster, "get", "pod", name, "-n", NS, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def logs(cluster: E2ECluster, name: str, *flags: str) -> str:
+    return kubectl(cluster, "logs", "-n", NS, name, *flags).stdout
+
+
+def server(name: str, node: str) -> dict[str, Any]:
+    probe = {"httpGet": {"port": 8080, "path": "/"}, "periodSeconds": 1}
+    return pod(name, node, ["python", "-c", SERVE], "Always", readinessProbe=probe)
+
+
+def test_node_is_registered_with_gpus_labels_and_a_lease(k8s: E2ECluster) -> None:
+    node = json.loads(kubectl(k8s, "get", "node", "node-1", "-o", "json").stdout)
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == str(GPUS)
+    assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(GPUS)
+    assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.100.2"}]
+    assert node["spec"]["podCIDR"].startswith("10.244.")
+    lease = json.loads(
+        kubectl(k8s, "get", "lease", "node-1", "-n", "kube-node-lease", "-o", "json").stdout
+    )
+    assert lease["spec"]["holderIdentity"] == "node-1"
+
+
+def test_two_pods_of_one_node_bind_one_port_and_are_reached_by_pod_ip(k8s: E2ECluster) -> None:
+    apply(k8s, server("web-a", "node-0"), server("web-b", "node-0"))
+    for name in ("web-a", "web-b"):
+        wait(k8s, name, "condition=Ready")
+    a, b = get(k8s, "web-a"), get(k8s, "web-b")
+    assert a["status"]["podIP"] != b["status"]["podIP"]
+    assert a["status"]["hostIP"] == "127.0.100.1"
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{b['status']['podIP']}:8080/', timeout=30).read().decode())"  # noqa: E501
+    apply(k8s, pod("client", "node-1", ["python", "-c", fetch]))
+    wait(k8s, "client", "jsonpath={.status.phase}=Succeeded")
+    assert logs(k8s, "client").strip() == "web-b"  # its hostname: the pod's own UTS namespace
+    node = json.loads(kubectl(k8s, "get", "node", "node-1", "-o", "json").stdout)
+    cidr = ipaddress.ip_network(node["spec"]["podCIDR"])
+    assert ipaddress.ip_address(get(k8s, "client")["status"]["podIP"]) in cidr
+
+
+def test_projected_token_reads_the_pods_node_through_the_api(k8s: E2ECluster) -> None:
+    rbac = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": NS}},  # noqa: E501
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
+         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubelet-test-nodes"},  # noqa: E501
+         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": NS}]},
+    ]  # fmt: skip
+    code = (
+        "import os; from kubernetes import client, config; config.load_incluster_config(); "
+        "n = client.CoreV1Api().read_node(os.environ['NODE']); "
+        "print(n.metadata.name, n.metadata.labels['nvidia.com/gpu.count'])"
+    )
+    node_env = {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    reader = pod("reader", "node-1", ["python", "-c", code], env=[node_env])
+    reader["spec"]["serviceAccountName"] = "reader"
+    apply(k8s, *rbac, reader)
+    wait(k8s, "reader", "jsonpath={.status.phase}=Succeeded")
+    assert logs(k8s, "reader").split() == ["node-1", str(GPUS)]
+
+
+def test_kubectl_logs_tail_timestamps_previous_since_and_follow(k8s: E2ECluster) -> None:
+    lines = "echo one; echo two; echo three; sleep 0.5; exit 1"
+    apply(k8s, pod("logger", "node-0", ["sh", "-c", lines], "OnFailure"))
+    wait(k8s, "logger", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}=1")
+    assert logs(k8s, "logger", "--previous").split() == ["one", "two", "three"]
+    assert logs(k8s, "logger", "--previous", "--tail=1").splitlines() == ["three"]
+    stamped = logs(k8s, "logger", "--previous", "--timestamps", "--tail=2").splitlines()
+    assert [line.split(" ", 1)[1] for line in stamped] == ["two", "three"]
+    assert dt.datetime.fromisoformat(stamped[0].split(" ")[0].replace("Z", "+00:00"))
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert logs(k8s, "logger", "--previous", f"--since-time={later}") == ""
+    assert "three" in logs(k8s, "logger", "--previous", "--since=1h")
+
+    ticker = "import itertools, time\nfor i in itertools.count():\n    print('tick', i, flush=True); time.sleep(0.2)\n"  # noqa: E501
+    apply(k8s, pod("ticker", "node-0", ["python", "-u", "-c", ticker], "Always"))
+    wait(k8s, "ticker", "condition=Ready")
+    cmd = [
+        str(build.binary("kubectl")),
+        "--kubeconfig",
+        str(k8s.kubeconfig),
+        "logs",
+        "-f",
+        "--tail=1",
+        "-n",
+        NS,
+        "ticker",
+    ]
+    follow = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    try:
+        got = _read_lines(follow, 3, deadline=time.monotonic() + 60)
+    finally:
+        follow.kill()
+        follow.wait()
+    numbers = [int(line.split()[1]) for line in got]
+    assert numbers == list(range(numbers[0], numbers[0] + 3))  # the last line, then live ones
+
+
+def _read_lines(proc: subprocess.Popen[bytes], n: int, deadline: float) -> list[str]:
+    assert proc.stdout is not None
+    fd, buf = proc.stdout.fileno(), b""
+    while buf.count(b"\n") < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"kubectl logs -f printed {buf!r} before the deadline")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise AssertionError(f"kubectl logs -f ended early after {buf!r}")
+            buf += chunk
+    return buf.decode().splitlines()[:n]
