@@ -70,8 +70,14 @@ def test_delete_job_removes_pods_and_etcd_prefix(env: OperatorEnv, etcd_endpoint
         c.put(keys.store + "rpc_prefix_0/x", "y")
         c.put(contract.job_prefix("default", name) + "old-uid/members/w", "{}")
         c.put(other, "1")
+        log_before = len(env.log())
         env.kubectl("delete", "rpj", name, "--wait=true", "--timeout=90s")
         assert env.job(name) is None
+        # Waiting for the pods to drain is part of a normal deletion: no ERROR in the log.
+        deletion_log = env.log()[log_before:]
+        assert "job_deleted" in deletion_log, deletion_log
+        errors = [ln for ln in deletion_log.splitlines() if "ERROR" in ln]
+        assert errors == [], errors
         assert env.pods(name) == []
         assert c.get_prefix(contract.job_prefix("default", name)) == []
         assert c.get(other) is not None

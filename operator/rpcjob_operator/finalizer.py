@@ -4,7 +4,9 @@ kopf holds the finalizer (``settings.persistence.finalizer = contract.FINALIZER`
 :func:`cleanup` from the on-delete handler until it returns:
 
 1. delete the job's pods (uid precondition) and wait until they are gone — a terminating
-   sidecar still writes its graceful-leave marker, so deleting the keys earlier would leak;
+   sidecar still writes its graceful-leave marker, so deleting the keys earlier would leak.
+   The wait is part of every normal deletion: it happens inside the handler and is logged at
+   INFO (a ``kopf.TemporaryError`` would log each retry as an ERROR);
 2. delete every key under ``contract.job_prefix(ns, name)`` (all incarnations of the job name:
    no other job of this name can exist while this one holds its finalizer).
 
@@ -16,6 +18,7 @@ finalizer by hand (docs/operator.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -53,17 +56,31 @@ async def delete_pods(kube: Kube, obj: dict[str, Any]) -> int:
     return len(pods)
 
 
+async def delete_pods_and_wait(kube: Kube, obj: dict[str, Any], logger: Any = log) -> None:
+    """Delete the job's pods and return once none is left (each change of the count is one
+    INFO line: pods take their grace period to drain, that is no error)."""
+    md = obj["metadata"]
+    last = 0
+    while left := await delete_pods(kube, obj):
+        if left != last:
+            logger.info(
+                "waiting for %d pod(s) of %s/%s to terminate", left, md["namespace"], md["name"]
+            )
+            last = left
+        await asyncio.sleep(POD_WAIT_S)
+
+
 async def cleanup(
-    kube: Kube, etcd: EtcdPool, obj: dict[str, Any], default_endpoints: Sequence[str]
+    kube: Kube,
+    etcd: EtcdPool,
+    obj: dict[str, Any],
+    default_endpoints: Sequence[str],
+    logger: Any = log,
 ) -> str:
-    """One attempt; returns what was done, raises kopf.TemporaryError to be called again."""
+    """Returns what was done; raises kopf.TemporaryError (etcd unreachable) to be called again."""
     md = obj["metadata"]
     ns, name = md["namespace"], md["name"]
-    left = await delete_pods(kube, obj)
-    if left:
-        raise kopf.TemporaryError(
-            f"waiting for {left} pod(s) of {ns}/{name} to terminate", delay=POD_WAIT_S
-        )
+    await delete_pods_and_wait(kube, obj, logger)
     prefix = contract.job_prefix(ns, name)
     endpoints = job_endpoints(obj, default_endpoints)
     if not endpoints:

@@ -192,6 +192,6 @@ async def job_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped
 async def job_deleted(body: kopf.Body, logger: Any, **_: Any) -> None:
     rt = runtime()
     obj = dict(body)
-    message = await finalizer.cleanup(rt.kube, rt.etcd, obj, rt.defaults.etcd_endpoints)
+    message = await finalizer.cleanup(rt.kube, rt.etcd, obj, rt.defaults.etcd_endpoints, logger)
     logger.info(message)
     rt.reconciler.forget(body.metadata.namespace or "", body.metadata.name or "")
