@@ -19,13 +19,20 @@ import sys
 import click
 
 from rpcjob import contract
+from rpcjob_operator import envhelp
 
 DEFAULT_LIVENESS = (
     f"http://0.0.0.0:{contract.OPERATOR_HEALTH_PORT}{contract.OPERATOR_LIVENESS_PATH}"
 )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=envhelp.click_epilog(envhelp.OPERATOR_ENV),
+)
+@click.version_option(
+    package_name="rpcjob", prog_name="rpcjob-operator", message="%(prog)s %(version)s"
+)
 @click.option(
     "-A",
     "--all-namespaces",

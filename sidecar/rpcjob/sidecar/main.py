@@ -11,9 +11,11 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 from rpcjob import devices as dv
+from rpcjob import entrypoints
 from rpcjob.etcd import Client, EtcdError
 
 from .config import ConfigError, SidecarConfig, load_config
@@ -83,7 +85,23 @@ def run(cfg: SidecarConfig, stop: threading.Event) -> int:
     return 0
 
 
+DESCRIPTION = """\
+The rpcjob sidecar: runs next to the worker in each pod of an RpcJob. It joins the pod's slot
+to the group's membership in etcd (rank, lease), serves the worker on a unix socket, derives
+GPU device maps from the node's labels, drains the worker on SIGTERM, and serves /healthz,
+/readyz and /metrics. It takes no arguments: the pod's environment configures it.
+
+Exit codes: 0 after a graceful stop, 1 when etcd is unreachable at start or the membership
+watch ends, 2 for a configuration error (the message names the variable and the fix)."""
+
+
+def parse_args(argv: Sequence[str]) -> None:
+    """--help and --version (exit 0, no environment needed); anything else is an error."""
+    entrypoints.parser("rpcjob-sidecar", DESCRIPTION, entrypoints.SIDECAR_ENV).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -6,6 +6,7 @@ What it adds over calling ``rpcjob.init_rpc()`` yourself:
   answers — with the same clear error ``rpcjob.init_rpc()`` gives;
 * the child gets ``RPCJOB_SOCKET`` set (resolved to the socket it checked) and
   ``RPCJOB_LAUNCHER=1``;
+* ``--help`` and ``--version`` answer without a sidecar or any environment;
 * SIGTERM and SIGINT are forwarded to the child (which drains and leaves gracefully inside
   ``rpcjob.init_rpc``'s handler), and the launcher exits with the child's exit code
   (128 + N when the child died of signal N), so Kubernetes sees the workload's result.
@@ -22,10 +23,27 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from rpcjob import contract
+from rpcjob import contract, entrypoints
 
 USAGE = "usage: rpcjob-worker [--socket PATH] -- CMD [ARGS...]"
 ENV_LAUNCHER = "RPCJOB_LAUNCHER"
+DESCRIPTION = f"""\
+Run a workload (CMD) under the rpcjob runtime, as the worker container of an RpcJob pod.
+Before CMD starts it checks that the pod's sidecar answers on its socket (a clear error
+otherwise); CMD gets {contract.ENV_SOCKET} and {ENV_LAUNCHER}=1, SIGTERM/SIGINT are forwarded to it,
+and the exit code is CMD's (128 + N when it died of signal N). CMD still calls
+rpcjob.init_rpc() itself to join the group.
+
+options:
+  -h, --help     show this help message and exit
+  --version      show the version and exit
+  --socket PATH  the sidecar's unix socket"""
+
+
+def help_text() -> str:
+    return f"{USAGE}\n\n{DESCRIPTION}\n\n{entrypoints.env_help(entrypoints.WORKER_ENV)}"
+
+
 READY_TIMEOUT_S = 60.0
 
 
@@ -39,7 +57,11 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
         elif opt.startswith("--socket="):
             socket = opt.split("=", 1)[1]
         elif opt in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            print(help_text())
+            raise SystemExit(0)
+        elif opt == "--version":
+            print(entrypoints.version_line("rpcjob-worker"))
+            raise SystemExit(0)
         else:
             raise SystemExit(f"rpcjob-worker: unknown option {opt!r}\n{USAGE}")
     if not args or len(args) < 2:
