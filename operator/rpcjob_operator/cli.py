@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from rpcjob_operator.envhelp import click_epilog
 from rpcjob_operator.localexec import control, jobfile
 from rpcjob_operator.localexec.display import Display
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, EtcdNotFound, EtcdStartError
@@ -33,10 +34,23 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rpcjob")
+# What `rpcjob` itself reads (the job's containers get this environment too, minus RPCJOB_*).
+CLI_ENV = (
+    (control.ENV_STATE_DIR, "where running local jobs register; default ~/.rpcjob/local"),
+    ("TMPDIR", "where each run keeps its pods' directories and the embedded etcd's data"),
+    ("PATH", "where the 'etcd' binary is found (rpcjob run without --etcd)"),
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=click_epilog(CLI_ENV),
+)
+@click.version_option(package_name="rpcjob", prog_name="rpcjob", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Elastic PyTorch RPC jobs: run an RpcJob locally, or on Kubernetes with the operator."""
+    """Elastic PyTorch RPC jobs: run an RpcJob on this machine (an embedded etcd, each pod's
+    sidecar and worker as local processes), scale it, show it, or validate job files offline.
+    On Kubernetes the operator (rpcjob-operator) runs the same YAML."""
 
 
 def _node_labels(path: str | None) -> dict[str, str]:
