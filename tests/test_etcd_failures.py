@@ -10,10 +10,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rpcjob.etcd import Compare, EtcdAuthError, EtcdTimeout, EtcdTLSError, EtcdUnavailable
+from rpcjob.etcd import (
+    Compare,
+    EtcdAuthError,
+    EtcdOutcomeUnknown,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+    Op,
+)
 from rpcjob.etcd._conn import parse_endpoints
 from rpcjob.etcd._convert import prefix_end
-from rpcjob.etcd._failures import Action, Failure, classify, decide, error_for, txn_unknown
+from rpcjob.etcd._failures import Action, Failure, classify, decide, error_for, outcome_unknown
+from rpcjob.etcd.values import describe_keys, read_only, written_keys
 
 C = grpc.StatusCode
 REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused"  # noqa: E501
@@ -57,12 +66,12 @@ def test_classify(code: grpc.StatusCode, details: str, have_user: bool, expected
 
 
 @pytest.mark.parametrize(
-    ("failure", "idempotent", "reauthed", "expected"),
+    ("failure", "repeatable", "reauthed", "expected"),
     [
         (Failure.CONNECT, False, False, Action.RETRY),  # never sent: even a txn may go again
         (Failure.TLS, False, False, Action.RETRY),
         (Failure.BROKEN, True, False, Action.RETRY),
-        (Failure.BROKEN, False, False, Action.UNKNOWN),  # a txn that may have applied
+        (Failure.BROKEN, False, False, Action.UNKNOWN),  # a write that may have applied
         (Failure.DEADLINE, False, False, Action.UNKNOWN),
         (Failure.DEADLINE, True, False, Action.RAISE),
         (Failure.REAUTH, False, False, Action.REAUTH),  # rejected before applying: safe
@@ -73,8 +82,8 @@ def test_classify(code: grpc.StatusCode, details: str, have_user: bool, expected
         (Failure.OTHER, True, False, Action.RAISE),
     ],
 )
-def test_decide(failure: Failure, idempotent: bool, reauthed: bool, expected: Action) -> None:
-    got = decide(failure, idempotent=idempotent, reauthed=reauthed, tried=0, n_endpoints=2)
+def test_decide(failure: Failure, repeatable: bool, reauthed: bool, expected: Action) -> None:
+    got = decide(failure, repeatable=repeatable, reauthed=reauthed)
     assert got is expected
 
 
@@ -101,10 +110,14 @@ def test_error_messages_name_endpoint_and_fix() -> None:
     assert "wrong password (RPCJOB_ETCD_PASSWORD)" in str(e)
     e = _err(Failure.AUTH_REQUIRED)
     assert "requires authentication: set RPCJOB_ETCD_USER and RPCJOB_ETCD_PASSWORD" in str(e)
-    e = txn_unknown("Socket closed", endpoint="10.0.0.1:2379", timeout=5, deadline=False)
-    assert isinstance(e, EtcdTimeout)
-    assert "outcome is unknown" in str(e)
-    assert "not retried" in str(e)
+    e = outcome_unknown(
+        "Socket closed", op="put", keys="key '/t'", endpoint="10.0.0.1:2379", timeout=5,
+        deadline=False,
+    )  # fmt: skip
+    assert isinstance(e, EtcdOutcomeUnknown) and isinstance(e, EtcdTimeout)
+    assert (e.op, e.keys) == ("put", "key '/t'")
+    assert str(e).startswith("put of key '/t' on etcd at 10.0.0.1:2379 lost its connection")
+    assert "outcome is unknown" in str(e) and "not sent again" in str(e)
 
 
 def test_several_endpoints_named_when_all_fail() -> None:
@@ -160,3 +173,24 @@ def test_generated_stubs_are_up_to_date() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("ops", "reads_only", "writes"),
+    [
+        ([Op.get("a"), Op.get("b", prefix=True)], True, []),
+        ([Op.get("a"), Op.put("b", "1")], False, [b"b"]),
+        ([Op.txn([], [Op.get("a")], [Op.get("b")])], True, []),
+        ([Op.txn([], [Op.delete("a")], [Op.put("b", "")]), Op.put("a", "x")], False, [b"a", b"b"]),
+    ],
+)
+def test_txn_is_repeatable_only_when_it_only_reads(
+    ops: list[Op], reads_only: bool, writes: list[bytes]
+) -> None:
+    assert read_only(ops) is reads_only
+    assert written_keys(ops) == writes
+
+
+def test_describe_keys() -> None:
+    assert describe_keys([b"/a"]) == "key '/a'"
+    assert describe_keys([b"a", b"b", b"c", b"d", b"e"]) == "keys 'a', 'b', 'c' and 2 more"

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -16,10 +18,19 @@ import pytest
 import torch.distributed as dist
 from etcd_tls import TLSMaterial
 from etcd_waits import wait_until
+from fault_proxy import Direction, FaultProxy
 
 import rpcjob  # noqa: F401  (registers etcd3://)
 from rpcjob.contract import ENV_ETCD_PASSWORD
-from rpcjob.etcd import EtcdAuthError, EtcdTLSError, EtcdUnavailable
+from rpcjob.etcd import (
+    Client,
+    Compare,
+    EtcdAuthError,
+    EtcdOutcomeUnknown,
+    EtcdTLSError,
+    EtcdUnavailable,
+    Op,
+)
 from rpcjob.store import EtcdStore
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, free_port
 
@@ -175,3 +186,72 @@ def test_bad_certificate_and_wrong_ca(
     good.set("k", "v")
     assert good.get("k") == b"v"
     good.close()
+
+
+def _cut_after(proxy: FaultProxy, direction: Direction, call: Callable[[], Any],
+               reached: Callable[[], bool]) -> Future[Any]:  # fmt: skip
+    proxy.drop(direction)
+    pool = ThreadPoolExecutor(1)
+    fut = pool.submit(call)
+    pool.shutdown(wait=False)
+    wait_until(reached, 30, f"the call to reach the proxy's fault ({direction})")
+    proxy.cut()
+    return fut
+
+
+def test_token_release_cut_off_is_settled_never_resent_blindly(etcd_session: EmbeddedEtcd) -> None:
+    """torch's membership token release, ``set(token, "")``, broken mid-call: applied and then
+    taken by the next joiner, it must not be sent again (that would wipe the next holder's
+    token); never applied, it is sent again conditionally; applied, it is not sent twice."""
+    prefix = f"/store-faults/{uuid.uuid4().hex}/"
+    token = "RpcGroupManagementToken"
+    with (
+        FaultProxy(etcd_session.endpoint) as proxy,
+        EtcdStore(proxy.endpoint, prefix=prefix, timeout=timedelta(seconds=30)) as store,
+        Client(etcd_session.endpoint) as direct,
+    ):
+        key = prefix + token
+
+        def token_is(value: bytes) -> Callable[[], bool]:
+            return lambda: getattr(direct.get(key), "value", None) == value
+
+        # 1. Applied, then the next joiner takes the token: raise, leave its token alone.
+        assert store.compare_set(token, "", "Token_A") == b"Token_A"
+        fut = _cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
+        assert direct.txn([Compare.value(key, "=", "")], [Op.put(key, "Token_B")]).succeeded
+        err = fut.exception(timeout=60)
+        assert isinstance(err, D.DistNetworkError) and isinstance(err, EtcdOutcomeUnknown), err
+        assert f"EtcdStore.set('{token}')" in str(err) and "outcome is unknown" in str(err)
+        assert token_is(b"Token_B")()
+
+        # 2. Never reached etcd: sent again on the condition that the token is unchanged.
+        direct.put(key, "Token_A")
+        assert store.get(token) == b"Token_A"  # connected again through the proxy
+        version = direct.get(key).version  # type: ignore[union-attr]
+        fut = _cut_after(
+            proxy, "requests", lambda: store.set(token, ""), lambda: proxy.swallowed > 0
+        )
+        assert fut.result(timeout=60) is None
+        kv = direct.get(key)
+        assert kv is not None and (kv.value, kv.version) == (b"", version + 1)
+
+        # 3. Applied and nobody wrote since: done, not sent a second time.
+        direct.put(key, "Token_C")
+        assert store.get(token) == b"Token_C"
+        version = direct.get(key).version  # type: ignore[union-attr]
+        fut = _cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
+        assert fut.result(timeout=60) is None
+        kv = direct.get(key)
+        assert kv is not None and (kv.value, kv.version) == (b"", version + 1)
+
+        # 4. delete_key never reached etcd: deleted conditionally; multi_set likewise.
+        assert store.get(token) == b""
+        fut = _cut_after(
+            proxy, "requests", lambda: store.delete_key(token), lambda: proxy.swallowed > 0
+        )
+        assert fut.result(timeout=60) is True and direct.get(key) is None
+        store.multi_set(["a", "b"], ["0", "0"])  # connected again; keys that exist
+        fut = _cut_after(proxy, "requests", lambda: store.multi_set(["a", "b"], ["1", "2"]),
+                         lambda: proxy.swallowed > 0)  # fmt: skip
+        assert fut.result(timeout=60) is None
+        assert store.multi_get(["a", "b"]) == [b"1", b"2"]

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch.distributed as dist
 
-from rpcjob.etcd import EtcdAuthError, EtcdError, EtcdTimeout, EtcdTLSError, EtcdUnavailable
+from rpcjob.etcd import (
+    EtcdAuthError,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+)
 
 _STORES: list[Any] = []  # stores handed to torch (incl. clones): alive for the process
 _KEEP_LOCK = threading.Lock()
@@ -42,6 +49,10 @@ class StoreTimeout(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-ty
     """The etcd call ran out of time; for add/append/compare_set the outcome is unknown."""
 
 
+class StoreOutcomeUnknown(StoreTimeout, EtcdOutcomeUnknown):
+    """A write cut off after it may have reached etcd that the store could not settle."""
+
+
 class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
     pass
 
@@ -52,6 +63,7 @@ class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type
 
 _TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
     (EtcdTLSError, StoreTLSError),
+    (EtcdOutcomeUnknown, StoreOutcomeUnknown),
     (EtcdUnavailable, StoreUnavailable),
     (EtcdTimeout, StoreTimeout),
     (EtcdAuthError, StoreAuthError),

@@ -16,8 +16,10 @@ HashStore/TCPStore by one contract suite (tests/store_contract.py); notable poin
 * ``set_timeout``/``timeout`` are torch's own (C++ base): ``PrefixStore`` and ``rpc.init_rpc``
   set it there. Every etcd call gets the store timeout as its budget (failover included).
 * etcd failures surface as torch's ``DistNetworkError``/``DistStoreError`` that are also the
-  matching ``rpcjob.etcd`` error; a txn cut off mid-call (``add``, ``append``,
-  ``compare_set``) is never retried: its outcome is unknown and the error says so.
+  matching ``rpcjob.etcd`` error. A write cut off mid-call is never re-sent blindly:
+  ``set``/``multi_set``/``delete_key`` read the keys back and re-send only conditionally on
+  the keys being unchanged since (see :mod:`rpcjob._store_writes`); ``add``, ``append`` and
+  ``compare_set`` raise: their outcome is unknown and the error says so.
 
 Called from torch's C++ RPC threads through the pybind trampoline: the etcd client is
 thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). The
@@ -36,6 +38,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from rpcjob import _store_writes as writes
 from rpcjob._store_errors import (
     DistStoreError,
     StoreAuthError,
@@ -46,7 +49,7 @@ from rpcjob._store_errors import (
     keep_alive,
     translate,
 )
-from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, EtcdTimeout, Op, WatchEvent
+from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, Op, WatchEvent
 
 __all__ = [
     "EtcdStore",
@@ -196,7 +199,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     # --- c10d API -----------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
         try:
-            self._client.put(self._k(key), _b(value), timeout=self._budget())
+            writes.put_all(self._client, [(self._k(key), _b(value))], self._budget())
         except EtcdError as e:
             raise self._fail("set", key, e) from e
 
@@ -291,7 +294,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         k = self._k(key)
         self._cache.pop(k, None)
         try:
-            return self._client.delete(k, timeout=self._budget()).deleted > 0
+            return writes.delete_one(self._client, k, self._budget())
         except EtcdError as e:
             raise self._fail("delete_key", key, e) from e
 
@@ -322,9 +325,12 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
                 f"multiSet keys and values vectors must be of same size (EtcdStore.multi_set got "
                 f"{len(keys)} keys and {len(values)} values)"
             )
-        puts = [Op.put(self._k(k), _b(v)) for k, v in zip(keys, values, strict=True)]
-        for i in range(0, len(puts), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
-            self._retry_txn("multi_set", keys, puts[i : i + MAX_TXN_OPS])
+        pairs = [(self._k(k), _b(v)) for k, v in zip(keys, values, strict=True)]
+        for i in range(0, len(pairs), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
+            try:
+                writes.put_all(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())
+            except EtcdError as e:
+                raise self._fail("multi_set", keys, e) from e
 
     def has_extended_api(self) -> bool:
         return True
@@ -350,24 +356,14 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         kvs = resp.kvs
         return (kvs[0].value, kvs[0].mod_revision) if kvs else (missing, 0)
 
-    def _retry_txn(self, op: str, keys: Any, ops: list[Op]) -> Any:
-        """A txn that is safe to repeat (reads, or puts of fixed values): retried after an
-        unknown outcome until the store timeout."""
-        deadline = time.monotonic() + self._budget()
-        while True:
-            try:
-                return self._client.txn([], ops, timeout=max(deadline - time.monotonic(), 0.001))
-            except EtcdTimeout as e:
-                if time.monotonic() >= deadline:
-                    raise self._fail(op, keys, e) from e
-                time.sleep(0.05)  # cut off mid-call (etcd restarting): retry the same txn
-            except EtcdError as e:
-                raise self._fail(op, keys, e) from e
-
     def _read_many(self, ks: list[bytes], keys: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
-        for i in range(0, len(ks), MAX_TXN_OPS):
-            r = self._retry_txn("multi_get", keys, [Op.get(k) for k in ks[i : i + MAX_TXN_OPS]])
+        for i in range(0, len(ks), MAX_TXN_OPS):  # a read-only txn: the client re-sends it
+            gets = [Op.get(k) for k in ks[i : i + MAX_TXN_OPS]]
+            try:
+                r: Any = self._client.txn([], gets, timeout=self._budget())
+            except EtcdError as e:
+                raise self._fail("multi_get", keys, e) from e
             out.extend(resp.kvs[0].value if resp.kvs else None for resp in r.responses)
         return out
 

@@ -190,13 +190,7 @@ class AConn(ErrorContext):
                 err = e
                 code, details = e.code(), e.details() or ""
             f = fl.classify(code, details, have_user=bool(self.user))
-            action = fl.decide(
-                f,
-                idempotent=idempotent,
-                reauthed=reauthed,
-                tried=tried,
-                n_endpoints=len(self.endpoints),
-            )
+            action = fl.decide(f, repeatable=idempotent, reauthed=reauthed)
             if action is Action.REAUTH:
                 reauthed = True
                 ep.set_token(None)
@@ -206,9 +200,10 @@ class AConn(ErrorContext):
                 self.user = None
                 continue
             if action is Action.UNKNOWN:
-                raise fl.txn_unknown(
-                    details, endpoint=ep.address, timeout=budget, deadline=f is Failure.DEADLINE
-                ) from err
+                raise fl.outcome_unknown(
+                    details, op=op, keys="", endpoint=ep.address, timeout=budget,
+                    deadline=f is Failure.DEADLINE,
+                ) from err  # fmt: skip
             if action is Action.RETRY:
                 self.failed(ep)
                 tried += 1

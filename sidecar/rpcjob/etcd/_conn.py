@@ -204,6 +204,9 @@ class Conn(ErrorContext):
         self._cur = 0
         self._pid = os.getpid()
         self.closed = False
+        # The highest revision seen in any response: etcd had reached it before the next
+        # request was sent, which lets a caller tell whether a key changed since then.
+        self.revision = 0
         # Called in a fork child right after fork (reset state; no I/O, no threads) and on the
         # child's first use of the client (restart streams), so that a child that never uses
         # the client (a DataLoader worker) opens no connection.
@@ -274,17 +277,29 @@ class Conn(ErrorContext):
         ep.set_token(resp.token)
 
     # --- calls --------------------------------------------------------------------------------
+    def _saw(self, resp: Any) -> None:
+        """Raise the revision high-water mark to ``resp``'s header revision. A racing update
+        may keep the lower value: the mark only ever errs low, which is the safe side."""
+        header = getattr(resp, "header", None)
+        rev = header.revision if header is not None else 0
+        if rev > self.revision:
+            self.revision = rev
+
     def call(
         self,
         stub: str,
         method: str,
         request: Any,
         *,
-        idempotent: bool,
+        repeatable: bool,
         op: str,
+        keys: str = "",
         timeout: float | None = None,
     ) -> Any:
-        """Send one unary request with failover; translate failures into EtcdError."""
+        """Send one unary request with failover; translate failures into EtcdError.
+
+        ``repeatable``: the request may be sent again after a failure that left its outcome
+        unknown (reads); otherwise such a failure raises EtcdOutcomeUnknown naming ``keys``."""
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         reauthed = False
@@ -303,14 +318,14 @@ class Conn(ErrorContext):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._timeout_error(last, ep, op, budget)
-                return fn(request, timeout=remaining, metadata=ep.metadata)
+                resp = fn(request, timeout=remaining, metadata=ep.metadata)
+                self._saw(resp)
+                return resp
             except grpc.RpcError as e:
                 err: grpc.RpcError = e
                 code, details = e.code(), e.details() or ""
             f = fl.classify(code, details, have_user=bool(self.user))
-            action = fl.decide(
-                f, idempotent=idempotent, reauthed=reauthed, tried=tried, n_endpoints=len(self._eps)
-            )
+            action = fl.decide(f, repeatable=repeatable, reauthed=reauthed)
             if action is Action.REAUTH:
                 reauthed = True
                 ep.set_token(None)
@@ -320,9 +335,10 @@ class Conn(ErrorContext):
                 self.user = None
                 continue
             if action is Action.UNKNOWN:
-                raise fl.txn_unknown(
-                    details, endpoint=ep.address, timeout=budget, deadline=f is Failure.DEADLINE
-                ) from err
+                raise fl.outcome_unknown(
+                    details, op=op, keys=keys, endpoint=ep.address, timeout=budget,
+                    deadline=f is Failure.DEADLINE,
+                ) from err  # fmt: skip
             if action is Action.RETRY:
                 self.failed(ep)
                 tried += 1

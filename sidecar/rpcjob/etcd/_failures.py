@@ -23,6 +23,7 @@ from rpcjob.etcd.errors import (
     EtcdAuthError,
     EtcdCompacted,
     EtcdError,
+    EtcdOutcomeUnknown,
     EtcdTimeout,
     EtcdTLSError,
     EtcdUnavailable,
@@ -34,7 +35,7 @@ class Failure(enum.Enum):
     # Handshake failed: mostly a configuration problem, but etcd also fails handshakes while it
     # starts (restart), so it is retried like CONNECT; the final error still says TLS.
     TLS = "tls"
-    BROKEN = "broken"  # the call may have reached etcd: retry idempotent calls only
+    BROKEN = "broken"  # the call may have reached etcd: re-send repeatable (read) calls only
     DEADLINE = "deadline"  # our deadline passed: outcome unknown
     REAUTH = "reauth"  # etcd rejected the token: authenticate again, then retry
     AUTH_FAILED = "auth_failed"  # wrong user or password
@@ -92,30 +93,35 @@ def classify(code: grpc.StatusCode | None, details: str, *, have_user: bool) -> 
     return Failure.OTHER
 
 
-def retryable(f: Failure, *, idempotent: bool) -> bool:
-    """May the same request be sent again (to the same or another endpoint)?"""
+def retryable(f: Failure, *, repeatable: bool) -> bool:
+    """May the same request be sent again (to the same or another endpoint)?
+
+    As etcd's Go client: a call that may have reached etcd is sent again only when it is
+    repeatable (reads, lease and status calls); a write (put, delete, txn with a write,
+    compact) whose outcome is unknown is never re-sent, since a late copy could undo a later
+    write of another client."""
     if f in (Failure.CONNECT, Failure.TLS):
         return True  # never reached etcd's API
-    return idempotent and f is Failure.BROKEN
+    return repeatable and f is Failure.BROKEN
 
 
 class Action(enum.Enum):
     REAUTH = "reauth"  # drop the token, authenticate again, send again
     DROP_AUTH = "drop_auth"  # etcd has auth disabled: send again without a token
     RETRY = "retry"  # next endpoint, backing off after each full round, until the deadline
-    UNKNOWN = "unknown"  # a txn that may have been applied: raise EtcdTimeout, never resend
+    UNKNOWN = "unknown"  # a write that may have been applied: raise EtcdOutcomeUnknown
     RAISE = "raise"
 
 
-def decide(f: Failure, *, idempotent: bool, reauthed: bool, tried: int, n_endpoints: int) -> Action:
-    """What the retry loop does after failure ``f`` (``tried`` endpoints failed before)."""
+def decide(f: Failure, *, repeatable: bool, reauthed: bool) -> Action:
+    """What the retry loop does after failure ``f``."""
     if f is Failure.REAUTH and not reauthed:
         return Action.REAUTH
     if f is Failure.AUTH_DISABLED:
         return Action.DROP_AUTH
-    if not idempotent and f in (Failure.BROKEN, Failure.DEADLINE):
+    if not repeatable and f in (Failure.BROKEN, Failure.DEADLINE):
         return Action.UNKNOWN
-    if retryable(f, idempotent=idempotent):
+    if retryable(f, repeatable=repeatable):
         return Action.RETRY
     return Action.RAISE
 
@@ -190,9 +196,14 @@ def error_for(
     return EtcdError(f"etcd at {endpoint} refused {op}: {d}")
 
 
-def txn_unknown(details: str, *, endpoint: str, timeout: float, deadline: bool) -> EtcdTimeout:
+def outcome_unknown(
+    details: str, *, op: str, keys: str, endpoint: str, timeout: float, deadline: bool
+) -> EtcdOutcomeUnknown:
     why = f"timed out after {timeout:g}s" if deadline else "lost its connection mid-call"
-    return EtcdTimeout(
-        f"txn on etcd at {endpoint} {why} ({short(details)}); its outcome is unknown (it may "
-        "have been applied), so it was not retried: re-read the keys before trying again"
+    return EtcdOutcomeUnknown(
+        f"{op} of {keys} on etcd at {endpoint} {why} ({short(details)}); its outcome is unknown "
+        "(etcd may have applied it), so it was not sent again: read the key and decide from "
+        "what it holds, or write with a txn that compares the mod_revision you last saw",
+        op=op,
+        keys=keys,
     )

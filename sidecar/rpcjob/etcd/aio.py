@@ -167,7 +167,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> PutResult:
         req = pb.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease, prev_kv=prev_kv)
-        return cv.put_result(await self._call("kv", "Put", req, "put", timeout))
+        return cv.put_result(await self._call("kv", "Put", req, "put", timeout, idem=False))
 
     async def delete(
         self,
@@ -178,7 +178,9 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> DeleteResult:
         req = cv.delete_request(to_bytes(key), prefix, prev_kv)
-        return cv.delete_result(await self._call("kv", "DeleteRange", req, "delete", timeout))
+        return cv.delete_result(
+            await self._call("kv", "DeleteRange", req, "delete", timeout, idem=False)
+        )
 
     async def txn(
         self,

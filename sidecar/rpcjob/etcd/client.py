@@ -35,7 +35,10 @@ from rpcjob.etcd.values import (
     PutResult,
     RangeResult,
     TxnResult,
+    describe_keys,
+    read_only,
     to_bytes,
+    written_keys,
 )
 
 # The generated modules build their classes at run time: mypy sees them as Any.
@@ -48,11 +51,12 @@ class Client:
     """A thin, thread-safe etcd v3 client over grpcio.
 
     ``endpoints``: ``"host:port"`` items or one comma-separated string; on a connection failure
-    the next endpoint is tried. Idempotent calls (range, put, delete, lease ops) are retried
-    across endpoints within ``timeout`` seconds (or the call's ``timeout=``); a txn is retried
-    only when it certainly never reached etcd, otherwise :class:`EtcdTimeout` says its outcome
-    is unknown. TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user``
-    + ``password``; the token is renewed when etcd rejects it. Fork-safe: a child process builds
+    the next endpoint is tried. Reads (range, read-only txn), lease and status calls are retried
+    across endpoints within ``timeout`` seconds (or the call's ``timeout=``); a write (put,
+    delete, txn that writes, compact) is sent again only when it certainly never reached etcd,
+    otherwise :class:`EtcdOutcomeUnknown` says its outcome is unknown (as etcd's Go client).
+    TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user`` +
+    ``password``; the token is renewed when etcd rejects it. Fork-safe: a child process builds
     its own channels (and watch stream) on first use and never touches the inherited ones.
     """
 
@@ -89,10 +93,17 @@ class Client:
     def timeout(self) -> float:
         return self._conn.timeout
 
+    @property
+    def revision(self) -> int:
+        """The highest etcd revision seen in any response of this client (0 before the
+        first). Read before a write, it bounds what etcd held before the write was sent: a
+        key whose mod_revision is not above it has not been written since (by anyone)."""
+        return self._conn.revision
+
     # --- KV -----------------------------------------------------------------------------------
     def get(self, key: Bytesish, *, timeout: float | None = None) -> KV | None:
         r = self._conn.call(
-            "kv", "Range", pb.RangeRequest(key=to_bytes(key)), idempotent=True, op="get",
+            "kv", "Range", pb.RangeRequest(key=to_bytes(key)), repeatable=True, op="get",
             timeout=timeout,
         )  # fmt: skip
         return cv.kv(r.kvs[0]) if r.kvs else None
@@ -120,7 +131,7 @@ class Client:
             limit=limit,
             revision=revision,
         )
-        r = self._conn.call("kv", "Range", req, idempotent=True, op="range", timeout=timeout)
+        r = self._conn.call("kv", "Range", req, repeatable=True, op="range", timeout=timeout)
         return cv.range_result(r)
 
     def get_prefix(self, prefix: Bytesish, *, timeout: float | None = None) -> list[KV]:
@@ -135,8 +146,11 @@ class Client:
         prev_kv: bool = False,
         timeout: float | None = None,
     ) -> PutResult:
-        req = pb.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease, prev_kv=prev_kv)
-        r = self._conn.call("kv", "Put", req, idempotent=True, op="put", timeout=timeout)
+        """Set ``key``; never re-sent once it may have reached etcd (EtcdOutcomeUnknown)."""
+        k = to_bytes(key)
+        req = pb.PutRequest(key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
+        r = self._conn.call("kv", "Put", req, repeatable=False, op="put",
+                            keys=describe_keys([k]), timeout=timeout)  # fmt: skip
         return cv.put_result(r)
 
     def delete(
@@ -147,8 +161,12 @@ class Client:
         prev_kv: bool = False,
         timeout: float | None = None,
     ) -> DeleteResult:
-        req = cv.delete_request(to_bytes(key), prefix, prev_kv)
-        r = self._conn.call("kv", "DeleteRange", req, idempotent=True, op="delete", timeout=timeout)
+        """Delete ``key`` (or the prefix); never re-sent once it may have reached etcd."""
+        k = to_bytes(key)
+        req = cv.delete_request(k, prefix, prev_kv)
+        what = f"prefix {k.decode(errors='replace')!r}" if prefix else describe_keys([k])
+        r = self._conn.call("kv", "DeleteRange", req, repeatable=False, op="delete", keys=what,
+                            timeout=timeout)  # fmt: skip
         return cv.delete_result(r)
 
     def txn(
@@ -161,17 +179,20 @@ class Client:
     ) -> TxnResult:
         """Atomically: if every ``compare`` holds, run ``success``, else ``failure``.
 
-        Never retried once it may have reached etcd: on a timeout or a connection lost
-        mid-call :class:`EtcdTimeout` says the outcome is unknown."""
+        A txn that writes is never re-sent once it may have reached etcd: on a timeout or a
+        connection lost mid-call :class:`EtcdOutcomeUnknown` says its outcome is unknown. A
+        read-only txn is re-sent like a range."""
+        ops = [*success, *failure]
         req = cv.txn_request(compare, success, failure)
-        r = self._conn.call("kv", "Txn", req, idempotent=False, op="txn", timeout=timeout)
+        r = self._conn.call("kv", "Txn", req, repeatable=read_only(ops), op="txn",
+                            keys=describe_keys(written_keys(ops)), timeout=timeout)  # fmt: skip
         return cv.txn_result(r)
 
     # --- leases -------------------------------------------------------------------------------
     def lease_grant(self, ttl: int, lease_id: int = 0, *, timeout: float | None = None) -> Lease:
         req = pb.LeaseGrantRequest(TTL=ttl, ID=lease_id)
         r = self._conn.call(
-            "lease", "LeaseGrant", req, idempotent=True, op="lease grant", timeout=timeout
+            "lease", "LeaseGrant", req, repeatable=True, op="lease grant", timeout=timeout
         )
         if r.error:
             raise EtcdError(f"etcd refused lease grant (ttl={ttl}): {r.error}")
@@ -182,7 +203,7 @@ class Client:
         req = pb.LeaseRevokeRequest(ID=lease_id)
         try:
             self._conn.call(
-                "lease", "LeaseRevoke", req, idempotent=True, op="lease revoke", timeout=timeout
+                "lease", "LeaseRevoke", req, repeatable=True, op="lease revoke", timeout=timeout
             )
         except EtcdError as e:
             if not lease_not_found(e):
@@ -193,7 +214,7 @@ class Client:
         req = pb.LeaseKeepAliveRequest(ID=lease_id)
         try:
             r = self._conn.call(
-                "", "keepalive_once", req, idempotent=True, op="lease keepalive", timeout=timeout
+                "", "keepalive_once", req, repeatable=True, op="lease keepalive", timeout=timeout
             )
         except StopIteration:
             return 0
@@ -203,7 +224,7 @@ class Client:
         """Remaining TTL in seconds, -1 when the lease is gone."""
         req = pb.LeaseTimeToLiveRequest(ID=lease_id)
         r = self._conn.call(
-            "lease", "LeaseTimeToLive", req, idempotent=True, op="lease ttl", timeout=timeout
+            "lease", "LeaseTimeToLive", req, repeatable=True, op="lease ttl", timeout=timeout
         )
         return int(r.TTL)
 
@@ -249,7 +270,7 @@ class Client:
         """``{"endpoint", "leader", "member_id", "revision", "raft_term", "version",
         "db_size"}`` of the endpoint in use."""
         r = self._conn.call(
-            "maintenance", "Status", pb.StatusRequest(), idempotent=True, op="status",
+            "maintenance", "Status", pb.StatusRequest(), repeatable=True, op="status",
             timeout=timeout,
         )  # fmt: skip
         return cv.status_dict(self._conn.current().address, r)
@@ -257,11 +278,21 @@ class Client:
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision`` (tests and maintenance)."""
         req = pb.CompactionRequest(revision=revision, physical=physical)
-        self._conn.call("kv", "Compact", req, idempotent=True, op="compact")
+        self._conn.call("kv", "Compact", req, repeatable=False, op="compact",
+                        keys=f"revision {revision}")  # fmt: skip
 
     def auth_call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
-        return self._conn.call("auth", method, request, idempotent=True, op=f"auth {method}",
+        repeatable = method in (
+            "Authenticate",
+            "AuthStatus",
+            "UserGet",
+            "UserList",
+            "RoleGet",
+            "RoleList",
+        )  # reads; admin writes are not re-sent
+        return self._conn.call("auth", method, request, repeatable=repeatable,
+                               op=f"auth {method}", keys="auth settings",
                                timeout=timeout)  # fmt: skip
 
     def close(self) -> None:

@@ -24,10 +24,20 @@ class EtcdTLSError(EtcdUnavailable):
 
 
 class EtcdTimeout(EtcdError, TimeoutError):
-    """The call did not finish within the timeout.
+    """The call did not finish within the timeout."""
 
-    For a txn (not idempotent), the outcome is unknown: it may or may not have been applied.
+
+class EtcdOutcomeUnknown(EtcdTimeout):
+    """A write (put, delete, a txn that writes, compact) timed out or lost its connection after
+    it may have reached etcd: it was applied once or not at all, and it is never re-sent (a
+    late copy could undo another client's later write). ``op`` and ``keys`` name the call; read
+    the keys back, or retry with a txn conditional on the mod_revision last seen.
     """
+
+    def __init__(self, message: str, *, op: str = "", keys: str = "") -> None:
+        super().__init__(message)
+        self.op = op
+        self.keys = keys
 
 
 class EtcdCompacted(EtcdError):

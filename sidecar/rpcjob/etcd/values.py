@@ -140,3 +140,26 @@ class WatchEvent:
     type: Literal["PUT", "DELETE"]
     kv: KV
     prev_kv: KV | None
+
+
+def read_only(ops: Sequence[Op]) -> bool:
+    """Whether a txn branch only reads (nested txns included): such a txn may be re-sent."""
+    return all(
+        op.kind == "get" or (op.kind == "txn" and read_only(op.success + op.failure)) for op in ops
+    )
+
+
+def written_keys(ops: Sequence[Op]) -> list[bytes]:
+    """The keys a txn branch writes (nested txns included), in order, without repeats."""
+    out: list[bytes] = []
+    for op in ops:
+        keys = written_keys(op.success + op.failure) if op.kind == "txn" else [op.key]
+        out += [k for k in keys if op.kind != "get" and k not in out]
+    return out
+
+
+def describe_keys(keys: Sequence[bytes], *, most: int = 3) -> str:
+    """``key '/a'`` or ``keys '/a', '/b' and 2 more`` for error messages."""
+    names = [repr(k.decode(errors="replace")) for k in keys[:most]]
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return f"key{'s' if len(keys) > 1 else ''} {', '.join(names)}{more}"
