@@ -18,7 +18,10 @@ from typing import Any
 
 from .controlplane import ControlPlane, ControlPlaneError
 
-NODE_IP_BASE = "127.0.100."  # node-<i> gets 127.0.100.<i+1> (loopback: see docs/testing.md)
+
+def node_ip(slot: int, index: int) -> str:
+    """node-<index>'s InternalIP: a loopback address the API server dials for logs."""
+    return f"127.0.{100 + slot}.{index + 1}"
 
 
 def kubelet_available() -> bool:
@@ -74,11 +77,13 @@ class E2ECluster:
         from .kubelet import ProcessKubelet
 
         assert self.control is not None and self.work_dir is not None
+        assert self.control.slot is not None
+        slot = self.control.slot.index
         for i in range(self.nodes):
             name = f"node-{i}"
             labels = {**gpu_labels(self.gpus_per_node), **self.node_labels}
             kubelet = ProcessKubelet(
-                self.control.node_kubeconfig(name), name, f"{NODE_IP_BASE}{i + 1}", None,
+                self.control.node_kubeconfig(name), name, node_ip(slot, i), None,
                 labels, self.gpus_per_node, self.work_dir / "nodes" / name,
             )  # fmt: skip
             self.kubelets.append(kubelet)

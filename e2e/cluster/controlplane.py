@@ -7,8 +7,9 @@ NodeRestriction. The controller manager runs the default controllers with one Se
 each (``--use-service-account-credentials``) and allocates every Node a podCIDR from
 ``cluster_cidr``. Every file lives under ``work_dir``.
 
-Where the API server listens: on ``10.96.0.1:443``, the ClusterIP and port of the ``kubernetes``
-Service, as an address of the pod bridge (apiaddr.py). Pods (each in its own network namespace,
+Where the API server listens: on ``10.96.0.1:443`` (another slot's address when several clusters
+share the host), the ClusterIP and port of the ``kubernetes`` Service, as an address of the pod
+bridge (apiaddr.py). Pods (each in its own network namespace,
 routed through that bridge) reach it at exactly the address in-cluster config uses
 (``KUBERNETES_SERVICE_HOST``/``PORT``) without a kube-proxy, and so do the host's kubectl, the
 controllers and the kubelets. etcd and the other components' ports stay on loopback.
@@ -28,11 +29,9 @@ from typing import Any
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, free_port
 
 from . import apiaddr, build, pki
-from .apiaddr import API_ADDRESS, API_PORT
+from .apiaddr import API_PORT
 from .procs import Proc
 
-SERVICE_CIDR = "10.96.0.0/16"
-CLUSTER_CIDR = "10.244.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 API_DNS = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
            "kubernetes.default.svc.cluster.local", "localhost")  # fmt: skip
@@ -45,12 +44,26 @@ class ControlPlaneError(RuntimeError):
 @dataclass
 class ControlPlane:
     work_dir: Path
-    bind_address: str = API_ADDRESS
     port: int = API_PORT
-    cluster_cidr: str = CLUSTER_CIDR
-    service_cidr: str = SERVICE_CIDR
+    # From the slot apiaddr.claim() hands out in start().
+    slot: apiaddr.Slot | None = None
     etcd: EmbeddedEtcd | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def bind_address(self) -> str:
+        assert self.slot is not None, "the control plane is not started"
+        return self.slot.api_address
+
+    @property
+    def service_cidr(self) -> str:
+        assert self.slot is not None, "the control plane is not started"
+        return self.slot.service_cidr
+
+    @property
+    def cluster_cidr(self) -> str:
+        assert self.slot is not None, "the control plane is not started"
+        return self.slot.cluster_cidr
 
     @property
     def server(self) -> str:
@@ -68,8 +81,8 @@ class ControlPlane:
     def start(self, timeout: float = 120.0) -> ControlPlane:
         deadline = time.monotonic() + timeout
         try:
+            self.slot = apiaddr.claim(deadline)
             self._pki()
-            apiaddr.claim(self.bind_address, deadline)
             self.etcd = EmbeddedEtcd(data_dir=str(self.work_dir / "etcd")).start()
             self._start_apiserver()
             self._wait(lambda: self._get("/readyz") == "ok", deadline, "kube-apiserver /readyz")
@@ -94,7 +107,9 @@ class ControlPlane:
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None
-        apiaddr.release(self.bind_address)
+        if self.slot is not None:
+            apiaddr.release(self.slot.api_address)
+            self.slot = None
 
     # --- PKI and kubeconfigs ------------------------------------------------------------
     def _pki(self) -> None:
