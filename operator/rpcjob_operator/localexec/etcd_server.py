@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rpcjob_operator.localexec import lifeline
+from rpcjob_operator.localexec import lifeline, ports
 
 INSTALL_HINT = (
     "the 'etcd' binary was not found on PATH; rpcjob needs etcd v3 (3.4 or newer). "
@@ -43,9 +43,8 @@ class EtcdStartError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this process without races (localexec/ports.py)."""
+    return ports.reserve_port(host)
 
 
 @dataclass
@@ -178,6 +177,8 @@ class EmbeddedEtcd:
 
     def close(self) -> None:
         self.stop()
+        ports.release_port(self.port)  # ports this process reserved in start() (else no-op)
+        ports.release_port(self.peer_port)
         if self._own_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
