@@ -160,6 +160,10 @@ def test_operator_runs_kopf_with_peering_and_liveness() -> None:
     assert f"--peering={contract.DEFAULT_PEERING_NAME}" in c["args"]
     assert "--standalone" not in c["args"]
     assert "--all-namespaces" in c["args"]
+    # A short peering lifetime and the pod name as kopf's identity: a restarted operator
+    # container replaces its own record; a standby takes over seconds after a peer dies.
+    assert "--peering-lifetime=10" in c["args"]
+    assert _env(c)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     liveness_url = f"--liveness=http://0.0.0.0:{contract.OPERATOR_HEALTH_PORT}{contract.OPERATOR_LIVENESS_PATH}"
     assert liveness_url in c["args"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

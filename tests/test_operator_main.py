@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
         (["--all-namespaces", "--namespace", "a"], "--all-namespaces and --namespace exclude"),
         (["--standalone", "--peering", "p"], "--standalone and --peering exclude each other"),
         (["--resync", "0"], "Invalid value for --resync: must be > 0"),
+        (["--priority", "-1"], "Invalid value for '--priority': -1 is not in the range"),
+        (["--peering-lifetime", "1"], "Invalid value for '--peering-lifetime': 1 is not in"),
         (
             ["--watch-server-timeout", "60", "--watch-client-timeout", "30"],
             "must be larger than --watch-server-timeout (60.0)",
@@ -36,8 +38,9 @@ def test_usage_errors_name_the_flags(args: list[str], message: str) -> None:
 
 def test_help_lists_the_chart_flags() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
-    for flag in ("--peering", "--priority", "--liveness", "--all-namespaces", "--namespace",
-                 "--standalone", "--metrics", "--watch-server-timeout"):  # fmt: skip
+    for flag in ("--peering", "--priority", "--peering-lifetime", "--liveness",
+                 "--all-namespaces", "--namespace", "--standalone", "--metrics",
+                 "--watch-server-timeout"):  # fmt: skip
         assert flag in out
 
 

@@ -42,6 +42,7 @@ class OperatorConfig:
     watch_client_timeout: float = 330.0  # we give up on a silent watch connection after this
     watch_connect_timeout: float = 30.0
     api_threads: int = 16
+    peering_lifetime: int = 10  # seconds a silent peer counts as alive (main.py explains)
 
 
 CONFIG = OperatorConfig()
@@ -91,6 +92,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = CONFIG
     if not settings.peering.mandatory:  # auto-detect the chart's peering by its name
         settings.peering.name = contract.DEFAULT_PEERING_NAME
+    # A short lifetime (kopf's default is 60 s): a standby resumes seconds after the active
+    # operator died; kopf sends keep-alives every 1-5 s at 10 s.
+    settings.peering.lifetime = cfg.peering_lifetime
     # Our finalizer name: users see what it is for (kubectl get rpj -o yaml).
     settings.persistence.finalizer = contract.FINALIZER
     # kopf's bookkeeping in our annotations only: the status schema is strict (no status.kopf).

@@ -4,7 +4,7 @@ Flags are ``kopf run`` compatible (the Helm chart passes ``--peering``, ``--prio
 ``--liveness`` and ``--all-namespaces`` or ``--namespace``), plus rpcjob's own::
 
     rpcjob-operator [--all-namespaces | --namespace NS ...] [--peering NAME | --standalone]
-                    [--priority N] [--liveness URL] [--metrics HOST:PORT]
+                    [--priority N] [--peering-lifetime S] [--liveness URL] [--metrics HOST:PORT]
                     [--resync SECONDS] [--watch-server-timeout S] [--watch-client-timeout S]
                     [--watch-connect-timeout S] [--verbose | --debug | --quiet]
 
@@ -15,11 +15,27 @@ See docs/operator.md.
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
 from rpcjob import contract
 from rpcjob_operator import envhelp
+
+DEFAULT_PEERING_LIFETIME = 10
+MAX_PRIORITY = 900_000
+_START_SLOTS = 10**13  # milliseconds since the epoch stay below this until the year 2286
+
+
+def peering_priority(priority: int, started_ms: int) -> int:
+    """The kopf priority: the user's ``--priority`` first, then the start time (newest wins).
+
+    kopf pauses every operator that sees a live peer of the same priority, so two replicas
+    of one priority would both stand still, and a restarted operator would wait out the
+    lifetime of its own dead predecessor. With the start time as a tie-break the newest
+    operator of a priority runs at once and older live ones stand by (in its favour)."""
+    return priority * _START_SLOTS + started_ms % _START_SLOTS
+
 
 DEFAULT_LIVENESS = (
     f"http://0.0.0.0:{contract.OPERATOR_HEALTH_PORT}{contract.OPERATOR_LIVENESS_PATH}"
@@ -59,7 +75,20 @@ DEFAULT_LIVENESS = (
 )
 @click.option("--standalone", is_flag=True, help="No peering at all (one operator only).")
 @click.option(
-    "--priority", type=int, default=0, show_default=True, help="This operator's peering priority."
+    "--priority",
+    type=click.IntRange(0, MAX_PRIORITY),
+    default=0,
+    show_default=True,
+    help="This operator's peering priority. Among operators of one priority the one started "
+    "last runs and the others stand by (no pause for a dead peer of the same priority).",
+)
+@click.option(
+    "--peering-lifetime",
+    type=click.IntRange(2, 3600),
+    default=DEFAULT_PEERING_LIFETIME,
+    show_default=True,
+    help="Seconds a peer's record counts as alive without a keep-alive (kopf sends one every "
+    "1-5 s at this setting): how long a standby waits for an active peer that died.",
 )
 @click.option(
     "--liveness",
@@ -115,6 +144,7 @@ def cli(
     peering_name: str | None,
     standalone: bool,
     priority: int,
+    peering_lifetime: int,
     liveness: str,
     metrics_addr: str,
     resync: float,
@@ -153,13 +183,14 @@ def cli(
         watch_server_timeout=watch_server_timeout,
         watch_client_timeout=watch_client_timeout,
         watch_connect_timeout=watch_connect_timeout,
+        peering_lifetime=peering_lifetime,
     )
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         standalone=True if standalone else None,
         peering_name=peering_name,
-        priority=priority,
+        priority=peering_priority(priority, time.time_ns() // 1_000_000),
         liveness_endpoint=liveness or None,
     )
 
