@@ -33,12 +33,13 @@ import queue
 import shutil
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
 
 from rpcjob_operator.localexec.podrunner import RunnerConfig
 
@@ -131,7 +132,7 @@ class ProcessKubelet:
             cert = serving_cert(self.node_ip, self.name, self.work_dir / "pki")
             self.server = KubeletApiServer(self.node_ip, self.port, cert, self._resolve_logs)
             self.server.start()
-            version = str(client.VersionApi(self.api.api).get_code().git_version)
+            version = str(self.api.call("GET", "/version")["gitVersion"])
             self._register(version)
             self.pool = netns.IpPool(self.pod_cidr or self._wait_pod_cidr(time.monotonic() + 60))
             netns.ensure_bridge(self.pool.gateway, self.pool.network.prefixlen)
@@ -187,14 +188,8 @@ class ProcessKubelet:
 
     def _post_status(self) -> None:
         status = node_status(self.node_ip, self.gpus, self.version, self.port)
-        self.api.api.call_api(
-            f"/api/v1/nodes/{self.name}/status",
-            "PATCH",
-            header_params={"Content-Type": "application/merge-patch+json"},
-            body={"status": status},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-        )
+        path = f"/api/v1/nodes/{self.name}/status"
+        self.api.call("PATCH", path, {"status": status}, "application/merge-patch+json")
 
     def _wait_pod_cidr(self, deadline: float) -> str:
         while True:
@@ -236,8 +231,9 @@ class ProcessKubelet:
         spec = svc.get("spec") or {}
         host = str(spec.get("clusterIP") or "")
         port = str(((spec.get("ports") or [{}])[0]).get("port") or "")
-        if not host or not port:
-            return {}
+        if not host or not port:  # no Service: the address this kubelet talks to
+            url = urllib.parse.urlsplit(self.api.api.configuration.host)
+            host, port = url.hostname or "", str(url.port or 443)
         return {
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port,
@@ -255,8 +251,9 @@ class ProcessKubelet:
                     self.api.core.list_pod_for_all_namespaces,
                     field_selector=selector,
                     timeout_seconds=60,
+                    deserialize=False,  # plain dicts: what PodRunner reads
                 ):
-                    self.events.put((str(ev["type"]), dict(ev["raw_object"])))
+                    self.events.put((str(ev["type"]), dict(ev["object"])))
             except Exception:  # reconnect: a fresh list replays every current pod as ADDED
                 if not self._stopping.is_set():
                     log.exception("kubelet %s: pod watch failed; reconnecting", self.name)
@@ -288,7 +285,7 @@ class ProcessKubelet:
         if entry is not None:
             entry.pod = pod
         if meta.get("deletionTimestamp"):
-            if entry is None:
+            if entry is None or not entry.runner.is_alive():  # nothing (left) to stop
                 self.api.finalize_pod(meta["namespace"], meta["name"], meta["uid"])
             else:
                 entry.runner.request_stop(float(meta.get("deletionGracePeriodSeconds") or 0))
@@ -304,7 +301,12 @@ class ProcessKubelet:
         if pod["spec"].get("hostNetwork"):
             sandbox = PodSandbox(None, self.node_ip)
         else:
-            net = netns.create_pod_net(uid, self.pool.take(), self.pool.gateway)
+            addr = self.pool.take()
+            try:
+                net = netns.create_pod_net(uid, addr, self.pool.gateway)
+            except netns.NetworkError:
+                self.pool.release(addr)
+                raise
             sandbox = PodSandbox(net.path, net.ip)
         gpu_env = {}
         need = pod_gpus(pod)
@@ -316,7 +318,7 @@ class ProcessKubelet:
             pod,
             sandbox,
             self.cfg,
-            write_status=lambda u, st: self.api.write_pod_status(ns, name, u, st),
+            write_status=lambda u, st: self._write_status(ns, name, u, st),
             finalize=lambda: self.api.finalize_pod(ns, name, uid),
             gpu_env=gpu_env,
             source=PodSource(self.api, pod),
@@ -324,6 +326,14 @@ class ProcessKubelet:
         )
         self.pods[uid] = PodEntry(pod, runner, net)
         runner.start()
+
+    def _write_status(self, ns: str, name: str, uid: str, status: dict[str, Any]) -> None:
+        """A rejected status write is logged, not raised: the pod's processes go on, and the
+        next change writes the whole status again."""
+        try:
+            self.api.write_pod_status(ns, name, uid, status)
+        except (ApiException, RuntimeError, OSError) as exc:
+            log.warning("kubelet %s: status of pod %s/%s not written: %s", self.name, ns, name, exc)
 
     def _reap(self) -> None:
         """Free what ended pods hold: a finished pod's network and GPUs (its logs stay until

@@ -68,7 +68,7 @@ def serving_cert(
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
-        .sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(signer, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
     crt, keyf = directory / "kubelet.crt", directory / "kubelet.key"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from .kubelet_volumes import VolumeNotReady
 
@@ -29,19 +29,29 @@ class NodeApi:
         self.api = api
         self.core = client.CoreV1Api(api)
 
-    def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
-        """One request; the decoded JSON body. ApiException on an error status."""
-        resp = self.api.call_api(
-            path,
-            method,
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        **query: Any,
+    ) -> Any:
+        """One request; the decoded JSON body. ApiException (status, body) on an error."""
+        params = self.api.param_serialize(
+            method=method,
+            resource_path=path,
             query_params=[(k, v) for k, v in query.items() if v is not None],
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
             body=body,
             auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
         )
-        data = resp.data
+        resp = self.api.call_api(*params)
+        data = resp.read()
+        if not 200 <= resp.status <= 299:
+            ApiException.from_response(
+                http_resp=resp, body=data.decode(errors="replace"), data=None
+            )  # raises
         return json.loads(data) if data else None
 
     def get(self, path: str) -> dict[str, Any] | None:
