@@ -243,20 +243,26 @@ class ProcessKubelet:
 
     # --- pods -------------------------------------------------------------------------------
     def _watch_pods(self) -> None:
+        """List, then watch from the list's resourceVersion (an informer's loop): after a
+        broken or expired watch the fresh list also reports pods deleted in between."""
         selector = f"spec.nodeName={self.name}"
         while not self._stopping.is_set():
             self._watch = watch.Watch()
             try:
+                listed = self.api.call("GET", "/api/v1/pods", fieldSelector=selector)
+                self.events.put(("LISTED", listed))
                 for ev in self._watch.stream(
                     self.api.core.list_pod_for_all_namespaces,
                     field_selector=selector,
+                    resource_version=listed["metadata"]["resourceVersion"],
                     timeout_seconds=60,
                     deserialize=False,  # plain dicts: what PodRunner reads
                 ):
-                    self.events.put((str(ev["type"]), dict(ev["object"])))
-            except Exception:  # reconnect: a fresh list replays every current pod as ADDED
+                    if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.events.put((str(ev["type"]), dict(ev["object"])))
+            except Exception:  # reconnect with a fresh list
                 if not self._stopping.is_set():
-                    log.exception("kubelet %s: pod watch failed; reconnecting", self.name)
+                    log.exception("kubelet %s: pod watch failed; relisting", self.name)
                     self._stopping.wait(1.0)
 
     def _loop(self) -> None:
@@ -273,6 +279,15 @@ class ProcessKubelet:
                 log.exception("kubelet %s: error handling %s", self.name, item and item[0])
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "LISTED":  # ``pod`` is the PodList
+            items = pod.get("items") or []
+            present = {p["metadata"]["uid"] for p in items}
+            for uid, e in list(self.pods.items()):
+                if uid not in present:
+                    self._on_pod("DELETED", e.pod)
+            for item in items:
+                self._on_pod("MODIFIED", item)
+            return
         meta = pod["metadata"]
         entry = self.pods.get(meta["uid"])
         if kind == "DELETED":
