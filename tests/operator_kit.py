@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 from e2e.localcluster.cluster import LocalCluster
 from rpcjob import contract
+from rpcjob_operator.localexec import ports
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
@@ -39,9 +39,8 @@ def short_workdir() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this test process without races (localexec/ports.py)."""
+    return ports.reserve_port()
 
 
 def unique(prefix: str) -> str:

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rpcjob import contract as c
+from rpcjob_operator.localexec import ports
 
 HERE = Path(__file__).resolve().parent
 FAKE_WORKER = HERE / "fake_worker.py"
@@ -45,9 +45,8 @@ def next_ip() -> str:
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this test process without races (localexec/ports.py)."""
+    return ports.reserve_port(host)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:

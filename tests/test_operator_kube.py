@@ -5,13 +5,12 @@ pure merge-patch / endpoint helpers (table-driven)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import kopf
 import pytest
 from kubernetes import client
-from operator_kit import job_manifest, unique
+from operator_kit import free_port, job_manifest, unique
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
@@ -100,9 +99,7 @@ def test_kube_outcomes_against_the_api_server(local_cluster: Any) -> None:
 
 
 def test_kube_unreachable_is_temporary() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # reserved: nothing listens here, and nobody else will
 
     async def scenario() -> None:
         kube = kube_for(f"http://127.0.0.1:{port}")
@@ -142,9 +139,7 @@ def test_members_read_and_prefix_delete(etcd_endpoint: str) -> None:
 
 
 def test_members_unreachable_raises_etcd_error() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # reserved: nothing listens here, and nobody else will
 
     async def scenario() -> None:
         pool = EtcdPool({})

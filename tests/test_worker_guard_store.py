@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import threading
 from collections.abc import Iterator
 
@@ -19,10 +18,8 @@ MINE = tk.worker_token("w_1", "join")
 
 @pytest.fixture
 def store() -> Iterator[dist.TCPStore]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    yield dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+    # port 0: the store binds a port itself (no window for another process to take it)
+    yield dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                         timeout=datetime.timedelta(seconds=30))  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -23,23 +22,16 @@ from rpcjob import torchkeys as tk
 STORE_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def master() -> Iterator[tuple[dist.TCPStore, int]]:
-    port = _free_port()
     store = dist.TCPStore(
         "127.0.0.1",
-        port,
+        0,  # the store binds a port itself: no window for another process to take it
         is_master=True,
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=STORE_TIMEOUT),
     )
-    yield store, port
+    yield store, store.port
 
 
 def _clean(store: dist.TCPStore, name: str, rank: int, survivors: list[Proc]) -> None:

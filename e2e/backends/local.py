@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from typing import Any
 from e2e.localcluster.audit import AuditRecord
 from e2e.localcluster.cluster import LocalCluster
 from rpcjob.etcd import Client
-from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, free_port
 
 from . import chart
 from .base import Backend, wait_for
@@ -46,9 +45,8 @@ POD_LOCAL_VALUES = {
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this process without races (localexec/ports.py)."""
+    return free_port()
 
 
 def local_gpus() -> int:
