@@ -50,27 +50,44 @@ from gpu_bench_workers import (  # noqa: E402
     worker_rpcjob,
     worker_sidecar,
 )
+from gpu_netns import NetnsPods  # noqa: E402
 
 
-def run_sidecar_scenario(a: argparse.Namespace, limit: float) -> dict[str, Any]:
-    """Three pods (sidecar + worker) against a real etcd, each worker seeing one GPU."""
+def run_sidecar_scenario(
+    a: argparse.Namespace,
+    limit: float,
+    *,
+    gpus: tuple[str, str, str] = ("0", "1", "0"),
+    labels: dict[str, str] | None = None,
+    net: NetnsPods | None = None,
+    dev_isolation: bool = False,
+) -> dict[str, Any]:
+    """Three pods (sidecar + worker) against a real etcd, each worker seeing the GPU in ``gpus``.
+
+    With ``net`` every pod (its sidecar and its worker) runs in its own network namespace and etcd
+    listens on the bridge, as on a node; with ``dev_isolation`` the worker's /dev also holds only
+    its own GPU, as the device plugin arranges.
+    """
     import tempfile
 
     sys.path.insert(0, str(ROOT / "operator"))
     sys.path.insert(0, str(ROOT / "tests"))
     from podkit import Job  # type: ignore[import-not-found]
 
+    from rpcjob import contract as c
     from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
     res: dict[str, Any] = {}
     g = 0 if a.cpu else 1
-    with EmbeddedEtcd() as etcd, tempfile.TemporaryDirectory() as tmp:
+    node_labels = labels or {"nvidia.com/gpu.count": str(a.node_gpus)}
+    host = net.host_ip if net else "127.0.0.1"
+    with EmbeddedEtcd(host=host) as etcd, tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         job = Job(
             etcd.endpoint, d / "pods", slots={"worker": 3}, lease_ttl=10,
             env={
                 "RPCJOB_GPUS": str(g), "RPCJOB_ROLE_GPUS": json.dumps({"worker": g}),
-                "RPCJOB_NODE_LABELS": json.dumps({"nvidia.com/gpu.count": str(a.node_gpus)}),
+                "RPCJOB_NODE_LABELS": json.dumps(node_labels),
                 "RPCJOB_RPC_TIMEOUT": "300",
             },
         )  # fmt: skip
@@ -78,9 +95,19 @@ def run_sidecar_scenario(a: argparse.Namespace, limit: float) -> dict[str, Any]:
                 "--iters", str(a.iters)]  # fmt: skip
         deadline = time.monotonic() + limit
         try:
-            for i, gpu_index in enumerate((0, 1, 0)):
-                pod = job.pod("worker", i, CUDA_VISIBLE_DEVICES="" if a.cpu else str(gpu_index))
-                pod.start_worker(argv, env={"BENCH_DIR": str(d)})
+            for i, gpu_index in enumerate(gpus):
+                visible = "" if a.cpu else gpu_index
+                if net is None:
+                    pod = job.pod("worker", i, CUDA_VISIBLE_DEVICES=visible)
+                    prefix: list[str] = []
+                else:
+                    pod = job.pod("worker", i, start=False, CUDA_VISIBLE_DEVICES=visible)
+                    start_in_netns(pod, net, i, c)
+                    prefix = net.prefix(i)
+                if dev_isolation and not a.cpu:
+                    prefix = [*prefix, *isolation_prefix(gpu_index)]
+                    pod.env["CUDA_VISIBLE_DEVICES"] = "0"  # the only GPU its /dev holds
+                pod.start_worker([*prefix, *argv], env={"BENCH_DIR": str(d)})
                 wait_file(d / f"joined_worker_{i}", max(1.0, deadline - time.monotonic()))
                 if i == 1:
                     wait_file(d / "phase1_done", max(1.0, deadline - time.monotonic()))
@@ -105,6 +132,30 @@ def run_sidecar_scenario(a: argparse.Namespace, limit: float) -> dict[str, Any]:
     return res
 
 
+def start_in_netns(pod: Any, net: NetnsPods, i: int, c: Any) -> None:
+    """Give a podkit pod its namespace's address and start its sidecar inside the namespace."""
+    pod.ip, pod.http_port = net.ip(i), c.SIDECAR_HTTP_PORT  # same port in every pod: own netns
+    pod.env[c.ENV_POD_IP] = pod.ip
+    pod.env[c.ENV_HTTP_ADDR] = f"{pod.ip}:{pod.http_port}"
+    pod.env["TP_SOCKET_IFNAME"] = "eth0"
+    with open(pod.sidecar_log, "ab") as log:
+        pod.sidecar = subprocess.Popen(
+            [*net.prefix(i), sys.executable, "-m", "rpcjob.sidecar.main"],
+            env=dict(os.environ, **pod.env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not pod._sidecar_up():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sidecar {pod.name} in {net.names[i]} did not come up")
+        time.sleep(0.05)
+
+
+def isolation_prefix(gpu: str) -> list[str]:
+    """Run a command with its own mount namespace and a /dev holding only GPU ``gpu``."""
+    return ["unshare", "--mount", "sh", "-c", ISOLATE, "isolate", gpu]
+
+
 # Like a Kubernetes pod on a multi-GPU node: own PID and mount namespace, and a /dev holding
 # only its own GPU's device node, so that CUDA *and NVML* see one GPU (the device plugin's
 # isolation), unlike CUDA_VISIBLE_DEVICES, which NVML ignores.
@@ -124,16 +175,65 @@ exec "$@"
 """
 
 
+# --- pods in their own network namespaces (as on a real node) ------------------------------
+TIME_SLICED = {
+    "nvidia.com/gpu.count": "1",
+    "nvidia.com/gpu.replicas": "2",
+    "nvidia.com/gpu.sharing-strategy": "time-slicing",
+}
+
+
+def netns_settings(a: argparse.Namespace) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(name, GPU per pod, /dev isolated) for the settings this machine can run."""
+    if a.cpu:
+        return [("netns_cpu", ("", "", ""), False)]
+    out: list[tuple[str, tuple[str, ...], bool]] = [("netns_timesliced", ("0", "0", "0"), False)]
+    if a.node_gpus >= 2:
+        out.append(("netns_own_gpu_dev", ("0", "1", "0"), True))  # device-plugin isolation
+        out.append(("netns_both_gpus_dev", ("0", "1", "0"), False))  # /dev holds both GPUs
+    return out
+
+
+def run_netns(a: argparse.Namespace) -> dict[str, Any]:
+    """Per setting: derived maps (real sidecars, etcd) and hand-set maps, same isolation."""
+    why = NetnsPods.available()
+    if why:
+        return {"netns": {"skipped": why}}
+    res: dict[str, Any] = {}
+    for name, gpus, dev in netns_settings(a):
+        labels = TIME_SLICED if name == "netns_timesliced" else None
+        with NetnsPods(3) as net:
+            g3 = (gpus[0], gpus[1], gpus[2])
+            res[name] = run_sidecar_scenario(
+                a, 300, gpus=g3, labels=labels, net=net, dev_isolation=dev
+            )
+            if a.cpu:
+                continue
+            hs = []
+            for r in range(2):
+                env = {"BENCH_RANK": str(r), "BENCH_VISIBLE": "own", "TP_SOCKET_IFNAME": "eth0",
+                       "BENCH_STORE_HOST": net.host_ip, "GLOO_SOCKET_IFNAME": "eth0",
+                       "CUDA_VISIBLE_DEVICES": gpus[r]}  # fmt: skip
+                prefix = net.prefix(r)
+                if dev:
+                    prefix = [*prefix, *isolation_prefix(gpus[r])]
+                    env["CUDA_VISIBLE_DEVICES"] = "0"
+                hs.append((f"w{r}", env, prefix))
+            res[f"{name}_handset"] = run_scenario("handset", hs, a, 150, host=net.host_ip)
+    return res
+
+
 # --- parent ---------------------------------------------------------------------------------
 def run_scenario(
     kind: str,
     workers: list[tuple[str, dict[str, str], list[str]]],
     a: argparse.Namespace,
     limit: float,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Start one process per worker, collect each one's JSON result from the store."""
     port = free_port()
-    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=WAIT, wait_for_workers=False)
+    server = dist.TCPStore(host, port, is_master=True, timeout=WAIT, wait_for_workers=False)
     procs = []
     for name, extra_env, prefix in workers:
         env = dict(
@@ -216,6 +316,12 @@ def main() -> None:
     ap.add_argument(
         "--crossnode", action="store_true", help="TensorPipe limited to TCP + cuda_basic"
     )
+    ap.add_argument(
+        "--netns",
+        action="store_true",
+        help="pods in their own network namespaces: time-sliced GPU 0, and with 2+ GPUs each pod"
+        " on its own GPU with /dev isolated or shared (needs root and ip)",
+    )
     ap.add_argument("--cpu", action="store_true", help="choreography smoke test without CUDA")
     ap.add_argument("--out", default="")
     ap.add_argument(
@@ -238,7 +344,7 @@ def main() -> None:
         worker_main(a)
         return
     ngpu = 0 if a.cpu else torch.cuda.device_count()
-    if not a.cpu and ngpu < 2:
+    if not a.cpu and ngpu < (1 if a.scenarios == "netns" else 2):
         print(json.dumps({"skipped": f"needs 2 CUDA GPUs, found {ngpu}"}))
         sys.exit(2)
     a.node_gpus = ngpu
@@ -302,6 +408,8 @@ def main() -> None:
             wenv = {"BENCH_WAIT_S": "40"}
             ij = [("worker_0", wenv, [*iso, "0"]), ("worker_1", wenv, [*iso, "1"])]
             res["isolated"] = run_scenario("pidns", ij, a, 60)
+    if a.netns or a.scenarios == "netns":
+        res.update(run_netns(a))
     summarize(res, a)
 
 
@@ -334,7 +442,8 @@ def summarize(res: dict[str, Any], a: argparse.Namespace) -> None:
     def ratio(x: float | None, y: float | None) -> float | None:
         return round(x / y, 4) if x and y else None
 
-    for scen in ("rpcjob", "sidecar"):
+    netns = [k for k in res if k.startswith("netns") and not k.endswith("_handset")]
+    for scen in ("rpcjob", "sidecar", *netns):
         checks = {
             f"{w}.{k}": v
             for w, r in res.get(scen, {}).items()
@@ -350,9 +459,25 @@ def summarize(res: dict[str, Any], a: argparse.Namespace) -> None:
                      ("cpu staging", cpu)):  # fmt: skip
         if v:
             print(f"{label:24s} {v:8.2f} GB/s   x{ratio(v, hs)} of handset")
+    iso: dict[str, Any] = {}
+    for k in netns:
+        nrj, nhs = g(k, "worker_0", "bw_maps", "gbps"), g(f"{k}_handset", "w0", "bw", "gbps")
+        ncpu = g(k, "worker_0", "bw_cpu_staging", "gbps")
+        iso[k] = {
+            "gbps_rpcjob": nrj,
+            "gbps_rpcjob_after_leave": g(k, "worker_0", "bw_maps_after_leave", "gbps"),
+            "gbps_handset": nhs,
+            "gbps_cpu_staging": ncpu,
+            "ratio_vs_handset": ratio(nrj, nhs),
+            "ratio_vs_cpu_staging": ratio(nrj, ncpu),
+            "error": res[k].get("error"),
+        }
+        print(f"{k:24s} rpcjob {nrj} GB/s, hand-set {nhs} GB/s (x{ratio(nrj, nhs)}), "
+              f"cpu staging {ncpu} GB/s")  # fmt: skip
     print(
         json.dumps(
             {
+                "isolated": iso,
                 "gbps_handset": hs,
                 "gbps_handset_runs": hs_runs,
                 "gbps_handset_all_visible": hs_all,

@@ -58,8 +58,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Where the parent's TCPStore is reached: 127.0.0.1, or the bridge address when each worker runs
+# in its own network namespace (bench/gpu_netns.py).
+STORE_HOST = os.environ.get("BENCH_STORE_HOST", "127.0.0.1")
+
+
 def client(port: int) -> dist.TCPStore:
-    return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=WAIT)
+    return dist.TCPStore(STORE_HOST, port, is_master=False, timeout=WAIT)
 
 
 def bandwidth(
@@ -118,7 +123,7 @@ def worker_handset(a: argparse.Namespace) -> dict[str, Any]:
     torch.cuda.set_device(mine)
     torch.cuda.init()
     opts = rpc.TensorPipeRpcBackendOptions(
-        init_method=f"tcp://127.0.0.1:{a.port}",
+        init_method=f"tcp://{STORE_HOST}:{a.port}",
         num_worker_threads=16,
         rpc_timeout=300,
         devices=[f"cuda:{mine}"],
