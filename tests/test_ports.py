@@ -94,3 +94,47 @@ def test_a_port_someone_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(ports, "port_range", lambda: range(port, port + 1))
         with pytest.raises(RuntimeError, match="every one is bound or claimed"):
             ports.reserve_port()
+
+
+def _bind_zero_then_close(tree: object) -> list[int]:
+    """Lines of ``with socket.socket() as s: s.bind((host, 0))``: a port read from a socket
+    that is closed right after (the race this module replaces)."""
+    import ast
+
+    assert isinstance(tree, ast.AST)
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.With):
+            continue
+        if not any("socket" in ast.unparse(item.context_expr) for item in node.items):
+            continue
+        for inner in ast.walk(node):
+            if (
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Attribute)
+                and inner.func.attr == "bind"
+                and inner.args
+                and isinstance(inner.args[0], ast.Tuple)
+                and len(inner.args[0].elts) == 2
+                and isinstance(inner.args[0].elts[1], ast.Constant)
+                and inner.args[0].elts[1].value == 0
+            ):
+                lines.append(inner.lineno)
+    return lines
+
+
+def test_no_port_is_picked_by_binding_port_0_and_closing() -> None:
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    found = {}
+    for root in ("tests", "e2e", "operator/rpcjob_operator/localexec"):
+        for path in (repo / root).rglob("*.py"):
+            lines = _bind_zero_then_close(ast.parse(path.read_text(), str(path)))
+            if lines:
+                found[str(path.relative_to(repo))] = lines
+    assert found == {}, (
+        f"ports picked by bind(0)-then-close (racy under parallel tests): {found}; use "
+        "rpcjob_operator.localexec.ports.reserve_port() or let the server bind port 0"
+    )
