@@ -197,6 +197,13 @@ BAD = [
         id="replicas-above-max",
     ),
     pytest.param(
+        with_role(job(), "worker", replicas=5000, maxReplicas=None),
+        "spec.roles.worker.replicas: Invalid value: \"object\": a role without maxReplicas has "
+        "at most 1000 replicas (a ceiling against a typo such as replicas: 5000): set "
+        "maxReplicas to the ceiling you mean",
+        id="replicas-ceiling-without-max",
+    ),
+    pytest.param(
         with_role(job(), "worker", replicas=-1),
         "spec.roles.worker.replicas: Invalid "
         "value: -1: spec.roles.worker.replicas in body should be greater than or equal "
@@ -230,6 +237,11 @@ BAD = [
         job(rpc={"deviceMaps": "maybe"}),
         'spec.rpc.deviceMaps: Unsupported value: "maybe"',
         id="device-maps",
+    ),
+    pytest.param(
+        job(rpc={"transport": "ibv"}),
+        'spec.rpc.transport: Unsupported value: "ibv"',
+        id="transport",
     ),
     pytest.param(
         job(etcd={"endpoints": ["etcd"]}),
@@ -281,6 +293,7 @@ def test_defaults_are_applied(crd: dict[str, Any]) -> None:
         "timeoutSeconds": 60,
         "numWorkerThreads": 16,
         "deviceMaps": "auto",
+        "transport": "tcp",
     }
     assert out["spec"]["runPolicy"] == {"backoffLimit": 6, "suspend": False}
     assert out["spec"]["successPolicy"]["operator"] == "All"

@@ -3,13 +3,16 @@ etcd unreachable (clear error). Real etcd, sidecars and torch workers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from podkit import Job
 from test_membership_kit import assert_consistent, start_pods, start_worker
 
+from rpcjob import contract
 from rpcjob.etcd import Client
+from rpcjob.worker.join import transport_options
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 
@@ -78,3 +81,63 @@ def test_etcd_restart_evicts_nobody_then_unreachable_is_clear(
     finally:
         job.close()
         client.close()
+
+
+def _thread_names(pid: int) -> set[str]:
+    names = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.add(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("transport", "spins"), [(None, False), ("tcp", False), ("shm", True)])
+def test_transport_decides_the_busy_polling_shm_reactor(
+    etcd_endpoint: str, tmp_path: Path, transport: str | None, spins: bool
+) -> None:
+    """spec.rpc.transport (env RPCJOB_RPC_TRANSPORT): TensorPipe's shm reactor thread, which
+    busy-polls a core per idle worker, runs only when asked for ("shm"); the default is TCP."""
+    env = {} if transport is None else {contract.ENV_RPC_TRANSPORT: transport}
+    job = Job(etcd_endpoint, tmp_path, env=env)
+    client = Client(etcd_endpoint)
+    try:
+        workers = start_pods(job, range(2))
+        assert workers[0].ping([workers[1].name]) == []
+        assert workers[1].ping([workers[0].name]) == []
+        for w in workers:
+            names = _thread_names(w.proc.p.pid)
+            assert ("TP_SHM_reactor" in names) == spins, sorted(names)
+            assert "TP_UV_loop" in names, sorted(names)  # TCP is always there
+    finally:
+        job.close()
+        client.close()
+
+
+def test_transport_options() -> None:
+    assert transport_options("shm", ["cuda:0"]) == {}  # TensorPipe's own defaults
+    assert transport_options("tcp", []) == {"_transports": ["uv"], "_channels": ["cma", "basic"]}
+    # where GPUs are mapped, CUDA tensors keep their channels (device maps unchanged)
+    assert transport_options("tcp", ["cuda:0"])["_channels"] == [
+        "cuda_ipc",
+        "cuda_basic",
+        "cma",
+        "basic",
+    ]
+    with pytest.raises(ValueError, match=r"RPCJOB_RPC_TRANSPORT='ibv': use tcp or shm"):
+        transport_options("ibv", [])
+
+
+@pytest.mark.slow
+def test_a_bad_transport_fails_the_worker_with_the_field_to_fix(
+    etcd_endpoint: str, tmp_path: Path
+) -> None:
+    job = Job(etcd_endpoint, tmp_path, env={contract.ENV_RPC_TRANSPORT: "fast"})
+    try:
+        pod = job.pod("worker", 0)
+        line = start_worker(pod).proc.expect("JOINFAIL", timeout=240)
+        assert "use tcp or shm" in line and "spec.rpc.transport" in line, line
+    finally:
+        job.close()

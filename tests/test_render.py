@@ -131,6 +131,7 @@ def test_env_contract_for_both_containers() -> None:
         assert env[contract.ENV_RPC_TIMEOUT] == "60"
         assert env[contract.ENV_RPC_THREADS] == "16"
         assert env[contract.ENV_DEVICE_MAPS] == "auto"
+        assert env[contract.ENV_RPC_TRANSPORT] == "tcp"  # the worker reads it (no idle spin)
         for var, path in [
             (contract.ENV_POD_NAME, "metadata.name"),
             (contract.ENV_NAMESPACE, "metadata.namespace"),

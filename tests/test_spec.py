@@ -47,7 +47,12 @@ def test_parse_full_spec() -> None:
             "tlsSecretRef": {"name": "t"},
             "authSecretRef": {"name": "a"},
         },
-        rpc={"timeoutSeconds": 12.5, "numWorkerThreads": 4, "deviceMaps": "off"},
+        rpc={
+            "timeoutSeconds": 12.5,
+            "numWorkerThreads": 4,
+            "deviceMaps": "off",
+            "transport": "shm",
+        },
         successPolicy={"role": "ps", "operator": "Any"},
         runPolicy={
             "backoffLimit": 2,
@@ -72,6 +77,7 @@ def test_parse_full_spec() -> None:
     assert j.slots() == {"ps": 1, "worker": 8}
     assert (j.etcd.endpoints, j.etcd.tls_secret, j.etcd.auth_secret) == (("e:2379",), "t", "a")
     assert (j.rpc.timeout_seconds, j.rpc.num_worker_threads, j.rpc.device_maps) == (12.5, 4, "off")
+    assert j.rpc.transport == "shm"
     assert (j.success_policy.role, j.success_policy.operator) == ("ps", "Any")
     rp = j.run_policy
     assert (
@@ -98,6 +104,7 @@ def test_defaults() -> None:
         contract.DEFAULT_RPC_THREADS,
         "auto",
     )
+    assert j.rpc.transport == "tcp"  # no busy-polling shm reactor unless asked for
     assert j.success_policy.role is None and j.run_policy.backoff_limit == 6
     assert not j.run_policy.suspend
 
@@ -293,6 +300,9 @@ INVALID = [
     ),
     pytest.param(
         job(rpc={"deviceMaps": "on"}), "spec.rpc.deviceMaps: use auto or off", id="device-maps"
+    ),
+    pytest.param(
+        job(rpc={"transport": "ibv"}), "spec.rpc.transport: use tcp or shm", id="transport"
     ),
     pytest.param(
         job(etcd={"endpoints": "e:2379"}),

@@ -52,6 +52,7 @@ class RpcSpec:
     timeout_seconds: float = contract.DEFAULT_RPC_TIMEOUT
     num_worker_threads: int = contract.DEFAULT_RPC_THREADS
     device_maps: str = "auto"  # auto | off
+    transport: str = contract.DEFAULT_RPC_TRANSPORT  # tcp | shm
 
 
 @dataclass(frozen=True)
@@ -237,9 +238,12 @@ def _parse_policies(
         timeout_seconds=float(rpc_raw.get("timeoutSeconds", contract.DEFAULT_RPC_TIMEOUT)),
         num_worker_threads=int(rpc_raw.get("numWorkerThreads", contract.DEFAULT_RPC_THREADS)),
         device_maps=str(rpc_raw.get("deviceMaps", "auto")),
+        transport=str(rpc_raw.get("transport", contract.DEFAULT_RPC_TRANSPORT)),
     )
     if rpc.device_maps not in ("auto", "off"):
         errs.append(FieldError("spec.rpc.deviceMaps", f"use auto or off, got {rpc.device_maps!r}"))
+    if rpc.transport not in contract.RPC_TRANSPORTS:
+        errs.append(FieldError("spec.rpc.transport", f"use tcp or shm, got {rpc.transport!r}"))
     sp_raw = spec.get("successPolicy") or {}
     sp = SuccessPolicy(role=sp_raw.get("role"), operator=str(sp_raw.get("operator", "All")))
     if sp.operator not in ("All", "Any"):

@@ -83,9 +83,9 @@ ENV_ROLE_GPUS = "RPCJOB_ROLE_GPUS"
 ENV_RPC_TIMEOUT = "RPCJOB_RPC_TIMEOUT"  # seconds
 ENV_RPC_THREADS = "RPCJOB_RPC_THREADS"
 ENV_DEVICE_MAPS = "RPCJOB_DEVICE_MAPS"  # auto | off
-# TensorPipe transports (spec.rpc.transport, docs/operator.md): "tcp" = TCP only (libuv), no
-# busy-polling reactor (TensorPipe's shm transport spins a core per idle worker and cannot
-# connect two pods anyway); "shm" = TensorPipe's defaults (shm + uv + ibv, all channels).
+# TensorPipe transports (spec.rpc.transport, docs/benchmarks.md#idle-workers): "tcp" = TCP
+# only (libuv), no busy-polling reactor (TensorPipe's shm transport spins a core per idle
+# worker and cannot connect two pods anyway); "shm" = TensorPipe's defaults (all of them).
 ENV_RPC_TRANSPORT = "RPCJOB_RPC_TRANSPORT"
 RPC_TRANSPORTS = ("tcp", "shm")
 DEFAULT_RPC_TRANSPORT = "tcp"

@@ -61,6 +61,7 @@ def slot_env(job: RpcJob, slot: Slot, defaults: OperatorDefaults) -> list[dict[s
         {"name": contract.ENV_RPC_TIMEOUT, "value": f"{job.rpc.timeout_seconds:g}"},
         {"name": contract.ENV_RPC_THREADS, "value": str(job.rpc.num_worker_threads)},
         {"name": contract.ENV_DEVICE_MAPS, "value": job.rpc.device_maps},
+        {"name": contract.ENV_RPC_TRANSPORT, "value": job.rpc.transport},
     ]
     if tls:
         d = names.ETCD_TLS_DIR

@@ -84,7 +84,8 @@ def init_rpc(
     """Join the job's RPC group; returns the sidecar's Identity (``.worker_name``, ``.rank``).
 
     ``timeout`` bounds each Hello to the sidecar (default 60 s: it may still be starting).
-    ``rpc_options_overrides`` go to ``TensorPipeRpcBackendOptions`` (e.g. ``_transports``).
+    ``rpc_options_overrides`` go to ``TensorPipeRpcBackendOptions`` (e.g. ``_transports``) and
+    win over ``spec.rpc.transport`` (env ``RPCJOB_RPC_TRANSPORT``).
     """
     from rpcjob.devices import agent as dagent
     from rpcjob.worker import join as J
@@ -96,6 +97,9 @@ def init_rpc(
         client = SidecarClient(socket)
         _w.client = client
         hook = os.environ.get(contract.ENV_TEST_HOOK, "")
+        # the pod's env (spec.rpc.transport), not the Identity: the sidecar does not need it
+        transport = os.environ.get(contract.ENV_RPC_TRANSPORT, "") or contract.DEFAULT_RPC_TRANSPORT
+        J.transport_options(transport, ())  # a bad value fails here, before any Hello
         errors: list[str] = []
         for attempt in range(max(1, join_attempts)):
             t_hello = time.monotonic()
@@ -118,6 +122,7 @@ def init_rpc(
                 num_worker_threads=identity.num_worker_threads or contract.DEFAULT_RPC_THREADS,
                 devices=list(identity.devices),
                 device_maps={k: dict(v.map) for k, v in identity.device_maps.items()},
+                transport=transport,
                 overrides=rpc_options_overrides,
             )
             t_join = time.monotonic()

@@ -37,11 +37,36 @@ class JoinSpec:
     devices: Sequence[str] = ()
     # worker name -> {"cuda:0": "cuda:1"}; maps to my own name are dropped
     device_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    transport: str = "tcp"  # spec.rpc.transport: tcp | shm
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # win over everything above
+
+
+# TensorPipe's channels per transport setting. "tcp" leaves out the shm transport (its reactor
+# thread busy-polls a core per idle worker and cannot connect two pods: its domain descriptor
+# holds the network namespace) and ibv; cma (one host, same PID namespace: `rpcjob run`) and the
+# CUDA channels sleep when idle. "shm" keeps TensorPipe's defaults (no _transports/_channels).
+_CPU_CHANNELS = ["cma", "basic"]
+_CUDA_CHANNELS = ["cuda_ipc", "cuda_basic"]
+
+
+def transport_options(transport: str, devices: Sequence[str]) -> dict[str, Any]:
+    """``TensorPipeRpcBackendOptions`` keyword arguments for ``spec.rpc.transport``."""
+    from rpcjob import contract
+
+    if transport not in contract.RPC_TRANSPORTS:
+        raise ValueError(
+            f"{contract.ENV_RPC_TRANSPORT}={transport!r}: use tcp or shm "
+            "(set spec.rpc.transport in the RpcJob)"
+        )
+    if transport == "shm":
+        return {}
+    channels = (_CUDA_CHANNELS if devices else []) + _CPU_CHANNELS
+    return {"_transports": ["uv"], "_channels": channels}
 
 
 def build_options(spec: JoinSpec) -> Any:
-    """TensorPipe options with maps pre-declared for every slot the job can have.
+    """TensorPipe options with maps pre-declared for every slot the job can have, and the
+    transports of ``spec.rpc.transport`` (docs/benchmarks.md#idle-workers).
 
     Why every slot: docs/architecture.md#device-maps.
     """
@@ -51,6 +76,7 @@ def build_options(spec: JoinSpec) -> Any:
         "num_worker_threads": spec.num_worker_threads,
         "rpc_timeout": spec.rpc_timeout,
         "init_method": f"{SCHEME}://{spec.name}",
+        **transport_options(spec.transport, spec.devices),
     }
     if spec.devices:
         kwargs["devices"] = list(spec.devices)
