@@ -24,6 +24,7 @@ from .cleanup import Identity, name_is_clean
 from .config import SidecarConfig
 from .http import Metrics
 from .incarnation import Event, HelloError, Incarnation, IncarnationMixin, Report, pb
+from .leases import FIRST_RETRY_S, LeaseKeeper
 from .members import MembershipView
 from .ranks import allocate_once
 
@@ -49,10 +50,10 @@ class Sidecar(IncarnationMixin):
         self.closed = threading.Event()  # drained and leases given up: background loops end
         self.failed = threading.Event()  # the membership watch ended: main exits 1
         self.lease: Lease | None = None
+        self.lease_keeper: LeaseKeeper | None = None
         self.cleaner = Cleaner(
             client, self.keys, max(3.0 * cfg.lease_ttl, 10.0), on_evicted=self._on_evicted
         )
-        self.last_etcd_ok = 0.0
 
     # --- start / stop -------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,20 +77,27 @@ class Sidecar(IncarnationMixin):
                           callback=self._on_batch, on_error=self._on_watch_error)  # fmt: skip
         self.client.watch(self.keys.store + tk.RPC_PREFIX, prefix=True, start_revision=start,
                           callback=self._on_store_batch, on_error=self._on_watch_error)  # fmt: skip
-        self.last_etcd_ok = time.monotonic()
         threading.Thread(target=self._cleaner_loop, daemon=True, name="rpcjob-cleaner").start()
 
     def _grant_sidecar_lease(self) -> None:
         self.lease = self.client.lease_grant(self.cfg.lease_ttl)
-        self.client.keepalive(self.lease, on_lost=self._sidecar_lease_lost)
+        self.lease_keeper = LeaseKeeper(self.client, self.lease, self._sidecar_lease_gone,
+                                        "sidecar")  # fmt: skip
 
-    def _sidecar_lease_lost(self, err: BaseException | None) -> None:
-        log.warning("sidecar lease lost (%s): re-granting", err or "expired")
-        if not self.closed.is_set():
+    def _sidecar_lease_gone(self) -> None:
+        # Only when etcd said the lease is gone (LeaseKeeper rides through outages): a new
+        # one carries the cleaner election from now on.
+        log.warning("the sidecar lease %x expired: granting a new one",
+                    self.lease.id if self.lease else 0)  # fmt: skip
+        delay = FIRST_RETRY_S
+        while not self.closed.is_set():
             try:
                 self._grant_sidecar_lease()
+                return
             except EtcdError as e:
-                log.error("cannot re-grant the sidecar lease: %s", e)
+                log.warning("cannot grant a new sidecar lease yet (%s): retrying", e)
+                self.closed.wait(delay)  # backoff between attempts, not synchronisation
+                delay = min(delay * 2, max(self.cfg.lease_ttl / 3, FIRST_RETRY_S))
 
     def drain(self, grace: float) -> None:
         """SIGTERM: tell the worker to drain, wait for its graceful leave, then give up leases."""
@@ -103,6 +111,8 @@ class Sidecar(IncarnationMixin):
         if inc is not None:
             self.end_incarnation(inc, "sidecar stopping")
         self.closed.set()
+        if self.lease_keeper is not None:
+            self.lease_keeper.stop()
         if self.lease is not None:
             try:
                 self.client.lease_revoke(self.lease.id)
@@ -116,13 +126,11 @@ class Sidecar(IncarnationMixin):
         self.failed.set()
 
     def _on_store_batch(self, batch: list[WatchEvent]) -> None:
-        self.last_etcd_ok = time.monotonic()
         with self.cond:
             self.cond.notify_all()
         self.wake.set()
 
     def _on_batch(self, batch: list[WatchEvent]) -> None:
-        self.last_etcd_ok = time.monotonic()
         acks: list[Identity] = []
         with self.lock:
             for wev in self.view.apply(batch):
@@ -212,7 +220,6 @@ class Sidecar(IncarnationMixin):
                 for _ in range(50):
                     if not self._is_leader() or not self.cleaner.step():
                         break
-                self.last_etcd_ok = time.monotonic()
             except EtcdError as e:
                 log.warning("cleaner step failed (retrying): %s", e)
 
@@ -241,7 +248,8 @@ class Sidecar(IncarnationMixin):
             except BaseException:
                 self.client.lease_revoke(lease.id)
                 raise
-            ka = self.client.keepalive(lease, on_lost=lambda e: self._incarnation_lost(lease, e))
+            ka = LeaseKeeper(self.client, lease, lambda: self._incarnation_lost(lease),
+                             "incarnation")  # fmt: skip
             inc = Incarnation(lease, ka, rank, rev, self._plan())
             with self.lock:
                 self.inc = inc
@@ -294,15 +302,16 @@ class Sidecar(IncarnationMixin):
 
     # --- probes -------------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
+        """Liveness. An unreachable etcd is not a reason to restart the sidecar: that cannot
+        bring etcd back, and it would end a healthy worker whose lease etcd still keeps. It
+        answers at once, without an etcd round trip (a probe has a 1 s timeout, and a busy
+        machine must not turn a slow etcd call into a restart)."""
         if self.failed.is_set():
             return False, "the membership watch ended"
-        if time.monotonic() - self.last_etcd_ok < self.cfg.lease_ttl:
-            return True, "ok"
-        try:
-            self.client.status(timeout=2.0)
-        except EtcdError as e:
-            return False, f"etcd unreachable: {e}"
-        self.last_etcd_ok = time.monotonic()
+        since = self.lease_keeper.unreachable_since if self.lease_keeper else None
+        if since is not None:
+            return True, (f"ok; etcd unreachable for {time.monotonic() - since:.0f}s "
+                          "(retrying; the worker stays joined)")  # fmt: skip
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 from rpcjob import contract as c
 from rpcjob import devices as dv
 from rpcjob import torchkeys as tk
-from rpcjob.etcd import Client, Compare, EtcdError, KeepAlive, Lease, Op
+from rpcjob.etcd import Client, Compare, EtcdError, Lease, Op
 
 from ._pb import sidecar_pb2 as _pb2
 from .cleanup import Identity, torch_key
 from .config import SidecarConfig
 from .http import Metrics
+from .leases import FIRST_RETRY_S, LeaseKeeper
 from .members import MemberRecord, MembershipView
 
 log = logging.getLogger("rpcjob.sidecar")
@@ -40,7 +41,7 @@ class HelloError(RuntimeError):
 @dataclass
 class Incarnation:
     lease: Lease
-    keepalive: KeepAlive
+    keepalive: LeaseKeeper
     rank: int
     revision: int
     plan: dv.DevicePlan
@@ -138,6 +139,7 @@ class IncarnationMixin:
                            self.cfg.pod_ip, tuple(inc.plan.devices), inc.revision,
                            clique=self.node.clique)  # fmt: skip
         res = self._retry(
+            inc,
             "publish the member record",
             lambda: self.client.txn(
                 [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
@@ -155,6 +157,7 @@ class IncarnationMixin:
         deletion at the same revision (a LEFT, not a crash)."""
         names_key = torch_key(self.keys, tk.name_key(inc.rank))
         res = self._retry(
+            inc,
             "record the graceful leave",
             lambda: self.client.txn(
                 [Compare.lease(self.keys.rank(inc.rank), "=", inc.lease.id)],
@@ -171,30 +174,40 @@ class IncarnationMixin:
         )  # fmt: skip
         # (not succeeded: the lease was lost meanwhile, or a retried txn had applied already)
         self._retry(
-            "delete the left marker", lambda: self.client.delete(self.keys.left_marker(self.me))
+            None,
+            "delete the left marker",
+            lambda: self.client.delete(self.keys.left_marker(self.me)),
         )
         log.info("%s left gracefully", self.me)
         self.end_incarnation(inc, "left" if res is not None else "left (etcd unreachable)")
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T | None:
-        """Ride through a short etcd outage (up to one lease TTL); None when it lasted longer."""
+    def _retry(self, inc: Incarnation | None, what: str, call: Callable[[], T]) -> T | None:
+        """Ride through an etcd outage: retry while the incarnation lives (its LeaseKeeper
+        ends it only when etcd says the lease is gone); None once it ended. Without an
+        incarnation, give up after one lease TTL."""
         deadline = time.monotonic() + self.cfg.lease_ttl
+        delay = FIRST_RETRY_S
         while True:
             try:
                 return call()
             except EtcdError as e:
-                if time.monotonic() > deadline:
+                over = inc.ended.is_set() if inc is not None else time.monotonic() > deadline
+                if over:
                     log.error("could not %s: %s", what, e)
                     return None
                 log.warning("could not %s yet (%s): retrying", what, e)
-                time.sleep(0.2)  # backoff between attempts, not synchronisation
+                if inc is not None:
+                    inc.ended.wait(delay)  # backoff between attempts, not synchronisation
+                else:
+                    time.sleep(delay)
+                delay = min(delay * 2, max(self.cfg.lease_ttl / 3, FIRST_RETRY_S))
 
-    def _incarnation_lost(self, lease: Lease, err: BaseException | None) -> None:
+    def _incarnation_lost(self, lease: Lease) -> None:
         inc = self.inc
         if inc is None or inc.lease.id != lease.id:
             return
-        log.error("the lease of incarnation %d was lost (%s): the group has evicted it",
-                  inc.revision, err or "expired")  # fmt: skip
+        log.error("the lease of incarnation %d expired: the group has evicted it",
+                  inc.revision)  # fmt: skip
         self.end_incarnation(inc, "lease lost", revoke=False)
 
     def end_if_no_session(self, inc: Incarnation) -> None:
