@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from plan_kit import (
     NOW,
+    T0,
     J,
     cond,
     creates,
@@ -55,7 +56,8 @@ def test_fresh_job_creates_every_slot_and_the_networking() -> None:
     assert st["state"] == "Pending" and st["startTime"] == "2026-01-01T12:00:00Z"
     assert st["observedGeneration"] == 1 and st["ready"] == "0/2" and st["replicas"] == 0
     assert st["selector"] == "rpcjob.dev/job-name=demo,rpcjob.dev/role=worker"
-    assert cond(p, "Created")["status"] == "True"
+    created = cond(p, "Created")  # asked for, not yet seen
+    assert (created["status"], created["message"]) == ("False", "0 of 3 pods created")
     running_c = cond(p, "Running")
     assert running_c["status"] == "False" and running_c["reason"] == "Forming"
     assert "worker 0/2 joined (min 1)" in running_c["message"]
@@ -307,3 +309,24 @@ def test_member_view_from_record() -> None:
     m = MemberView.from_record("worker_2", {"rank": 7, "pod": "p", "node": "n", "gpus": [0, 1]})
     assert (m.role, m.rank, m.devices) == ("worker", 7, ("cuda:0", "cuda:1"))
     assert MemberView.from_record("bad-name", {}).role == ""
+
+
+CREATED = [
+    # replicas, pods seen, previous Created status, expected (status, reason, message)
+    pytest.param(5000, 20, None, ("False", "CreatingPods", "20 of 5000 pods created"), id="some"),
+    pytest.param(3, 3, None, ("True", "PodsCreated", "all 3 pods created"), id="all"),
+    pytest.param(3, 2, "True", ("True", "PodsCreated", "2 of 3 pods exist"), id="replacing"),
+]
+
+
+@pytest.mark.parametrize(("replicas", "seen", "before", "want"), CREATED)
+def test_created_condition_counts_the_pods(
+    replicas: int, seen: int, before: str | None, want: tuple[str, str, str]
+) -> None:
+    st = status({"worker": list(range(replicas))})
+    if before is not None:
+        st["conditions"] = [{"type": "Created", "status": before, "reason": "PodsCreated",
+                             "message": "-", "lastTransitionTime": T0}]  # fmt: skip
+    job = J(worker=replicas, wmax=max(replicas, 8))
+    c = cond(run(job, running(*range(seen)), None, st), "Created")
+    assert (c["status"], c["reason"], c["message"]) == want

@@ -7,7 +7,6 @@ from typing import Any
 from rpcjob import contract
 from rpcjob_operator import conditions as cond
 from rpcjob_operator.cycle import Cycle
-from rpcjob_operator.model import CreatePod
 from rpcjob_operator.plan_finish import clean_exit, leaving
 from rpcjob_operator.spec import SCALE_ROLE
 
@@ -102,11 +101,26 @@ def clear_invalid(c: Cycle) -> None:
         c.event("Normal", "SpecValid", "the spec is valid again; reconciling")
 
 
+def created_condition(c: Cycle) -> None:
+    """Created: True once every slot has its pod, and the message counts them (pods this
+    cycle only asks for are not counted: a quota or a slow API server may refuse them)."""
+    want = sum(len(c.active[r]) for r in c.job.roles)
+    have = sum(1 for r in c.job.roles for i in c.active[r] if i in c.role_pods(r))
+    if want == 0:
+        return
+    if have >= want:
+        set_cond(c, cond.CREATED, True, "PodsCreated", f"all {want} pods created")
+    elif cond.is_true(c.status["conditions"], cond.CREATED):
+        # Created once; now a slot awaits a replacement or a scale-up adds some.
+        set_cond(c, cond.CREATED, True, "PodsCreated", f"{have} of {want} pods exist")
+    else:
+        set_cond(c, cond.CREATED, False, "CreatingPods", f"{have} of {want} pods created")
+
+
 def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
     """Created / Running / Degraded and the state of a job that is neither done nor suspended."""
     conds = c.status["conditions"]
-    if c.obs.pods or any(isinstance(a, CreatePod) for a in c.actions):
-        set_cond(c, cond.CREATED, True, "PodsCreated", "the job's pods were created")
+    created_condition(c)
     formed, detail = group_formed(c, joined)
     was_running = cond.is_true(conds, cond.RUNNING)
     if formed or was_running:
