@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 from e2e.cluster import netns
 from e2e.cluster.kubelet_logs import ContainerLogs, LogQuery, LogQueryError, select, stamp
 from e2e.cluster.kubelet_node import node_object, pod_gpus
-from e2e.cluster.kubelet_volumes import VolumeNotReady, volume_files
+from e2e.cluster.kubelet_pod import local_argv
+from e2e.cluster.kubelet_volumes import VolumeNotReady, volume_dir, volume_files
 from e2e.cluster.mounts import Mount, MountPlanError, plan_mounts, start_script, wrap_argv
 from rpcjob_operator.localexec.containers import PodInfo
 
@@ -139,6 +141,7 @@ class Objects:
     def __init__(self, secrets: Mapping[str, Mapping[str, bytes]], cms: Any = None) -> None:
         self.secrets, self.cms = secrets, cms or {}
         self.tokens: list[tuple[str | None, int]] = []
+        self.claims: dict[str, str] = {}
 
     def secret(self, name: str) -> Mapping[str, bytes] | None:
         return self.secrets.get(name)
@@ -149,6 +152,9 @@ class Objects:
     def token(self, audience: str | None, expiration: int) -> str:
         self.tokens.append((audience, expiration))
         return "tok"
+
+    def claim_path(self, claim: str) -> str | None:
+        return self.claims.get(claim)
 
 
 ITEM_CA = {"key": "ca.crt", "path": "ca.crt"}
@@ -197,6 +203,31 @@ def test_missing_objects_wait_unless_optional() -> None:
     optional = {"name": "v", "secret": {"secretName": "gone", "optional": True}}
     assert volume_files(optional, POD, SPEC, src) == []
     assert volume_files({"name": "v", "emptyDir": {}}, POD, SPEC, src) == []
+
+
+def test_volume_dirs_of_claims_host_paths_and_the_pods_own(tmp_path: Path) -> None:
+    src = Objects({})
+    src.claims["data-etcd-0"] = str(tmp_path / "pv" / "etcd-0")
+    claim = {"name": "data", "persistentVolumeClaim": {"claimName": "data-etcd-0"}}
+    assert volume_dir(claim, "/pod/volumes", src) == str(tmp_path / "pv" / "etcd-0")
+    assert (tmp_path / "pv" / "etcd-0").is_dir()
+    unbound = {"name": "d", "persistentVolumeClaim": {"claimName": "data-etcd-1"}}
+    with pytest.raises(VolumeNotReady, match="'data-etcd-1' is not bound to a volume"):
+        volume_dir(unbound, "/pod/volumes", src)
+    assert volume_dir({"name": "e", "emptyDir": {}}, "/pod/volumes", src) == "/pod/volumes/e"
+
+
+def test_an_image_program_at_an_absolute_path_runs_the_hosts_program() -> None:
+    env = {"PATH": os.environ["PATH"]}
+    assert local_argv(["/usr/local/bin/no-such-dir/sh", "-c", "x"], env) == [
+        shutil.which("sh"),
+        "-c",
+        "x",
+    ]
+    assert local_argv(["/bin/sh"], env) == ["/bin/sh"]
+    assert local_argv(["/opt/none/not-a-program-anywhere"], env) == [
+        "/opt/none/not-a-program-anywhere"
+    ]
 
 
 # --- node -----------------------------------------------------------------------------------

@@ -107,6 +107,9 @@ class Objects:
     def token(self, audience: str | None, expiration: int) -> str:
         return "projected-token"
 
+    def claim_path(self, claim: str) -> str | None:
+        return None
+
 
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 SOCK = "/var/run/rpcjob-kubelet-test"

@@ -176,6 +176,15 @@ class PodSource:
     def token(self, audience: str | None, expiration: int) -> str:
         return self.api.token(self.pod, audience, expiration)
 
+    def claim_path(self, claim: str) -> str | None:
+        pvc = self.api.get(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim}")
+        name = ((pvc or {}).get("spec") or {}).get("volumeName")
+        if not name:
+            return None
+        spec = (self.api.get(f"/api/v1/persistentvolumes/{name}") or {}).get("spec") or {}
+        path = (spec.get("hostPath") or spec.get("local") or {}).get("path")
+        return str(path) if path else None
+
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

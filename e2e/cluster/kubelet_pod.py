@@ -5,6 +5,7 @@ namespace, one mount namespace per container, and timestamped logs per incarnati
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +20,16 @@ from .kubelet_volumes import Source, VolumeNotReady, volume_dir, volume_files, w
 from .mounts import HostMountpoints, hosts_file, plan_mounts, start_script, wrap_argv
 
 VOLUME_RETRY = 1.0  # seconds between tries of a volume whose object is missing (FailedMount)
+
+
+def local_argv(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """An image's program at an absolute path (``/usr/local/bin/etcd``) that this host lacks
+    runs as the program of that name on PATH: images map to the host's programs."""
+    if argv and os.path.isabs(argv[0]) and not os.path.exists(argv[0]):
+        found = shutil.which(os.path.basename(argv[0]), path=env.get("PATH"))
+        if found:
+            return [found, *argv[1:]]
+    return argv
 
 
 @dataclass
@@ -82,8 +93,8 @@ class ClusterPodRunner(PodRunner):
         pending = list(self.pod["spec"].get("volumes") or [])
         while pending and self.stop_grace is None:
             vol = pending[0]
-            path = volume_dir(vol, root)
             try:
+                path = volume_dir(vol, root, self.source)
                 write_files(path, volume_files(vol, info, self.pod["spec"], self.source))
             except VolumeNotReady as exc:
                 self.message = f"MountVolume.SetUp failed for volume {vol['name']!r}: {exc}"
@@ -124,5 +135,5 @@ class ClusterPodRunner(PodRunner):
                     str(wd) if wd else spec.cwd,
                 )
             )
-        argv = wrap_argv(self.sandbox.netns_path, script, spec.argv)
+        argv = wrap_argv(self.sandbox.netns_path, script, local_argv(spec.argv, spec.env))
         return NsContainer(slot.name, spec, argv, self.logs)

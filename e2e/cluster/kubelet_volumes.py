@@ -5,6 +5,7 @@ and service-account tokens, fetched by the kubelet through the API server with t
 credentials), it returns the files to write. Supported: emptyDir, hostPath, secret, configMap,
 downwardAPI, and projected (serviceAccountToken, secret, configMap, downwardAPI), which is how
 the ServiceAccount admission plugin adds ``kube-api-access-*`` (token, ca.crt, namespace).
+A persistentVolumeClaim mounts its bound PV's hostPath/local path.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class Source(Protocol):
     def configmap(self, name: str) -> Mapping[str, bytes] | None: ...
 
     def token(self, audience: str | None, expiration: int) -> str: ...
+
+    def claim_path(self, claim: str) -> str | None:
+        """The host directory of a bound PersistentVolumeClaim's volume (hostPath or local
+        PV), None while the claim is unbound."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,16 @@ def volume_files(
     return []
 
 
-def volume_dir(vol: Mapping[str, Any], volumes_root: str) -> str:
-    """The host directory behind a volume (hostPath: the path itself, created if asked)."""
+def volume_dir(vol: Mapping[str, Any], volumes_root: str, source: Source) -> str:
+    """The host directory behind a volume: hostPath's path (created if asked), a claim's
+    persistent volume, else a directory of the pod's own."""
+    if "persistentVolumeClaim" in vol:
+        claim = str(vol["persistentVolumeClaim"]["claimName"])
+        path = source.claim_path(claim)
+        if path is None:
+            raise VolumeNotReady(f"persistentVolumeClaim {claim!r} is not bound to a volume")
+        os.makedirs(path, exist_ok=True)
+        return path
     if "hostPath" in vol:
         hp = vol["hostPath"]
         if hp.get("type") == "DirectoryOrCreate":
