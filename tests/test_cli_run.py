@@ -21,7 +21,7 @@ AL = "examples/actor_learner/rpcjob.yaml"
 
 
 def _result(run: LocalRun) -> dict[str, object]:
-    return run.wait_event(lambda e: e.get("type") == "result", 5, "the result line")
+    return run.wait_event(lambda e: e.get("type") == "result", 30, "the result line")
 
 
 @pytest.mark.parametrize(
