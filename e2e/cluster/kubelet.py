@@ -20,10 +20,11 @@ Images map to local command environments (to be listed in docs/testing.md): a co
 this machine's programs, never an image filesystem. ``command`` runs as given (``python``/
 ``python3`` is this interpreter); without ``command`` the image's entrypoint comes from
 ``IMAGE_ENTRYPOINTS`` (``rpcjob-sidecar`` -> ``rpcjob-sidecar``, ``rpcjob-operator`` ->
-``rpcjob-operator``, ``etcd`` -> ``etcd``; matched on the name without registry and tag); its
-WORKDIR from ``image_workdirs`` (each example image ``example-<folder>`` -> that folder under
-examples/), else the repository root. Processes run as root; securityContext is admitted by
-PodSecurity but not applied.
+``rpcjob-operator``, ``etcd`` -> ``etcd``; matched on the name without registry and tag), and
+a program at an absolute path this host lacks (``/usr/local/bin/etcd``) is the program of that
+name on PATH; its WORKDIR from ``image_workdirs`` (each example image ``example-<folder>`` ->
+that folder under examples/), else the repository root. Processes run as root; securityContext
+is admitted by PodSecurity but not applied.
 """
 
 from __future__ import annotations
@@ -205,10 +206,11 @@ class ProcessKubelet:
             time.sleep(0.2)  # the node-ipam controller's write; polled with a deadline
 
     def _renew_lease(self) -> None:
+        """Merge-patch renewTime (a Lease update needs a resourceVersion; a patch does not)."""
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
         body = lease_object(self.name)
         try:
-            self.api.call("PUT", path, body)
+            self.api.call("PATCH", path, {"spec": body["spec"]}, "application/merge-patch+json")
         except ApiException as exc:
             if exc.status != 404:
                 raise
