@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rpcjob import contract as c
-from rpcjob_operator.localexec import ports
+from rpcjob_operator.localexec import lifeline, ports
 
 HERE = Path(__file__).resolve().parent
 FAKE_WORKER = HERE / "fake_worker.py"
@@ -149,10 +149,13 @@ class Pod:
 
     def start_sidecar(self, wait: bool = True) -> subprocess.Popen[bytes]:
         env = dict(os.environ, **self.env)
+        # Through the lifeline launcher: a test worker killed by a timeout leaves no pod behind
+        # to load the machine for the tests after it.
+        argv, fds = lifeline.wrap([sys.executable, "-m", "rpcjob.sidecar.main"])
         with open(self.sidecar_log, "ab") as log:
             self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "rpcjob.sidecar.main"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=fds,
             )  # fmt: skip
         if wait:
             wait_for(lambda: self._sidecar_up(), 60, f"sidecar {self.name} to listen")
@@ -196,7 +199,8 @@ class Pod:
         log = open(self.dir / f"worker-{self._n}.log", "ab")  # noqa: SIM115 (owned by Popen)
         popen.setdefault("stdout", log)
         popen.setdefault("stderr", log)
-        p = subprocess.Popen(list(argv), env=full, start_new_session=True, **popen)
+        cmd, fds = lifeline.wrap(list(argv))
+        p = subprocess.Popen(cmd, env=full, start_new_session=True, pass_fds=fds, **popen)
         self.workers.append(p)
         return p
 
