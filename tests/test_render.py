@@ -188,47 +188,61 @@ def test_default_etcd_secrets_apply_without_spec_etcd() -> None:
     assert env[contract.ENV_ETCD_PASSWORD]["secretKeyRef"]["name"] == "chart-auth"
 
 
-def test_security_is_merged_not_clobbered() -> None:
-    job = make_job(
-        roles={
-            "worker": {
-                "replicas": 1,
-                "template": {
-                    "spec": {
-                        "securityContext": {
-                            "runAsUser": 1000,
-                            "seccompProfile": {"type": "Localhost", "localhostProfile": "p"},
-                        },
-                        "containers": [
-                            {
-                                "name": "worker",
-                                "image": "i",
-                                "command": ["x"],
-                                "securityContext": {
-                                    "capabilities": {"add": ["SYS_PTRACE"], "drop": ["NET_RAW"]}
-                                },
-                            }
-                        ],
-                    }
-                },
-            }
-        }
-    )
+RD = {"type": "RuntimeDefault"}
+DROP_ALL = {"drop": ["ALL"]}
+RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": DROP_ALL}
+LOCALHOST = {"type": "Localhost", "localhostProfile": "p"}
+SECURITY = [
+    # the template's pod / worker securityContext -> the rendered ones
+    pytest.param(None, None, {"runAsNonRoot": True, "seccompProfile": RD}, RESTRICTED,
+                 id="nothing-set-restricted"),
+    pytest.param({"runAsUser": 0}, None, {"runAsUser": 0, "seccompProfile": RD}, RESTRICTED,
+                 id="root-image-pod-level"),
+    pytest.param(None, {"runAsUser": 0}, {"seccompProfile": RD},
+                 {"runAsUser": 0, **RESTRICTED}, id="root-image-container-level"),
+    pytest.param({"runAsNonRoot": False}, None, {"runAsNonRoot": False, "seccompProfile": RD},
+                 RESTRICTED, id="run-as-non-root-false"),
+    pytest.param({"runAsUser": 1000, "seccompProfile": LOCALHOST},
+                 {"capabilities": {"add": ["SYS_PTRACE"], "drop": ["NET_RAW"]}},
+                 {"runAsUser": 1000, "seccompProfile": LOCALHOST},
+                 {"allowPrivilegeEscalation": False,
+                  "capabilities": {"add": ["SYS_PTRACE"], "drop": ["NET_RAW"]}},
+                 id="merged-field-by-field"),
+    pytest.param(None, {"privileged": True}, {"runAsNonRoot": True, "seccompProfile": RD},
+                 {"privileged": True, "capabilities": DROP_ALL}, id="privileged"),
+    pytest.param(None, {"capabilities": {"add": ["CAP_SYS_ADMIN"]}},
+                 {"runAsNonRoot": True, "seccompProfile": RD},
+                 {"capabilities": {"add": ["CAP_SYS_ADMIN"], "drop": ["ALL"]}}, id="sys-admin"),
+    pytest.param(None, {"allowPrivilegeEscalation": True},
+                 {"runAsNonRoot": True, "seccompProfile": RD},
+                 {"allowPrivilegeEscalation": True, "capabilities": DROP_ALL},
+                 id="escalation-allowed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("pod_sc", "worker_sc", "want_pod", "want_worker"), SECURITY)
+def test_the_templates_security_context_wins(
+    pod_sc: dict[str, Any] | None,
+    worker_sc: dict[str, Any] | None,
+    want_pod: dict[str, Any],
+    want_worker: dict[str, Any],
+) -> None:
+    worker: dict[str, Any] = {"name": "worker", "image": "pytorch/pytorch", "command": ["x"]}
+    if worker_sc is not None:
+        worker["securityContext"] = worker_sc
+    tspec: dict[str, Any] = {"containers": [worker]}
+    if pod_sc is not None:
+        tspec["securityContext"] = pod_sc
+    job = make_job(roles={"worker": {"replicas": 1, "template": {"spec": tspec}}})
     pod = render_pod(job, Slot("worker", 0), defaults=DEFAULTS)
-    psc = pod["spec"]["securityContext"]
-    assert psc == {
-        "runAsUser": 1000,
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "Localhost", "localhostProfile": "p"},
-    }
-    worker, sidecar = containers(pod)
-    assert worker["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"add": ["SYS_PTRACE"], "drop": ["NET_RAW"]},
-    }
-    assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
-    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert sidecar["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"] == want_pod
+    got_worker, sidecar = containers(pod)
+    assert got_worker["securityContext"] == want_worker
+    # rpcjob's own sidecar always runs restricted, as a non-root user.
+    assert sidecar["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": DEFAULTS.sidecar_user, "readOnlyRootFilesystem": True,
+        **RESTRICTED,
+    }  # fmt: skip
 
 
 def test_restricted_defaults_when_the_user_sets_nothing() -> None:

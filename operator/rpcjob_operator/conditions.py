@@ -12,6 +12,7 @@ SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 INVALID = "Invalid"
+BLOCKED = "PodsBlocked"
 
 
 def rfc3339(t: dt.datetime) -> str:

@@ -53,6 +53,9 @@ class PodView:
     delete_first: bool = False  # annotated contract.ANNOTATION_DELETE_FIRST
     created: dt.datetime | None = None
     finished_at: dt.datetime | None = None  # when the worker container terminated
+    # A container the kubelet cannot start (CANNOT_START): its waiting reason and message.
+    blocked_reason: str = ""
+    blocked_message: str = ""
 
     @property
     def finished(self) -> bool:
@@ -86,6 +89,7 @@ class PodView:
                 finished_at = parse_time(term.get("finishedAt"))
                 reason = reason or str(term.get("reason") or "")
                 message = message or str(term.get("message") or "")
+        blocked_reason, blocked_message = _cannot_start(st)
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in st.get("conditions") or []
@@ -106,7 +110,31 @@ class PodView:
             in ("true", "1", "yes"),
             created=parse_time(md.get("creationTimestamp")),
             finished_at=finished_at,
+            blocked_reason=blocked_reason,
+            blocked_message=blocked_message,
         )
+
+
+# Waiting reasons that do not clear by themselves: the pod's spec or image must change.
+CANNOT_START = frozenset(
+    {
+        "CreateContainerConfigError",  # e.g. runAsNonRoot and an image that runs as root
+        "CreateContainerError",
+        "RunContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+    }
+)
+
+
+def _cannot_start(st: dict[str, Any]) -> tuple[str, str]:
+    for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CANNOT_START:
+            what = f"container {cs.get('name')}: {waiting.get('message') or waiting['reason']}"
+            return str(waiting["reason"]), what
+    return "", ""
 
 
 @dataclass(frozen=True)

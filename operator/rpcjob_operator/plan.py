@@ -75,6 +75,8 @@ def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
     set_cond(c, cond.RUNNING, False, reason, message)
     if cond.find(c.status["conditions"], cond.DEGRADED) is not None:
         set_cond(c, cond.DEGRADED, False, reason, message)
+    if cond.is_true(c.status["conditions"], cond.BLOCKED):
+        set_cond(c, cond.BLOCKED, False, reason, message)
     c.event("Normal" if ok else "Warning", reason, message)
     _ttl(c)
     return _done(c)

@@ -117,10 +117,38 @@ def created_condition(c: Cycle) -> None:
         set_cond(c, cond.CREATED, False, "CreatingPods", f"{have} of {want} pods created")
 
 
+ROOT_IMAGE_HINT = (
+    "; the image runs as root and rpcjob's default securityContext says runAsNonRoot: set "
+    "securityContext.runAsUser: 0 (or runAsNonRoot: false) in the role's pod template, or use "
+    "an image with a non-root USER"
+)
+
+
+def blocked_condition(c: Cycle) -> None:
+    """PodsBlocked: a pod the kubelet cannot start (bad image, refused securityContext, missing
+    Secret...) waits forever; say which and why, with a Warning event when that changes."""
+    blocked = [p for p in c.obs.pods if p.live and p.blocked_reason]
+    conds = c.status["conditions"]
+    if not blocked:
+        if cond.is_true(conds, cond.BLOCKED):
+            set_cond(c, cond.BLOCKED, False, "PodsStarting", "no pod is blocked from starting")
+        return
+    p = min(blocked, key=lambda q: (q.role, q.index))
+    message = f"pod {p.name} cannot start ({p.blocked_reason}): {p.blocked_message}"
+    if "runAsNonRoot" in p.blocked_message:
+        message += ROOT_IMAGE_HINT
+    if len(blocked) > 1:
+        message += f" (and {len(blocked) - 1} more pod(s))"
+    before = (cond.find(conds, cond.BLOCKED) or {}).get("message")
+    if set_cond(c, cond.BLOCKED, True, p.blocked_reason, message) or before != message:
+        c.event("Warning", "PodBlocked", message)
+
+
 def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
     """Created / Running / Degraded and the state of a job that is neither done nor suspended."""
     conds = c.status["conditions"]
     created_condition(c)
+    blocked_condition(c)
     formed, detail = group_formed(c, joined)
     was_running = cond.is_true(conds, cond.RUNNING)
     if formed or was_running:

@@ -16,17 +16,34 @@ from rpcjob_operator.spec import RpcJob
 SIDECAR_COMMAND = ["rpcjob-sidecar"]
 
 
+# Restricted Pod Security by default, field by field: whatever the template's securityContext
+# (pod or container level) sets wins, and a default that would contradict it is left out.
 def _harden_container(c: dict[str, Any]) -> None:
-    """Restricted Pod Security for one container; the user's explicit choices win."""
     sc = c.setdefault("securityContext", {})
-    sc.setdefault("allowPrivilegeEscalation", False)
     caps = sc.setdefault("capabilities", {})
     caps.setdefault("drop", ["ALL"])
+    # The API server refuses allowPrivilegeEscalation: false next to either of these.
+    if not sc.get("privileged") and "SYS_ADMIN" not in _added_caps(caps):
+        sc.setdefault("allowPrivilegeEscalation", False)
 
 
-def _harden_pod(spec: dict[str, Any]) -> None:
+def _added_caps(caps: dict[str, Any]) -> set[str]:
+    return {str(x).upper().removeprefix("CAP_") for x in caps.get("add") or []}
+
+
+def _names_its_user(spec: dict[str, Any]) -> bool:
+    """The template says who runs it (runAsUser or runAsNonRoot, pod or container level)."""
+    contexts = [spec.get("securityContext") or {}] + [
+        c.get("securityContext") or {}
+        for c in [*spec.get("containers", []), *(spec.get("initContainers") or [])]
+    ]
+    return any("runAsUser" in sc or "runAsNonRoot" in sc for sc in contexts)
+
+
+def _harden_pod(spec: dict[str, Any], names_user: bool) -> None:
     sc = spec.setdefault("securityContext", {})
-    sc.setdefault("runAsNonRoot", True)
+    if not names_user:  # e.g. runAsUser: 0 for a root image (docs/operator.md, Pod security)
+        sc["runAsNonRoot"] = True
     sc.setdefault("seccompProfile", {"type": "RuntimeDefault"})
 
 
@@ -95,6 +112,7 @@ def render_pod(job: RpcJob, slot: Slot, *, defaults: OperatorDefaults) -> dict[s
         contract.ANNOTATION_SPEC_GENERATION: str(job.meta.generation),
     }
 
+    names_user = _names_its_user(spec)  # before the sidecar (which names its own) is added
     for c in spec["containers"]:
         _harden_container(c)
         if c.get("name") != role.worker_container:
@@ -124,7 +142,7 @@ def render_pod(job: RpcJob, slot: Slot, *, defaults: OperatorDefaults) -> dict[s
     spec["subdomain"] = service_name(job)
     if defaults.job_service_account and not spec.get("serviceAccountName"):
         spec["serviceAccountName"] = defaults.job_service_account
-    _harden_pod(spec)
+    _harden_pod(spec, names_user)
 
     return {
         "apiVersion": "v1",
