@@ -10,8 +10,7 @@ import yaml
 
 from rpcjob.devices import NodeGPUs, parse_node_labels
 
-# A copy of the project's shared fixture (../shared/fixtures/node-labels.yaml), kept in the repo
-# so that CI has it.
+# Realistic GPU node label sets, good and bad (GPU Feature Discovery's labels and ours).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "node-labels.yaml"
 NODES: dict[str, dict[str, str]] = yaml.safe_load(FIXTURES.read_text())["nodes"]
 
