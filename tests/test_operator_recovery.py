@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
 
+from e2e.localcluster.errors import ApiError
 from rpcjob import contract
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
@@ -23,16 +25,42 @@ def env(etcd_endpoint: str) -> Iterator[OperatorEnv]:
         yield e
 
 
+class CreationsStall:
+    """The test cluster's API server accepts the first ``n`` pod creations of one job and
+    answers the rest 503 (the operator retries them), until released: a fault injected from
+    the test, so the operator has no test hook of its own."""
+
+    def __init__(self, env: OperatorEnv, job: str, n: int) -> None:
+        self.store, self.real = env.cluster.store, env.cluster.store.create
+        self.pod_rt, self.job, self.n = env.pod_rt, job, n
+        self.accepted = self.refused = 0
+        self.store.create = self.create  # type: ignore[method-assign]
+
+    def create(self, rt: Any, ns: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if rt is self.pod_rt and labels.get(contract.LABEL_JOB_NAME) == self.job:
+            if self.accepted >= self.n:
+                self.refused += 1
+                raise ApiError(503, "ServiceUnavailable", "stalled by the test")
+            self.accepted += 1
+        return self.real(rt, ns, obj, *args, **kwargs)
+
+    def release(self) -> None:
+        self.store.create = self.real  # type: ignore[method-assign]
+
+
 def test_crash_mid_reconcile_creates_no_duplicate_pods(env: OperatorEnv) -> None:
     name = unique("crash")
-    # The operator exits (os._exit, like a SIGKILL) right after its 3rd pod creation, in the
-    # middle of applying the plan that creates 6 pods.
-    env.start(env={contract.ENV_TEST_HOOK: "operator-exit-after-creates:3"})
+    # The operator is SIGKILLed in the middle of applying the plan that creates 6 pods: 3 are
+    # created, the other 3 creations are failing when it dies.
+    stall = CreationsStall(env, name, 3)
+    env.start()
     env.apply(job_manifest(name, replicas=6, max_replicas=8, command=SLEEPER))
-    proc = env.proc
-    env.wait_for(lambda: proc.poll() is not None, 60, "the operator to exit in the hook")
-    assert proc.returncode == 137
-    assert len(env.pods(name)) >= 3
+    env.wait_for(lambda: stall.refused >= 3, 60, "the 4th to 6th pod creations to be tried")
+    env.kill()
+    stall.release()
+    assert len(env.pods(name)) == 3
+    assert env.status(name)["roles"]["worker"]["indices"] == list(range(6))
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in env.pods(name)}
 
     env.start()

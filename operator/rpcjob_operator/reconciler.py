@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +54,6 @@ from rpcjob_operator.spec import RpcJob, parse_job
 log = logging.getLogger("rpcjob_operator.reconciler")
 EventSink = Callable[[dict[str, Any], str, str, str], None]
 PARALLEL = 8  # concurrent pod creations/deletions of one cycle
-# Tests only (RPCJOB_TEST_HOOK): exit the operator process after N pod creations, to check that
-# a restart mid-reconcile creates no duplicate pods.
-HOOK_EXIT_AFTER_CREATES = "operator-exit-after-creates:"
 
 
 def kopf_event(obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
@@ -101,13 +97,6 @@ class Reconciler:
         self.now = now
         self.memory: dict[tuple[str, str], JobMemory] = {}
         self.states = metrics.JobStates()
-        self._creates = 0
-        hook = os.environ.get(contract.ENV_TEST_HOOK, "")
-        self._exit_after = (
-            int(hook[len(HOOK_EXIT_AFTER_CREATES) :])
-            if hook.startswith(HOOK_EXIT_AFTER_CREATES)
-            else None
-        )
 
     def mem(self, ns: str, name: str) -> JobMemory:
         return self.memory.setdefault((ns, name), JobMemory())
@@ -267,7 +256,6 @@ class Reconciler:
                 pod = render_pod(job, action.slot, defaults=self.defaults)
                 if await self.kube.create(pod):
                     metrics.PODS_CREATED.inc()
-                    self._count_create()
             elif isinstance(action, DeletePod):
                 if await self.kube.delete_pod(ns, action.name, action.uid, action.grace_seconds):
                     metrics.PODS_DELETED.labels(action.reason).inc()
@@ -294,12 +282,6 @@ class Reconciler:
                     obj, "Warning", f"{type(action).__name__}Failed", f"the API refused: {e}"
                 )
             raise kopf.TemporaryError(f"{type(action).__name__} refused: {e}", delay=10) from e
-
-    def _count_create(self) -> None:
-        self._creates += 1
-        if self._exit_after is not None and self._creates >= self._exit_after:
-            log.warning("test hook: exiting after %d pod creations", self._creates)
-            os._exit(137)
 
 
 def _not_after(rv: str, other: str) -> bool:
