@@ -125,6 +125,7 @@ class Job:
     def close(self) -> None:
         for p in self.pods:
             p.kill_all()
+            ports.release_port(p.http_port)  # one lock fd per port: give them back
 
 
 class Pod:
