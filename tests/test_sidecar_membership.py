@@ -19,6 +19,9 @@ from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
+# Groups of sidecar processes that wait out lease TTLs and ack deadlines: minutes in all.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def client(etcd_endpoint: str) -> Iterator[Client]:
