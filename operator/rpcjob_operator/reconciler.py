@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 import kopf
 
@@ -249,24 +249,30 @@ class Reconciler:
         md = obj["metadata"]
         ns = md["namespace"]
         try:
-            if isinstance(action, RecordEvent):
-                self.post_event(obj, action.type, action.reason, action.message)
-            elif isinstance(action, CreatePod):
-                assert job is not None, "the planner creates pods only for a valid spec"
-                pod = render_pod(job, action.slot, defaults=self.defaults)
-                if await self.kube.create(pod):
-                    metrics.PODS_CREATED.inc()
-            elif isinstance(action, DeletePod):
-                if await self.kube.delete_pod(ns, action.name, action.uid, action.grace_seconds):
-                    metrics.PODS_DELETED.labels(action.reason).inc()
-            elif isinstance(action, EnsureService):
-                assert job is not None
-                await self.kube.create_or_patch(render_service(job))
-            elif isinstance(action, EnsureNetworkPolicy):
-                assert job is not None
-                await self.kube.create_or_patch(render_network_policy(job, defaults=self.defaults))
-            elif isinstance(action, DeleteJob):
-                await self.kube.delete_job(ns, md["name"], md["uid"])
+            match action:
+                case RecordEvent():
+                    self.post_event(obj, action.type, action.reason, action.message)
+                case CreatePod():
+                    assert job is not None, "the planner creates pods only for a valid spec"
+                    pod = render_pod(job, action.slot, defaults=self.defaults)
+                    if await self.kube.create(pod):
+                        metrics.PODS_CREATED.inc()
+                case DeletePod():
+                    if await self.kube.delete_pod(
+                        ns, action.name, action.uid, action.grace_seconds
+                    ):
+                        metrics.PODS_DELETED.labels(action.reason).inc()
+                case EnsureService():
+                    assert job is not None
+                    await self.kube.create_or_patch(render_service(job))
+                case EnsureNetworkPolicy():
+                    assert job is not None
+                    policy = render_network_policy(job, defaults=self.defaults)
+                    await self.kube.create_or_patch(policy)
+                case DeleteJob():
+                    await self.kube.delete_job(ns, md["name"], md["uid"])
+                case _:
+                    assert_never(action)
         except Conflict:
             raise kopf.TemporaryError(
                 f"{type(action).__name__}: conflict, retrying", delay=1

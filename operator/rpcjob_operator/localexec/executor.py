@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
@@ -26,9 +26,12 @@ from rpcjob_operator.localexec.control import keys
 from rpcjob_operator.localexec.loopback import LoopbackPool
 from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
 from rpcjob_operator.model import (
+    Action,
     CreatePod,
     DeleteJob,
     DeletePod,
+    EnsureNetworkPolicy,
+    EnsureService,
     MemberView,
     Observed,
     PodView,
@@ -285,11 +288,17 @@ class LocalJob:
             self.emit({"type": "status", "status": plan.status})
             self.publish()
         for action in plan.actions:
-            if isinstance(action, CreatePod) and not self.stopping:
-                self._create(action)
-            elif isinstance(action, DeletePod):
+            self._apply(action)
+
+    def _apply(self, action: Action) -> None:
+        """Every action the planner can decide, each applied or skipped for a stated reason."""
+        match action:
+            case CreatePod():
+                if not self.stopping:  # Ctrl-C: the pods are going, none is added
+                    self._create(action)
+            case DeletePod():
                 self._delete(action)
-            elif isinstance(action, RecordEvent):
+            case RecordEvent():
                 self.emit(
                     {
                         "type": "event",
@@ -298,8 +307,14 @@ class LocalJob:
                         "message": action.message,
                     }
                 )
-            elif isinstance(action, DeleteJob):
+            case EnsureService() | EnsureNetworkPolicy():
+                # Loopback is one host: pods reach each other by IP (no DNS names to publish)
+                # and no other host can reach them (nothing to fence off).
+                pass
+            case DeleteJob():
                 pass  # locally the run ends with the job; there is nothing to collect
+            case _:
+                assert_never(action)
 
     @property
     def state(self) -> str:
