@@ -48,6 +48,10 @@ class Worker:
         line = self.proc.ask("ping " + " ".join(peers), "PING", timeout=120)
         return list(json.loads(line.split(" ", 1)[1]))
 
+    def autograd_id(self) -> int:
+        """The dist-autograd worker id in this process's context ids (torch: ``id >> 48``)."""
+        return int(self.proc.ask("autograd", "AUTOGRAD", timeout=60).split()[1])
+
     def leave(self) -> None:
         assert self.proc.ask("leave", "LEFT", timeout=120) == "LEFT"
         assert self.proc.p.wait(timeout=60) == 0

@@ -3,15 +3,18 @@ etcd unreachable (clear error). Real etcd, sidecars and torch workers."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
-from podkit import Job
+from podkit import Job, wait_for
 from test_membership_kit import assert_consistent, start_pods, start_worker
 
 from rpcjob import contract
 from rpcjob.etcd import Client
+from rpcjob.worker.guard_store import HOOK_FAIL_FIRST_JOIN
 from rpcjob.worker.join import transport_options
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
@@ -141,3 +144,36 @@ def test_a_bad_transport_fails_the_worker_with_the_field_to_fix(
         assert "use tcp or shm" in line and "spec.rpc.transport" in line, line
     finally:
         job.close()
+
+
+@pytest.mark.slow
+def test_a_retried_join_keeps_its_first_rank_reserved_as_its_dist_autograd_id(
+    etcd_endpoint: str, tmp_path: Path
+) -> None:
+    """torch sets a process's dist-autograd worker id once (its first rank); a join retried with
+    a fresh rank keeps that id, so the sidecar keeps the first rank reserved while the process
+    lives: no other incarnation can get it and mint the same context ids."""
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=5)
+    client = Client(etcd_endpoint)
+    try:
+        (a,) = start_pods(job, [0])
+        pod = job.pod("worker", 1)
+        b = start_worker(pod, {contract.ENV_TEST_HOOK: HOOK_FAIL_FIRST_JOIN}).joined()
+        log = pod.sidecar_log.read_text()
+        ranks = [int(r) for r in re.findall(r"incarnation \d+ of worker_1: rank (\d+)", log)]
+        assert len(ranks) >= 2 and ranks[-1] == b.rank != ranks[0], log[-3000:]
+        first = ranks[0]
+        assert b.autograd_id() == first
+        held = client.get(job.keys.rank(first))
+        assert held is not None, f"rank {first} (worker_1's dist-autograd id) is not reserved"
+        rec = json.loads(held.value)
+        assert (rec["worker"], rec["reserved_by"]) == ("", "worker_1"), rec
+        assert_consistent(client, job, [a, b])  # the reservation is no member and evicts nobody
+        c = start_worker(job.pod("worker", 2)).joined()
+        assert c.rank not in (first, b.rank, a.rank)
+        b.leave()  # the process ends: its reservation goes with its lease
+        wait_for(lambda: client.get(job.keys.rank(first)) is None, 60, "the reservation to end")
+        assert_consistent(client, job, [a, c])
+    finally:
+        job.close()
+        client.close()

@@ -79,6 +79,10 @@ for line in sys.stdin:
         elif cmd[0] == "evict":
             agent_ops.evict(cmd[1], int(cmd[2]))
             out("EVICTED", cmd[1])
+        elif cmd[0] == "autograd":  # the worker id dist-autograd puts in this process's context ids
+            import torch.distributed.autograd as dist_autograd
+            with dist_autograd.context() as ctx:
+                out("AUTOGRAD", ctx >> 48)
         elif cmd[0] == "metrics":
             out("METRICS", json.dumps(agent_ops.metrics()))
         elif cmd[0] == "leave":

@@ -75,7 +75,9 @@ def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
     live: dict[int, LiveRank] = {}
     for kv in ranks:
         r = int(kv.key.decode().rsplit("/", 1)[1])
-        live[r] = LiveRank(r, str(json.loads(kv.value)["worker"]), kv.create_revision)
+        worker = str(json.loads(kv.value)["worker"])
+        if worker:  # "": a rank reserved as a process's dist-autograd id (ranks.RESERVE_LOST)
+            live[r] = LiveRank(r, worker, kv.create_revision)
     name_kvs: dict[int, KV] = {}
     for kv in names:
         tail = kv.key.decode()[len(names_prefix) :]

@@ -26,7 +26,7 @@ from .http import Metrics
 from .incarnation import Event, HelloError, Incarnation, IncarnationMixin, Report, pb
 from .leases import FIRST_RETRY_S, LeaseKeeper
 from .members import MembershipView
-from .ranks import allocate_once
+from .ranks import RESERVE_LOST, allocate_once
 
 log = logging.getLogger("rpcjob.sidecar")
 
@@ -45,6 +45,7 @@ class Sidecar(IncarnationMixin):
         self.evicts: set[Identity] = set()
         self.election_holder: int | None = None
         self.inc: Incarnation | None = None
+        self.first_rank: tuple[int, int] | None = None  # (worker pid, its first rank)
         self.wake = threading.Event()
         self.stopping = threading.Event()  # SIGTERM: no new incarnation (still cleans)
         self.closed = threading.Event()  # drained and leases given up: background loops end
@@ -230,8 +231,14 @@ class Sidecar(IncarnationMixin):
             self.metrics.evictions_unacked.inc()
 
     # --- incarnations ---------------------------------------------------------------------------
-    def hello(self, timeout: float) -> tuple[Incarnation, Any]:
+    def hello(
+        self, timeout: float, pid: int = 0, fresh_rank: bool = False
+    ) -> tuple[Incarnation, Any]:
         deadline = time.monotonic() + timeout
+        # A worker process retrying its join keeps its first rank as its dist-autograd worker
+        # id (torch cannot change it in-process): keep that rank reserved while it lives.
+        first = self.first_rank
+        reserve = first[1] if fresh_rank and first is not None and first[0] == pid else None
         with self.hello_lock:
             if self.stopping.is_set():
                 raise HelloError("the sidecar is stopping (SIGTERM): not starting a worker")
@@ -244,7 +251,7 @@ class Sidecar(IncarnationMixin):
             )
             lease = self.client.lease_grant(self.cfg.lease_ttl)
             try:
-                rank, rev = self._allocate(lease, deadline)
+                rank, rev = self._allocate(lease, deadline, reserve)
             except BaseException:
                 self.client.lease_revoke(lease.id)
                 raise
@@ -256,6 +263,8 @@ class Sidecar(IncarnationMixin):
                 pending = sorted(self.evicts)
             for ident in pending:
                 self._ack(ident, inc)  # not joined yet: nothing to evict from its agent
+            if reserve is None:
+                self.first_rank = (pid, rank)
             self.metrics.incarnations.inc()
             self.metrics.rank.set(rank)
             log.info("incarnation %d of %s: rank %d", rev, self.me, rank)
@@ -275,14 +284,16 @@ class Sidecar(IncarnationMixin):
             with self.cond:
                 self.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
-    def _allocate(self, lease: Lease, deadline: float) -> tuple[int, int]:
+    def _allocate(self, lease: Lease, deadline: float, reserve: int | None) -> tuple[int, int]:
         record = {"pod": self.cfg.pod_name, "node": self.cfg.node_name, "ip": self.cfg.pod_ip}
         last = ""
         while True:
             got = allocate_once(self.client, self.keys, lease.id, self.me, record,
-                                self.cfg.rank_space)  # fmt: skip
+                                self.cfg.rank_space, reserve)  # fmt: skip
             if isinstance(got, tuple):
                 return got
+            if got.startswith(RESERVE_LOST):
+                raise HelloError(got, "FAILED_PRECONDITION")
             if got in ("stamped", "raced"):
                 continue
             if got != last:

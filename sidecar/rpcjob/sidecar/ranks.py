@@ -21,6 +21,12 @@ from rpcjob.etcd import Client, Compare, Op
 from .cleaner import kvs_of
 from .cleanup import torch_key
 
+# A worker process that retries its join keeps its first rank as its dist-autograd worker id
+# (torch allows one per process): ``ranks/<first>`` is re-put with ``"worker": ""`` (not a
+# torch identity: the cleaner ignores it) under each retry's lease, so no other incarnation
+# gets that rank while the process lives.
+RESERVE_LOST = "the rank reserved as this worker process's dist-autograd id"
+
 
 @dataclass(frozen=True)
 class RankChoice:
@@ -93,8 +99,13 @@ def allocate_once(
     worker: str,
     record: Mapping[str, object],
     space: int,
+    reserve: int | None = None,
 ) -> tuple[int, int] | str:
-    """One allocation attempt: ``(rank, revision)`` or a reason to wait (exhausted / raced)."""
+    """One allocation attempt: ``(rank, revision)`` or a reason to wait (exhausted / raced).
+
+    ``reserve``: a rank to hold too, under the same lease (see RESERVE_LOST); a reason starting
+    with RESERVE_LOST when another incarnation holds it already.
+    """
     snap = client.txn(
         [], [Op.get(keys.ranks, prefix=True), Op.get(keys.retired_ranks, prefix=True)]
     )
@@ -115,17 +126,37 @@ def allocate_once(
                 [Op.put(keys.retired_rank(r), retired_value(snap.revision, ""))],
             )  # fmt: skip
         return "stamped"
-    choice = choose_rank(space, held, retired, held.values())
+    if reserve is not None and reserve in held:
+        kv = next(kv for kv in held_kvs if kv.key.decode() == keys.rank(reserve))
+        rec = json.loads(kv.value)
+        if worker in (rec.get("worker"), rec.get("reserved_by")):
+            # our ended incarnation's lease could not be revoked: it expires within the TTL
+            return f"waiting for rank {reserve} of an ended incarnation of {worker} to expire"
+        return f"{RESERVE_LOST} ({reserve}) is held by another incarnation: restart the worker"
+    taken = [*held, *([] if reserve is None else [reserve])]
+    choice = choose_rank(space, taken, retired, held.values())
     if choice is None:
         return describe_exhaustion(space, held, retired)
     r = choice.rank
     names_key = torch_key(keys, f"names/{r}")
+    keep: tuple[list[Compare], list[Op]] = ([], [])
+    if reserve is not None:
+        keep = (
+            [Compare.version(keys.rank(reserve), "=", 0),
+             Compare.mod_revision(keys.retired_rank(reserve), "=",
+                                  retired.get(reserve, (0, 0))[1])],
+            [Op.put(keys.rank(reserve), json.dumps(
+                {**record, "worker": "", "reserved_by": worker, "rank": reserve}), lease=lease),
+             Op.put(keys.retired_rank(reserve), retired_value(0, worker))],
+        )  # fmt: skip
     res = client.txn(
         [
             Compare.version(keys.rank(r), "=", 0),
             Compare.mod_revision(keys.retired_rank(r), "=", choice.retired_mod_revision),
+            *keep[0],
         ],
         [
+            *keep[1],
             Op.put(keys.rank(r), json.dumps({**record, "worker": worker, "rank": r}), lease=lease),
             Op.put(keys.retired_rank(r), retired_value(0, worker)),
             # torch never deletes names/<rank> on a graceful leave; a reused rank must not

@@ -34,7 +34,7 @@ class Servicer(_pb2_grpc.SidecarServicer):
 
     def Hello(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            inc, ident = self.sidecar.hello(self.hello_timeout)
+            inc, ident = self.sidecar.hello(self.hello_timeout, request.pid, request.fresh_rank)
         except HelloError as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         except Exception as e:  # an etcd error: the worker retries Hello

@@ -35,6 +35,8 @@ from rpcjob import torchkeys
 from rpcjob.contract import TORCH_TOKEN_KEY
 
 HOOK_DIE_IN_CRITICAL_SECTION = "die-in-critical-section"
+# rpcjob.worker.join: this process's first join fails where a join racing a dead member does
+HOOK_FAIL_FIRST_JOIN = "fail-first-join"
 ADDRS = "/addrs/"
 _STALE_HOLDER_POLL_S = 0.05
 
@@ -103,11 +105,11 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
             with self._lock:
                 self.holding = None
                 self._addrs = None
-        elif (
-            self.test_hook == HOOK_DIE_IN_CRITICAL_SECTION
-            and self.holding.endswith("_join")
-            and key.endswith(f"addrs/{self.name}")
-        ):
+        elif self.holding.endswith("_join") and key.endswith(f"addrs/{self.name}"):
+            self._critical_section_hook()
+
+    def _critical_section_hook(self) -> None:
+        if self.test_hook == HOOK_DIE_IN_CRITICAL_SECTION:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def release_failed_join(self) -> bool:
