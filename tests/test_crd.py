@@ -198,7 +198,7 @@ BAD = [
     ),
     pytest.param(
         with_role(job(), "worker", replicas=5000, maxReplicas=None),
-        "spec.roles.worker.replicas: Invalid value: \"object\": a role without maxReplicas has "
+        'spec.roles.worker.replicas: Invalid value: "object": a role without maxReplicas has '
         "at most 1000 replicas (a ceiling against a typo such as replicas: 5000): set "
         "maxReplicas to the ceiling you mean",
         id="replicas-ceiling-without-max",
@@ -433,4 +433,25 @@ def test_int_or_string_and_nullable_handling() -> None:
     ]
     assert crdschema.validate(tiny, {"s": None}) == [
         's: Invalid value: "null": s in body must be of type string: "null"'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expression", "want"),
+    [
+        ("'n is ' + string(self.n)", "n is 5"),
+        ("'n is ' + self.missing", "n must be small"),  # errors: the static message
+        ("''", "n must be small"),  # empty: the static message
+    ],
+)
+def test_message_expression_and_its_fallback(expression: str, want: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "x-kubernetes-validations": [
+            {"rule": "self.n < 3", "message": "n must be small", "messageExpression": expression}
+        ],
+    }
+    assert crdcel.evaluate_rules(schema, {"n": 5}, path="spec") == [
+        f'spec: Invalid value: "object": {want}'
     ]

@@ -194,6 +194,7 @@ def test_builder_stage_builds_the_wheel_offline(tmp_path: Path) -> None:
                 shutil.copytree(
                     origin,
                     target,
+                    symlinks=True,  # as docker COPY does: a link must resolve in the context
                     ignore=lambda d, names: [
                         n for n in names if _ignored(str((Path(d) / n).relative_to(REPO)), patterns)
                     ],
@@ -213,6 +214,7 @@ def test_builder_stage_builds_the_wheel_offline(tmp_path: Path) -> None:
         metadata = email.parser.Parser().parsestr(zf.read(info).decode())
         entry_points = zf.read(info.replace("METADATA", "entry_points.txt")).decode()
     assert "rpcjob/contract.py" in names and "rpcjob_operator/__init__.py" in names
+    assert "rpcjob_operator/crd/rpcjob.dev_rpcjobs.yaml" in names  # spec_schema reads it
     assert not any("__pycache__" in n for n in names)
     for script in ("rpcjob-operator", "rpcjob-sidecar", "rpcjob-worker", "rpcjob "):
         assert script in entry_points

@@ -1,4 +1,7 @@
-"""parse_job: typed spec, defaults, and every check beyond the schema with its message."""
+"""parse_job: typed spec, defaults, and every check (the CRD's and beyond it) with its message.
+
+Messages from the CRD are the API server's (what `kubectl apply` prints), without its
+`Invalid value: "object":` part; the checks beyond the CRD word their own."""
 
 from __future__ import annotations
 
@@ -146,7 +149,8 @@ C0 = [*W, "template", "spec", "containers", 0]
 INVALID = [
     pytest.param(
         job(roles={"Worker": role()}),
-        "spec.roles.Worker: role name 'Worker' is invalid",
+        "spec.roles: role names must be lowercase letters and digits, start with a letter and "
+        "be at most 20 characters (torch RPC worker names cannot contain '-' or ','): 'Worker'",
         id="role-name",
     ),
     pytest.param(
@@ -154,22 +158,23 @@ INVALID = [
     ),
     pytest.param(
         _with(job(), [*W, "minReplicas"], 3),
-        "spec.roles.worker.minReplicas: minReplicas (3) must be <= replicas (2)",
+        "spec.roles.worker: minReplicas must be <= replicas (minReplicas 3, replicas 2)",
         id="min",
     ),
     pytest.param(
         _with(job(), [*W, "replicas"], 5),
-        "spec.roles.worker.replicas: replicas (5) must be <= maxReplicas (4)",
+        "spec.roles.worker: replicas must be <= maxReplicas (replicas 5, maxReplicas 4; slots",
         id="max",
     ),
     pytest.param(
         _with(job(), [*W, "replicas"], "2"),
-        "spec.roles.worker.replicas: must be an integer",
+        'spec.roles.worker.replicas: must be of type integer: "string"',
         id="replicas-type",
     ),
     pytest.param(
         _with(job(), [*W, "restartPolicy"], "Sometimes"),
-        "spec.roles.worker.restartPolicy: unsupported value 'Sometimes'",
+        'spec.roles.worker.restartPolicy: Unsupported value: "Sometimes": supported values: '
+        '"OnFailure", "Never", "Always"',
         id="restart-policy",
     ),
     pytest.param(
@@ -212,12 +217,12 @@ INVALID = [
     ),
     pytest.param(
         _with(job(), [*W, "template"], None),
-        "spec.roles.worker.template: Required value",
+        'spec.roles.worker.template: must be of type object: "null"',
         id="no-template",
     ),
     pytest.param(
         _with(job(), [*W, "template"], {"spec": {"containers": []}}),
-        "containers: Required value: at least one container",
+        "spec.roles.worker.template.spec.containers: should have at least 1 items",
         id="no-containers",
     ),
     pytest.param(
@@ -290,23 +295,28 @@ INVALID = [
     ),
     pytest.param(
         job(successPolicy={"role": "driver"}),
-        "spec.successPolicy.role: no role 'driver' in spec.roles (roles: worker)",
+        "spec.successPolicy.role: spec.successPolicy.role must name a role in spec.roles (there is "
+        "no role 'driver')",
         id="success-role-missing",
     ),
     pytest.param(
         job(successPolicy={"operator": "Some"}),
-        "spec.successPolicy.operator: use All or Any",
+        'spec.successPolicy.operator: Unsupported value: "Some": supported values: "All", "Any"',
         id="success-operator",
     ),
     pytest.param(
-        job(rpc={"deviceMaps": "on"}), "spec.rpc.deviceMaps: use auto or off", id="device-maps"
+        job(rpc={"deviceMaps": "on"}),
+        'spec.rpc.deviceMaps: Unsupported value: "on"',
+        id="device-maps",
     ),
     pytest.param(
-        job(rpc={"transport": "ibv"}), "spec.rpc.transport: use tcp or shm", id="transport"
+        job(rpc={"transport": "ibv"}),
+        'spec.rpc.transport: Unsupported value: "ibv"',
+        id="transport",
     ),
     pytest.param(
         job(etcd={"endpoints": "e:2379"}),
-        "spec.etcd.endpoints: must be a list",
+        'spec.etcd.endpoints: must be of type array: "string"',
         id="etcd-endpoints",
     ),
     pytest.param(
@@ -316,11 +326,13 @@ INVALID = [
     ),
     pytest.param(
         job(runPolicy={"backoffLimit": -2}),
-        "spec.runPolicy.backoffLimit: must be >= 0, got -2",
+        "spec.runPolicy.backoffLimit: should be greater than or equal to 0, got -2",
         id="backoff",
     ),
     pytest.param({"metadata": {"name": "x"}}, "spec: Required value", id="no-spec"),
-    pytest.param(job(roles={}), "spec.roles: Required value: a map of roles", id="no-roles"),
+    pytest.param(
+        job(roles={}), "spec.roles: should have at least 1 properties, got 0", id="no-roles"
+    ),
 ]
 
 
@@ -338,7 +350,7 @@ def test_every_error_is_reported_at_once() -> None:
         parse_job(obj)
     paths = {e.path for e in info.value.errors}
     assert {
-        "spec.roles.worker.minReplicas",
+        "spec.roles.worker",  # the CRD's rule (minReplicas <= replicas)
         "spec.roles.worker.template.spec.containers[0].command",
     } <= paths
 

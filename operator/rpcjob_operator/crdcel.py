@@ -33,10 +33,13 @@ def compile_errors(schema: Schema, path: str = "") -> list[str]:
     """Rules that do not compile (a CRD bug the API server would reject at install)."""
     out: list[str] = []
     for rule in schema.get("x-kubernetes-validations", []):
-        try:
-            _program(rule["rule"])
-        except Exception as e:  # celpy raises several parse error types
-            out.append(f"{path or '<root>'}: rule {rule['rule']!r} does not compile: {e}")
+        for key in ("rule", "messageExpression"):
+            if key not in rule:
+                continue
+            try:
+                _program(rule[key])
+            except Exception as e:  # celpy raises several parse error types
+                out.append(f"{path or '<root>'}: {key} {rule[key]!r} does not compile: {e}")
     for key, sub in schema.get("properties", {}).items():
         out += compile_errors(sub, f"{path}.{key}" if path else key)
     for key in ("additionalProperties", "items"):
@@ -93,8 +96,21 @@ def _run(rule: dict[str, Any], schema: Schema, value: Any, old: Any, path: str) 
         return f"{shown}: Invalid value: {word}: {result} evaluating rule: {rule['rule']}"
     if result is True or (isinstance(result, celtypes.BoolType) and bool(result)):
         return None
-    message = rule.get("message") or f"failed rule: {rule['rule']}"
-    return f"{shown}: Invalid value: {word}: {message}"
+    return f"{shown}: Invalid value: {word}: {_message(rule, activation)}"
+
+
+def _message(rule: dict[str, Any], activation: dict[str, Any]) -> str:
+    """``messageExpression`` wins when it yields a non-empty string; else ``message`` (as the
+    API server does, which also falls back when the expression errors)."""
+    expr = rule.get("messageExpression")
+    if expr:
+        try:
+            out = _program(expr).evaluate(activation)
+        except Exception:  # CELEvalError and friends: fall back to the static message
+            out = None
+        if isinstance(out, str) and out.strip():
+            return str(out)
+    return str(rule.get("message") or f"failed rule: {rule['rule']}")
 
 
 def evaluate_rules(schema: Schema, value: Any, old: Any = None, path: str = "") -> list[str]:

@@ -289,6 +289,20 @@ def validate(
     ``strict`` reports undeclared fields (kubectl's default server-side field validation);
     without it they are silently pruned, as with ``--validate=false``.
     """
+    structure, rules = check(crd, obj, old, strict=strict)
+    return structure + rules
+
+
+def check(
+    crd: dict[str, Any],
+    obj: dict[str, Any],
+    old: dict[str, Any] | None = None,
+    *,
+    strict: bool = True,
+) -> tuple[list[str], list[str]]:
+    """:func:`validate` in two parts: (structural errors, failing CEL rules). The rules are
+    evaluated only on a sound structure (as the API server does), so a caller that finds no
+    structural error may rely on every declared type, bound and required field."""
     errs: list[str] = []
     if strict:
         errs += [f'unknown field "{p}"' for p in unknown_fields(crd, obj)]
@@ -296,7 +310,6 @@ def validate(
     new = apply_defaults(crd, prune(crd, obj))
     _structural(schema, new, "", errs)
     if errs:
-        return errs  # the API server skips CEL when the structure is already wrong
+        return errs, []  # the API server skips CEL when the structure is already wrong
     prior = apply_defaults(crd, prune(crd, old)) if old is not None else None
-    errs += crdcel.evaluate_rules(schema, new, prior)
-    return errs
+    return [], crdcel.evaluate_rules(schema, new, prior)

@@ -1,7 +1,9 @@
-"""The typed RpcJob: parsed from the custom resource dict, checked beyond the CRD schema.
+"""The typed RpcJob: checked with its own CRD, then parsed from the custom resource dict.
 
 ``parse_job(obj)`` returns an :class:`RpcJob` or raises :class:`InvalidSpec` listing every
-problem with its field path and the fix. The operator turns ``InvalidSpec`` into an ``Invalid``
+problem with its field path and the fix: the CRD's schema and CEL rules first (spec_schema.py:
+each rule is written once, in crds/rpcjob.dev_rpcjobs.yaml), then the few checks the CRD cannot
+express (here and in spec_checks.py). The operator turns ``InvalidSpec`` into an ``Invalid``
 condition + Warning event (never a crash loop); ``rpcjob run`` prints it and exits non-zero.
 Plain data only (no Kubernetes client types), so the local executor shares it.
 """
@@ -15,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rpcjob import contract
-from rpcjob_operator import spec_checks
+from rpcjob_operator import spec_checks, spec_schema
 from rpcjob_operator.errors import FieldError, InvalidSpec
 
 __all__ = ["FieldError", "InvalidSpec", "RoleSpec", "RpcJob", "parse_job"]
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-RESTART_POLICIES = ("OnFailure", "Never", "Always")
 DEFAULT_BACKOFF_LIMIT = 6
 SCALE_ROLE = "worker"  # the role the scale subresource points at
 
@@ -119,68 +120,12 @@ def parse_meta(obj: dict[str, Any]) -> JobMeta:
     )
 
 
-def _int(
-    raw: dict[str, Any],
-    key: str,
-    path: str,
-    errs: list[FieldError],
-    *,
-    lo: int = 0,
-    default: int | None = None,
-) -> int | None:
-    value = raw.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        errs.append(FieldError(f"{path}.{key}", f"must be an integer, got {value!r}"))
-        return default
-    if value < lo:
-        errs.append(FieldError(f"{path}.{key}", f"must be >= {lo}, got {value}"))
-        return default
-    return value
-
-
-def _parse_role(job: str, name: str, raw: Any, errs: list[FieldError]) -> RoleSpec | None:
+def _parse_role(job: str, name: str, raw: dict[str, Any], errs: list[FieldError]) -> RoleSpec:
+    """A role the CRD admitted; only what it cannot express is checked here."""
     path = f"spec.roles.{name}"
-    try:
-        contract.validate_role(name)
-    except contract.InvalidName as e:
-        errs.append(FieldError(path, str(e)))
-        return None
-    if not isinstance(raw, dict):
-        errs.append(FieldError(path, "must be an object with replicas and template"))
-        return None
-    n_err = len(errs)
-    replicas = _int(raw, "replicas", path, errs)
-    if replicas is None:
-        errs.append(FieldError(f"{path}.replicas", "Required value: how many pods of this role"))
-        replicas = 0
-    declared_max = _int(raw, "maxReplicas", path, errs, lo=1)
-    max_replicas = declared_max if declared_max is not None else max(replicas, 1)
-    min_replicas = _int(raw, "minReplicas", path, errs, default=min(1, replicas))
-    assert min_replicas is not None
-    if min_replicas > replicas:
-        errs.append(
-            FieldError(
-                f"{path}.minReplicas",
-                f"minReplicas ({min_replicas}) must be <= replicas ({replicas})",
-            )
-        )
-    if replicas > max_replicas:
-        errs.append(
-            FieldError(
-                f"{path}.replicas", f"replicas ({replicas}) must be <= maxReplicas ({max_replicas})"
-            )
-        )
-    policy = raw.get("restartPolicy", "OnFailure")
-    if policy not in RESTART_POLICIES:
-        errs.append(
-            FieldError(
-                f"{path}.restartPolicy",
-                f"unsupported value {policy!r}: use one of " + ", ".join(RESTART_POLICIES),
-            )
-        )
-    gpus = _int(raw, "gpus", path, errs)
+    replicas = int(raw["replicas"])
+    declared_max = raw.get("maxReplicas")
+    max_replicas = int(declared_max) if declared_max is not None else max(replicas, 1)
     # Pod names are also hostnames under the headless Service: one DNS label (63 chars).
     longest = contract.pod_name(job, name, max_replicas - 1)
     if len(longest) > 63:
@@ -194,70 +139,45 @@ def _parse_role(job: str, name: str, raw: Any, errs: list[FieldError]) -> RoleSp
                 ),
             )
         )
-    template = raw.get("template")
+    gpus = raw.get("gpus")
+    template = raw["template"]
     worker, tmpl_gpus = spec_checks.check_template(template, gpus, f"{path}.template", errs)
-    if len(errs) > n_err:
-        return None
     return RoleSpec(
         name=name,
         replicas=replicas,
-        min_replicas=min_replicas,
+        min_replicas=int(raw.get("minReplicas", min(1, replicas))),
         max_replicas=max_replicas,
         scalable=declared_max is not None,
-        restart_policy=str(policy),
+        restart_policy=str(raw.get("restartPolicy", "OnFailure")),
         gpus=gpus if gpus is not None else tmpl_gpus,
-        template=copy.deepcopy(template) if isinstance(template, dict) else {},
+        template=copy.deepcopy(template),
         worker_container=worker,
     )
 
 
-def _parse_etcd(raw: Any, errs: list[FieldError]) -> EtcdSpec:
-    raw = raw or {}
-    endpoints = raw.get("endpoints") or []
-    if not isinstance(endpoints, list) or not all(isinstance(e, str) and e for e in endpoints):
-        errs.append(FieldError("spec.etcd.endpoints", "must be a list of host:port strings"))
-        endpoints = []
-
+def _parse_etcd(raw: dict[str, Any]) -> EtcdSpec:
     def ref(key: str) -> str | None:
         val = raw.get(key)
-        if val is None:
-            return None
-        if not isinstance(val, dict) or not val.get("name"):
-            errs.append(FieldError(f"spec.etcd.{key}.name", "Required value: the Secret's name"))
-            return None
-        return str(val["name"])
+        return None if val is None else str(val["name"])
 
-    return EtcdSpec(tuple(endpoints), ref("tlsSecretRef"), ref("authSecretRef"))
+    return EtcdSpec(tuple(raw.get("endpoints") or ()), ref("tlsSecretRef"), ref("authSecretRef"))
 
 
-def _parse_policies(
-    spec: dict[str, Any], roles: dict[str, RoleSpec], errs: list[FieldError]
-) -> tuple[RpcSpec, SuccessPolicy, RunPolicy]:
-    rpc_raw = spec.get("rpc") or {}
-    rpc = RpcSpec(
-        timeout_seconds=float(rpc_raw.get("timeoutSeconds", contract.DEFAULT_RPC_TIMEOUT)),
-        num_worker_threads=int(rpc_raw.get("numWorkerThreads", contract.DEFAULT_RPC_THREADS)),
-        device_maps=str(rpc_raw.get("deviceMaps", "auto")),
-        transport=str(rpc_raw.get("transport", contract.DEFAULT_RPC_TRANSPORT)),
+def _parse_rpc(raw: dict[str, Any]) -> RpcSpec:
+    return RpcSpec(
+        timeout_seconds=float(raw.get("timeoutSeconds", contract.DEFAULT_RPC_TIMEOUT)),
+        num_worker_threads=int(raw.get("numWorkerThreads", contract.DEFAULT_RPC_THREADS)),
+        device_maps=str(raw.get("deviceMaps", "auto")),
+        transport=str(raw.get("transport", contract.DEFAULT_RPC_TRANSPORT)),
     )
-    if rpc.device_maps not in ("auto", "off"):
-        errs.append(FieldError("spec.rpc.deviceMaps", f"use auto or off, got {rpc.device_maps!r}"))
-    if rpc.transport not in contract.RPC_TRANSPORTS:
-        errs.append(FieldError("spec.rpc.transport", f"use tcp or shm, got {rpc.transport!r}"))
-    sp_raw = spec.get("successPolicy") or {}
-    sp = SuccessPolicy(role=sp_raw.get("role"), operator=str(sp_raw.get("operator", "All")))
-    if sp.operator not in ("All", "Any"):
-        errs.append(
-            FieldError("spec.successPolicy.operator", f"use All or Any, got {sp.operator!r}")
-        )
-    if sp.role is not None and sp.role not in roles:
-        errs.append(
-            FieldError(
-                "spec.successPolicy.role",
-                f"no role {sp.role!r} in spec.roles (roles: {', '.join(roles)})",
-            )
-        )
-    elif sp.role is not None and roles[sp.role].restart_policy == "Always":
+
+
+def _success_policy(
+    raw: dict[str, Any], roles: dict[str, RoleSpec], errs: list[FieldError]
+) -> SuccessPolicy:
+    """The policy, and the one rule about it the CRD cannot see: it must be reachable."""
+    sp = SuccessPolicy(role=raw.get("role"), operator=str(raw.get("operator", "All")))
+    if sp.role is not None and sp.role in roles and roles[sp.role].restart_policy == "Always":
         errs.append(
             FieldError(
                 "spec.successPolicy.role",
@@ -267,35 +187,32 @@ def _parse_policies(
                 ),
             )
         )
-    if sp.role is None:
-        for r in roles.values():
-            if r.restart_policy == "Always":
-                errs.append(
-                    FieldError(
-                        "spec.successPolicy.role",
-                        (
-                            f"role {r.name!r} has restartPolicy Always and never finishes, so the "
-                            "default success policy (every pod exits 0) can never be met: set "
-                            "spec.successPolicy.role to the role whose completion ends the job"
-                        ),
-                    )
-                )
-                break
-    rp_raw = spec.get("runPolicy") or {}
-    backoff = _int(rp_raw, "backoffLimit", "spec.runPolicy", errs, default=DEFAULT_BACKOFF_LIMIT)
-    rp = RunPolicy(
-        backoff_limit=backoff if backoff is not None else DEFAULT_BACKOFF_LIMIT,
-        active_deadline_seconds=_int(rp_raw, "activeDeadlineSeconds", "spec.runPolicy", errs, lo=1),
-        ttl_seconds_after_finished=_int(rp_raw, "ttlSecondsAfterFinished", "spec.runPolicy", errs),
-        suspend=bool(rp_raw.get("suspend", False)),
+    always = [r.name for r in roles.values() if r.restart_policy == "Always"]
+    if sp.role is None and always:
+        errs.append(
+            FieldError(
+                "spec.successPolicy.role",
+                (
+                    f"role {always[0]!r} has restartPolicy Always and never finishes, so the "
+                    "default success policy (every pod exits 0) can never be met: set "
+                    "spec.successPolicy.role to the role whose completion ends the job"
+                ),
+            )
+        )
+    return sp
+
+
+def _run_policy(raw: dict[str, Any]) -> RunPolicy:
+    return RunPolicy(
+        backoff_limit=int(raw.get("backoffLimit", DEFAULT_BACKOFF_LIMIT)),
+        active_deadline_seconds=raw.get("activeDeadlineSeconds"),
+        ttl_seconds_after_finished=raw.get("ttlSecondsAfterFinished"),
+        suspend=bool(raw.get("suspend", False)),
     )
-    return rpc, sp, rp
 
 
-def parse_job(obj: dict[str, Any]) -> RpcJob:
-    """Parse and check a RpcJob custom resource; raises :class:`InvalidSpec`."""
-    errs: list[FieldError] = []
-    meta = parse_meta(obj)
+def _check_name(meta: JobMeta, errs: list[FieldError]) -> None:
+    # The API server accepts any DNS subdomain; the headless Service needs a DNS-1035 label.
     if not meta.name:
         errs.append(FieldError("metadata.name", "Required value"))
     elif not DNS_LABEL.match(meta.name):
@@ -308,37 +225,23 @@ def parse_job(obj: dict[str, Any]) -> RpcJob:
                 ),
             )
         )
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        raise InvalidSpec([FieldError("spec", "Required value: the job needs spec.roles")])
-    raw_roles = spec.get("roles")
-    if not isinstance(raw_roles, dict) or not raw_roles:
-        raise InvalidSpec(
-            [
-                FieldError(
-                    "spec.roles",
-                    (
-                        "Required value: a map of roles, e.g. "
-                        "roles: {worker: {replicas: 2, template: ...}}"
-                    ),
-                )
-            ]
-        )
-    roles: dict[str, RoleSpec] = {}
-    for name in sorted(raw_roles):
-        role = _parse_role(meta.name, name, raw_roles[name], errs)
-        if role is not None:
-            roles[name] = role
-    if SCALE_ROLE not in raw_roles:
-        errs.append(
-            FieldError(
-                "spec.roles",
-                (
-                    f"a role named {SCALE_ROLE!r} is required: kubectl scale and an HPA resize "
-                    f"spec.roles.{SCALE_ROLE}.replicas (rename your elastic role to {SCALE_ROLE!r})"
-                ),
-            )
-        )
+
+
+def parse_job(obj: dict[str, Any]) -> RpcJob:
+    """Check a RpcJob with its CRD (spec_schema), then with what the CRD cannot express, and
+    parse it; raises :class:`InvalidSpec` listing every problem with its field and fix."""
+    meta = parse_meta(obj)
+    errs: list[FieldError] = []
+    _check_name(meta, errs)
+    checked = spec_schema.check_spec(obj.get("spec"))
+    errs += checked.errors
+    if not checked.sound:
+        raise InvalidSpec(errs)  # types or required fields are wrong: nothing more to parse
+    spec = checked.spec
+    roles = {
+        name: _parse_role(meta.name, name, spec["roles"][name], errs)
+        for name in sorted(spec["roles"])
+    }
     total = sum(r.max_replicas for r in roles.values())
     if total > contract.DEFAULT_RANK_SPACE:
         errs.append(
@@ -350,8 +253,14 @@ def parse_job(obj: dict[str, Any]) -> RpcJob:
                 ),
             )
         )
-    etcd = _parse_etcd(spec.get("etcd"), errs)
-    rpc, sp, rp = _parse_policies(spec, roles, errs)
+    sp = _success_policy(spec.get("successPolicy") or {}, roles, errs)
     if errs:
         raise InvalidSpec(errs)
-    return RpcJob(meta=meta, roles=roles, etcd=etcd, rpc=rpc, success_policy=sp, run_policy=rp)
+    return RpcJob(
+        meta=meta,
+        roles=roles,
+        etcd=_parse_etcd(spec.get("etcd") or {}),
+        rpc=_parse_rpc(spec.get("rpc") or {}),
+        success_policy=sp,
+        run_policy=_run_policy(spec.get("runPolicy") or {}),
+    )

@@ -1,4 +1,4 @@
-"""Checks of a role's pod template that the CRD schema cannot express.
+"""Checks of a role's pod template that the CRD schema cannot express (it checks the rest).
 
 The template preserves unknown fields (it is a PodTemplateSpec), so the operator checks what
 rpcjob relies on: a worker container with a command, no clash with the names rpcjob injects,
@@ -123,23 +123,13 @@ def _check_reserved(pod: dict[str, Any], path: str, errs: list[FieldError]) -> N
 
 
 def check_template(
-    template: Any, gpus: int | None, path: str, errs: list[FieldError]
+    template: dict[str, Any], gpus: int | None, path: str, errs: list[FieldError]
 ) -> tuple[str, int | None]:
-    """Return (worker container name, its nvidia.com/gpu count); append problems to ``errs``."""
-    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
-        errs.append(FieldError(path, "Required value: a pod template with spec.containers"))
-        return contract.WORKER_CONTAINER, None
+    """Return (worker container name, its nvidia.com/gpu count); append problems to ``errs``.
+    The CRD already holds ``template.spec.containers`` to a non-empty list of named objects."""
     pod = template["spec"]
     spath = f"{path}.spec"
-    containers = pod.get("containers")
-    if not isinstance(containers, list) or not containers:
-        errs.append(
-            FieldError(
-                f"{spath}.containers",
-                ("Required value: at least one container (the worker, running your RPC code)"),
-            )
-        )
-        return contract.WORKER_CONTAINER, None
+    containers: list[Any] = pod["containers"]
     _check_reserved(pod, spath, errs)
     labels = (template.get("metadata") or {}).get("labels") or {}
     for key in labels:
