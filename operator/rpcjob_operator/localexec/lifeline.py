@@ -8,7 +8,9 @@ container) shares the container's process group and blocks reading FD, the read 
 whose write end only the starting process holds. The read returns EOF when that process is
 gone, however it ended (SIGKILL and OOM kills included: the kernel closes its descriptors),
 and the watcher then SIGKILLs the container and its process group. The watcher itself dies
-with the container (``PR_SET_PDEATHSIG``), so it never outlives what it guards.
+with the container (``PR_SET_PDEATHSIG``), so it never outlives what it guards. The one
+visible difference: the container process has one extra child, the watcher (a program that
+waits for *all* its children before exiting would wait for it too).
 
 Graceful stops (Ctrl-C, SIGTERM, pod deletion) do not involve it: they stop the containers
 first, and the watchers go with them (docs/architecture.md, Local mode).
