@@ -95,10 +95,12 @@ class _Interrupts:
 )
 @click.option(
     "--lease-ttl",
-    default=3,
+    default=10,
     show_default=True,
     type=click.IntRange(1, 60),
-    help="Member lease TTL in seconds: how fast a dead sidecar is noticed.",
+    help="Member lease TTL in seconds: how long a pod whose sidecar died (or stalled) takes to "
+    "be evicted. A crashed worker is evicted at once whatever the TTL; shorter TTLs evict live "
+    "members when a busy machine stalls a sidecar or etcd for about 2/3 of the TTL.",
 )
 @click.option(
     "--etcd",
