@@ -325,7 +325,8 @@ def test_the_lifeline_watcher_leaves_with_its_container(tmp_path: Path) -> None:
     assert proc.pid is not None
     pgid = proc.pid
 
-    def group() -> list[int]:
+    def group(field: int = 2, value: int = pgid) -> list[int]:
+        """Live processes whose stat field (2: pgid, 1: ppid) is ``value``."""
         out = []
         for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
@@ -333,10 +334,11 @@ def test_the_lifeline_watcher_leaves_with_its_container(tmp_path: Path) -> None:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
+            if int(fields[field]) == value and fields[0] != "Z":
                 out.append(int(entry))
         return out
 
     wait_until(lambda: len(group()) == 2, 30, "the container and its watcher")
+    assert group(1, proc.pid) == []  # the watcher is no child of the container
     assert proc.stop(grace=5) == 143
     wait_until(lambda: group() == [], 30, "the watcher to leave with its container")

@@ -7,10 +7,10 @@ code. The watcher (re-executed with an empty environment, so that nothing mistak
 container) shares the container's process group and blocks reading FD, the read end of a pipe
 whose write end only the starting process holds. The read returns EOF when that process is
 gone, however it ended (SIGKILL and OOM kills included: the kernel closes its descriptors),
-and the watcher then SIGKILLs the container and its process group. The watcher itself dies
-with the container (``PR_SET_PDEATHSIG``), so it never outlives what it guards. The one
-visible difference: the container process has one extra child, the watcher (a program that
-waits for *all* its children before exiting would wait for it too).
+and the watcher then SIGKILLs the container and its process group. The watcher also watches
+the container (a pidfd) and exits with it, so it never outlives what it guards. It is started
+through a middle process that exits at once, so it is no child of the container: the
+container's own children are exactly the ones it started.
 
 Graceful stops (Ctrl-C, SIGTERM, pod deletion) do not involve it: they stop the containers
 first, and the watchers go with them (docs/architecture.md, Local mode).
@@ -29,7 +29,6 @@ import threading
 
 _LOCK = threading.Lock()
 _PIPE: tuple[int, int] | None = None  # (read end, write end), created on first use
-PR_SET_PDEATHSIG = 1
 
 
 def _forget_in_child() -> None:
@@ -61,49 +60,53 @@ def wrap(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
     return [sys.executable, "-S", os.path.abspath(__file__), str(fd), "--", *argv], (fd,)
 
 
-def _set_pdeathsig(sig: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        pass
+    return True
 
 
 def watch(fd: int, guarded: int) -> None:
-    """Wait for EOF on ``fd``, then SIGKILL ``guarded`` and this process group."""
+    """Until ``guarded`` exits: on EOF on ``fd``, SIGKILL ``guarded`` and this process group."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a group-wide SIGTERM is the container's to handle
-    # Die with the container; where prctl is missing, poll for it instead.
-    poll = None if _set_pdeathsig(signal.SIGKILL) else 1.0
-    if os.getppid() != guarded:
-        return  # the container exited before we were ready
+    try:  # readable when the container exits (Linux >= 5.3); else poll for it
+        exited: int | None = os.pidfd_open(guarded)
+    except (AttributeError, OSError):
+        exited = None
     while True:
-        ready, _, _ = select.select([fd], [], [], poll)
-        if ready and not os.read(fd, 64):
+        watched = [fd] if exited is None else [fd, exited]
+        ready, _, _ = select.select(watched, [], [], 1.0 if exited is None else None)
+        if (exited in ready) or (exited is None and not _alive(guarded)):
+            return  # the container is gone: so are we
+        if fd in ready and not os.read(fd, 64):
             break  # EOF: the starting process is gone
-        if poll is not None and os.getppid() != guarded:
-            return
-    _set_pdeathsig(0)  # killing the container must not end us before we kill its group
     with contextlib.suppress(OSError):
         os.kill(guarded, signal.SIGKILL)  # the container, wherever its group is
     os.killpg(0, signal.SIGKILL)  # then its group, and us
 
 
 def launch(fd: int, argv: list[str]) -> None:
-    """Fork the watcher, then become ``argv``."""
+    """Start the watcher (a grandchild, so not a child of the container), then become
+    ``argv``."""
     me = os.getpid()
-    if os.fork() == 0:
+    middle = os.fork()
+    if middle == 0:
         try:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for std in (0, 1, 2):
-                os.dup2(devnull, std)  # do not hold the container's log or pipes open
-            os.set_inheritable(fd, True)
-            exe = sys.executable
-            os.execve(exe, [exe, "-S", os.path.abspath(__file__), "--watch", str(fd), str(me)], {})
+            if os.fork() == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for std in (0, 1, 2):
+                    os.dup2(devnull, std)  # do not hold the container's log or pipes open
+                os.set_inheritable(fd, True)
+                exe, script = sys.executable, os.path.abspath(__file__)
+                os.execve(exe, [exe, "-S", script, "--watch", str(fd), str(me)], {})
         finally:
-            os._exit(127)
+            os._exit(0)  # the middle process (or a watcher that could not exec)
+    os.waitpid(middle, 0)  # reaped: the container starts with no child of ours
     os.close(fd)
     try:
         os.execvp(argv[0], argv)
