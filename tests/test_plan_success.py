@@ -192,10 +192,10 @@ def test_a_finishing_job_replaces_nothing(
 def test_empty_slot_is_not_refilled_once_the_success_role_left() -> None:
     job = J(worker=2, wpolicy="Always", ps=1, success={"role": "ps"})
     every = [member("worker", 0, 0), member("ps", 0, 2)]
-    st = status({"worker": [0, 1], "ps": [0]}, members=[{"name": "ps_0", "rank": 2,
-                                                         "pod": "demo-ps-0"}])  # fmt: skip
-    assert creates(run(job, [*running(0), pod("ps", 0)], every, st)) == [("worker", 1)]
-    assert creates(run(job, [*running(0), pod("ps", 0)], every[:1], st)) == []
+    pods = [*running(0), pod("ps", 0)]
+    formed = run(job, pods, every, status({"worker": [0, 1], "ps": [0]}))
+    assert creates(formed) == [("worker", 1)]  # worker_1 awaits its replacement
+    assert creates(run(job, pods, every[:1], formed.status)) == []  # ps_0 left: not refilled
 
 
 def test_clean_exit_hold_requeues_and_says_why() -> None:
@@ -261,3 +261,13 @@ def test_pod_view_reads_when_the_worker_finished() -> None:
         },
     }  # fmt: skip
     assert PodView.from_pod(raw).finished_at == NOW - dt.timedelta(seconds=10)
+
+
+def test_a_replacement_pod_is_not_its_predecessors_member() -> None:
+    job = J(worker=2, wmin=2)
+    every = [member("worker", 0, 0), member("worker", 1, 1)]
+    st = run(job, running(0, 1), every, status({"worker": [0, 1]})).status
+    # worker_1's pod was replaced under the same name before its member record went away.
+    new = pod("worker", 1, uid="worker-1-new")
+    p = run(job, [*running(0), new], every[:1], st, now=NOW + dt.timedelta(seconds=1))
+    assert "left" not in p.status["roles"]["worker"] and "Degraded" in events(p)

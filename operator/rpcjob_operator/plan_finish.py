@@ -57,9 +57,12 @@ def track_leaves(c: Cycle) -> None:
             if p.exit_code not in (None, 0):
                 continue  # its worker crashed: a failure on its way, not a leave
             entry = prev.get(str(idx))
+            same_pod = ((prev_roles.get(role) or {}).get("pods") or {}).get(str(idx)) == p.uid
             if isinstance(entry, dict) and entry.get("uid") == p.uid:
                 out[idx] = {"uid": p.uid, "since": str(entry.get("since") or c.now_str)}
-            elif joined is not None and p.name in before:
+            elif joined is not None and same_pod and p.name in before:
+                # (same_pod: a replacement of the same name never counts as its
+                # predecessor's member)
                 out[idx] = {"uid": p.uid, "since": c.now_str}
         c.left[role] = out
 
