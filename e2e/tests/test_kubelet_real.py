@@ -119,7 +119,8 @@ def test_node_is_registered_with_gpus_labels_and_a_lease(k8s: E2ECluster) -> Non
     node = json.loads(kubectl(k8s, "get", "node", "node-1", "-o", "json").stdout)
     assert node["status"]["capacity"]["nvidia.com/gpu"] == str(GPUS)
     assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(GPUS)
-    assert node["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.100.2"}]
+    node_ip = k8s.kubelets[1].node_ip
+    assert node["status"]["addresses"] == [{"type": "InternalIP", "address": node_ip}]
     assert node["spec"]["podCIDR"].startswith("10.244.")
     lease = json.loads(
         kubectl(k8s, "get", "lease", "node-1", "-n", "kube-node-lease", "-o", "json").stdout
@@ -133,7 +134,7 @@ def test_two_pods_of_one_node_bind_one_port_and_are_reached_by_pod_ip(k8s: E2ECl
         wait(k8s, name, "condition=Ready")
     a, b = get(k8s, "web-a"), get(k8s, "web-b")
     assert a["status"]["podIP"] != b["status"]["podIP"]
-    assert a["status"]["hostIP"] == "127.0.100.1"
+    assert a["status"]["hostIP"] == k8s.kubelets[0].node_ip
     fetch = f"import urllib.request; print(urllib.request.urlopen('http://{b['status']['podIP']}:8080/', timeout=30).read().decode())"  # noqa: E501
     apply(k8s, pod("client", "node-1", ["python", "-c", fetch]))
     wait(k8s, "client", "jsonpath={.status.phase}=Succeeded")
