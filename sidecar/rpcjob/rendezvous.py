@@ -2,6 +2,11 @@
 
     etcd3://HOST:PORT[,HOST:PORT...]/PREFIX?timeout=SECONDS&ca=PATH&cert=PATH&key=PATH&user=NAME
 
+The handler keeps torch's ``tcp://`` handler contract to the letter: torch appends ``rank`` and
+``world_size`` to the query, and a missing port, rank or world size, a non-integer rank or world
+size and a missing host raise the same exception types with the same messages (scheme name
+aside), in the same order, before anything etcd-specific is checked (tests/test_rendezvous.py
+runs both side by side). ``world_size=-1`` is dynamic RPC's "no fixed size".
 The path is the key prefix of the store (``etcd3://10.0.0.5:2379/rpcjob/ns/job/uid/store/``
 uses prefix ``/rpcjob/ns/job/uid/store/``). The password comes only from the environment
 (``RPCJOB_ETCD_PASSWORD``): a URL ends up in logs and process listings. ``ca``/``cert``/``key``/
@@ -63,20 +68,45 @@ def _error(msg: str) -> Etcd3URLError:
     return Etcd3URLError(f"etcd3:// init_method: {msg} (expected e.g. {EXAMPLE})")
 
 
-def _int(query: dict[str, str], name: str) -> int:
-    raw = query.get(name, "-1")
-    try:
-        return int(raw)
-    except ValueError:
-        raise _error(f"{name}={raw!r} is not an integer") from None
+def _query_to_dict(query: str) -> dict[str, str]:
+    """torch's own query parsing for rank and world_size (no unquoting; "a" alone fails)."""
+    return {
+        pair[0]: pair[1] for pair in (pair.split("=") for pair in filter(None, query.split("&")))
+    }
+
+
+def _torch_checks(url: str) -> tuple[int, int]:
+    """(rank, world_size) with the checks of torch's ``_tcp_rendezvous_handler``, in its order,
+    raising its exception types and messages."""
+
+    def error(msg: str) -> ValueError:
+        return ValueError(
+            f"Error initializing torch.distributed using {SCHEME}:// rendezvous: {msg}"
+        )
+
+    u = urlparse(url)
+    single = "," not in u.netloc  # several endpoints have no single port to check
+    if single and u.port is None:  # .port raises torch's ValueError for a port out of range
+        raise error("port number missing")
+    query = _query_to_dict(u.query)
+    if "rank" not in query:
+        raise error("rank parameter missing")
+    if "world_size" not in query:
+        raise error("world size parameter missing")
+    rank, world_size = int(query["rank"]), int(query["world_size"])
+    if single and u.hostname is None:
+        raise AssertionError("hostname cannot be None")
+    return rank, world_size
 
 
 def parse_url(url: str, env: dict[str, str] | None = None) -> Etcd3Target:
-    """Parse an ``etcd3://`` URL (pure: the environment is passed in, default os.environ)."""
+    """Parse an ``etcd3://`` URL as torch's rendezvous passes it (with ``rank`` and
+    ``world_size`` in the query). Pure: the environment is passed in, default os.environ."""
     env = dict(os.environ) if env is None else env
     u = urlparse(url)
     if u.scheme != SCHEME:
         raise _error(f"scheme {u.scheme!r} is not {SCHEME!r}")
+    rank, world_size = _torch_checks(url)
     if "@" in u.netloc:
         raise _error(
             "credentials in the URL are not allowed (they end up in logs): put the user in "
@@ -132,8 +162,8 @@ def parse_url(url: str, env: dict[str, str] | None = None) -> Etcd3Target:
         endpoints=endpoints,
         prefix=prefix,
         timeout=timeout,
-        rank=_int(query, "rank"),
-        world_size=_int(query, "world_size"),
+        rank=rank,
+        world_size=world_size,
         ca=files["ca"],
         cert=files["cert"],
         key=files["key"],
@@ -146,8 +176,8 @@ def etcd3_rendezvous_handler(
     url: str, timeout: timedelta | None = None, **_kwargs: Any
 ) -> Iterator[tuple[Any, int, int]]:
     """torch rendezvous handler: yields ``(store, rank, world_size)`` once, like torch's
-    ``tcp://`` handler (``rank``/``world_size`` come from the query torch appends; -1 when
-    unknown, which is dynamic RPC's world size)."""
+    ``tcp://`` handler (``rank``/``world_size`` come from the query torch appends; a world
+    size of -1 is dynamic RPC's)."""
     from rpcjob.store import EtcdStore, keep_alive
 
     t = parse_url(url)
