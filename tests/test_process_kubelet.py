@@ -6,6 +6,7 @@ e2e/tests/test_kubelet_real.py."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -19,7 +20,14 @@ from e2e.cluster.kubelet_logs import ContainerLogs, LogQuery, LogQueryError, sel
 from e2e.cluster.kubelet_node import node_object, pod_gpus
 from e2e.cluster.kubelet_pod import local_argv
 from e2e.cluster.kubelet_volumes import VolumeNotReady, volume_dir, volume_files
-from e2e.cluster.mounts import Mount, MountPlanError, plan_mounts, start_script, wrap_argv
+from e2e.cluster.mounts import (
+    HostMountpoints,
+    Mount,
+    MountPlanError,
+    plan_mounts,
+    start_script,
+    wrap_argv,
+)
 from rpcjob_operator.localexec.containers import PodInfo
 
 # --- pod IPs ------------------------------------------------------------------------------
@@ -127,6 +135,29 @@ def test_wrap_argv_enters_the_netns_unless_host_network() -> None:
     assert wrap_argv("/run/netns/p", "/s.sh", ["x"])[:3] == ["nsenter", "--net=/run/netns/p", "--"]
     assert wrap_argv(None, "/s.sh", ["x", "y"])[0] == "unshare"
     assert wrap_argv(None, "/s.sh", ["x", "y"])[-3:] == ["/s.sh", "x", "y"]
+
+
+def test_host_mountpoints_stay_until_their_last_owner_lets_go(tmp_path: Path) -> None:
+    registry = tmp_path / "mountpoints.json"
+    a, b = HostMountpoints(registry), HostMountpoints(registry)
+    target = tmp_path / "var" / "run" / "secrets"
+    a.ensure(str(target), is_file=False)
+    b.ensure(str(target), is_file=False)
+    a.release_all()
+    assert target.is_dir()  # b's pods may still have it mounted
+    b.release_all()
+    assert not (tmp_path / "var").exists() and not registry.exists()
+
+
+def test_host_mountpoints_of_a_dead_process_are_released(tmp_path: Path) -> None:
+    registry = tmp_path / "mountpoints.json"
+    target = tmp_path / "etc-app.conf"
+    registry.write_text(json.dumps({str(target): ["999999999-1"]}))
+    target.touch()
+    mine = HostMountpoints(registry)
+    mine.ensure(str(target), is_file=True)
+    mine.release_all()
+    assert not target.exists()
 
 
 # --- volumes --------------------------------------------------------------------------------

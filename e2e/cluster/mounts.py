@@ -9,18 +9,23 @@ container's command, so the process keeps the pid (and process group) the kubele
 
 The host's root filesystem is shared (no image filesystems), so a mount target must exist on
 it: missing directories (e.g. /var/run/secrets/kubernetes.io/serviceaccount) are created once
-by ``HostMountpoints`` and removed again when the last kubelet of this process stops.
+by ``HostMountpoints`` and removed again when the last kubelet on the host that uses them stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shlex
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
+
+# Next to the e2e cluster's slot locks (apiaddr.py); /tmp where /run/lock is missing.
+REGISTRY = Path("/run/lock" if os.path.isdir("/run/lock") else "/tmp") / "rpcjob-mountpoints.json"
 
 
 class MountPlanError(ValueError):
@@ -110,46 +115,74 @@ def wrap_argv(netns_path: str | None, script: str, argv: Sequence[str]) -> list[
 
 
 class HostMountpoints:
-    """Mount targets created on the host filesystem, counted across this process's kubelets,
-    and removed (deepest first, only if still empty) when the last user lets go."""
+    """Mount targets created on the host filesystem, shared by every kubelet on the host (other
+    processes and clusters too), and removed, deepest first, when the last of them lets go.
 
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-    _refs: ClassVar[dict[str, int]] = {}
+    The owners live in a registry file under a lock, not in memory: removing a directory that
+    is a mountpoint in another mount namespace detaches that mount there, so one cluster's
+    stop must never remove a path another cluster's pods still have mounted."""
 
-    def __init__(self) -> None:
-        self.mine: list[str] = []
+    def __init__(self, registry: Path = REGISTRY) -> None:
+        self.registry = registry
+        self.owner = f"{os.getpid()}-{id(self)}"
+        self.mine: set[str] = set()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, list[str]]]:
+        with open(self.registry.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                table: dict[str, list[str]] = json.loads(self.registry.read_text())
+            except (FileNotFoundError, ValueError):
+                table = {}
+            yield table
+            if not table:
+                self.registry.unlink(missing_ok=True)
+                return
+            tmp = self.registry.with_suffix(".tmp")
+            tmp.write_text(json.dumps(table, sort_keys=True))
+            tmp.replace(self.registry)
 
     def ensure(self, target: str, is_file: bool) -> None:
-        with self._lock:
+        with self._locked() as table:
             parts = target.strip("/").split("/")
             for i in range(1, len(parts) + 1):
                 path = "/" + "/".join(parts[:i])
-                last = i == len(parts)
-                if path in self._refs:
-                    if path not in self.mine:
-                        self._refs[path] += 1
-                        self.mine.append(path)
-                    continue
-                if os.path.lexists(path):
-                    continue
-                if last and is_file:
-                    with open(path, "a"):
-                        pass
-                else:
-                    os.mkdir(path)
-                self._refs[path] = 1
-                self.mine.append(path)
+                if path not in table:
+                    if os.path.lexists(path):
+                        continue  # the host's own
+                    if i == len(parts) and is_file:
+                        with open(path, "a"):
+                            pass
+                    else:
+                        os.mkdir(path)
+                    table[path] = []
+                if self.owner not in table[path]:
+                    table[path].append(self.owner)
+                self.mine.add(path)
 
     def release_all(self) -> None:
-        with self._lock:
-            for path in sorted(self.mine, key=lambda p: p.count("/"), reverse=True):
-                self._refs[path] -= 1
-                if self._refs[path] > 0:
+        with self._locked() as table:
+            for path in sorted(table, key=lambda p: p.count("/"), reverse=True):
+                owners = [o for o in table[path] if o != self.owner and _alive(o)]
+                if owners:
+                    table[path] = owners
                     continue
-                del self._refs[path]
+                del table[path]
                 with contextlib.suppress(OSError):
                     if os.path.isdir(path) and not os.path.islink(path):
                         os.rmdir(path)
                     else:
                         os.unlink(path)
-            self.mine = []
+        self.mine = set()
+
+
+def _alive(owner: str) -> bool:
+    """An owner whose process died (a killed test run) no longer holds its paths."""
+    try:
+        os.kill(int(owner.split("-", 1)[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
