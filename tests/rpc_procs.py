@@ -21,7 +21,25 @@ def echo(caller: str) -> str:
     return f"{rpc.get_worker_info().name}<-{caller}"
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive its test process (a pytest-timeout kill included): the
+    parent's sentinel becomes readable when it exits, however it exits."""
+    import multiprocessing.connection
+    import threading
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def worker_main(name: str, rank: int, url: str, env: dict[str, str], cmds: Any, out: Any) -> None:
+    _die_with_parent()
     os.environ.update(env)
     try:
         import torch.distributed.rpc as rpc
