@@ -1,20 +1,23 @@
 """The operator's etcd access: read a job's live members, delete a job's keys.
 
-One :class:`rpcjob.etcd.AsyncClient` per distinct endpoint list (jobs usually share the chart's
+One :class:`rpcjob.etcd.Client` per distinct endpoint list (jobs usually share the chart's
 etcd), with the operator's own TLS/auth settings from ``RPCJOB_ETCD_*`` (the chart mounts them;
-the operator never reads the jobs' Secrets). A short timeout: an unreachable etcd must not stall
-reconciles — the cycle then runs with ``members=None`` (joined falls back to pod readiness).
+the operator never reads the jobs' Secrets). The client is synchronous and thread-safe: each
+call runs on a worker thread (``asyncio.to_thread``) so the event loop never blocks. A short
+timeout: an unreachable etcd must not stall reconciles — the cycle then runs with
+``members=None`` (joined falls back to pod readiness).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from rpcjob import contract
-from rpcjob.etcd import AsyncClient, EtcdError
+from rpcjob.etcd import Client, EtcdError
 from rpcjob_operator.model import MemberView
 
 log = logging.getLogger("rpcjob_operator.members")
@@ -22,7 +25,7 @@ READ_TIMEOUT_S = 2.0
 
 
 class EtcdPool:
-    """Async etcd clients keyed by endpoint list (create them on the operator's event loop)."""
+    """etcd clients keyed by endpoint list, called from the event loop through threads."""
 
     def __init__(self, client_kwargs: dict[str, Any] | None = None) -> None:
         if client_kwargs is None:
@@ -30,18 +33,18 @@ class EtcdPool:
 
             client_kwargs = env_kwargs()
         self._kwargs = client_kwargs
-        self._clients: dict[tuple[str, ...], AsyncClient] = {}
+        self._clients: dict[tuple[str, ...], Client] = {}
 
-    def client(self, endpoints: Sequence[str]) -> AsyncClient:
+    def client(self, endpoints: Sequence[str]) -> Client:
         key = tuple(endpoints)
         if key not in self._clients:
-            self._clients[key] = AsyncClient(list(key), timeout=READ_TIMEOUT_S, **self._kwargs)
+            self._clients[key] = Client(list(key), timeout=READ_TIMEOUT_S, **self._kwargs)
         return self._clients[key]
 
     async def close(self) -> None:
         for c in self._clients.values():
             try:
-                await c.close()
+                await asyncio.to_thread(c.close)
             except Exception:  # closing on shutdown: nothing left to do about it
                 log.debug("closing an etcd client failed", exc_info=True)
         self._clients.clear()
@@ -53,7 +56,8 @@ class EtcdPool:
 
         A record that is not JSON is skipped with a log line (a sidecar of another version
         must not stop the operator from reporting the others)."""
-        kvs = await self.client(endpoints).get_prefix(keys.members, timeout=READ_TIMEOUT_S)
+        client = self.client(endpoints)
+        kvs = await asyncio.to_thread(client.get_prefix, keys.members, timeout=READ_TIMEOUT_S)
         out: list[MemberView] = []
         for kv in kvs:
             name = kv.key.decode()[len(keys.members) :]
@@ -68,7 +72,8 @@ class EtcdPool:
 
     async def delete_prefix(self, endpoints: Sequence[str], prefix: str) -> int:
         """Delete every key under ``prefix``; the number deleted. Raises EtcdError."""
-        result = await self.client(endpoints).delete(prefix, prefix=True, timeout=5.0)
+        client = self.client(endpoints)
+        result = await asyncio.to_thread(client.delete, prefix, prefix=True, timeout=5.0)
         return int(result.deleted)
 
 

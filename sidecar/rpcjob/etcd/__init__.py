@@ -2,8 +2,8 @@
 
 Why our own client: docs/architecture.md#etcd-client.
 
-Sync :class:`Client` and asyncio :class:`AsyncClient` over one set of generated stubs
-(``proto/*.proto``, etcd's own packages and field numbers; stubs in ``_pb/``).
+One thread-safe :class:`Client` over generated stubs (``proto/*.proto``, etcd's own packages and
+field numbers; stubs in ``_pb/``). asyncio code calls it from a thread (``asyncio.to_thread``).
 
     with Client("127.0.0.1:2379") as c:
         c.put("k", "v")
@@ -17,7 +17,6 @@ Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All
 from __future__ import annotations
 
 from rpcjob.etcd._convert import prefix_end
-from rpcjob.etcd.aio import AsyncClient, AsyncKeepAlive, AsyncWatch
 from rpcjob.etcd.client import Client, KeepAlive, Watch, env_kwargs
 from rpcjob.etcd.errors import (
     EtcdAuthError,
@@ -42,9 +41,6 @@ from rpcjob.etcd.values import (
 
 __all__ = [
     "KV",
-    "AsyncClient",
-    "AsyncKeepAlive",
-    "AsyncWatch",
     "Client",
     "Compare",
     "DeleteResult",

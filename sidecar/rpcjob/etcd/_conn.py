@@ -147,36 +147,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class ErrorContext:
-    """What an error says about the call: shared by the sync and asyncio connections."""
-
-    endpoints: list[Any]
-    user: str | None
-
-    def _timeout_error(
-        self,
-        last: tuple[Failure, str, str] | None,
-        ep: Any,
-        op: str,
-        budget: float,
-        details: str = "deadline passed before the call could be sent",
-    ) -> EtcdError:
-        if last is not None:  # say why earlier attempts failed, not just "timed out"
-            f, details, address = last
-            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
-        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
-
-    def _ctx(self, ep: Any, op: str, budget: float) -> dict[str, Any]:
-        return {
-            "endpoint": ep.address,
-            "endpoints": self.endpoints,
-            "op": op,
-            "timeout": budget,
-            "user": self.user,
-        }
-
-
-class Conn(ErrorContext):
+class Conn:
     """The endpoints of one client and the retry loop around each call."""
 
     def __init__(
@@ -266,6 +237,29 @@ class Conn(ErrorContext):
             for ep in eps:
                 if ep is not None:
                     ep.channel.close()
+
+    # --- errors -------------------------------------------------------------------------------
+    def _timeout_error(
+        self,
+        last: tuple[Failure, str, str] | None,
+        ep: Endpoint,
+        op: str,
+        budget: float,
+        details: str = "deadline passed before the call could be sent",
+    ) -> EtcdError:
+        if last is not None:  # say why earlier attempts failed, not just "timed out"
+            f, details, address = last
+            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
+        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
+
+    def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:
+        return {
+            "endpoint": ep.address,
+            "endpoints": self.endpoints,
+            "op": op,
+            "timeout": budget,
+            "user": self.user,
+        }
 
     # --- auth ---------------------------------------------------------------------------------
     def authenticate(self, ep: Endpoint, deadline: float) -> None:
