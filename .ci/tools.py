@@ -45,6 +45,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("bash", "Debian essential"),
     Tool("nice", "Debian essential (coreutils)"),
     Tool("unshare", "Debian essential (util-linux)"),
+    Tool("nsenter", "Debian essential (util-linux)"),
+    Tool("sh", "Debian essential (dash)"),
+    Tool("python3", "the Python 3.11 the README asks for"),
     Tool("ip", "apt-get install iproute2 (.ci/install)"),
     Tool("go", "Go 1.26 (the e2e control plane build)", optional="the e2e control-plane "
          "tests build Kubernetes with it and skip without it"),
