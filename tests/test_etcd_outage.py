@@ -15,6 +15,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,16 @@ def _log(pod: Pod) -> str:
     return pod.sidecar_log.read_text(errors="replace")
 
 
-def _outage(etcd: EmbeddedEtcd, pods: list[Pod]) -> None:
+def _healthy_while_etcd_is_down(pods: list[Pod]) -> None:
+    """Liveness stays 200 (a restart cannot bring etcd back) and says what is going on."""
+    for p in pods:
+        code, body = p.http("/healthz")
+        assert code == 200 and "etcd unreachable" in body, (p.name, code, body)
+
+
+def _outage(
+    etcd: EmbeddedEtcd, pods: list[Pod], during: Callable[[list[Pod]], None] | None = None
+) -> None:
     """Stop etcd for at least 2 x TTL, and until every sidecar in ``pods`` has seen its
     keepalive fail for a whole TTL (today's point of no return); then start it again on the
     same port and data dir."""
@@ -59,6 +69,8 @@ def _outage(etcd: EmbeddedEtcd, pods: list[Pod]) -> None:
         "every sidecar to see its keepalives fail for a whole TTL",
         interval=0.2,
     )
+    if during is not None:
+        during(pods)
     etcd.restart()
 
 
@@ -74,7 +86,7 @@ def test_outage_longer_than_ttl_keeps_the_group(etcd: EmbeddedEtcd, tmp_path: Pa
 
         # 1. etcd down for 2 x TTL under a running group: nobody restarts, RPCs keep working.
         marks = {p.name: len(CARRY_ON.findall(_log(p))) for p in pods}
-        _outage(etcd, pods)
+        _outage(etcd, pods, during=_healthy_while_etcd_is_down)
         wait_for(lambda: all(len(CARRY_ON.findall(_log(w.pod))) > marks[w.name] or not w.alive
                              for w in workers), 60,
                  "every sidecar to find its lease alive once etcd is back")  # fmt: skip

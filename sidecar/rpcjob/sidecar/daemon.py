@@ -319,7 +319,9 @@ class Sidecar(IncarnationMixin):
         machine must not turn a slow etcd call into a restart)."""
         if self.failed.is_set():
             return False, "the membership watch ended"
-        since = self.lease_keeper.unreachable_since if self.lease_keeper else None
+        inc = self.inc
+        keepers = [k for k in (self.lease_keeper, inc.keepalive if inc else None) if k]
+        since = min((k.unreachable_since for k in keepers if k.unreachable_since), default=None)
         if since is not None:
             return True, (f"ok; etcd unreachable for {time.monotonic() - since:.0f}s "
                           "(retrying; the worker stays joined)")  # fmt: skip
