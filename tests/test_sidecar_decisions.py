@@ -10,6 +10,7 @@ import pytest
 from rpcjob import contract as c
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import KV, WatchEvent
+from rpcjob.records import MemberRecord
 from rpcjob.sidecar.cleanup import (
     EvictRequest,
     LiveRank,
@@ -17,7 +18,7 @@ from rpcjob.sidecar.cleanup import (
     name_is_clean,
     plan_cleanup,
 )
-from rpcjob.sidecar.members import MemberRecord, MembershipView
+from rpcjob.sidecar.members import MembershipView
 from rpcjob.sidecar.ranks import RankChoice, choose_rank, describe_exhaustion, to_stamp
 
 # --- ranks ------------------------------------------------------------------------------------

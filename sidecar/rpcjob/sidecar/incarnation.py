@@ -16,13 +16,14 @@ from rpcjob import contract as c
 from rpcjob import devices as dv
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Compare, EtcdError, Lease, Op
+from rpcjob.records import MemberRecord
 
 from ._pb import sidecar_pb2 as _pb2
 from .cleanup import Identity, torch_key
 from .config import SidecarConfig
 from .http import Metrics
 from .leases import FIRST_RETRY_S, LeaseKeeper
-from .members import MemberRecord, MembershipView
+from .members import MembershipView
 
 log = logging.getLogger("rpcjob.sidecar")
 T = TypeVar("T")

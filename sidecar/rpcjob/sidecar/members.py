@@ -1,46 +1,13 @@
-"""Member records (``members/<worker>``) and the membership events a sidecar streams to its
-worker, decided from etcd watch batches (pure; the daemon applies them)."""
+"""The membership events a sidecar streams to its worker, decided from etcd watch batches of
+member records (pure; the daemon applies them). The record itself is :mod:`rpcjob.records`."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from rpcjob import contract as c
 from rpcjob.etcd import WatchEvent
-
-
-@dataclass(frozen=True)
-class MemberRecord:
-    name: str
-    rank: int
-    pod: str
-    node: str
-    ip: str
-    devices: tuple[str, ...] = ()
-    incarnation: int = 0  # etcd revision of the rank allocation
-    joined: int = 0  # etcd revision of the member record (0 until written)
-    clique: str = ""
-
-    def encode(self) -> str:
-        d = asdict(self)
-        d["devices"] = list(self.devices)
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def decode(cls, raw: bytes, joined: int = 0) -> MemberRecord:
-        d = json.loads(raw)
-        return cls(
-            name=str(d["name"]),
-            rank=int(d["rank"]),
-            pod=str(d.get("pod", "")),
-            node=str(d.get("node", "")),
-            ip=str(d.get("ip", "")),
-            devices=tuple(d.get("devices", ())),
-            incarnation=int(d.get("incarnation", 0)),
-            joined=joined or int(d.get("joined", 0)),
-            clique=str(d.get("clique", "")),
-        )
+from rpcjob.records import MemberRecord
 
 
 @dataclass(frozen=True)
