@@ -7,6 +7,8 @@ from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from rpcjob.netaddr import HostPort, parse_host_port
+
 log = logging.getLogger("rpcjob_operator.metrics")
 
 RECONCILES = Counter(
@@ -58,11 +60,14 @@ def serve(addr: str) -> None:
     logged, not fatal: metrics must never stop the operator."""
     if not addr:
         return
-    host, _, port = addr.rpartition(":")
-    if not port or int(port) == 0:
+    hp = parse_host_port(
+        addr, "--metrics", example="0.0.0.0:9465", host_optional=True, port_zero=True
+    )
+    if hp.port == 0:
         return
+    host = hp.host or "0.0.0.0"
     try:
-        start_http_server(int(port), addr=host or "0.0.0.0")
-        log.info("serving Prometheus metrics on http://%s:%s/metrics", host or "0.0.0.0", port)
+        start_http_server(hp.port, addr=host)
+        log.info("serving Prometheus metrics on http://%s/metrics", HostPort(host, hp.port))
     except OSError as e:
         log.warning("cannot serve metrics on %s: %s (continuing without /metrics)", addr, e)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rpcjob import contract as c
+from rpcjob import netaddr
 from rpcjob.devices import DeviceMapError, RoleShape
 from rpcjob.devices import parse_slots as parse_job_slots
 
@@ -97,10 +98,11 @@ def _float(env: Mapping[str, str], name: str, default: float, what: str) -> floa
 
 
 def parse_host_port(raw: str, name: str) -> tuple[str, int]:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name}={raw!r} is not host:port: set it to e.g. 10.0.0.5:9464")
-    return host.strip("[]"), int(port)
+    try:
+        hp = netaddr.parse_host_port(raw, name, example="10.0.0.5:9464", port_zero=True)
+    except netaddr.InvalidHostPort as e:
+        raise ConfigError(str(e)) from None
+    return hp.host, hp.port
 
 
 def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
