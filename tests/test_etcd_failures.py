@@ -18,11 +18,13 @@ from rpcjob.etcd import (
     EtcdTLSError,
     EtcdUnavailable,
     Op,
+    SettingNames,
 )
 from rpcjob.etcd._conn import parse_endpoints
 from rpcjob.etcd._convert import prefix_end
 from rpcjob.etcd._failures import Action, Failure, classify, decide, error_for, outcome_unknown
 from rpcjob.etcd.values import describe_keys, read_only, written_keys
+from rpcjob.etcd_env import ENV_NAMES, client_settings
 
 C = grpc.StatusCode
 REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused"  # noqa: E501
@@ -90,7 +92,7 @@ def test_decide(failure: Failure, repeatable: bool, reauthed: bool, expected: Ac
 def _err(f: Failure, details: str = "x", user: str | None = None) -> Exception:
     return error_for(
         f, details, endpoint="10.0.0.1:2379", endpoints=["10.0.0.1:2379"], op="get", timeout=5,
-        user=user,
+        user=user, names=ENV_NAMES,
     )  # fmt: skip
 
 
@@ -123,8 +125,9 @@ def test_error_messages_name_endpoint_and_fix() -> None:
 def test_several_endpoints_named_when_all_fail() -> None:
     e = error_for(
         Failure.CONNECT, REFUSED, endpoint="b:2", endpoints=["a:1", "b:2"], op="put", timeout=1,
-        user=None,
+        user=None, names=SettingNames(),
     )  # fmt: skip
+    assert "that endpoints= lists reachable host:port endpoints" in str(e)  # the argument
     assert "etcd unreachable at every endpoint (a:1, b:2; last b:2)" in str(e)
 
 
@@ -145,7 +148,7 @@ def test_parse_endpoints(given: str | list[str], expected: list[str]) -> None:
     ("given", "message"),
     [
         ("", "no etcd endpoint given"),
-        ("localhost", "etcd endpoint 'localhost' is invalid: use host:port"),
+        ("localhost", "etcd endpoint 'localhost' is invalid \\(endpoints=\\): use host:port"),
         ("a:b", "etcd endpoint 'a:b' is invalid"),
     ],
 )
@@ -194,3 +197,26 @@ def test_txn_is_repeatable_only_when_it_only_reads(
 def test_describe_keys() -> None:
     assert describe_keys([b"/a"]) == "key '/a'"
     assert describe_keys([b"a", b"b", b"c", b"d", b"e"]) == "keys 'a', 'b', 'c' and 2 more"
+
+
+def test_the_client_reads_no_environment_and_imports_no_pod_contract() -> None:
+    import ast
+
+    pkg = Path(__file__).parents[1] / "sidecar" / "rpcjob" / "etcd"
+    for path in pkg.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            assert not [n for n in names if n.startswith("rpcjob.contract")], path
+        assert "os.environ" not in path.read_text(), path
+
+
+def test_client_settings_from_the_pod_environment() -> None:
+    env = {"RPCJOB_ETCD_CA": "/ca.pem", "RPCJOB_ETCD_USER": "u", "RPCJOB_ETCD_PASSWORD": "p",
+           "RPCJOB_ETCD_CERT": ""}  # fmt: skip
+    assert client_settings(env) == {
+        "ca": "/ca.pem", "cert": None, "key": None, "user": "u", "password": "p",
+        "names": ENV_NAMES,
+    }  # fmt: skip
+    assert ENV_NAMES.endpoints == "RPCJOB_ETCD_ENDPOINTS"

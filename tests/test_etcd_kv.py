@@ -187,7 +187,7 @@ def test_bad_arguments(etcd_endpoint: str, tmp_path: object) -> None:
         Client(etcd_endpoint, timeout=0)
     with pytest.raises(EtcdError, match=r"cannot read the etcd CA .* file '/nonexistent/ca.pem'"):
         Client(etcd_endpoint, ca="/nonexistent/ca.pem")
-    with pytest.raises(EtcdError, match=r"needs both RPCJOB_ETCD_CERT .* and RPCJOB_ETCD_KEY"):
+    with pytest.raises(EtcdError, match=r"needs both cert= and key="):
         Client(etcd_endpoint, cert="/x.pem")
     with pytest.raises(EtcdError, match="etcd user 'u' given without a password"):
         Client(etcd_endpoint, user="u")

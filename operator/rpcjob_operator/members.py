@@ -18,6 +18,7 @@ from typing import Any
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
+from rpcjob.etcd_env import client_settings
 from rpcjob_operator.model import MemberView
 
 log = logging.getLogger("rpcjob_operator.members")
@@ -28,11 +29,7 @@ class EtcdPool:
     """etcd clients keyed by endpoint list, called from the event loop through threads."""
 
     def __init__(self, client_kwargs: dict[str, Any] | None = None) -> None:
-        if client_kwargs is None:
-            from rpcjob.etcd.client import env_kwargs
-
-            client_kwargs = env_kwargs()
-        self._kwargs = client_kwargs
+        self._kwargs = dict(client_settings()) if client_kwargs is None else client_kwargs
         self._clients: dict[tuple[str, ...], Client] = {}
 
     def client(self, endpoints: Sequence[str]) -> Client:

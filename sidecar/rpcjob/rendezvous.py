@@ -31,8 +31,18 @@ from rpcjob.contract import (
     ENV_ETCD_PASSWORD,
     ENV_ETCD_USER,
 )
+from rpcjob.etcd.errors import SettingNames
 
 SCHEME = "etcd3"
+# Where the handler takes each etcd setting from, for the fixes the client's errors suggest.
+URL_NAMES = SettingNames(
+    endpoints="the etcd3:// URL's HOST:PORT list",
+    ca=f"ca= in the URL (or {ENV_ETCD_CA})",
+    cert=f"cert= in the URL (or {ENV_ETCD_CERT})",
+    key=f"key= in the URL (or {ENV_ETCD_KEY})",
+    user=f"user= in the URL (or {ENV_ETCD_USER})",
+    password=ENV_ETCD_PASSWORD,
+)
 FILE_KEYS = {"ca": ENV_ETCD_CA, "cert": ENV_ETCD_CERT, "key": ENV_ETCD_KEY}
 ALLOWED_KEYS = ("timeout", "ca", "cert", "key", "user", "rank", "world_size")
 EXAMPLE = "etcd3://127.0.0.1:2379/myjob/store/?timeout=60"
@@ -193,6 +203,7 @@ def etcd3_rendezvous_handler(
         key=t.key,
         user=t.user,
         password=t.password,
+        names=URL_NAMES,
     )
     keep_alive(store)
     # Fail here, with the etcd error (endpoint, TLS, auth), rather than inside torch's join.

@@ -49,7 +49,8 @@ from rpcjob._store_errors import (
     keep_alive,
     translate,
 )
-from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, Op, WatchEvent
+from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, Op, SettingNames, WatchEvent
+from rpcjob.etcd.errors import DEFAULT_NAMES
 
 __all__ = [
     "EtcdStore",
@@ -110,7 +111,8 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     """A c10d Store whose keys live in etcd under ``prefix`` (e.g. ``JobKeys(...).store``).
 
     ``endpoints``: ``"host:port"`` items or one comma-separated string; TLS (``ca``, ``cert``,
-    ``key``: PEM paths) and auth (``user``, ``password``) as for :class:`rpcjob.etcd.Client`.
+    ``key``: PEM paths) and auth (``user``, ``password``; ``names`` for messages) as for
+    :class:`rpcjob.etcd.Client`.
     Or pass an existing ``client`` (shared, not closed by the store). ``timeout``: the store
     timeout (``get``/``wait`` and every etcd call; 0 = none); torch resets it via
     ``set_timeout``.
@@ -128,6 +130,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         key: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        names: SettingNames = DEFAULT_NAMES,
     ) -> None:
         super().__init__()
         seconds = _seconds(timeout)
@@ -146,6 +149,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
                 key=key,
                 user=user,
                 password=password,
+                names=names,
             )
             self._owns_client = True
         else:

@@ -17,7 +17,7 @@ Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All
 from __future__ import annotations
 
 from rpcjob.etcd._convert import prefix_end
-from rpcjob.etcd.client import Client, KeepAlive, Watch, env_kwargs
+from rpcjob.etcd.client import Client, KeepAlive, Watch
 from rpcjob.etcd.errors import (
     EtcdAuthError,
     EtcdCompacted,
@@ -26,6 +26,7 @@ from rpcjob.etcd.errors import (
     EtcdTimeout,
     EtcdTLSError,
     EtcdUnavailable,
+    SettingNames,
 )
 from rpcjob.etcd.values import (
     KV,
@@ -56,9 +57,9 @@ __all__ = [
     "Op",
     "PutResult",
     "RangeResult",
+    "SettingNames",
     "TxnResult",
     "Watch",
     "WatchEvent",
-    "env_kwargs",
     "prefix_end",
 ]

@@ -20,12 +20,11 @@ from typing import Any
 
 import grpc
 
-from rpcjob.contract import ENV_ETCD_CA, ENV_ETCD_CERT, ENV_ETCD_KEY
 from rpcjob.etcd import _failures as fl
 from rpcjob.etcd._failures import Action, Failure
 from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
 from rpcjob.etcd._pb import rpc_pb2_grpc as _rpc_pb2_grpc
-from rpcjob.etcd.errors import EtcdError
+from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
 
 # The generated modules build their classes at run time: mypy sees them as Any.
 pb: Any = _rpc_pb2
@@ -52,7 +51,9 @@ RETRY_BACKOFF = (0.02, 0.5)  # seconds, between rounds over all endpoints
 _INHERITED: list[Any] = []
 
 
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+def parse_endpoints(
+    endpoints: str | Sequence[str], names: SettingNames = DEFAULT_NAMES
+) -> list[str]:
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = []
     for raw in items:
@@ -65,12 +66,12 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
         host, sep, port = ep.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(
-                f"etcd endpoint {raw.strip()!r} is invalid: use host:port (e.g. 127.0.0.1:2379), "
-                "several separated by commas"
+                f"etcd endpoint {raw.strip()!r} is invalid ({names.endpoints}): use host:port "
+                "(e.g. 127.0.0.1:2379), several separated by commas"
             )
         out.append(ep)
     if not out:
-        raise ValueError("no etcd endpoint given: pass host:port items (RPCJOB_ETCD_ENDPOINTS)")
+        raise ValueError(f"no etcd endpoint given: pass host:port items ({names.endpoints})")
     return out
 
 
@@ -85,19 +86,18 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 
 def credentials(
-    ca: str | None, cert: str | None, key: str | None
+    ca: str | None, cert: str | None, key: str | None, names: SettingNames
 ) -> grpc.ChannelCredentials | None:
     if not (ca or cert or key):
         return None
     if bool(cert) != bool(key):
         raise EtcdError(
-            f"etcd client certificate needs both {ENV_ETCD_CERT} (cert=) and {ENV_ETCD_KEY} "
-            "(key=); only one was given"
+            f"etcd client certificate needs both {names.cert} and {names.key}; only one was given"
         )
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, f"CA ({ENV_ETCD_CA})"),
-        private_key=_read(key, f"client key ({ENV_ETCD_KEY})"),
-        certificate_chain=_read(cert, f"client certificate ({ENV_ETCD_CERT})"),
+        root_certificates=_read(ca, f"CA ({names.ca})"),
+        private_key=_read(key, f"client key ({names.key})"),
+        certificate_chain=_read(cert, f"client certificate ({names.cert})"),
     )
 
 
@@ -160,16 +160,18 @@ class Conn:
         key: str | None,
         user: str | None,
         password: str | None,
+        names: SettingNames,
     ) -> None:
-        self.endpoints = parse_endpoints(endpoints)
+        self.names = names
+        self.endpoints = parse_endpoints(endpoints, names)
         if timeout <= 0:
             raise ValueError(f"etcd client timeout must be > 0 seconds, got {timeout}")
         if bool(user) != bool(password) and user:
-            raise EtcdError(f"etcd user {user!r} given without a password (RPCJOB_ETCD_PASSWORD)")
+            raise EtcdError(f"etcd user {user!r} given without a password ({names.password})")
         self.timeout = float(timeout)
         self.user = user or None
         self._password = password or None
-        self._creds = credentials(ca, cert, key)
+        self._creds = credentials(ca, cert, key, names)
         self._lock = threading.Lock()
         self._eps: list[Endpoint | None] = [None] * len(self.endpoints)
         self._cur = 0
@@ -259,6 +261,7 @@ class Conn:
             "op": op,
             "timeout": budget,
             "user": self.user,
+            "names": self.names,
         }
 
     # --- auth ---------------------------------------------------------------------------------

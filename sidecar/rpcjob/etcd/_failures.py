@@ -11,14 +11,6 @@ import re
 
 import grpc
 
-from rpcjob.contract import (
-    ENV_ETCD_CA,
-    ENV_ETCD_CERT,
-    ENV_ETCD_ENDPOINTS,
-    ENV_ETCD_KEY,
-    ENV_ETCD_PASSWORD,
-    ENV_ETCD_USER,
-)
 from rpcjob.etcd.errors import (
     EtcdAuthError,
     EtcdCompacted,
@@ -27,6 +19,7 @@ from rpcjob.etcd.errors import (
     EtcdTimeout,
     EtcdTLSError,
     EtcdUnavailable,
+    SettingNames,
 )
 
 
@@ -142,13 +135,15 @@ def error_for(
     op: str,
     timeout: float,
     user: str | None,
+    names: SettingNames,
 ) -> EtcdError:
     """The exception a failure becomes, with a message naming the endpoint(s) and the fix."""
     d = short(details)
+    n = names
     if f is Failure.TLS:
         return EtcdTLSError(
-            f"TLS handshake with etcd at {endpoint} failed ({d}): check {ENV_ETCD_CA} (the CA "
-            f"that signed the server certificate), {ENV_ETCD_CERT}/{ENV_ETCD_KEY} (the client "
+            f"TLS handshake with etcd at {endpoint} failed ({d}): check {n.ca} (the CA "
+            f"that signed the server certificate), {n.cert}/{n.key} (the client "
             "certificate, when etcd runs with --client-cert-auth) and that the endpoint serves TLS"
         )
     if f in (Failure.CONNECT, Failure.BROKEN):
@@ -158,25 +153,24 @@ def error_for(
             else f"etcd unreachable at every endpoint ({', '.join(endpoints)}; last {endpoint})"
         )
         hint = (
-            f"; etcd closed the connection at once: if it serves TLS (https), set {ENV_ETCD_CA}"
+            f"; etcd closed the connection at once: if it serves TLS (https), set {n.ca}"
             if "socket closed" in d.lower()
             else ""
         )
         return EtcdUnavailable(
             f"{where}: {op} failed for {timeout:g}s ({d}): check that etcd runs and that "
-            f"{ENV_ETCD_ENDPOINTS} lists reachable host:port endpoints{hint}"
+            f"{n.endpoints} lists reachable host:port endpoints{hint}"
         )
     if f is Failure.DEADLINE:
         return EtcdTimeout(f"{op} on etcd at {endpoint} timed out after {timeout:g}s ({d})")
     if f is Failure.AUTH_FAILED:
         return EtcdAuthError(
             f"authentication failed for user {user!r} at etcd {endpoint}: wrong password "
-            f"({ENV_ETCD_PASSWORD}) or unknown user ({ENV_ETCD_USER})"
+            f"({n.password}) or unknown user ({n.user})"
         )
     if f is Failure.AUTH_REQUIRED:
         return EtcdAuthError(
-            f"etcd at {endpoint} requires authentication: set {ENV_ETCD_USER} and "
-            f"{ENV_ETCD_PASSWORD} (or pass user=/password=)"
+            f"etcd at {endpoint} requires authentication: set {n.user} and {n.password}"
         )
     if f is Failure.PERMISSION:
         who = f"user {user!r}" if user else "this client"

@@ -277,6 +277,7 @@ class WatchMux:
             op=f"watch {w.key!r}",
             timeout=self._conn.timeout,
             user=self._conn.user,
+            names=self._conn.names,
         )
 
     def _end(self, w: Watch, err: BaseException) -> None:

@@ -10,21 +10,13 @@ from typing import Any
 
 import grpc
 
-from rpcjob.contract import (
-    ENV_ETCD_CA,
-    ENV_ETCD_CERT,
-    ENV_ETCD_ENDPOINTS,
-    ENV_ETCD_KEY,
-    ENV_ETCD_PASSWORD,
-    ENV_ETCD_USER,
-)
 from rpcjob.etcd import _convert as cv
 from rpcjob.etcd._conn import Conn
 from rpcjob.etcd._failures import Failure, classify
 from rpcjob.etcd._lease import KeepAlive, LostCallback
 from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
 from rpcjob.etcd._watch import Watch, WatchCallback, WatchErrorCallback, WatchMux
-from rpcjob.etcd.errors import EtcdError
+from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
 from rpcjob.etcd.values import (
     KV,
     Bytesish,
@@ -44,7 +36,7 @@ from rpcjob.etcd.values import (
 # The generated modules build their classes at run time: mypy sees them as Any.
 pb: Any = _rpc_pb2
 
-__all__ = ["Client", "KeepAlive", "Watch", "env_kwargs"]
+__all__ = ["Client", "KeepAlive", "Watch"]
 
 
 class Client:
@@ -56,7 +48,8 @@ class Client:
     delete, txn that writes, compact) is sent again only when it certainly never reached etcd,
     otherwise :class:`EtcdOutcomeUnknown` says its outcome is unknown (as etcd's Go client).
     TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user`` +
-    ``password``; the token is renewed when etcd rejects it. Fork-safe: a child process builds
+    ``password``; the token is renewed when etcd rejects it. Settings come only as arguments
+    (no environment); ``names`` says how error messages name them. Fork-safe: a child process builds
     its own channels (and watch stream) on first use and never touches the inherited ones.
     """
 
@@ -70,20 +63,16 @@ class Client:
         key: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        names: SettingNames = DEFAULT_NAMES,
     ) -> None:
         self._conn = Conn(
-            endpoints, timeout=timeout, ca=ca, cert=cert, key=key, user=user, password=password
-        )
+            endpoints, timeout=timeout, ca=ca, cert=cert, key=key, user=user, password=password,
+            names=names,
+        )  # fmt: skip
         self._mux = WatchMux(self._conn)
         self._keepalives: list[KeepAlive] = []
         self._ka_lock = threading.Lock()
         self._pid = os.getpid()
-
-    @classmethod
-    def from_env(cls, endpoints: str | Sequence[str] | None = None, **kw: Any) -> Client:
-        """Build a client from RPCJOB_ETCD_{ENDPOINTS,CA,CERT,KEY,USER,PASSWORD}; keyword
-        arguments override the environment."""
-        return cls(endpoints or os.environ.get(ENV_ETCD_ENDPOINTS, ""), **(env_kwargs() | kw))
 
     @property
     def endpoints(self) -> list[str]:
@@ -311,18 +300,6 @@ class Client:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def env_kwargs() -> dict[str, Any]:
-    """Client keyword arguments from RPCJOB_ETCD_{CA,CERT,KEY,USER,PASSWORD} (unset: None)."""
-    env = os.environ
-    return {
-        "ca": env.get(ENV_ETCD_CA) or None,
-        "cert": env.get(ENV_ETCD_CERT) or None,
-        "key": env.get(ENV_ETCD_KEY) or None,
-        "user": env.get(ENV_ETCD_USER) or None,
-        "password": env.get(ENV_ETCD_PASSWORD) or None,
-    }
 
 
 def lease_not_found(e: EtcdError) -> bool:

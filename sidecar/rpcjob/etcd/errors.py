@@ -6,6 +6,25 @@ with a message that names the endpoint(s) and the fix. Passwords never appear in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """How error messages name the client's settings, so that the fix they suggest points where
+    the caller took each one from (by default the Client's own keyword arguments; a pod passes
+    its environment variable names)."""
+
+    endpoints: str = "endpoints="
+    ca: str = "ca="
+    cert: str = "cert="
+    key: str = "key="
+    user: str = "user="
+    password: str = "password="
+
+
+DEFAULT_NAMES = SettingNames()
+
 
 class EtcdError(RuntimeError):
     """Base class for every error of the etcd client."""

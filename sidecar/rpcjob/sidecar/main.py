@@ -17,6 +17,7 @@ from types import FrameType
 from rpcjob import devices as dv
 from rpcjob import entrypoints
 from rpcjob.etcd import Client, EtcdError
+from rpcjob.etcd_env import ENV_NAMES
 
 from .config import ConfigError, SidecarConfig, load_config
 from .daemon import Sidecar
@@ -54,7 +55,7 @@ def run(cfg: SidecarConfig, stop: threading.Event) -> int:
     ec = cfg.etcd
     client = Client(list(ec.endpoints), ca=ec.ca or None, cert=ec.cert or None,
                     key=ec.key or None, user=ec.user or None,
-                    password=ec.password or None)  # fmt: skip
+                    password=ec.password or None, names=ENV_NAMES)  # fmt: skip
     try:
         client.status(timeout=10.0)
     except EtcdError as err:
