@@ -83,6 +83,7 @@ class ControlPlane:
         try:
             self.slot = apiaddr.claim(deadline)
             self._pki()
+            (self.work_dir / "etcd").mkdir(exist_ok=True)
             self.etcd = EmbeddedEtcd(data_dir=str(self.work_dir / "etcd")).start()
             self._start_apiserver()
             self._wait(lambda: self._get("/readyz") == "ok", deadline, "kube-apiserver /readyz")
@@ -119,6 +120,10 @@ class ControlPlane:
         ips = sorted({self.bind_address, "127.0.0.1"})
         self.serving = self.ca.issue("apiserver", "kube-apiserver", server=True, client=False,
                                      dns=API_DNS, ips=ips)  # fmt: skip
+        # The aggregation layer's CA and client (kubeadm's front-proxy): requests the API server
+        # proxies to extension API servers, and the requestheader CA every component reads.
+        self.front_proxy_ca = pki.CA(self.pki_dir / "front-proxy", "front-proxy-ca")
+        self.front_proxy = self.front_proxy_ca.issue("front-proxy-client", "front-proxy-client")
         self.kubelet_client = self.ca.issue(
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]
         )
@@ -157,6 +162,13 @@ class ControlPlane:
             f"--kubelet-client-certificate={self.kubelet_client.cert}",
             f"--kubelet-client-key={self.kubelet_client.key}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--requestheader-client-ca-file={self.front_proxy_ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={self.front_proxy.cert}",
+            f"--proxy-client-key-file={self.front_proxy.key}",
             "--profiling=false",
             f"--cert-dir={p / 'apiserver-certs'}",
         ]  # fmt: skip
