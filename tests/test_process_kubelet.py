@@ -336,6 +336,8 @@ def test_logs_keep_one_file_per_incarnation_and_previous_picks_the_one_before(
     previous = b"".join(logs.read(logs.pick("c", True) or "", LogQuery(timestamps=True)))
     assert previous.endswith(b"Z first\n") and previous.startswith(stamp()[:4].encode())
     assert logs.pick("other", previous=True) is None
+    # Waiting to restart (CrashLoopBackOff): current and previous are both the last one.
+    assert logs.pick("c", previous=True, waiting=True) == logs.pick("c", previous=False)
 
 
 def test_follow_streams_until_the_incarnation_ends(tmp_path: Path) -> None:

@@ -384,12 +384,14 @@ class ProcessKubelet:
             meta = e.pod["metadata"]
             if meta["namespace"] != ns or meta["name"] != name or e.deleted:
                 continue
-            names = [s.name for s in e.runner.inits + e.runner.mains]
-            if container not in names:
+            slots = {s.name: s for s in e.runner.inits + e.runner.mains}
+            names = list(slots)
+            if container not in slots:
                 raise LogsUnavailable(
                     400, f'container "{container}" in pod "{name}" is not valid; one of {names}'
                 )
-            path = e.runner.logs.pick(container, previous)
+            waiting = "waiting" in slots[container].state
+            path = e.runner.logs.pick(container, previous, waiting)
             if path is None and previous:
                 raise LogsUnavailable(
                     400, f'previous terminated container "{container}" in pod "{name}" not found'

@@ -149,9 +149,12 @@ class ContainerLogs:
         with self._lock:
             return path in self._open
 
-    def pick(self, container: str, previous: bool) -> str | None:
+    def pick(self, container: str, previous: bool, waiting: bool = False) -> str | None:
+        """The kubelet's choice: the current container is the running or terminated one, or,
+        while the container waits to restart (CrashLoopBackOff), the last terminated one;
+        ``previous`` is the one in lastState (the newest when waiting, else the one before)."""
         files = self.incarnations(container)
-        want = 2 if previous else 1
+        want = 1 if waiting or not previous else 2
         return files[-want] if len(files) >= want else None
 
     def read(self, path: str, query: LogQuery, poll: float = 0.1) -> Iterator[bytes]:
