@@ -25,6 +25,7 @@ from e2e.cluster.mounts import (
     Mount,
     MountPlanError,
     plan_mounts,
+    resolv_conf,
     start_script,
     wrap_argv,
 )
@@ -129,6 +130,28 @@ def test_start_script_mounts_then_sets_hostname_enters_workdir_and_execs() -> No
     assert "mount -o remount,bind,ro /var/run/secrets/x" in lines
     assert lines.index("mount --bind /pod/hosts /etc/hosts") < lines.index("hostname pod-0")
     assert "mkdir -p /data/work && cd /data/work" in lines
+
+
+@pytest.mark.parametrize(
+    ("spec", "dns", "want"),
+    [
+        ({}, "10.96.0.10", ["search ns.svc.cluster.local svc.cluster.local cluster.local",
+                            "nameserver 10.96.0.10", "options ndots:5"]),
+        ({}, None, None),
+        ({"dnsPolicy": "Default"}, "10.96.0.10", None),
+        ({"hostNetwork": True}, "10.96.0.10", None),
+        ({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}, "10.96.0.10",
+         ["search ns.svc.cluster.local svc.cluster.local cluster.local",
+          "nameserver 10.96.0.10", "options ndots:5"]),
+        ({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.2.3.4"],
+          "options": [{"name": "edns0"}]}}, "10.96.0.10", ["nameserver 1.2.3.4", "options edns0"]),
+    ],
+)  # fmt: skip
+def test_resolv_conf_follows_dns_policy(
+    spec: dict[str, Any], dns: str | None, want: list[str] | None
+) -> None:
+    got = resolv_conf(spec, "ns", dns, "cluster.local")
+    assert (got.splitlines() if got is not None else None) == want
 
 
 def test_wrap_argv_enters_the_netns_unless_host_network() -> None:

@@ -115,7 +115,8 @@ SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 SOCK = "/var/run/rpcjob-kubelet-test"
 MAIN = (
     f"cat {SA}/token {SA}/namespace /etc/sec/k; echo; cat {SOCK}/side; hostname; pwd; "
-    "ip -4 -o addr show eth0 | awk '{print $4}'; echo $MY_IP $KUBERNETES_SERVICE_HOST"
+    "ip -4 -o addr show eth0 | awk '{print $4}'; echo $MY_IP $KUBERNETES_SERVICE_HOST; "
+    "grep nameserver /etc/resolv.conf"
 )
 
 
@@ -181,8 +182,9 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
     net = netns.create_pod_net(f"uid-{os.getpid()}-runner", pool.take(), pool.gateway)
     statuses: list[dict[str, Any]] = []
     try:
+        sandbox = PodSandbox(net.path, net.ip, "10.96.0.10")
         runner = ClusterPodRunner(
-            _pod(), PodSandbox(net.path, net.ip), cfg, lambda _u, s: statuses.append(s),
+            _pod(), sandbox, cfg, lambda _u, s: statuses.append(s),
             lambda: None, {}, Objects(), mountpoints,
         )  # fmt: skip
         runner.start()
@@ -198,6 +200,7 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
             SOCK,
             f"{net.ip}/16",
             f"{net.ip} 10.96.0.1",
+            "nameserver 10.96.0.10",  # the kubelet's cluster DNS (dnsPolicy ClusterFirst)
         ]
         last = statuses[-1]
         assert last["phase"] == "Succeeded" and last["hostIP"] == "127.0.100.9"

@@ -98,7 +98,10 @@ class ProcessKubelet:
         pod_env: Mapping[str, str] | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 10.0,
+        cluster_dns: str | None = None,
+        cluster_domain: str = "cluster.local",
     ) -> None:
+        self.dns = (cluster_dns, cluster_domain)
         self.name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.labels, self.gpus, self.port = dict(labels), gpus, port
         self.work_dir = Path(work_dir)
@@ -316,7 +319,7 @@ class ProcessKubelet:
         uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
         net = None
         if pod["spec"].get("hostNetwork"):
-            sandbox = PodSandbox(None, self.node_ip)
+            sandbox = PodSandbox(None, self.node_ip, *self.dns)
         else:
             addr = self.pool.take()
             try:
@@ -324,7 +327,7 @@ class ProcessKubelet:
             except netns.NetworkError:
                 self.pool.release(addr)
                 raise
-            sandbox = PodSandbox(net.path, net.ip)
+            sandbox = PodSandbox(net.path, net.ip, *self.dns)
         gpu_env = {}
         need = pod_gpus(pod)
         if need:

@@ -17,7 +17,14 @@ from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig, Slot
 
 from .kubelet_logs import ContainerLogs, LogWriter
 from .kubelet_volumes import Source, VolumeNotReady, volume_dir, volume_files, write_files
-from .mounts import HostMountpoints, hosts_file, plan_mounts, start_script, wrap_argv
+from .mounts import (
+    HostMountpoints,
+    hosts_file,
+    plan_mounts,
+    resolv_conf,
+    start_script,
+    wrap_argv,
+)
 
 VOLUME_RETRY = 1.0  # seconds between tries of a volume whose object is missing (FailedMount)
 
@@ -38,6 +45,8 @@ class PodSandbox:
 
     netns_path: str | None
     pod_ip: str
+    cluster_dns: str | None = None  # the kubelet's --cluster-dns
+    domain: str = "cluster.local"  # its --cluster-domain
 
 
 class NsContainer(LocalContainer):
@@ -109,6 +118,11 @@ class ClusterPodRunner(PodRunner):
         hosts = hosts_file(self.pod_ip, self._hostname(), self.pod["spec"].get("hostAliases") or [])
         with open(os.path.join(self.dir, "hosts"), "w") as f:
             f.write(hosts)
+        ns = str(self.pod["metadata"]["namespace"])
+        resolv = resolv_conf(self.pod["spec"], ns, self.sandbox.cluster_dns, self.sandbox.domain)
+        if resolv is not None:
+            with open(os.path.join(self.dir, "resolv.conf"), "w") as f:
+                f.write(resolv)
 
     def _hostname(self) -> str:
         spec = self.pod["spec"]
@@ -126,6 +140,7 @@ class ClusterPodRunner(PodRunner):
         wd = slot.spec.get("workingDir")
         host_net = bool(self.pod["spec"].get("hostNetwork"))
         script = os.path.join(self.dir, f"start-{slot.name}.sh")
+        resolv = os.path.join(self.dir, "resolv.conf")
         with open(script, "w") as f:
             f.write(
                 start_script(
@@ -133,6 +148,7 @@ class ClusterPodRunner(PodRunner):
                     None if host_net else os.path.join(self.dir, "hosts"),
                     None if host_net else self._hostname(),
                     str(wd) if wd else spec.cwd,
+                    resolv if os.path.exists(resolv) else None,
                 )
             )
         argv = wrap_argv(self.sandbox.netns_path, script, local_argv(spec.argv, spec.env))

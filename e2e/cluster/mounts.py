@@ -4,8 +4,9 @@ Each container incarnation starts as
 ``nsenter --net=<pod netns> unshare --mount --uts sh <pod dir>/start-<container>.sh ARGV``:
 ``unshare --mount`` makes a private mount namespace (propagation private, so nothing leaks to
 the host), the script bind-mounts every volumeMount (``readOnly`` remounted read-only), binds
-the pod's /etc/hosts, sets the hostname to the pod name, enters workingDir and execs the
-container's command, so the process keeps the pid (and process group) the kubelet started.
+the pod's /etc/hosts (and /etc/resolv.conf when the kubelet has a cluster DNS), sets the
+hostname to the pod name, enters workingDir and execs the container's command, so the process
+keeps the pid (and process group) the kubelet started.
 
 The host's root filesystem is shared (no image filesystems), so a mount target must exist on
 it: missing directories (e.g. /var/run/secrets/kubernetes.io/serviceaccount) are created once
@@ -82,8 +83,42 @@ def hosts_file(pod_ip: str, hostname: str, aliases: Sequence[Mapping[str, Any]] 
     return "\n".join(lines) + "\n"
 
 
+def resolv_conf(
+    spec: Mapping[str, Any], namespace: str, cluster_dns: str | None, domain: str
+) -> str | None:
+    """The pod's /etc/resolv.conf per dnsPolicy and dnsConfig, as the kubelet writes it with
+    --cluster-dns/--cluster-domain; None: the host's own (policy Default, a hostNetwork pod
+    under ClusterFirst, or no cluster DNS configured)."""
+    policy = spec.get("dnsPolicy") or "ClusterFirst"
+    cfg = spec.get("dnsConfig") or {}
+    cluster = policy == "ClusterFirstWithHostNet" or (
+        policy == "ClusterFirst" and not spec.get("hostNetwork")
+    )
+    if policy == "None":
+        servers, search, options = [], [], []
+    elif cluster and cluster_dns:
+        servers = [cluster_dns]
+        search = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain]
+        options = [{"name": "ndots", "value": "5"}]
+    else:
+        return None
+    servers += cfg.get("nameservers") or []
+    search += cfg.get("searches") or []
+    options += cfg.get("options") or []
+    lines = [f"search {' '.join(search)}"] if search else []
+    lines += [f"nameserver {s}" for s in servers]
+    opts = [o["name"] + (f":{o['value']}" if o.get("value") else "") for o in options]
+    if opts:
+        lines.append("options " + " ".join(opts))
+    return "\n".join(lines) + "\n"
+
+
 def start_script(
-    mounts: Sequence[Mount], hosts: str | None, hostname: str | None, workdir: str | None
+    mounts: Sequence[Mount],
+    hosts: str | None,
+    hostname: str | None,
+    workdir: str | None,
+    resolv: str | None = None,
 ) -> str:
     """The shell script run inside the new mount (and UTS) namespace before exec (pure)."""
     q = shlex.quote
@@ -98,6 +133,8 @@ def start_script(
             lines.append(f"mount -o remount,bind,ro {q(m.target)}")
     if hosts:
         lines.append(f"mount --bind {q(hosts)} /etc/hosts")
+    if resolv:
+        lines.append(f"mount --bind {q(resolv)} /etc/resolv.conf")
     if hostname:
         lines.append(f"hostname {q(hostname[:63])}")
     if workdir:
