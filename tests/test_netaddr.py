@@ -66,3 +66,12 @@ def test_operator_metrics_address_error_names_the_flag() -> None:
     with pytest.raises(InvalidHostPort, match=r"^--metrics: '0.0.0.0' is not host:port"):
         metrics.serve("0.0.0.0")
     metrics.serve(":0")  # port 0: disabled, nothing to serve
+
+
+def test_etcd3_url_endpoints_use_it() -> None:
+    from rpcjob.rendezvous import Etcd3URLError, parse_url
+
+    t = parse_url("etcd3://[::1]:2379,a:1/job/?rank=0&world_size=1", env={})
+    assert t.endpoints == ("[::1]:2379", "a:1")
+    with pytest.raises(Etcd3URLError, match=r"endpoint '::1:2379' is not HOST:PORT \(an IPv6"):
+        parse_url("etcd3://::1:2379,a:1/job/?rank=0&world_size=1", env={})

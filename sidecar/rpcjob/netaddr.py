@@ -8,7 +8,11 @@ IPV6_HINT = "an IPv6 address goes in brackets, e.g. [::1]:2379"
 
 
 class InvalidHostPort(ValueError):
-    """``str(e)`` names the setting, the value and the fix."""
+    """``str(e)`` names the setting, the value and the fix; ``reason`` is what is wrong."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ def parse_host_port(
 
     def bad(why: str) -> InvalidHostPort:
         return InvalidHostPort(
-            f"{field}: {raw!r} is not host:port ({why}): use e.g. {example}; {IPV6_HINT}"
+            f"{field}: {raw!r} is not host:port ({why}): use e.g. {example}; {IPV6_HINT}", why
         )
 
     if text.startswith("["):

@@ -32,6 +32,7 @@ from rpcjob.contract import (
     ENV_ETCD_USER,
 )
 from rpcjob.etcd.errors import SettingNames
+from rpcjob.netaddr import IPV6_HINT, InvalidHostPort, parse_host_port
 
 SCHEME = "etcd3"
 # Where the handler takes each etcd setting from, for the fixes the client's errors suggest.
@@ -126,9 +127,10 @@ def parse_url(url: str, env: dict[str, str] | None = None) -> Etcd3Target:
     if not endpoints:
         raise _error("no etcd endpoint: put HOST:PORT[,HOST:PORT...] after etcd3://")
     for ep in endpoints:
-        host, sep, port = ep.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise _error(f"endpoint {ep!r} is not HOST:PORT")
+        try:
+            parse_host_port(ep, "etcd3:// endpoint")
+        except InvalidHostPort as e:
+            raise _error(f"endpoint {ep!r} is not HOST:PORT ({e.reason}); {IPV6_HINT}") from None
     prefix = unquote(u.path)
     if prefix.strip("/") == "":
         raise _error(
