@@ -240,3 +240,53 @@ def test_kubelet_api_serves_container_logs_over_https(tmp_path: Path) -> None:
         assert err.value.code == 400 and b"tailLines='x': not an integer" in err.value.read()
     finally:
         server.stop()
+
+
+LISTEN_LATE = (
+    "import socket, time; time.sleep(1.0); s = socket.socket(); s.bind(('0.0.0.0', 8080)); "
+    "s.listen(); open('/var/run/rpcjob-kubelet-test/listening', 'w').close(); time.sleep(600)"
+)
+
+
+def test_a_sidecars_startup_probe_holds_the_containers_back(tmp_path: Path) -> None:
+    """Native sidecar with a startupProbe: the main container starts only once it passed."""
+    probe = {"tcpSocket": {"port": 8080}, "periodSeconds": 0.1, "failureThreshold": 100}
+    sock = {"name": "sock", "mountPath": SOCK}
+    pod = {
+        "metadata": {"name": "pod-s", "namespace": "jobs", "uid": f"uid-{os.getpid()}-startup"},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "sock", "emptyDir": {}}],
+            "initContainers": [
+                {"name": "side", "image": "python", "restartPolicy": "Always",
+                 "startupProbe": probe, "command": ["python", "-c", LISTEN_LATE],
+                 "volumeMounts": [sock]},
+            ],
+            "containers": [
+                {"name": "main", "image": "python", "volumeMounts": [sock],
+                 "command": ["sh", "-c", f"ls {SOCK}/listening"]},
+            ],
+        },
+    }  # fmt: skip
+    cfg = RunnerConfig(str(tmp_path / "pods"), str(tmp_path), {}, {}, {}, rewrite_mounts=False)
+    pool = netns.IpPool("10.244.252.0/24")
+    netns.ensure_bridge(pool.gateway, 24)
+    mountpoints = HostMountpoints()
+    net = netns.create_pod_net(pod["metadata"]["uid"], pool.take(), pool.gateway)
+    statuses: list[dict[str, Any]] = []
+    try:
+        runner = ClusterPodRunner(
+            pod, PodSandbox(net.path, net.ip), cfg, lambda _u, s: statuses.append(s),
+            lambda: None, {}, Objects(), mountpoints,
+        )  # fmt: skip
+        runner.start()
+        runner.join(120)
+    finally:
+        netns.delete_pod_net(net)
+        netns.release_bridge(pool.gateway, 24)
+        mountpoints.release_all()
+    main = statuses[-1]["containerStatuses"][0]["state"]["terminated"]
+    assert main["exitCode"] == 0  # the file was there: the sidecar had started
+    side_ready = [s["initContainerStatuses"][0]["ready"] for s in statuses]
+    assert side_ready[0] is False and True in side_ready  # unready until its startup passed

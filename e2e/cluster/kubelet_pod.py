@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, ProcessSpec
-from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig, Slot
+from rpcjob_operator.localexec.podrunner import TICK, PodRunner, RunnerConfig, Slot
+from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
 from .kubelet_logs import ContainerLogs, LogWriter
 from .kubelet_volumes import Source, VolumeNotReady, volume_dir, volume_files, write_files
@@ -92,6 +93,8 @@ class ClusterPodRunner(PodRunner):
         self.source = source
         self.mountpoints = mountpoints
         self.logs = ContainerLogs(self.dir)
+        # container -> (its startupProbe's state, its readiness state once started)
+        self.startup: dict[str, tuple[ProbeState, ProbeState | None]] = {}
 
     # --- volumes -------------------------------------------------------------------------
     def _make_volumes(self) -> None:
@@ -153,3 +156,46 @@ class ClusterPodRunner(PodRunner):
             )
         argv = wrap_argv(self.sandbox.netns_path, script, local_argv(spec.argv, spec.env))
         return NsContainer(slot.name, spec, argv, self.logs)
+
+    # --- startup probes ----------------------------------------------------------------------
+    # PodRunner runs readiness and liveness probes; a startupProbe holds both back (and keeps
+    # the container unready) until it succeeds, restarts the container when it fails, and a
+    # native sidecar with one must have started before the next container starts.
+    def _start(self, slot: Slot) -> None:
+        super()._start(slot)
+        probe = slot.spec.get("startupProbe")
+        if not probe or not slot.running:
+            self.startup.pop(slot.name, None)
+            return
+        self.startup[slot.name] = (ProbeState(probe), slot.readiness)
+        slot.readiness = _never_ready()
+        if slot.sidecar:
+            while self.stop_grace is None and slot.name in self.startup and slot.running:
+                self._check(slot)
+                self.wake.wait(TICK)
+
+    def _check(self, slot: Slot) -> None:
+        pending = self.startup.get(slot.name)
+        if pending is None or slot.proc is None or not slot.running or slot.proc.poll() is not None:
+            super()._check(slot)
+            return
+        state, readiness = pending
+        now = time.monotonic()
+        if state.due(now):
+            state.record(run_probe(state.probe, slot.spec, self.pod_ip, slot.env, slot.cwd), now)
+        if state.ok:
+            del self.startup[slot.name]
+            slot.readiness = readiness
+            if readiness is not None:  # its delays count from now, as after a real startup
+                slot.readiness = ProbeState(readiness.probe)
+        elif state.failed:
+            del self.startup[slot.name]
+            grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+            slot.proc.stop(grace)  # the next _check sees the exit and restarts per policy
+
+
+def _never_ready() -> ProbeState:
+    """Readiness while a startupProbe has not succeeded: never due, never ok."""
+    state = ProbeState({"periodSeconds": 1e9})
+    state.next_at = float("inf")
+    return state
