@@ -19,22 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from rpcjob.etcd import _failures as fl
 from rpcjob.etcd._failures import Action, Failure
-from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
-from rpcjob.etcd._pb import rpc_pb2_grpc as _rpc_pb2_grpc
+from rpcjob.etcd._pb import rpc_pb2 as pb
+from rpcjob.etcd._pb import rpc_pb2_grpc as pbg
 from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
-
-# The generated modules build their classes at run time: mypy sees them as Any.
-pb: Any = _rpc_pb2
-pbg: Any = _rpc_pb2_grpc
 
 log = logging.getLogger("rpcjob.etcd")
 
 # Keep the failed endpoint's replacement channel from sharing the old one's subchannel (and its
 # reconnect backoff); cap gRPC's own backoff so that a channel recovers quickly as well.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -48,7 +45,7 @@ RETRY_BACKOFF = (0.02, 0.5)  # seconds, between rounds over all endpoints
 
 # Channels inherited across fork must never be used, closed or garbage-collected (that runs
 # gRPC code) in the child: they are parked here for the rest of the child's life.
-_INHERITED: list[Any] = []
+_INHERITED: list[Endpoint] = []
 
 
 def parse_endpoints(
@@ -108,11 +105,11 @@ class Endpoint:
     address: str
     channel: grpc.Channel
     pid: int
-    kv: Any = field(init=False)
-    watch: Any = field(init=False)
-    lease: Any = field(init=False)
-    auth: Any = field(init=False)
-    maintenance: Any = field(init=False)
+    kv: pbg.KVStub = field(init=False)
+    watch: pbg.WatchStub = field(init=False)
+    lease: pbg.LeaseStub = field(init=False)
+    auth: pbg.AuthStub = field(init=False)
+    maintenance: pbg.MaintenanceStub = field(init=False)
     token: str | None = field(default=None, repr=False)  # a credential: never printed
     metadata: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
 
@@ -123,11 +120,17 @@ class Endpoint:
         self.auth = pbg.AuthStub(self.channel)
         self.maintenance = pbg.MaintenanceStub(self.channel)
 
-    def keepalive_once(self, request: Any, timeout: float, metadata: Any) -> Any:
+    def keepalive_once(
+        self,
+        request: pb.LeaseKeepAliveRequest,
+        timeout: float,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> pb.LeaseKeepAliveResponse:
         """One LeaseKeepAlive round trip on a short-lived stream."""
         call = self.lease.LeaseKeepAlive(iter((request,)), timeout=timeout, metadata=metadata)
         try:
-            return next(call)
+            resp: pb.LeaseKeepAliveResponse = next(call)
+            return resp
         finally:
             call.cancel()
 
@@ -274,7 +277,7 @@ class Conn:
         ep.set_token(resp.token)
 
     # --- calls --------------------------------------------------------------------------------
-    def _saw(self, resp: Any) -> None:
+    def _saw(self, resp: Message) -> None:
         """Raise the revision high-water mark to ``resp``'s header revision. A racing update
         may keep the lower value: the mark only ever errs low, which is the safe side."""
         header = getattr(resp, "header", None)
@@ -286,14 +289,16 @@ class Conn:
         self,
         stub: str,
         method: str,
-        request: Any,
+        request: Message,
         *,
         repeatable: bool,
         op: str,
         keys: str = "",
         timeout: float | None = None,
     ) -> Any:
-        """Send one unary request with failover; translate failures into EtcdError.
+        """Send one unary request with failover; translate failures into EtcdError. Returns
+        the method's response message (callers annotate its type: the stub is looked up by
+        name).
 
         ``repeatable``: the request may be sent again after a failure that left its outcome
         unknown (reads); otherwise such a failure raises EtcdOutcomeUnknown naming ``keys``."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
+from rpcjob.etcd._pb import kv_pb2
+from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd.values import (
     _OPS,
     KV,
@@ -16,9 +18,6 @@ from rpcjob.etcd.values import (
     TxnResult,
     WatchEvent,
 )
-
-# The generated modules build their classes at run time: mypy sees them as Any.
-pb: Any = _rpc_pb2
 
 _TARGETS = {"version": 0, "create_revision": 1, "mod_revision": 2, "value": 3, "lease": 4}
 
@@ -34,12 +33,12 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-def kv(m: Any) -> KV:
+def kv(m: kv_pb2.KeyValue) -> KV:
     return KV(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
 
 
-def opt_kv(parent: Any, field: str) -> KV | None:
-    return kv(getattr(parent, field)) if parent.HasField(field) else None
+def opt_kv(parent: pb.PutResponse | kv_pb2.Event) -> KV | None:
+    return kv(parent.prev_kv) if parent.HasField("prev_kv") else None
 
 
 def range_request(
@@ -51,7 +50,7 @@ def range_request(
     count_only: bool = False,
     limit: int = 0,
     revision: int = 0,
-) -> Any:
+) -> pb.RangeRequest:
     end = prefix_end(key) if prefix else (range_end or b"")
     return pb.RangeRequest(
         key=key,
@@ -63,31 +62,36 @@ def range_request(
     )
 
 
-def range_result(r: Any) -> RangeResult:
+def range_result(r: pb.RangeResponse) -> RangeResult:
     return RangeResult([kv(m) for m in r.kvs], r.count, r.header.revision)
 
 
-def put_result(r: Any) -> PutResult:
-    return PutResult(r.header.revision, opt_kv(r, "prev_kv"))
+def put_result(r: pb.PutResponse) -> PutResult:
+    return PutResult(r.header.revision, opt_kv(r))
 
 
-def delete_request(key: bytes, prefix: bool, prev_kv: bool) -> Any:
+def delete_request(key: bytes, prefix: bool, prev_kv: bool) -> pb.DeleteRangeRequest:
     return pb.DeleteRangeRequest(
         key=key, range_end=prefix_end(key) if prefix else b"", prev_kv=prev_kv
     )
 
 
-def delete_result(r: Any) -> DeleteResult:
+def delete_result(r: pb.DeleteRangeResponse) -> DeleteResult:
     return DeleteResult(r.deleted, r.header.revision, [kv(m) for m in r.prev_kvs])
 
 
-def compare_pb(c: Compare) -> Any:
-    m = pb.Compare(result=_OPS[c.op], target=_TARGETS[c.target], key=c.key, range_end=c.range_end)
-    setattr(m, c.target, c.operand)
+def compare_pb(c: Compare) -> pb.Compare:
+    m = pb.Compare(
+        result=_OPS[c.op],  # type: ignore[arg-type]  # the enum's int values
+        target=_TARGETS[c.target],  # type: ignore[arg-type]
+        key=c.key,
+        range_end=c.range_end,
+    )
+    setattr(m, c.target, c.operand)  # the oneof field named like the target
     return m
 
 
-def request_op(op: Op) -> Any:
+def request_op(op: Op) -> pb.RequestOp:
     if op.kind == "get":
         return pb.RequestOp(request_range=range_request(op.key, prefix=op.prefix))
     if op.kind == "put":
@@ -97,7 +101,9 @@ def request_op(op: Op) -> Any:
     return pb.RequestOp(request_txn=txn_request(op.compare, op.success, op.failure))
 
 
-def txn_request(compare: Any, success: Any, failure: Any) -> Any:
+def txn_request(
+    compare: Iterable[Compare], success: Iterable[Op], failure: Iterable[Op]
+) -> pb.TxnRequest:
     return pb.TxnRequest(
         compare=[compare_pb(c) for c in compare],
         success=[request_op(o) for o in success],
@@ -105,7 +111,7 @@ def txn_request(compare: Any, success: Any, failure: Any) -> Any:
     )
 
 
-def txn_result(r: Any, revision: int = 0) -> TxnResult:
+def txn_result(r: pb.TxnResponse, revision: int = 0) -> TxnResult:
     revision = r.header.revision or revision  # etcd leaves nested txn headers empty
     out: list[RangeResult | PutResult | DeleteResult | TxnResult] = []
     for resp in r.responses:
@@ -121,13 +127,13 @@ def txn_result(r: Any, revision: int = 0) -> TxnResult:
     return TxnResult(r.succeeded, revision, out)
 
 
-def watch_events(events: Any) -> list[WatchEvent]:
-    return [
-        WatchEvent("DELETE" if e.type else "PUT", kv(e.kv), opt_kv(e, "prev_kv")) for e in events
-    ]
+def watch_events(events: Sequence[kv_pb2.Event]) -> list[WatchEvent]:
+    return [WatchEvent("DELETE" if e.type else "PUT", kv(e.kv), opt_kv(e)) for e in events]
 
 
-def watch_create(key: bytes, range_end: bytes, start_revision: int, prev_kv: bool) -> Any:
+def watch_create(
+    key: bytes, range_end: bytes, start_revision: int, prev_kv: bool
+) -> pb.WatchRequest:
     return pb.WatchRequest(
         create_request=pb.WatchCreateRequest(
             key=key, range_end=range_end, start_revision=start_revision, prev_kv=prev_kv
@@ -135,11 +141,11 @@ def watch_create(key: bytes, range_end: bytes, start_revision: int, prev_kv: boo
     )
 
 
-def watch_cancel(watch_id: int) -> Any:
+def watch_cancel(watch_id: int) -> pb.WatchRequest:
     return pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
 
 
-def status_dict(endpoint: str, r: Any) -> dict[str, Any]:
+def status_dict(endpoint: str, r: pb.StatusResponse) -> dict[str, Any]:
     return {
         "endpoint": endpoint,
         "leader": r.leader,

@@ -21,8 +21,9 @@ import grpc
 
 from rpcjob.etcd import _convert as cv
 from rpcjob.etcd import _failures as fl
-from rpcjob.etcd._conn import RETRY_BACKOFF, Conn
+from rpcjob.etcd._conn import RETRY_BACKOFF, Conn, Endpoint
 from rpcjob.etcd._failures import Failure
+from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd.errors import EtcdCompacted, EtcdError
 from rpcjob.etcd.values import WatchEvent
 
@@ -71,7 +72,7 @@ class Watch:
         """Stop the watch; no callback starts after this returns (one running may finish)."""
         self._mux.cancel(self)
 
-    def _create_request(self) -> Any:
+    def _create_request(self) -> pb.WatchRequest:
         return cv.watch_create(self.key, self.range_end, self.next_revision, self.prev_kv)
 
 
@@ -82,8 +83,8 @@ class WatchMux:
         self._watches: list[Watch] = []
         self._by_id: dict[int, Watch] = {}
         self._pending: deque[Watch] = deque()
-        self._out: queue.SimpleQueue[Any] | None = None
-        self._call: Any = None
+        self._out: queue.SimpleQueue[pb.WatchRequest | object] | None = None
+        self._call: Any = None  # the grpc stream call (grpc is untyped)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         conn.fork_hooks.append(self._forked)
@@ -151,17 +152,19 @@ class WatchMux:
         self._thread.start()
 
     # --- the stream thread --------------------------------------------------------------------
-    def _requests(self, q: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    def _requests(
+        self, q: queue.SimpleQueue[pb.WatchRequest | object]
+    ) -> Iterator[pb.WatchRequest]:
         while True:
             item = q.get()
-            if item is _END:
+            if not isinstance(item, pb.WatchRequest):  # _END: the stream is over
                 return
             yield item
 
     def _run(self) -> None:
         backoff = RETRY_BACKOFF[0]
         while not self._stop.is_set():
-            q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            q: queue.SimpleQueue[pb.WatchRequest | object] = queue.SimpleQueue()
             try:
                 ep = self._conn.current()
                 if self._conn.user and ep.token is None:
@@ -200,7 +203,7 @@ class WatchMux:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, RETRY_BACKOFF[1])
 
-    def _dispatch(self, resp: Any, ep: Any) -> None:
+    def _dispatch(self, resp: pb.WatchResponse, ep: Endpoint) -> None:
         ended: tuple[Watch, BaseException] | None = None
         deliver: tuple[Watch, list[WatchEvent]] | None = None
         with self._lock:
@@ -249,7 +252,7 @@ class WatchMux:
         if ended is not None:
             self._end(*ended)
 
-    def _cancel_error(self, w: Watch, resp: Any, ep: Any) -> BaseException:
+    def _cancel_error(self, w: Watch, resp: pb.WatchResponse, ep: Endpoint) -> BaseException:
         if resp.compact_revision:
             return EtcdCompacted(
                 f"watch on {w.key!r} at etcd {ep.address}: revision {w.next_revision} has been "

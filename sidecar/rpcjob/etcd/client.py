@@ -9,12 +9,13 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from rpcjob.etcd import _convert as cv
 from rpcjob.etcd._conn import Conn
 from rpcjob.etcd._failures import Failure, classify
 from rpcjob.etcd._lease import KeepAlive, LostCallback
-from rpcjob.etcd._pb import rpc_pb2 as _rpc_pb2
+from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd._watch import Watch, WatchCallback, WatchErrorCallback, WatchMux
 from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
 from rpcjob.etcd.values import (
@@ -32,9 +33,6 @@ from rpcjob.etcd.values import (
     to_bytes,
     written_keys,
 )
-
-# The generated modules build their classes at run time: mypy sees them as Any.
-pb: Any = _rpc_pb2
 
 __all__ = ["Client", "KeepAlive", "Watch"]
 
@@ -91,7 +89,7 @@ class Client:
 
     # --- KV -----------------------------------------------------------------------------------
     def get(self, key: Bytesish, *, timeout: float | None = None) -> KV | None:
-        r = self._conn.call(
+        r: pb.RangeResponse = self._conn.call(
             "kv", "Range", pb.RangeRequest(key=to_bytes(key)), repeatable=True, op="get",
             timeout=timeout,
         )  # fmt: skip
@@ -120,7 +118,9 @@ class Client:
             limit=limit,
             revision=revision,
         )
-        r = self._conn.call("kv", "Range", req, repeatable=True, op="range", timeout=timeout)
+        r: pb.RangeResponse = self._conn.call(
+            "kv", "Range", req, repeatable=True, op="range", timeout=timeout
+        )
         return cv.range_result(r)
 
     def get_prefix(self, prefix: Bytesish, *, timeout: float | None = None) -> list[KV]:
@@ -138,7 +138,7 @@ class Client:
         """Set ``key``; never re-sent once it may have reached etcd (EtcdOutcomeUnknown)."""
         k = to_bytes(key)
         req = pb.PutRequest(key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
-        r = self._conn.call("kv", "Put", req, repeatable=False, op="put",
+        r: pb.PutResponse = self._conn.call("kv", "Put", req, repeatable=False, op="put",
                             keys=describe_keys([k]), timeout=timeout)  # fmt: skip
         return cv.put_result(r)
 
@@ -154,8 +154,9 @@ class Client:
         k = to_bytes(key)
         req = cv.delete_request(k, prefix, prev_kv)
         what = f"prefix {k.decode(errors='replace')!r}" if prefix else describe_keys([k])
-        r = self._conn.call("kv", "DeleteRange", req, repeatable=False, op="delete", keys=what,
-                            timeout=timeout)  # fmt: skip
+        r: pb.DeleteRangeResponse = self._conn.call(
+            "kv", "DeleteRange", req, repeatable=False, op="delete", keys=what, timeout=timeout
+        )
         return cv.delete_result(r)
 
     def txn(
@@ -173,14 +174,14 @@ class Client:
         read-only txn is re-sent like a range."""
         ops = [*success, *failure]
         req = cv.txn_request(compare, success, failure)
-        r = self._conn.call("kv", "Txn", req, repeatable=read_only(ops), op="txn",
+        r: pb.TxnResponse = self._conn.call("kv", "Txn", req, repeatable=read_only(ops), op="txn",
                             keys=describe_keys(written_keys(ops)), timeout=timeout)  # fmt: skip
         return cv.txn_result(r)
 
     # --- leases -------------------------------------------------------------------------------
     def lease_grant(self, ttl: int, lease_id: int = 0, *, timeout: float | None = None) -> Lease:
         req = pb.LeaseGrantRequest(TTL=ttl, ID=lease_id)
-        r = self._conn.call(
+        r: pb.LeaseGrantResponse = self._conn.call(
             "lease", "LeaseGrant", req, repeatable=True, op="lease grant", timeout=timeout
         )
         if r.error:
@@ -202,7 +203,7 @@ class Client:
         """Refresh the lease once; returns the remaining TTL, 0 when the lease is gone."""
         req = pb.LeaseKeepAliveRequest(ID=lease_id)
         try:
-            r = self._conn.call(
+            r: pb.LeaseKeepAliveResponse = self._conn.call(
                 "", "keepalive_once", req, repeatable=True, op="lease keepalive", timeout=timeout
             )
         except StopIteration:
@@ -212,7 +213,7 @@ class Client:
     def lease_ttl(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Remaining TTL in seconds, -1 when the lease is gone."""
         req = pb.LeaseTimeToLiveRequest(ID=lease_id)
-        r = self._conn.call(
+        r: pb.LeaseTimeToLiveResponse = self._conn.call(
             "lease", "LeaseTimeToLive", req, repeatable=True, op="lease ttl", timeout=timeout
         )
         return int(r.TTL)
@@ -258,7 +259,7 @@ class Client:
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """``{"endpoint", "leader", "member_id", "revision", "raft_term", "version",
         "db_size"}`` of the endpoint in use."""
-        r = self._conn.call(
+        r: pb.StatusResponse = self._conn.call(
             "maintenance", "Status", pb.StatusRequest(), repeatable=True, op="status",
             timeout=timeout,
         )  # fmt: skip
@@ -270,7 +271,7 @@ class Client:
         self._conn.call("kv", "Compact", req, repeatable=False, op="compact",
                         keys=f"revision {revision}")  # fmt: skip
 
-    def auth_call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+    def auth_call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
         repeatable = method in (
             "Authenticate",
