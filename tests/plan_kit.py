@@ -6,10 +6,10 @@ import datetime as dt
 from typing import Any
 
 from rpcjob import contract
+from rpcjob.records import MemberRecord
 from rpcjob_operator.model import (
     CreatePod,
     DeletePod,
-    MemberView,
     Observed,
     Plan,
     PodView,
@@ -17,6 +17,7 @@ from rpcjob_operator.model import (
 )
 from rpcjob_operator.plan import plan
 from rpcjob_operator.spec import RpcJob, parse_job
+from rpcjob_operator.status import JobStatus
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 T0 = "2026-01-01T11:00:00Z"  # an hour before NOW
@@ -74,8 +75,8 @@ def pod(role: str, idx: int, phase: str = "Running", **kw: Any) -> PodView:
     return PodView(name=f"demo-{role}-{idx}", role=role, index=idx, phase=phase, **kw)
 
 
-def member(role: str, idx: int, rank: int) -> MemberView:
-    return MemberView(
+def member(role: str, idx: int, rank: int) -> MemberRecord:
+    return MemberRecord(
         name=f"{role}_{idx}", rank=rank, pod=f"demo-{role}-{idx}", node="n1", devices=("cuda:0",)
     )
 
@@ -91,8 +92,8 @@ def status(indices: dict[str, list[int]] | None = None, **extra: Any) -> dict[st
 def run(
     job: RpcJob,
     pods: tuple[PodView, ...] | list[PodView] = (),
-    members: list[MemberView] | None = None,
-    st: dict[str, Any] | None = None,
+    members: list[MemberRecord] | None = None,
+    st: dict[str, Any] | JobStatus | None = None,
     now: dt.datetime = NOW,
 ) -> Plan:
     return plan(
@@ -100,7 +101,7 @@ def run(
         Observed(
             pods=tuple(pods),
             members=None if members is None else tuple(members),
-            status=st or {},
+            status=st if isinstance(st, JobStatus) else JobStatus.from_dict(st),
             now=now,
         ),
     )
@@ -124,7 +125,7 @@ def event(p: Plan, reason: str) -> RecordEvent:
 
 
 def cond(p: Plan, ctype: str) -> dict[str, Any] | None:
-    return next((c for c in p.status["conditions"] if c["type"] == ctype), None)
+    return next((c for c in p.status.to_dict()["conditions"] if c["type"] == ctype), None)
 
 
 def running(*idx: int, role: str = "worker") -> list[PodView]:

@@ -24,16 +24,17 @@ from plan_kit import (
 )
 
 from rpcjob import contract
+from rpcjob.records import MemberRecord
 from rpcjob_operator.model import (
     CreatePod,
     EnsureNetworkPolicy,
     EnsureService,
-    MemberView,
     Observed,
     PodView,
     RecordEvent,
 )
 from rpcjob_operator.plan import reconcile
+from rpcjob_operator.status import JobStatus
 
 
 # --- creation ---------------------------------------------------------------------------------
@@ -43,7 +44,7 @@ def test_fresh_job_creates_every_slot_and_the_networking() -> None:
     assert creates(p) == [("ps", 0), ("worker", 0), ("worker", 1)]
     assert not any(a.replacement for a in p.of(CreatePod))
     assert events(p).count("SuccessfulCreate") == 3
-    st = p.status
+    st = p.status.to_dict()
     assert st["roles"]["worker"] == {
         "desired": 2,
         "running": 0,
@@ -89,32 +90,32 @@ def test_group_formed_members_and_scale_fields() -> None:
         [member("worker", 1, 5), member("ps", 0, 0), member("worker", 0, 2)],
         status({"worker": [0, 1], "ps": [0]}),
     )
-    assert cond(p, "Running")["status"] == "True" and p.status["state"] == "Running"
+    assert cond(p, "Running")["status"] == "True" and p.status.to_dict()["state"] == "Running"
     assert "worker 2/2 joined" in event(p, "GroupFormed").message
-    assert [m["rank"] for m in p.status["members"]] == [0, 2, 5]
-    assert p.status["members"][0] == {
+    assert [m["rank"] for m in p.status.to_dict()["members"]] == [0, 2, 5]
+    assert p.status.to_dict()["members"][0] == {
         "name": "ps_0",
         "rank": 0,
         "pod": "demo-ps-0",
         "node": "n1",
         "devices": ["cuda:0"],
     }
-    assert (p.status["ready"], p.status["replicas"]) == ("2/2", 2)
-    assert p.status["roles"]["worker"]["running"] == 2
+    assert (p.status.to_dict()["ready"], p.status.to_dict()["replicas"]) == ("2/2", 2)
+    assert p.status.to_dict()["roles"]["worker"]["running"] == 2
 
 
 def test_joined_falls_back_to_readiness_without_etcd() -> None:
     pods = [pod("worker", 0, ready=True), pod("worker", 1, ready=False)]
     p = run(J(worker=2), pods, None, status({"worker": [0, 1]}))
-    assert p.status["roles"]["worker"]["joined"] == 1
-    assert "members" not in p.status
+    assert p.status.to_dict()["roles"]["worker"]["joined"] == 1
+    assert "members" not in p.status.to_dict()
 
 
 def test_lost_status_adopts_existing_pods_without_duplicates() -> None:
     # The operator crashed after creating pods but before writing status.
     p = run(J(worker=3), running(0, 2), None, {})
     assert creates(p) == [("worker", 1)]
-    assert p.status["roles"]["worker"]["indices"] == [0, 1, 2]
+    assert p.status.to_dict()["roles"]["worker"]["indices"] == [0, 1, 2]
 
 
 # --- scale ------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_scale(
     p = run(J(worker=replicas), pods, None, status({"worker": indices}))
     assert creates(p) == want_creates
     assert deletes(p) == want_deletes
-    assert len(p.status["roles"]["worker"]["indices"]) == replicas
+    assert len(p.status.to_dict()["roles"]["worker"]["indices"]) == replicas
     if want_creates:
         assert "ScaledUp" in events(p) and EnsureService() in p.actions
     if want_deletes:
@@ -180,17 +181,20 @@ def test_scale_down_victim_is_not_counted_as_a_restart() -> None:
     job = J(worker=1)
     down = run(job, running(0, 1), None, status({"worker": [0, 1]}))
     later = run(job, [*running(0), pod("worker", 1, deleting=True)], None, down.status)
-    assert later.status.get("restarts", 0) == 0 and "PodDeleted" not in events(later)
+    assert later.status.to_dict().get("restarts", 0) == 0 and "PodDeleted" not in events(later)
 
 
 def test_force_deleted_pod_that_vanished_unseen_is_a_restart() -> None:
     job = J(worker=2)
     seen = run(job, running(0, 1), None, status({"worker": [0, 1]}))
-    assert seen.status["roles"]["worker"]["pods"] == {"0": "worker-0-uid", "1": "worker-1-uid"}
+    assert seen.status.to_dict()["roles"]["worker"]["pods"] == {
+        "0": "worker-0-uid",
+        "1": "worker-1-uid",
+    }
     # worker-1 is gone in the next list without ever showing deletionTimestamp or Failed.
     gone = run(job, running(0), None, seen.status)
-    assert gone.status["restarts"] == 1
-    assert gone.status["failures"][-1] | {"time": "-"} == {
+    assert gone.status.to_dict()["restarts"] == 1
+    assert gone.status.to_dict()["failures"][-1] | {"time": "-"} == {
         "pod": "demo-worker-1", "uid": "worker-1-uid", "role": "worker", "index": 1,
         "reason": "Vanished", "time": "-",
     }  # fmt: skip
@@ -198,17 +202,17 @@ def test_force_deleted_pod_that_vanished_unseen_is_a_restart() -> None:
     assert creates(gone) == [("worker", 1)]
     # Counted once: the next cycle (replacement still starting) adds nothing.
     again = run(job, [*running(0), pod("worker", 1, "Pending", uid="new")], None, gone.status)
-    assert again.status["restarts"] == 1 and "PodVanished" not in events(again)
+    assert again.status.to_dict()["restarts"] == 1 and "PodVanished" not in events(again)
 
 
 def test_scale_down_and_our_own_restarts_are_not_vanished_pods() -> None:
     job = J(worker=1)
     down = run(job, running(0, 1), None, status({"worker": [0, 1]}))
     after = run(job, running(0), None, down.status)  # the victim is gone
-    assert after.status.get("restarts", 0) == 0 and "PodVanished" not in events(after)
+    assert after.status.to_dict().get("restarts", 0) == 0 and "PodVanished" not in events(after)
     failed = run(job, [pod("worker", 0, "Failed", exit_code=1)], None, after.status)
     replaced = run(job, [], None, failed.status)  # our Restart deletion completed
-    assert replaced.status["restarts"] == 1 and "PodVanished" not in events(replaced)
+    assert replaced.status.to_dict()["restarts"] == 1 and "PodVanished" not in events(replaced)
 
 
 def test_scale_up_waits_when_every_free_index_is_terminating() -> None:
@@ -228,8 +232,8 @@ def test_pod_outside_max_replicas_is_deleted() -> None:
 
 def test_observed_generation_follows_the_spec() -> None:
     p = run(J(worker=2, generation=7), running(0, 1), None, status({"worker": [0, 1]}))
-    assert p.status["observedGeneration"] == 7
-    assert all(c["observedGeneration"] == 7 for c in p.status["conditions"])
+    assert p.status.to_dict()["observedGeneration"] == 7
+    assert all(c["observedGeneration"] == 7 for c in p.status.to_dict()["conditions"])
 
 
 def test_plan_does_not_mutate_its_input() -> None:
@@ -243,13 +247,13 @@ def test_plan_does_not_mutate_its_input() -> None:
 def test_invalid_spec_sets_condition_and_warns_once() -> None:
     obj = job_obj(worker=2)
     obj["spec"]["roles"]["worker"]["template"]["spec"]["containers"][0].pop("command")
-    obs = Observed(pods=(pod("worker", 0),), status={}, now=NOW)
+    obs = Observed(pods=(pod("worker", 0),), status=JobStatus(), now=NOW)
     p = reconcile(obj, obs)
     assert deletes(p) == [] and creates(p) == []  # running pods are left alone
     c = cond(p, "Invalid")
     assert c["status"] == "True" and c["reason"] == "InvalidSpec"
     assert "containers[0].command: Required value" in c["message"]
-    assert p.status["state"] == "Invalid"
+    assert p.status.to_dict()["state"] == "Invalid"
     (e,) = p.of(RecordEvent)
     assert e.type == "Warning" and e.reason == "InvalidSpec"
     again = reconcile(
@@ -306,9 +310,9 @@ def test_pod_view_from_a_pod_dict() -> None:
 
 
 def test_member_view_from_record() -> None:
-    m = MemberView.from_record("worker_2", {"rank": 7, "pod": "p", "node": "n", "gpus": [0, 1]})
+    m = MemberRecord.from_dict({"rank": 7, "pod": "p", "node": "n", "gpus": [0, 1]}, "worker_2")
     assert (m.role, m.rank, m.devices) == ("worker", 7, ("cuda:0", "cuda:1"))
-    assert MemberView.from_record("bad-name", {}).role == ""
+    assert MemberRecord.from_dict({}, "bad-name").role == ""
 
 
 CREATED = [

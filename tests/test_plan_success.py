@@ -65,9 +65,9 @@ def test_success_policy(policy: Any, phases: dict[str, list[str]], outcome: str 
     pods = [pod(r, i, phase=ph) for r, lst in phases.items() for i, ph in enumerate(lst)]
     p = run(job, pods, None, status({"worker": [0, 1], "ps": [0]}))
     if outcome is None:
-        assert p.status["state"] != "Succeeded" and cond(p, "Succeeded") is None
+        assert p.status.to_dict()["state"] != "Succeeded" and cond(p, "Succeeded") is None
         return
-    assert p.status["state"] == "Succeeded"
+    assert p.status.to_dict()["state"] == "Succeeded"
     assert cond(p, "Succeeded")["status"] == "True"
     assert event(p, "Succeeded").type == "Normal"
     live = sorted(x.name for x in pods if x.phase == "Running")
@@ -83,7 +83,7 @@ def test_success_policy_unreachable_with_never() -> None:
         None,
         status({"worker": [0, 1], "ps": [0]}),
     )
-    assert p.status["state"] == "Failed"
+    assert p.status.to_dict()["state"] == "Failed"
     assert cond(p, "Failed")["reason"] == "SuccessPolicyUnreachable"
     assert "demo-ps-0 failed with restartPolicy Never" in cond(p, "Failed")["message"]
 
@@ -103,7 +103,7 @@ def test_degraded_and_recovered() -> None:
     later = NOW + dt.timedelta(minutes=1)
     gone = run(job, running(0, 1, 2), [member("worker", 0, 0)], formed.status, now=later)
     assert cond(gone, "Degraded") is None and gone.requeue_after == LEFT_GRACE_S
-    assert set(gone.status["roles"]["worker"]["left"]) == {"1", "2"}
+    assert set(gone.status.to_dict()["roles"]["worker"]["left"]) == {"1", "2"}
     # ... and missing once their pods have not exited LEFT_GRACE_S later.
     later += dt.timedelta(seconds=LEFT_GRACE_S)
     degraded = run(job, running(0, 1, 2), [member("worker", 0, 0)], gone.status, now=later)
@@ -113,7 +113,7 @@ def test_degraded_and_recovered() -> None:
     assert event(degraded, "Degraded").type == "Warning"
     # Running keeps its original transition time.
     assert cond(degraded, "Running")["lastTransitionTime"] == "2026-01-01T12:00:00Z"
-    assert degraded.status["state"] == "Running"
+    assert degraded.status.to_dict()["state"] == "Running"
     back = run(
         job,
         running(0, 1, 2),
@@ -183,8 +183,8 @@ def test_a_finishing_job_replaces_nothing(
     p = run(job, pods, [by_name[n] for n in now_members], formed.status)
     assert creates(p) == want_creates and deletes(p) == want_deletes
     # A clean exit is neither a failure nor a restart; the ending is no degradation.
-    assert p.status["restarts"] == 0
-    assert all(f.get("exitCode") != 0 for f in p.status.get("failures", []))
+    assert p.status.to_dict()["restarts"] == 0
+    assert all(f.get("exitCode") != 0 for f in p.status.to_dict().get("failures", []))
     assert "PodCompleted" not in events(p) and "Degraded" not in events(p)
     assert cond(p, "Degraded") is None
 
@@ -211,7 +211,7 @@ def test_failure_while_finishing_is_counted_but_not_replaced() -> None:
     st = status({"worker": [0, 1], "ps": [0]})
     p = run(job, [*running(0), pod("worker", 1, "Failed", exit_code=1),
                   pod("ps", 0, exit_code=0)], None, st)  # fmt: skip
-    assert p.status["failedPods"] == 1 and p.status["restarts"] == 0
+    assert p.status.to_dict()["failedPods"] == 1 and p.status.to_dict()["restarts"] == 0
     assert "not replaced (the job is finishing: pod demo-ps-0 of role ps exited 0)" in (
         event(p, "PodFailed").message
     )
@@ -247,7 +247,7 @@ def test_parameter_server_ending_is_not_degraded() -> None:
         assert [e for e in p.of(RecordEvent) if e.type == "Warning"] == [], i
         st = p.status
     done = run(job, [_ended("worker", 0), _ended("worker", 1), _ended("ps", 0)], [], st)
-    assert done.status["state"] == "Succeeded" and cond(done, "Degraded") is None
+    assert done.status.to_dict()["state"] == "Succeeded" and cond(done, "Degraded") is None
     assert [e.reason for e in done.of(RecordEvent)] == ["Succeeded"]
 
 
@@ -270,4 +270,4 @@ def test_a_replacement_pod_is_not_its_predecessors_member() -> None:
     # worker_1's pod was replaced under the same name before its member record went away.
     new = pod("worker", 1, uid="worker-1-new")
     p = run(job, [*running(0), new], every[:1], st, now=NOW + dt.timedelta(seconds=1))
-    assert "left" not in p.status["roles"]["worker"] and "Degraded" in events(p)
+    assert "left" not in p.status.to_dict()["roles"]["worker"] and "Degraded" in events(p)

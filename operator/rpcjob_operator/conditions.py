@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+
+from rpcjob_operator.status import Condition
 
 CREATED = "Created"
 RUNNING = "Running"
@@ -19,17 +20,17 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def find(conditions: list[dict[str, Any]], ctype: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == ctype), None)
+def find(conditions: list[Condition], ctype: str) -> Condition | None:
+    return next((c for c in conditions if c.type == ctype), None)
 
 
-def is_true(conditions: list[dict[str, Any]], ctype: str) -> bool:
+def is_true(conditions: list[Condition], ctype: str) -> bool:
     c = find(conditions, ctype)
-    return c is not None and c.get("status") == "True"
+    return c is not None and c.true
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     ctype: str,
     status: bool,
     reason: str,
@@ -41,20 +42,12 @@ def set_condition(
     """Set a condition in place; return True when its status flipped (or it is new)."""
     value = "True" if status else "False"
     old = find(conditions, ctype)
-    new = {
-        "type": ctype,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": rfc3339(now),
-    }
+    new = Condition(ctype, value, reason, message, generation, rfc3339(now))
     if old is None:
         conditions.append(new)
         return True
-    flipped = old.get("status") != value
-    if not flipped and old.get("lastTransitionTime"):
-        new["lastTransitionTime"] = old["lastTransitionTime"]
-    old.clear()
-    old.update(new)
+    flipped = old.status != value
+    if not flipped and old.last_transition_time:
+        new.last_transition_time = old.last_transition_time
+    conditions[conditions.index(old)] = new
     return flipped

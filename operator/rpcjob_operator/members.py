@@ -11,7 +11,6 @@ timeout: an unreachable etcd must not stall reconciles — the cycle then runs w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
 from rpcjob.etcd_env import client_settings
-from rpcjob_operator.model import MemberView
+from rpcjob.records import MemberRecord, read_members
 
 log = logging.getLogger("rpcjob_operator.members")
 READ_TIMEOUT_S = 2.0
@@ -48,24 +47,11 @@ class EtcdPool:
 
     async def read_members(
         self, endpoints: Sequence[str], keys: contract.JobKeys
-    ) -> tuple[MemberView, ...]:
-        """The live member records under ``keys.members``; raises EtcdError when unreachable.
-
-        A record that is not JSON is skipped with a log line (a sidecar of another version
-        must not stop the operator from reporting the others)."""
+    ) -> tuple[MemberRecord, ...]:
+        """The live member records (:func:`rpcjob.records.read_members`); raises EtcdError
+        when etcd is unreachable."""
         client = self.client(endpoints)
-        kvs = await asyncio.to_thread(client.get_prefix, keys.members, timeout=READ_TIMEOUT_S)
-        out: list[MemberView] = []
-        for kv in kvs:
-            name = kv.key.decode()[len(keys.members) :]
-            try:
-                record = json.loads(kv.value)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                out.append(MemberView.from_record(name, record))
-            except (ValueError, TypeError) as e:
-                log.warning("skipping member record %s%s: %s", keys.members, name, e)
-        return tuple(out)
+        return await asyncio.to_thread(read_members, client, keys, READ_TIMEOUT_S)
 
     async def delete_prefix(self, endpoints: Sequence[str], prefix: str) -> int:
         """Delete every key under ``prefix``; the number deleted. Raises EtcdError."""

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rpcjob import contract
+from rpcjob.records import MemberRecord
 from rpcjob_operator.spec import parse_time
+from rpcjob_operator.status import JobStatus
 
 
 @dataclass(frozen=True, order=True)
@@ -138,41 +140,11 @@ def _cannot_start(st: dict[str, Any]) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class MemberView:
-    """A live member record from etcd (``members/<worker>``)."""
-
-    name: str  # RPC worker name <role>_<index>
-    rank: int
-    pod: str = ""
-    node: str = ""
-    devices: tuple[str, ...] = ()
-
-    @property
-    def role(self) -> str:
-        try:
-            return contract.parse_worker_name(self.name)[0]
-        except contract.InvalidName:
-            return ""
-
-    @classmethod
-    def from_record(cls, name: str, record: dict[str, Any]) -> MemberView:
-        """Tolerant reader of the sidecar's JSON member record."""
-        devices = record.get("devices", record.get("gpus", ())) or ()
-        return cls(
-            name=name,
-            rank=int(record.get("rank", -1)),
-            pod=str(record.get("pod", "")),
-            node=str(record.get("node", "")),
-            devices=tuple(d if isinstance(d, str) else f"cuda:{d}" for d in devices),
-        )
-
-
-@dataclass(frozen=True)
 class Observed:
     pods: tuple[PodView, ...] = ()
     # None: etcd was not read this cycle — joined counts then fall back to pod readiness.
-    members: tuple[MemberView, ...] | None = None
-    status: dict[str, Any] = field(default_factory=dict)  # the job's current .status
+    members: tuple[MemberRecord, ...] | None = None
+    status: JobStatus = field(default_factory=JobStatus)  # the job's current .status
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -224,7 +196,7 @@ Action = CreatePod | DeletePod | EnsureService | EnsureNetworkPolicy | RecordEve
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...]
-    status: dict[str, Any]  # the whole new .status (one write per cycle)
+    status: JobStatus  # the whole new .status (one write per cycle: ``to_dict()`` it once)
     requeue_after: float | None = None  # seconds
 
     def of(self, kind: type[Any]) -> list[Any]:

@@ -49,7 +49,7 @@ def _delete_live(c: Cycle, reason: str) -> None:
 
 def _ttl(c: Cycle) -> None:
     ttl = c.job.run_policy.ttl_seconds_after_finished
-    done_at = parse_time(c.status.get("completionTime"))
+    done_at = parse_time(c.status.completion_time)
     if ttl is None or done_at is None:
         return
     left = ttl - (c.obs.now - done_at).total_seconds()
@@ -69,13 +69,13 @@ def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
     for role in c.active:
         c.active[role] = set()
     fill_counts(c)
-    c.status["completionTime"] = c.now_str
-    c.status["state"] = "Succeeded" if ok else "Failed"
+    c.status.completion_time = c.now_str
+    c.status.state = "Succeeded" if ok else "Failed"
     set_cond(c, cond.SUCCEEDED if ok else cond.FAILED, True, reason, message)
     set_cond(c, cond.RUNNING, False, reason, message)
-    if cond.find(c.status["conditions"], cond.DEGRADED) is not None:
+    if c.status.condition(cond.DEGRADED) is not None:
         set_cond(c, cond.DEGRADED, False, reason, message)
-    if cond.is_true(c.status["conditions"], cond.BLOCKED):
+    if c.status.is_true(cond.BLOCKED):
         set_cond(c, cond.BLOCKED, False, reason, message)
     c.event("Normal" if ok else "Warning", reason, message)
     _ttl(c)
@@ -84,7 +84,7 @@ def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
 
 def _finished(c: Cycle) -> Plan:
     """A finished job: remove pods a stale cycle may have left running; honour the TTL."""
-    _delete_live(c, "JobSucceeded" if c.status.get("state") == "Succeeded" else "JobFailed")
+    _delete_live(c, "JobSucceeded" if c.status.state == "Succeeded" else "JobFailed")
     for role in c.active:
         c.active[role] = set()
     fill_counts(c)
@@ -100,17 +100,17 @@ def _suspend(c: Cycle) -> Plan:
     del joined
     if set_cond(c, cond.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true"):
         c.event("Normal", "Suspended", "job suspended: deleting its pods gracefully")
-    if cond.find(c.status["conditions"], cond.RUNNING) is not None:
+    if c.status.condition(cond.RUNNING) is not None:
         set_cond(c, cond.RUNNING, False, "Suspended", "the job is suspended")
-    if cond.find(c.status["conditions"], cond.DEGRADED) is not None:
+    if c.status.condition(cond.DEGRADED) is not None:
         set_cond(c, cond.DEGRADED, False, "Suspended", "the job is suspended")
-    c.status["state"] = "Suspended"
+    c.status.state = "Suspended"
     return _done(c)
 
 
 def _deadline(c: Cycle) -> Plan | None:
     limit = c.job.run_policy.active_deadline_seconds
-    started = parse_time(c.status.get("startTime"))
+    started = parse_time(c.status.start_time)
     if limit is None or started is None:
         return None
     left = limit - (c.obs.now - started).total_seconds()
@@ -131,12 +131,12 @@ def plan(job: RpcJob, observed: Observed) -> Plan:
     if job.meta.deletion_timestamp is not None:
         return Plan((), c.status, None)  # the finalizer and garbage collection take over
     clear_invalid(c)
-    if c.status.get("state") in FINISHED and c.status.get("completionTime"):
+    if c.status.state in FINISHED and c.status.completion_time:
         return _finished(c)
     track_leaves(c)
     c.finishing = find_finishing(c)
     account_pods(c)
-    failed = int(c.status.get("failedPods") or 0)
+    failed = int(c.status.failed_pods or 0)
     limit = job.run_policy.backoff_limit
     if failed > limit:
         return _finish(
@@ -152,29 +152,29 @@ def plan(job: RpcJob, observed: Observed) -> Plan:
         return _finish(c, False, "SuccessPolicyUnreachable", why)
     if job.run_policy.suspend:
         return _suspend(c)
-    if cond.is_true(c.status["conditions"], cond.SUSPENDED):
+    if c.status.is_true(cond.SUSPENDED):
         set_cond(c, cond.SUSPENDED, False, "Resumed", "spec.runPolicy.suspend is false")
         c.event("Normal", "Resumed", "job resumed: recreating its pods")
-        c.status.pop("startTime", None)  # the deadline counts from the resume, as for a Job
+        c.status.start_time = None  # the deadline counts from the resume, as for a Job
     if (ended := _deadline(c)) is not None:
         return ended
     for role in job.roles.values():
         reconcile_role(c, role)
     if any(isinstance(a, CreatePod) for a in c.actions):
         c.actions[:0] = [EnsureService(), EnsureNetworkPolicy()]
-    c.status.setdefault("startTime", c.now_str)
+    c.status.start_time = c.status.start_time or c.now_str
     active_conditions(c, fill_counts(c))
     return _done(c)
 
 
 def plan_invalid(meta: JobMeta, error: InvalidSpec, observed: Observed) -> Plan:
     """A spec the operator cannot run: Invalid condition + Warning event; pods left alone."""
-    status: dict[str, Any] = copy.deepcopy(observed.status or {})
-    conds: list[dict[str, Any]] = status.setdefault("conditions", [])
+    status = copy.deepcopy(observed.status)
     message = str(error)[:32768]
-    before = cond.find(conds, cond.INVALID)
+    before = status.condition(cond.INVALID)
+    before_message = before.message if before else None
     changed = cond.set_condition(
-        conds,
+        status.conditions,
         cond.INVALID,
         True,
         error.reason,
@@ -182,11 +182,11 @@ def plan_invalid(meta: JobMeta, error: InvalidSpec, observed: Observed) -> Plan:
         generation=meta.generation,
         now=observed.now,
     )
-    if status.get("state") not in FINISHED:  # a finished job keeps its outcome
-        status["state"] = "Invalid"
-    status["observedGeneration"] = meta.generation
+    if status.state not in FINISHED:  # a finished job keeps its outcome
+        status.state = "Invalid"
+    status.observed_generation = meta.generation
     actions: tuple[Any, ...] = ()
-    if changed or (before or {}).get("message") != message:
+    if changed or before_message != message:
         actions = (RecordEvent("Warning", error.reason, f"invalid spec: {message}"),)
     return Plan(actions, status, None)
 

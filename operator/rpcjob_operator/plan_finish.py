@@ -22,6 +22,7 @@ from rpcjob_operator.conditions import rfc3339
 from rpcjob_operator.cycle import Cycle
 from rpcjob_operator.model import PodView
 from rpcjob_operator.spec import parse_time
+from rpcjob_operator.status import LeftWorker
 
 CLEAN_EXIT_HOLD_S = 10.0
 LEFT_GRACE_S = 30.0
@@ -46,24 +47,25 @@ def track_leaves(c: Cycle) -> None:
     """Fill ``c.left``: live pods whose worker was a member last cycle and is not now (or was
     already recorded as left), keyed by slot and bound to the pod's uid."""
     joined = _joined_pods(c)
-    before = {str(m.get("pod")) for m in c.obs.status.get("members") or []}
-    prev_roles = c.obs.status.get("roles") or {}
+    before = {m.pod for m in c.obs.status.members or []}
+    prev_roles = c.obs.status.roles or {}
     for role in c.job.roles:
-        prev = (prev_roles.get(role) or {}).get("left") or {}
-        out: dict[int, dict[str, str]] = {}
+        prev_role = prev_roles.get(role)
+        prev = prev_role.left if prev_role else {}
+        out: dict[int, LeftWorker] = {}
         for idx, p in c.role_pods(role).items():
             if not p.live or (joined is not None and p.name in joined):
                 continue
             if p.exit_code not in (None, 0):
                 continue  # its worker crashed: a failure on its way, not a leave
-            entry = prev.get(str(idx))
-            same_pod = ((prev_roles.get(role) or {}).get("pods") or {}).get(str(idx)) == p.uid
-            if isinstance(entry, dict) and entry.get("uid") == p.uid:
-                out[idx] = {"uid": p.uid, "since": str(entry.get("since") or c.now_str)}
+            entry = prev.get(idx)
+            same_pod = prev_role is not None and prev_role.pods.get(idx) == p.uid
+            if entry is not None and entry.uid == p.uid:
+                out[idx] = LeftWorker(p.uid, entry.since or c.now_str)
             elif joined is not None and same_pod and p.name in before:
                 # (same_pod: a replacement of the same name never counts as its
                 # predecessor's member)
-                out[idx] = {"uid": p.uid, "since": c.now_str}
+                out[idx] = LeftWorker(p.uid, c.now_str)
         c.left[role] = out
 
 
@@ -72,7 +74,7 @@ def leaving(c: Cycle, role: str) -> int:
     the grace of one runs out, so that a pod that never exits does become missing)."""
     n = 0
     for entry in c.left.get(role, {}).values():
-        since = parse_time(entry.get("since"))
+        since = parse_time(entry.since)
         left = LEFT_GRACE_S - (c.obs.now - since).total_seconds() if since else 0.0
         if left > 0:
             n += 1

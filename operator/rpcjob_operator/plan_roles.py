@@ -21,14 +21,14 @@ def _vanished(c: Cycle, seen: set[str]) -> None:
     failing or terminating (``kubectl delete --force``, a lost node's pods being purged):
     counted like any deletion done outside rpcjob."""
     observed = {p.uid for p in c.obs.pods}
-    for role, prev in (c.obs.status.get("roles") or {}).items():
+    for role, prev in (c.obs.status.roles or {}).items():
         if role not in c.job.roles:
             continue
-        for index, uid in sorted((prev.get("pods") or {}).items()):
-            if uid in observed or uid in seen or int(index) not in c.active.get(role, set()):
+        for index, uid in sorted(prev.pods.items()):
+            if uid in observed or uid in seen or index not in c.active.get(role, set()):
                 continue
-            gone = PodView(name=Slot(role, int(index)).pod_name(c.job.meta.name), uid=uid,
-                           role=role, index=int(index), phase="Unknown")  # fmt: skip
+            gone = PodView(name=Slot(role, index).pod_name(c.job.meta.name), uid=uid,
+                           role=role, index=index, phase="Unknown")  # fmt: skip
             c.record_failure(gone, "Vanished")
             c.counter("restarts")
             c.event(
@@ -59,7 +59,7 @@ def account_pods(c: Cycle) -> None:
             if disrupted:
                 what += "; a disruption, not counted toward backoffLimit"
             else:
-                n = c.counter("failedPods")
+                n = c.counter("failed_pods")
                 exhausted = n > limit
                 what += f"; failure {n} of backoffLimit {limit}"
             held = holds_slot(c, p.role, p) if active else ""

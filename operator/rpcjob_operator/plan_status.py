@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rpcjob import contract
 from rpcjob_operator import conditions as cond
 from rpcjob_operator.cycle import Cycle
 from rpcjob_operator.plan_finish import clean_exit, leaving
 from rpcjob_operator.spec import SCALE_ROLE
+from rpcjob_operator.status import MemberStatus, RoleStatus
 
 
 def joined_by_role(c: Cycle) -> dict[str, int]:
@@ -38,53 +37,47 @@ def group_formed(c: Cycle, joined: dict[str, int]) -> tuple[bool, str]:
 def fill_counts(c: Cycle) -> dict[str, int]:
     """Per-role counts, members and the scale subresource fields; returns joined by role."""
     joined = joined_by_role(c)
-    roles: dict[str, Any] = {}
+    roles: dict[str, RoleStatus] = {}
     for r in c.job.roles.values():
         pods = c.role_pods(r.name).values()
-        roles[r.name] = {
-            "desired": r.replicas,
-            "running": sum(1 for p in pods if p.phase == "Running" and not p.deleting),
-            "joined": joined[r.name],
-            "failed": sum(1 for p in pods if p.phase == "Failed"),
-            "succeeded": sum(1 for p in pods if p.phase == "Succeeded"),
-            "indices": sorted(c.active[r.name]),
-            "pods": {
-                str(i): p.uid
+        roles[r.name] = RoleStatus(
+            desired=r.replicas,
+            running=sum(1 for p in pods if p.phase == "Running" and not p.deleting),
+            joined=joined[r.name],
+            failed=sum(1 for p in pods if p.phase == "Failed"),
+            succeeded=sum(1 for p in pods if p.phase == "Succeeded"),
+            indices=sorted(c.active[r.name]),
+            pods={
+                i: p.uid
                 for i, p in sorted(c.role_pods(r.name).items())
                 if i in c.active[r.name] and not p.finished
             },
-        }
-        if c.left.get(r.name):
-            roles[r.name]["left"] = {str(i): e for i, e in sorted(c.left[r.name].items())}
-    c.status["roles"] = roles
+            left=dict(sorted(c.left.get(r.name, {}).items())),
+        )
+    st = c.status
+    st.roles = roles
     name = c.job.meta.name
     workers = c.role_pods(SCALE_ROLE)
-    c.status["replicas"] = sum(
+    st.replicas = sum(
         1 for i in c.active.get(SCALE_ROLE, ()) if i in workers and not workers[i].deleting
     )
-    c.status["selector"] = f"{contract.LABEL_JOB_NAME}={name},{contract.LABEL_ROLE}={SCALE_ROLE}"
+    st.selector = f"{contract.LABEL_JOB_NAME}={name},{contract.LABEL_ROLE}={SCALE_ROLE}"
     desired = c.job.roles[SCALE_ROLE].replicas if SCALE_ROLE in c.job.roles else 0
-    c.status["ready"] = f"{joined.get(SCALE_ROLE, 0)}/{desired}"
+    st.ready = f"{joined.get(SCALE_ROLE, 0)}/{desired}"
     if c.obs.members is not None:
-        c.status["members"] = [
-            {
-                "name": m.name,
-                "rank": m.rank,
-                "pod": m.pod,
-                "node": m.node,
-                "devices": list(m.devices),
-            }
+        st.members = [
+            MemberStatus(m.name, m.rank, m.pod, m.node, list(m.devices))
             for m in sorted(c.obs.members, key=lambda m: m.rank)
         ]
-    c.status["observedGeneration"] = c.generation
-    c.status.setdefault("restarts", 0)
-    c.status.setdefault("failedPods", 0)
+    st.observed_generation = c.generation
+    st.restarts = st.restarts or 0
+    st.failed_pods = st.failed_pods or 0
     return joined
 
 
 def set_cond(c: Cycle, ctype: str, status: bool, reason: str, message: str) -> bool:
     return cond.set_condition(
-        c.status["conditions"],
+        c.status.conditions,
         ctype,
         status,
         reason,
@@ -95,7 +88,7 @@ def set_cond(c: Cycle, ctype: str, status: bool, reason: str, message: str) -> b
 
 
 def clear_invalid(c: Cycle) -> None:
-    if cond.find(c.status["conditions"], cond.INVALID) is not None and set_cond(
+    if c.status.condition(cond.INVALID) is not None and set_cond(
         c, cond.INVALID, False, "SpecValid", "the spec passes validation"
     ):
         c.event("Normal", "SpecValid", "the spec is valid again; reconciling")
@@ -110,7 +103,7 @@ def created_condition(c: Cycle) -> None:
         return
     if have >= want:
         set_cond(c, cond.CREATED, True, "PodsCreated", f"all {want} pods created")
-    elif cond.is_true(c.status["conditions"], cond.CREATED):
+    elif c.status.is_true(cond.CREATED):
         # Created once; now a slot awaits a replacement or a scale-up adds some.
         set_cond(c, cond.CREATED, True, "PodsCreated", f"{have} of {want} pods exist")
     else:
@@ -128,9 +121,8 @@ def blocked_condition(c: Cycle) -> None:
     """PodsBlocked: a pod the kubelet cannot start (bad image, refused securityContext, missing
     Secret...) waits forever; say which and why, with a Warning event when that changes."""
     blocked = [p for p in c.obs.pods if p.live and p.blocked_reason]
-    conds = c.status["conditions"]
     if not blocked:
-        if cond.is_true(conds, cond.BLOCKED):
+        if c.status.is_true(cond.BLOCKED):
             set_cond(c, cond.BLOCKED, False, "PodsStarting", "no pod is blocked from starting")
         return
     p = min(blocked, key=lambda q: (q.role, q.index))
@@ -139,18 +131,18 @@ def blocked_condition(c: Cycle) -> None:
         message += ROOT_IMAGE_HINT
     if len(blocked) > 1:
         message += f" (and {len(blocked) - 1} more pod(s))"
-    before = (cond.find(conds, cond.BLOCKED) or {}).get("message")
+    old = c.status.condition(cond.BLOCKED)
+    before = old.message if old else None
     if set_cond(c, cond.BLOCKED, True, p.blocked_reason, message) or before != message:
         c.event("Warning", "PodBlocked", message)
 
 
 def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
     """Created / Running / Degraded and the state of a job that is neither done nor suspended."""
-    conds = c.status["conditions"]
     created_condition(c)
     blocked_condition(c)
     formed, detail = group_formed(c, joined)
-    was_running = cond.is_true(conds, cond.RUNNING)
+    was_running = c.status.is_true(cond.RUNNING)
     if formed or was_running:
         if set_cond(c, cond.RUNNING, True, "GroupFormed", "every role reached minReplicas"):
             c.event("Normal", "GroupFormed", f"the RPC group formed: {detail}")
@@ -170,8 +162,8 @@ def active_conditions(c: Cycle, joined: dict[str, int]) -> None:
         if not settled:
             if set_cond(c, cond.DEGRADED, True, "BelowMinReplicas", detail):
                 c.event("Warning", "Degraded", f"a role is below minReplicas: {detail}")
-        elif cond.find(conds, cond.DEGRADED) is not None and set_cond(
+        elif c.status.condition(cond.DEGRADED) is not None and set_cond(
             c, cond.DEGRADED, False, "AtMinReplicas", detail
         ):
             c.event("Normal", "Recovered", f"every role is back at minReplicas: {detail}")
-    c.status["state"] = "Running" if cond.is_true(conds, cond.RUNNING) else "Pending"
+    c.status.state = "Running" if c.status.is_true(cond.RUNNING) else "Pending"

@@ -24,6 +24,7 @@ import kopf
 
 from rpcjob import contract
 from rpcjob.etcd import EtcdError
+from rpcjob.records import MemberRecord
 from rpcjob_operator import metrics
 from rpcjob_operator.errors import InvalidSpec
 from rpcjob_operator.kube import ApiRefused, Conflict, Kube, merge_patch
@@ -35,9 +36,7 @@ from rpcjob_operator.model import (
     DeletePod,
     EnsureNetworkPolicy,
     EnsureService,
-    MemberView,
     Observed,
-    Plan,
     PodView,
     RecordEvent,
 )
@@ -50,6 +49,7 @@ from rpcjob_operator.render import (
 )
 from rpcjob_operator.render.common import job_selector
 from rpcjob_operator.spec import RpcJob, parse_job
+from rpcjob_operator.status import JobStatus
 
 log = logging.getLogger("rpcjob_operator.reconciler")
 EventSink = Callable[[dict[str, Any], str, str, str], None]
@@ -127,7 +127,7 @@ class Reconciler:
     # --- observe ------------------------------------------------------------------------------
     async def _members(
         self, obj: dict[str, Any], job: RpcJob | None
-    ) -> tuple[MemberView, ...] | None:
+    ) -> tuple[MemberRecord, ...] | None:
         if job is None or job.meta.deletion_timestamp is not None:
             return None
         meta = job.meta
@@ -174,7 +174,10 @@ class Reconciler:
             except (ValueError, TypeError):  # a pod whose rpcjob labels were edited by hand
                 log.warning("ignoring pod %s: bad rpcjob labels", p["metadata"].get("name"))
         observed = Observed(
-            pods=tuple(pods), members=members, status=dict(obj.get("status") or {}), now=self.now()
+            pods=tuple(pods),
+            members=members,
+            status=JobStatus.from_dict(obj.get("status")),
+            now=self.now(),
         )
         return observed, job
 
@@ -197,8 +200,9 @@ class Reconciler:
             mem.read_rv = str(obj["metadata"].get("resourceVersion", ""))
             observed, job = await self.observe(obj)
             plan = reconcile(obj, observed)
-            mem.planned = plan.status
-            await self._write_status(obj, plan)
+            status = plan.status.to_dict()  # the one serialisation of the cycle's status
+            mem.planned = status
+            await self._write_status(obj, status)
             await self._apply(obj, job, plan.actions)
         except JobGone:
             raise
@@ -212,17 +216,17 @@ class Reconciler:
         finally:
             metrics.DURATION.observe(time.monotonic() - started)
         metrics.RECONCILES.labels("ok").inc()
-        self.states.set((ns, name), str(plan.status.get("state") or "Pending"))
-        mem.generation, mem.status = obj["metadata"].get("generation"), plan.status
+        self.states.set((ns, name), plan.status.state or "Pending")
+        mem.generation, mem.status = obj["metadata"].get("generation"), status
         return plan.requeue_after
 
-    async def _write_status(self, obj: dict[str, Any], plan: Plan) -> None:
+    async def _write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         old = obj.get("status") or {}
-        if plan.status == old:
+        if status == old:
             return
         md = obj["metadata"]
         written = await self.kube.patch_job_status(
-            md["namespace"], md["name"], md["resourceVersion"], merge_patch(old, plan.status)
+            md["namespace"], md["name"], md["resourceVersion"], merge_patch(old, status)
         )
         metrics.STATUS_WRITES.inc()
         mem = self.mem(md["namespace"], md["name"])

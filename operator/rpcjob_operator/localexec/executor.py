@@ -22,6 +22,7 @@ from typing import Any, assert_never
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
+from rpcjob.records import MemberRecord, read_members
 from rpcjob_operator.localexec.control import keys
 from rpcjob_operator.localexec.loopback import LoopbackPool
 from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
@@ -32,7 +33,6 @@ from rpcjob_operator.model import (
     DeletePod,
     EnsureNetworkPolicy,
     EnsureService,
-    MemberView,
     Observed,
     PodView,
     RecordEvent,
@@ -40,6 +40,7 @@ from rpcjob_operator.model import (
 from rpcjob_operator.plan import reconcile
 from rpcjob_operator.render import OperatorDefaults, render_pod
 from rpcjob_operator.spec import parse_job
+from rpcjob_operator.status import JobStatus
 
 TICK = 0.2
 NODE = "local"
@@ -128,33 +129,25 @@ class LocalJob:
             backoff_base=0.5,
         )
         self.stopping = False
-        self.members: tuple[MemberView, ...] = ()
+        self.members: tuple[MemberRecord, ...] = ()
         self.gpu_total = node_gpu_count(opts.node_labels)
         self.gpus_used: dict[str, tuple[int, ...]] = {}  # pod name -> GPU indices
         self.gpu_waiting: set[str] = set()
 
     # --- observe ----------------------------------------------------------------------------
-    def _read_members(self) -> tuple[MemberView, ...] | None:
+    def _read_members(self) -> tuple[MemberRecord, ...] | None:
         try:
-            kvs = self.client.get_prefix(self.keys.members)
+            return read_members(self.client, self.keys)
         except EtcdError as exc:
             self.emit({"type": "warning", "message": f"etcd: {exc}"})
             return None
-        out = []
-        for kv in kvs:
-            name = kv.key.decode()[len(self.keys.members) :]
-            try:
-                out.append(MemberView.from_record(name, json.loads(kv.value)))
-            except (ValueError, TypeError):
-                continue
-        return tuple(sorted(out, key=lambda m: m.name))
 
     def observe(self) -> Observed:
         pods = tuple(PodView.from_pod(p.snapshot()) for p in list(self.pods.values()))
         members = self._read_members()
         if members is not None:
             self.members = members
-        return Observed(pods=pods, members=members, status=copy.deepcopy(self.obj["status"]))
+        return Observed(pods=pods, members=members, status=JobStatus.from_dict(self.obj["status"]))
 
     # --- act ----------------------------------------------------------------------------------
     def _create(self, action: CreatePod) -> None:
@@ -283,9 +276,10 @@ class LocalJob:
     def cycle(self) -> None:
         self.apply_scale_requests()
         plan = reconcile(self.obj, self.observe())
-        if plan.status != self.obj["status"]:
-            self.obj["status"] = plan.status
-            self.emit({"type": "status", "status": plan.status})
+        status = plan.status.to_dict()  # the one serialisation of the cycle's status
+        if status != self.obj["status"]:
+            self.obj["status"] = status
+            self.emit({"type": "status", "status": status})
             self.publish()
         for action in plan.actions:
             self._apply(action)
