@@ -116,7 +116,7 @@ SOCK = "/var/run/rpcjob-kubelet-test"
 MAIN = (
     f"cat {SA}/token {SA}/namespace /etc/sec/k; echo; cat {SOCK}/side; hostname; pwd; "
     "ip -4 -o addr show eth0 | awk '{print $4}'; echo $MY_IP $KUBERNETES_SERVICE_HOST; "
-    "grep nameserver /etc/resolv.conf"
+    "grep nameserver /etc/resolv.conf; sleep 1"
 )
 
 
@@ -143,6 +143,11 @@ def _pod() -> dict[str, Any]:
                     "image": "rpcjob-sidecar",
                     "restartPolicy": "Always",
                     "command": ["sh", "-c", f"echo up > {SOCK}/side; exec sleep 600"],
+                    # Runs in the container's mount namespace: the file is not on the host.
+                    "readinessProbe": {
+                        "exec": {"command": ["test", "-f", f"{SOCK}/side"]},
+                        "periodSeconds": 0.1,
+                    },
                     "volumeMounts": [sock],
                 }
             ],
@@ -204,6 +209,7 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
         ]
         last = statuses[-1]
         assert last["phase"] == "Succeeded" and last["hostIP"] == "127.0.100.9"
+        assert any(s["initContainerStatuses"][0]["ready"] for s in statuses)  # exec probe
         side = last["initContainerStatuses"][0]["state"]["terminated"]
         assert side["exitCode"] == 143  # the sidecar is stopped (SIGTERM) after the main ends
     finally:

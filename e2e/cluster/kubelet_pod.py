@@ -163,16 +163,35 @@ class ClusterPodRunner(PodRunner):
     # native sidecar with one must have started before the next container starts.
     def _start(self, slot: Slot) -> None:
         super()._start(slot)
+        self._exec_probes_inside(slot)
         probe = slot.spec.get("startupProbe")
         if not probe or not slot.running:
             self.startup.pop(slot.name, None)
             return
+        if "exec" in probe and slot.proc is not None and slot.proc.pid is not None:
+            command = exec_in(slot.proc.pid, list(probe["exec"]["command"]), None)
+            probe = {**probe, "exec": {"command": command}}
         self.startup[slot.name] = (ProbeState(probe), slot.readiness)
         slot.readiness = _never_ready()
         if slot.sidecar:
             while self.stop_grace is None and slot.name in self.startup and slot.running:
                 self._check(slot)
                 self.wake.wait(TICK)
+
+    def _exec_probes_inside(self, slot: Slot) -> None:
+        """Exec probes run where the container runs, not on the host: PodRunner starts them
+        with the container's env and cwd, so the command enters its namespaces, and the cwd
+        (the workingDir, maybe only inside its mounts) is entered there."""
+        pid = slot.proc.pid if slot.proc is not None else None
+        if pid is None or not slot.running:
+            return
+        wd = slot.cwd
+        for attr in ("readiness", "liveness"):
+            state: ProbeState | None = getattr(slot, attr)
+            if state is not None and "exec" in state.probe:
+                cmd = exec_in(pid, list(state.probe["exec"]["command"]), wd)
+                state.probe = {**state.probe, "exec": {"command": cmd}}
+        slot.cwd = "/"
 
     def _check(self, slot: Slot) -> None:
         pending = self.startup.get(slot.name)
@@ -192,6 +211,12 @@ class ClusterPodRunner(PodRunner):
             del self.startup[slot.name]
             grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
             slot.proc.stop(grace)  # the next _check sees the exit and restarts per policy
+
+
+def exec_in(pid: int, command: list[str], workdir: str | None) -> list[str]:
+    """An exec probe's command run in the container's namespaces (network, mounts, hostname)."""
+    wd = [f"--wd={workdir}"] if workdir else []
+    return ["nsenter", f"--target={pid}", "--net", "--mount", "--uts", *wd, "--", *command]
 
 
 def _never_ready() -> ProbeState:
