@@ -188,7 +188,7 @@ BAD = [
     ),
     pytest.param(
         with_role(job(), "worker", minReplicas=3),
-        'spec.roles.worker: Invalid value: "object": minReplicas must be <= replicas',
+        'spec.roles.worker.minReplicas: Invalid value: "object": minReplicas must be <= replicas',
         id="min-above-replicas",
     ),
     pytest.param(

@@ -158,12 +158,13 @@ INVALID = [
     ),
     pytest.param(
         _with(job(), [*W, "minReplicas"], 3),
-        "spec.roles.worker: minReplicas must be <= replicas (minReplicas 3, replicas 2)",
+        "spec.roles.worker.minReplicas: minReplicas must be <= replicas: lower minReplicas or "
+        "raise replicas",
         id="min",
     ),
     pytest.param(
         _with(job(), [*W, "replicas"], 5),
-        "spec.roles.worker: replicas must be <= maxReplicas (replicas 5, maxReplicas 4; slots",
+        "spec.roles.worker.replicas: replicas must be <= maxReplicas (slots and device maps",
         id="max",
     ),
     pytest.param(
@@ -350,7 +351,7 @@ def test_every_error_is_reported_at_once() -> None:
         parse_job(obj)
     paths = {e.path for e in info.value.errors}
     assert {
-        "spec.roles.worker",  # the CRD's rule (minReplicas <= replicas)
+        "spec.roles.worker.minReplicas",  # the CRD's rule (minReplicas <= replicas)
         "spec.roles.worker.template.spec.containers[0].command",
     } <= paths
 
