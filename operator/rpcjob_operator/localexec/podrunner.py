@@ -4,14 +4,12 @@ and graceful termination."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rpcjob_operator.localexec.containers import (
@@ -21,6 +19,7 @@ from rpcjob_operator.localexec.containers import (
     ProcessSpec,
     process_spec,
 )
+from rpcjob_operator.localexec.podstate import RunnerConfig, Slot
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
 log = logging.getLogger("rpcjob.localexec.pods")
@@ -29,73 +28,6 @@ TICK = 0.05  # how often the runner looks at its processes
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class RunnerConfig:
-    root: str  # per-pod directories live under here
-    default_cwd: str
-    image_entrypoints: Mapping[str, Sequence[str]]
-    image_workdirs: Mapping[str, str]
-    extra_env: Mapping[str, str]
-    backoff_base: float = 1.0
-    backoff_cap: float = 10.0
-    lookup: Callable[[str, str, str, str], str | None] | None = None  # (ns, kind, name, key)
-    lookup_all: Callable[[str, str, str], Mapping[str, str] | None] | None = None
-    host_ip: str = "127.0.0.1"  # status.hostIP and the downward API's status.hostIP
-    # False where the caller mounts volumes for real (the cluster kubelet's mount namespaces):
-    # paths in env, command and workingDir then stay as the pod spec wrote them.
-    rewrite_mounts: bool = True
-
-
-@dataclass
-class Slot:
-    """One container (or native sidecar) and its history."""
-
-    spec: dict[str, Any]
-    sidecar: bool = False
-    init: bool = False
-    proc: LocalContainer | None = None
-    restarts: int = 0
-    state: dict[str, Any] = field(
-        default_factory=lambda: {"waiting": {"reason": "PodInitializing"}}
-    )
-    last_state: dict[str, Any] = field(default_factory=dict)
-    restart_at: float | None = None
-    done: bool = False  # terminated for good
-    readiness: ProbeState | None = None
-    liveness: ProbeState | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def running(self) -> bool:
-        return "running" in self.state
-
-    @property
-    def ready(self) -> bool:
-        if not self.running:
-            return False
-        return self.readiness.ok if self.readiness else True
-
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "image": self.spec.get("image", ""),
-            "imageID": "",
-            "ready": self.ready,
-            "started": self.running,
-            "restartCount": self.restarts,
-            "state": copy.deepcopy(self.state),
-            "lastState": copy.deepcopy(self.last_state),
-        }
-        if self.proc is not None and self.proc.pid:
-            out["containerID"] = f"local://{self.proc.pid}"
-        return out
 
 
 class PodRunner(threading.Thread):
@@ -423,3 +355,7 @@ class PodRunner(threading.Thread):
     def stop_for_shutdown(self, grace: float) -> None:
         self.shutdown = True
         self.request_stop(grace)
+
+
+# RunnerConfig and Slot live in podstate.py; importable from here as before.
+__all__ = ["TICK", "PodRunner", "RunnerConfig", "Slot", "now_iso"]
