@@ -9,13 +9,13 @@ from rpcjob.devices.maps import (
     Peer,
     RoleShape,
     forward_map,
-    parse_slots,
     plan_devices,
     reverse_map,
     slot_names,
     verify_visible,
     visible_gpus,
 )
+from rpcjob.devices.slots import parse_slots
 
 __all__ = [
     "DEVICE_MAPS_AUTO",

@@ -21,7 +21,6 @@ Torch-free: device names are plain strings ("cuda:0").
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,46 +178,6 @@ def _is_mig(visible: int | Sequence[str] | None) -> bool:
     )
 
 
-def parse_slots(slots_json: str, role_gpus_json: str = "") -> dict[str, RoleShape]:
-    """Job shape from RPCJOB_SLOTS ({"role": maxReplicas}) and RPCJOB_ROLE_GPUS ({"role": n})."""
-    try:
-        raw = json.loads(slots_json)
-    except json.JSONDecodeError as e:
-        raise DeviceMapError(
-            f"{contract.ENV_SLOTS}={slots_json!r} is not JSON ({e.msg}); expected e.g. "
-            '{"worker": 8, "driver": 1}'
-        ) from None
-    if not isinstance(raw, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw.values()
-    ):
-        raise DeviceMapError(
-            f"{contract.ENV_SLOTS}={slots_json!r} must map each role to its maxReplicas (a "
-            'non-negative integer), e.g. {"worker": 8, "driver": 1}'
-        )
-    gpus: dict[str, int | None] = dict.fromkeys(raw)
-    if role_gpus_json:
-        try:
-            graw = json.loads(role_gpus_json)
-        except json.JSONDecodeError as e:
-            raise DeviceMapError(
-                f"{contract.ENV_ROLE_GPUS}={role_gpus_json!r} is not JSON ({e.msg}); expected "
-                'e.g. {"worker": 1, "driver": 0}'
-            ) from None
-        if not isinstance(graw, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in graw.values()
-        ):
-            raise DeviceMapError(
-                f"{contract.ENV_ROLE_GPUS}={role_gpus_json!r} must map each role to its "
-                'nvidia.com/gpu request per replica, e.g. {"worker": 1, "driver": 0}'
-            )
-        for role, n in graw.items():
-            if role in gpus:
-                gpus[role] = n
-    for role in raw:
-        contract.validate_role(role)
-    return {role: RoleShape(max_replicas=n, gpus=gpus[role]) for role, n in raw.items()}
-
-
 def _parse_peer_devices(peer: Peer, warnings: list[str]) -> tuple[str, ...]:
     bad = [d for d in peer.devices if not _CUDA_RE.match(d)]
     if bad:
@@ -283,6 +242,70 @@ def _my_gpus(
     return requested, warnings
 
 
+def _check_request(
+    worker: str, role: str, requested: int, slots: Mapping[str, RoleShape], device_maps: str
+) -> list[str]:
+    """Raise DeviceMapError for a request the slot cannot honour; the warnings otherwise."""
+    if device_maps not in (DEVICE_MAPS_AUTO, DEVICE_MAPS_OFF):
+        raise DeviceMapError(f"rpc.deviceMaps={device_maps!r} is not valid: use 'auto' or 'off'")
+    if requested < 0:
+        raise DeviceMapError(f"role {role!r} requests {requested} GPUs: must be >= 0")
+    warnings: list[str] = []
+    if role not in slots:
+        raise DeviceMapError(
+            f"worker {worker!r} belongs to role {role!r}, which the job's slots "
+            f"({contract.ENV_SLOTS}) do not list: {sorted(slots)}"
+        )
+    declared = slots[role].gpus
+    if declared is not None and declared > requested:
+        # Peers pre-declare maps to GPUs this slot would not have: torch rejects our join.
+        raise DeviceMapError(
+            f"{contract.ENV_GPUS}={requested} but {contract.ENV_ROLE_GPUS} says role "
+            f"{role!r} requests {declared} GPUs: the pod's environment is inconsistent (peers "
+            "would map to GPUs this worker does not have); re-render the pod from the job spec"
+        )
+    if declared is not None and declared < requested:
+        warnings.append(
+            f"{contract.ENV_GPUS}={requested} but {contract.ENV_ROLE_GPUS} says role "
+            f"{role!r} requests {declared}: peers send CUDA tensors only to cuda:0..cuda:"
+            f"{declared - 1} of {worker}"
+        )
+    return warnings
+
+
+def _forward_maps(
+    worker: str,
+    n_me: int,
+    names: Sequence[str],
+    present: Mapping[str, tuple[str, ...]],
+    slots: Mapping[str, RoleShape],
+    warnings: list[str],
+) -> dict[str, dict[str, str]]:
+    """My forward map to every other slot: live peers by their devices, the rest by their
+    role's request (unknown requests get no map, with a warning)."""
+    maps: dict[str, dict[str, str]] = {}
+    unknown_roles: set[str] = set()
+    for name in names:
+        if name in present:
+            n_peer = len(present[name])  # the incarnation that is live now
+        else:
+            peer_role, _ = contract.parse_worker_name(name)
+            g = slots[peer_role].gpus
+            if g is None:
+                unknown_roles.add(peer_role)
+                g = 0
+            n_peer = g
+        maps[name] = forward_map(n_me, n_peer) if n_peer else {}
+    if unknown_roles:
+        warnings.append(
+            f"the GPU request of role(s) {', '.join(sorted(unknown_roles))} is unknown "
+            f"({contract.ENV_ROLE_GPUS} unset): rpcjob declares device maps only to their "
+            "members that are live now; later joiners of those roles cannot receive CUDA "
+            f"tensors from {worker}"
+        )
+    return maps
+
+
 def plan_devices(
     *,
     worker: str,
@@ -302,30 +325,7 @@ def plan_devices(
     problem is a warning in the plan and the documented fallback.
     """
     role, _ = contract.parse_worker_name(worker)
-    if device_maps not in (DEVICE_MAPS_AUTO, DEVICE_MAPS_OFF):
-        raise DeviceMapError(f"rpc.deviceMaps={device_maps!r} is not valid: use 'auto' or 'off'")
-    if requested_gpus < 0:
-        raise DeviceMapError(f"role {role!r} requests {requested_gpus} GPUs: must be >= 0")
-    warnings = list(node.warnings)
-    if role not in slots:
-        raise DeviceMapError(
-            f"worker {worker!r} belongs to role {role!r}, which the job's slots "
-            f"({contract.ENV_SLOTS}) do not list: {sorted(slots)}"
-        )
-    declared = slots[role].gpus
-    if declared is not None and declared > requested_gpus:
-        # Peers pre-declare maps to GPUs this slot would not have: torch rejects our join.
-        raise DeviceMapError(
-            f"{contract.ENV_GPUS}={requested_gpus} but {contract.ENV_ROLE_GPUS} says role "
-            f"{role!r} requests {declared} GPUs: the pod's environment is inconsistent (peers "
-            "would map to GPUs this worker does not have); re-render the pod from the job spec"
-        )
-    if declared is not None and declared < requested_gpus:
-        warnings.append(
-            f"{contract.ENV_GPUS}={requested_gpus} but {contract.ENV_ROLE_GPUS} says role "
-            f"{role!r} requests {declared}: peers send CUDA tensors only to cuda:0..cuda:"
-            f"{declared - 1} of {worker}"
-        )
+    warnings = [*node.warnings, *_check_request(worker, role, requested_gpus, slots, device_maps)]
     names = [n for n in slot_names(slots) if n != worker]
     live = [p for p in peers if p.name != worker]
 
@@ -357,26 +357,7 @@ def plan_devices(
 
     devices = cuda_devices(n_me)
     present = {p.name: _parse_peer_devices(p, warnings) for p in live}
-    maps: dict[str, dict[str, str]] = {}
-    unknown_roles: set[str] = set()
-    for name in names:
-        if name in present:
-            n_peer = len(present[name])  # the incarnation that is live now
-        else:
-            peer_role, _ = contract.parse_worker_name(name)
-            g = slots[peer_role].gpus
-            if g is None:
-                unknown_roles.add(peer_role)
-                g = 0
-            n_peer = g
-        maps[name] = forward_map(n_me, n_peer) if n_peer else {}
-    if unknown_roles:
-        warnings.append(
-            f"the GPU request of role(s) {', '.join(sorted(unknown_roles))} is unknown "
-            f"({contract.ENV_ROLE_GPUS} unset): rpcjob declares device maps only to their "
-            "members that are live now; later joiners of those roles cannot receive CUDA "
-            f"tensors from {worker}"
-        )
+    maps = _forward_maps(worker, n_me, names, present, slots, warnings)
     reverse = {p.name: reverse_map(devices, present[p.name]) for p in live}
     links = {
         p.name: peer_link(node, True, Peer(p.name, p.node, p.clique, present[p.name])) for p in live
