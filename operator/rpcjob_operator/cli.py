@@ -22,6 +22,7 @@ from rpcjob_operator.localexec import control, jobfile
 from rpcjob_operator.localexec.display import Display
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, EtcdNotFound, EtcdStartError
 from rpcjob_operator.localexec.executor import LocalJob, RunOptions
+from rpcjob_operator.observe import commands as observe_commands
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -280,6 +281,11 @@ def validate(job_files: tuple[str, ...], sets: tuple[str, ...]) -> None:
             click.echo(str(exc), err=True)
     if bad:
         raise SystemExit(EXIT_FAILED)
+
+
+# rpcjob top / debug / profile (docs/observability.md)
+for _command in observe_commands.COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from .cleanup import Identity, name_is_clean
 from .config import SidecarConfig
 from .http import Metrics
 from .incarnation import Event, HelloError, Incarnation, IncarnationMixin, Report, pb
+from .introspect import Introspection
 from .leases import FIRST_RETRY_S, LeaseKeeper
 from .members import MembershipView
 from .ranks import RESERVE_LOST, allocate_once
@@ -55,6 +56,14 @@ class Sidecar(IncarnationMixin):
         self.cleaner = Cleaner(
             client, self.keys, max(3.0 * cfg.lease_ttl, 10.0), on_evicted=self._on_evicted
         )
+        self.introspection = Introspection(self)
+        metrics.routes.update(self.introspection.routes())
+
+    def on_report(self, inc: Incarnation, r: Any) -> None:
+        if r.state == Report.INTROSPECTION:  # an answer, not a state change
+            self.introspection.on_reply(r)
+            return
+        super().on_report(inc, r)
 
     # --- start / stop -------------------------------------------------------------------------
     def start(self) -> None:

@@ -4,15 +4,22 @@ http.server over prometheus_client's own registry: nothing global, one registry 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# Extra endpoints: (method, query) -> (status, body, content type); see introspect.py.
+Route = Callable[[str, Mapping[str, list[str]]], tuple[int, bytes, str]]
+
 
 class Metrics:
     def __init__(self) -> None:
+        # The daemon adds its /debug/rpc/* routes here (this object is what main.py hands to
+        # both the daemon and the HTTP server).
+        self.routes: dict[str, Route] = {}
         self.registry = r = CollectorRegistry()
         self.members = Gauge("rpcjob_members", "Live members of the job seen by this sidecar",
                              registry=r)  # fmt: skip
@@ -56,10 +63,25 @@ class HealthServer:
 
     def __init__(self, host: str, port: int, metrics: Metrics, healthy: Check, ready: Check):
         registry = metrics.registry
+        routes = metrics.routes
 
         class Handler(BaseHTTPRequestHandler):
+            def _route(self, method: str) -> bool:
+                path, _, query = self.path.partition("?")
+                route = routes.get(path)
+                if route is None:
+                    return False
+                self._send(*route(method, parse_qs(query, keep_blank_values=True)))
+                return True
+
+            def do_POST(self) -> None:
+                if not self._route("POST"):
+                    self._send(404, b"not found\n", "text/plain")
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if self._route("GET"):
+                    return
                 if path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):

@@ -266,6 +266,9 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
     def ack(peer: str, event_id: int) -> None:
         session.report(R.EVICTED, peer=peer, event_id=event_id)
 
+    from rpcjob.worker import introspect
+
+    introspect.calls.install()
     applier = MembershipApplier(
         me=(identity.worker_name, identity.rank),
         devices=list(identity.devices),
@@ -276,9 +279,15 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
     )
     _w.applier = applier
 
+    def reply(event_id: int, payload: bytes) -> None:
+        session.report(R.INTROSPECTION, event_id=event_id, payload=payload)
+
     def events() -> None:
         try:
             for ev in session.events():
+                if ev.kind == pb.MembershipEvent.INTROSPECT:  # docs/observability.md
+                    introspect.answer(ev.id, ev.request, reply)
+                    continue
                 try:
                     applier.apply(ev)
                 except Exception:

@@ -71,12 +71,18 @@ class Session:
         detail: str = "",
         metrics: dict[str, float] | None = None,
         event_id: int = 0,
+        payload: bytes = b"",
     ) -> None:
         if self._closed.is_set():
             return
         self._out.put(
             pb.WorkerReport(
-                state=state, peer=peer, detail=detail, metrics=metrics or {}, event_id=event_id
+                state=state,
+                peer=peer,
+                detail=detail,
+                metrics=metrics or {},
+                event_id=event_id,
+                payload=payload,
             )
         )
 

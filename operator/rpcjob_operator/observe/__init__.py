@@ -1,0 +1,1 @@
+"""rpcjob top, debug and profile: see docs/observability.md."""
