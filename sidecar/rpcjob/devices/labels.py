@@ -98,6 +98,72 @@ def _parse_count(
     return int(value)
 
 
+def _mig(labels: Mapping[str, str], warnings: list[str], where: str) -> tuple[str, dict[str, int]]:
+    """The MIG strategy and the per-profile counts (GFD's ``mig.strategy`` labels)."""
+    mig_raw = labels.get(LABEL_MIG_STRATEGY)
+    mig = "none"
+    if mig_raw is not None:
+        mig = mig_raw.strip().lower()
+        if mig not in MIG_STRATEGIES:
+            warnings.append(
+                f"node label {LABEL_MIG_STRATEGY}={mig_raw!r}{where} is not one of "
+                f"{', '.join(MIG_STRATEGIES)}; rpcjob assumes MIG devices (strategy 'single') "
+                "and declares no CUDA device maps for pods on this node; fix the label"
+            )
+            mig = "single"
+
+    profiles: dict[str, int] = {}
+    for key in sorted(labels):
+        m = MIG_PROFILE_COUNT_RE.match(key)
+        if m is None:
+            continue
+        n = _parse_count(labels, key, "rpcjob ignores this MIG profile", warnings, where)
+        if n is not None:
+            profiles[m.group("profile")] = n
+    if profiles and mig != "mixed":
+        warnings.append(
+            f"MIG profile count labels ({', '.join(sorted(profiles))}){where} are set but "
+            f"{LABEL_MIG_STRATEGY}={mig!r}; GFD sets them only under 'mixed'; check the GPU "
+            "operator's MIG configuration"
+        )
+    return mig, profiles
+
+
+def _sharing(labels: Mapping[str, str], warnings: list[str], where: str) -> tuple[int, str]:
+    """How many times each GPU is advertised and the sharing strategy (time-slicing, MPS)."""
+    replicas_n = _parse_count(
+        labels,
+        LABEL_REPLICAS,
+        "it should be how many times each GPU is advertised; rpcjob assumes 1 (not shared)",
+        warnings,
+        where,
+    )
+    replicas = 1
+    if replicas_n is not None:
+        if replicas_n == 0:
+            warnings.append(
+                f"node label {LABEL_REPLICAS}=0{where} is not a valid replica count; "
+                "rpcjob assumes 1 (not shared)"
+            )
+        else:
+            replicas = replicas_n
+
+    sharing_raw = labels.get(LABEL_SHARING)
+    sharing = "none"
+    if sharing_raw is not None:
+        sharing = sharing_raw.strip().lower()
+        if sharing not in SHARING_STRATEGIES:
+            warnings.append(
+                f"node label {LABEL_SHARING}={sharing_raw!r}{where} is not one of "
+                f"{', '.join(SHARING_STRATEGIES)}; rpcjob treats the GPUs as shared"
+            )
+            sharing = "time-slicing"
+    if replicas > 1 and sharing == "none":
+        # GFD always sets both; a bare replicas label still means shared GPUs.
+        sharing = "time-slicing"
+    return replicas, sharing
+
+
 def parse_node_labels(labels: Mapping[str, str], node: str = "") -> NodeGPUs:
     """Parse a Node's labels. Never raises for bad labels: see ``NodeGPUs.warnings``."""
     warnings: list[str] = []
@@ -143,63 +209,8 @@ def parse_node_labels(labels: Mapping[str, str], node: str = "") -> NodeGPUs:
         where,
     )
 
-    mig_raw = labels.get(LABEL_MIG_STRATEGY)
-    mig = "none"
-    if mig_raw is not None:
-        mig = mig_raw.strip().lower()
-        if mig not in MIG_STRATEGIES:
-            warnings.append(
-                f"node label {LABEL_MIG_STRATEGY}={mig_raw!r}{where} is not one of "
-                f"{', '.join(MIG_STRATEGIES)}; rpcjob assumes MIG devices (strategy 'single') "
-                "and declares no CUDA device maps for pods on this node; fix the label"
-            )
-            mig = "single"
-
-    profiles: dict[str, int] = {}
-    for key in sorted(labels):
-        m = MIG_PROFILE_COUNT_RE.match(key)
-        if m is None:
-            continue
-        n = _parse_count(labels, key, "rpcjob ignores this MIG profile", warnings, where)
-        if n is not None:
-            profiles[m.group("profile")] = n
-    if profiles and mig != "mixed":
-        warnings.append(
-            f"MIG profile count labels ({', '.join(sorted(profiles))}){where} are set but "
-            f"{LABEL_MIG_STRATEGY}={mig!r}; GFD sets them only under 'mixed'; check the GPU "
-            "operator's MIG configuration"
-        )
-
-    replicas_n = _parse_count(
-        labels,
-        LABEL_REPLICAS,
-        "it should be how many times each GPU is advertised; rpcjob assumes 1 (not shared)",
-        warnings,
-        where,
-    )
-    replicas = 1
-    if replicas_n is not None:
-        if replicas_n == 0:
-            warnings.append(
-                f"node label {LABEL_REPLICAS}=0{where} is not a valid replica count; "
-                "rpcjob assumes 1 (not shared)"
-            )
-        else:
-            replicas = replicas_n
-
-    sharing_raw = labels.get(LABEL_SHARING)
-    sharing = "none"
-    if sharing_raw is not None:
-        sharing = sharing_raw.strip().lower()
-        if sharing not in SHARING_STRATEGIES:
-            warnings.append(
-                f"node label {LABEL_SHARING}={sharing_raw!r}{where} is not one of "
-                f"{', '.join(SHARING_STRATEGIES)}; rpcjob treats the GPUs as shared"
-            )
-            sharing = "time-slicing"
-    if replicas > 1 and sharing == "none":
-        # GFD always sets both; a bare replicas label still means shared GPUs.
-        sharing = "time-slicing"
+    mig, profiles = _mig(labels, warnings, where)
+    replicas, sharing = _sharing(labels, warnings, where)
 
     return NodeGPUs(
         node=node,
