@@ -22,6 +22,12 @@ import pytest
 
 from e2e.cluster import build
 from e2e.cluster.cluster import E2ECluster
+from rpcjob import contract
+from rpcjob_operator.model import Slot
+from rpcjob_operator.render import OperatorDefaults, render_pod
+from rpcjob_operator.spec import parse_job
+
+from .jobs import ELASTIC_APP
 
 pytestmark = pytest.mark.slow  # starts a whole control plane and two nodes
 
@@ -217,3 +223,64 @@ def _read_lines(proc: subprocess.Popen[bytes], n: int, deadline: float) -> list[
                 raise AssertionError(f"kubectl logs -f ended early after {buf!r}")
             buf += chunk
     return buf.decode().splitlines()[:n]
+
+
+def test_rpcjob_pods_form_a_group_in_a_restricted_namespace(k8s: E2ECluster) -> None:
+    """Two pods as the operator renders them (native sidecar + worker, hardened for the
+    restricted Pod Security level), their etcd a pod on the network: each sidecar reads its
+    Node through the API with its projected token, the workers reach each other by pod IP,
+    and READY counts the sidecar's readiness (the worker joined)."""
+    kubectl(k8s, "create", "namespace", "kt-etcd")
+    kubectl(k8s, "create", "namespace", "kt-job")
+    kubectl(k8s, "label", "namespace", "kt-job", "pod-security.kubernetes.io/enforce=restricted")
+    etcd = pod("etcd", "node-0", ["/usr/local/bin/etcd", "--data-dir=/var/lib/etcd-kt",
+               "--listen-client-urls=http://0.0.0.0:2379", "--listen-peer-urls=http://127.0.0.1:2380",
+               "--advertise-client-urls=http://$(POD_IP):2379"], "Always",
+               env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+               volumeMounts=[{"name": "data", "mountPath": "/var/lib/etcd-kt"}],
+               readinessProbe={"tcpSocket": {"port": 2379}, "periodSeconds": 1})  # fmt: skip
+    etcd["metadata"]["namespace"] = "kt-etcd"
+    etcd["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    apply(k8s, etcd)
+    kubectl(k8s, "wait", "-n", "kt-etcd", "--for=condition=Ready", "pod/etcd", "--timeout=180s")
+    etcd_ip = json.loads(kubectl(k8s, "get", "pod", "etcd", "-n", "kt-etcd", "-o", "json").stdout)[
+        "status"
+    ]["podIP"]
+    rbac = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "job", "namespace": "kt-job"}},  # noqa: E501
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kt-job-nodes"},  # noqa: E501
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubelet-test-nodes"},  # noqa: E501
+         "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": "kt-job"}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
+         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
+    ]  # fmt: skip
+    defaults = OperatorDefaults(
+        sidecar_image="rpcjob-sidecar:dev",
+        etcd_endpoints=(f"{etcd_ip}:2379",),
+        job_service_account="job",
+    )
+    worker = {"name": contract.WORKER_CONTAINER, "image": "example-worker",
+              "command": ["python", "-c", ELASTIC_APP]}  # fmt: skip
+    job = parse_job({
+        "apiVersion": contract.API_VERSION, "kind": contract.KIND,
+        "metadata": {"name": "el", "namespace": "kt-job", "uid": "uid-kt-1", "generation": 1},
+        "spec": {"roles": {"worker": {"replicas": 2, "template": {"spec": {"containers": [worker]}}}},  # noqa: E501
+                 "rpc": {"timeoutSeconds": 30}},
+    })  # fmt: skip
+    pods = [render_pod(job, Slot("worker", i), defaults=defaults) for i in range(2)]
+    for p in pods:
+        p["metadata"].pop("ownerReferences", None)  # no RpcJob object: the GC would reap them
+    apply(k8s, *rbac, *pods)
+    for i in range(2):
+        kubectl(
+            k8s,
+            "wait",
+            "-n",
+            "kt-job",
+            "--for=condition=Ready",
+            f"pod/el-worker-{i}",
+            "--timeout=300s",
+        )
+    for i in range(2):
+        out = kubectl(k8s, "logs", "-n", "kt-job", f"el-worker-{i}", "-c", "worker").stdout
+        assert "reachable: worker_0,worker_1" in out, out
