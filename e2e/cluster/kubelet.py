@@ -8,11 +8,13 @@ pod bound to it run as local processes in the pod's own network and mount namesp
   ``nvidia.com/gpu``, the caller's labels (GFD), InternalIP ``node_ip``, Ready, and renews its
   Lease in ``kube-node-lease``. Without ``pod_cidr`` it waits for the controller manager's.
 * **Pods**: watches ``spec.nodeName=<node>`` and runs each pod with localexec's PodRunner
-  (native sidecars first and last, probes, grace periods, restartPolicy, exit codes), each pod
+  (native sidecars first and last, probes, grace periods, restartPolicy, exit codes; here also
+  startupProbe, and exec probes inside the container's namespaces), each pod
   in its own netns on the shared pod bridge (netns.py) and each container in its own mount
   namespace with the pod's volumes at their mountPaths (mounts.py), incl. the projected
   service-account token; ``KUBERNETES_SERVICE_HOST``/``PORT`` are the ``kubernetes`` Service's
-  ClusterIP and port (the API server listens there on the bridge, see apiaddr.py).
+  ClusterIP and port (the API server listens there on the bridge, see apiaddr.py); with
+  ``cluster_dns`` pods get a resolv.conf per dnsPolicy (none is run by default: no DNS here).
 * **Logs**: per container incarnation, timestamped, served on ``node_ip:10250``
   (kubelet_api.py) for ``kubectl logs`` with -f, --tail, --since, --timestamps, --previous.
 
