@@ -30,9 +30,8 @@ both spellings are defined. Keep a Python reference to any store handed to torch
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -49,7 +48,8 @@ from rpcjob._store_errors import (
     keep_alive,
     translate,
 )
-from rpcjob.etcd import Client, Compare, EtcdCompacted, EtcdError, Op, SettingNames, WatchEvent
+from rpcjob._store_wait import wait_for_keys
+from rpcjob.etcd import Client, Compare, EtcdError, Op, SettingNames
 from rpcjob.etcd.errors import DEFAULT_NAMES
 
 __all__ = [
@@ -79,32 +79,6 @@ def _seconds(t: timedelta | float | int | None) -> float:
     if t is None:
         return 0.0
     return t.total_seconds() if isinstance(t, timedelta) else float(t)
-
-
-class _Waiter:
-    """Watch callback state of one ``wait``: the keys still missing (all callbacks run on the
-    client's single watch thread, in revision order, so no lock is needed)."""
-
-    __slots__ = ("done", "error", "missing")
-
-    def __init__(self, missing: set[bytes]) -> None:
-        self.missing = missing
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def on_events(self, events: list[WatchEvent]) -> None:
-        # A key set since the read counts even if deleted again at once (TCPStore wakes its
-        # waiters on the set): torch's token waiter key may be set "Done" and then deleted by
-        # the next holder in the same watch batch.
-        for ev in events:
-            if ev.type == "PUT":
-                self.missing.discard(ev.kv.key)
-        if not self.missing:
-            self.done.set()
-
-    def on_error(self, err: BaseException) -> None:
-        self.error = err
-        self.done.set()
 
 
 class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
@@ -209,50 +183,36 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
 
     def get(self, key: str) -> bytes:
         k = self._k(key)
-        try:
-            kv = self._client.get(k, timeout=self._budget())
-        except EtcdError as e:
-            raise self._fail("get", key, e) from e
-        if kv is not None:
-            return kv.value
         seconds = self.timeout.total_seconds()
-        deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
+        deadline: float | None = None  # set at the first miss
         while True:  # the key may be deleted again between the wake-up and the read
-            self._wait([k], deadline, seconds, [key])
             try:
                 kv = self._client.get(k, timeout=self._budget())
             except EtcdError as e:
                 raise self._fail("get", key, e) from e
             if kv is not None:
                 return kv.value
+            if deadline is None:
+                deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
+            self._wait([k], deadline, seconds, [key])
 
     def add(self, key: str, value: int) -> int:
-        k, inc = self._k(key), int(value)
-        cur, rev = self._cache.get(k, (b"0", 0))
-        while True:
+        inc = int(value)
+
+        def bump(cur: bytes) -> bytes:
             try:
-                new = str(int(cur) + inc).encode()
+                return str(int(cur) + inc).encode()
             except ValueError:
                 raise ValueError(
                     f"EtcdStore.add({key!r}): the current value {cur[:64]!r} is not an integer; "
                     "add() only works on keys written by add() or set to a decimal number"
                 ) from None
-            r = self._txn("add", key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
-            if r.succeeded:
-                self._remember(k, new, r.revision)
-                return int(new)
-            cur, rev = self._current(r.responses[0], b"0")
+
+        return int(self._cas("add", key, b"0", bump))
 
     def append(self, key: str, value: Any) -> None:
-        k, tail = self._k(key), _b(value)
-        cur, rev = self._cache.get(k, (b"", 0))
-        while True:
-            new = cur + tail
-            r = self._txn("append", key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
-            if r.succeeded:
-                self._remember(k, new, r.revision)
-                return
-            cur, rev = self._current(r.responses[0], b"")
+        tail = _b(value)
+        self._cas("append", key, b"", lambda cur: cur + tail)
 
     def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
         k, exp, des = self._k(key), _b(expected), _b(desired)
@@ -355,6 +315,19 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         except EtcdError as e:
             raise self._fail(op, key, e) from e
 
+    def _cas(self, op: str, key: str, missing: bytes, update: Callable[[bytes], bytes]) -> bytes:
+        """Read-modify-write as an optimistic txn on mod_revision, starting from the value this
+        process last saw (``missing`` for a missing key); the new value."""
+        k = self._k(key)
+        cur, rev = self._cache.get(k, (missing, 0))
+        while True:
+            new = update(cur)
+            r = self._txn(op, key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
+            if r.succeeded:
+                self._remember(k, new, r.revision)
+                return new
+            cur, rev = self._current(r.responses[0], missing)
+
     @staticmethod
     def _current(resp: Any, missing: bytes) -> tuple[bytes, int]:
         kvs = resp.kvs
@@ -372,40 +345,9 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         return out
 
     def _wait(self, ks: list[bytes], deadline: float, seconds: float, keys: Sequence[Any]) -> None:
-        """Block until every key of ``ks`` exists (read, then watch from the read revision + 1
-        per missing key; a compacted start revision reads again)."""
-        client = self._client
-        while True:
-            missing: dict[bytes, int] = {}
-            try:
-                for k in ks:
-                    remaining = max(deadline - time.monotonic(), 0.001)
-                    r = client.range(k, count_only=True, timeout=remaining)
-                    if not r.count:
-                        missing[k] = r.revision
-            except EtcdError as e:
-                raise self._fail("wait", list(keys), e) from e
-            if not missing:
+        try:
+            if wait_for_keys(self._client, ks, deadline):
                 return
-            waiter = _Waiter(set(missing))
-            watches = [
-                client.watch(
-                    k, start_revision=rev + 1, callback=waiter.on_events, on_error=waiter.on_error
-                )
-                for k, rev in missing.items()
-            ]
-            try:
-                woke = waiter.done.wait(max(deadline - time.monotonic(), 0))
-            finally:
-                for w in watches:
-                    w.cancel()
-            err = waiter.error
-            if err is not None and not waiter.missing:
-                return
-            if isinstance(err, EtcdCompacted):
-                continue  # history gone: read the keys again, watch from the new revision
-            if isinstance(err, EtcdError):
-                raise self._fail("wait", list(keys), err) from err
-            if woke:
-                return
-            raise self._timeout_error(keys, seconds)
+        except EtcdError as e:
+            raise self._fail("wait", list(keys), e) from e
+        raise self._timeout_error(keys, seconds)
