@@ -11,16 +11,7 @@ import re
 
 import grpc
 
-from rpcjob.etcd.errors import (
-    EtcdAuthError,
-    EtcdCompacted,
-    EtcdError,
-    EtcdOutcomeUnknown,
-    EtcdTimeout,
-    EtcdTLSError,
-    EtcdUnavailable,
-    SettingNames,
-)
+from rpcjob.etcd import errors as er
 
 
 class Failure(enum.Enum):
@@ -135,13 +126,13 @@ def error_for(
     op: str,
     timeout: float,
     user: str | None,
-    names: SettingNames,
-) -> EtcdError:
+    names: er.SettingNames,
+) -> er.EtcdError:
     """The exception a failure becomes, with a message naming the endpoint(s) and the fix."""
     d = short(details)
     n = names
     if f is Failure.TLS:
-        return EtcdTLSError(
+        return er.EtcdTLSError(
             f"TLS handshake with etcd at {endpoint} failed ({d}): check {n.ca} (the CA "
             f"that signed the server certificate), {n.cert}/{n.key} (the client "
             "certificate, when etcd runs with --client-cert-auth) and that the endpoint serves TLS"
@@ -157,44 +148,44 @@ def error_for(
             if "socket closed" in d.lower()
             else ""
         )
-        return EtcdUnavailable(
+        return er.EtcdUnavailable(
             f"{where}: {op} failed for {timeout:g}s ({d}): check that etcd runs and that "
             f"{n.endpoints} lists reachable host:port endpoints{hint}"
         )
     if f is Failure.DEADLINE:
-        return EtcdTimeout(f"{op} on etcd at {endpoint} timed out after {timeout:g}s ({d})")
+        return er.EtcdTimeout(f"{op} on etcd at {endpoint} timed out after {timeout:g}s ({d})")
     if f is Failure.AUTH_FAILED:
-        return EtcdAuthError(
+        return er.EtcdAuthError(
             f"authentication failed for user {user!r} at etcd {endpoint}: wrong password "
             f"({n.password}) or unknown user ({n.user})"
         )
     if f is Failure.AUTH_REQUIRED:
-        return EtcdAuthError(
+        return er.EtcdAuthError(
             f"etcd at {endpoint} requires authentication: set {n.user} and {n.password}"
         )
     if f is Failure.PERMISSION:
         who = f"user {user!r}" if user else "this client"
-        return EtcdAuthError(
+        return er.EtcdAuthError(
             f"etcd at {endpoint} denied {op} to {who} ({d}): grant the user's role access to "
             "the key range (etcdctl role grant-permission)"
         )
     if f is Failure.REAUTH:
-        return EtcdAuthError(
+        return er.EtcdAuthError(
             f"etcd at {endpoint} rejected the auth token again right after re-authenticating "
             f"({d}) during {op}"
         )
     if f is Failure.COMPACTED:
-        return EtcdCompacted(f"{op} on etcd at {endpoint}: {d}", 0)
+        return er.EtcdCompacted(f"{op} on etcd at {endpoint}: {d}", 0)
     if f is Failure.CANCELLED:
-        return EtcdError(f"{op} on etcd at {endpoint} was cancelled (client closed?) ({d})")
-    return EtcdError(f"etcd at {endpoint} refused {op}: {d}")
+        return er.EtcdError(f"{op} on etcd at {endpoint} was cancelled (client closed?) ({d})")
+    return er.EtcdError(f"etcd at {endpoint} refused {op}: {d}")
 
 
 def outcome_unknown(
     details: str, *, op: str, keys: str, endpoint: str, timeout: float, deadline: bool
-) -> EtcdOutcomeUnknown:
+) -> er.EtcdOutcomeUnknown:
     why = f"timed out after {timeout:g}s" if deadline else "lost its connection mid-call"
-    return EtcdOutcomeUnknown(
+    return er.EtcdOutcomeUnknown(
         f"{op} of {keys} on etcd at {endpoint} {why} ({short(details)}); its outcome is unknown "
         "(etcd may have applied it), so it was not sent again: read the key and decide from "
         "what it holds, or write with a txn that compares the mod_revision you last saw",
