@@ -105,6 +105,52 @@ def parse_host_port(raw: str, name: str) -> tuple[str, int]:
     return hp.host, hp.port
 
 
+def _etcd_config(env: Mapping[str, str]) -> EtcdConfig:
+    endpoints = tuple(
+        e.strip() for e in _req(env, c.ENV_ETCD_ENDPOINTS, "etcd host:port[,host:port]").split(",")
+    )
+    for ep in endpoints:
+        parse_host_port(ep.removeprefix("http://").removeprefix("https://"), c.ENV_ETCD_ENDPOINTS)
+    tls = {n: env.get(n, "").strip() for n in (c.ENV_ETCD_CA, c.ENV_ETCD_CERT, c.ENV_ETCD_KEY)}
+    for name, path in tls.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name}={path!r}: no such file; mount the etcd TLS secret there")
+    if bool(tls[c.ENV_ETCD_CERT]) != bool(tls[c.ENV_ETCD_KEY]):
+        raise ConfigError(
+            f"{c.ENV_ETCD_CERT} and {c.ENV_ETCD_KEY} go together: set both or neither"
+        )
+    user = env.get(c.ENV_ETCD_USER, "").strip()
+    password = env.get(c.ENV_ETCD_PASSWORD, "")
+    if bool(user) != bool(password):
+        raise ConfigError(
+            f"{c.ENV_ETCD_USER} and {c.ENV_ETCD_PASSWORD} go together: set both or neither"
+        )
+    return EtcdConfig(
+        endpoints,
+        tls[c.ENV_ETCD_CA],
+        tls[c.ENV_ETCD_CERT],
+        tls[c.ENV_ETCD_KEY],
+        user,
+        password,
+    )
+
+
+def _slots(env: Mapping[str, str], role: str, index: int) -> dict[str, RoleShape]:
+    slots_raw = env.get(c.ENV_SLOTS, "").strip() or json.dumps({role: index + 1})
+    try:
+        slots = parse_job_slots(slots_raw, env.get(c.ENV_ROLE_GPUS, "").strip())
+    except (DeviceMapError, c.InvalidName) as e:
+        raise ConfigError(f"{c.ENV_SLOTS}: {e}") from None
+    if role not in slots:
+        raise ConfigError(f"{c.ENV_SLOTS} does not list this pod's role {role!r}: add it")
+    if index >= slots[role].max_replicas:
+        raise ConfigError(
+            f"{c.ENV_INDEX}={index} is outside {c.ENV_SLOTS}[{role!r}]="
+            f"{slots[role].max_replicas}: raise maxReplicas"
+        )
+    return slots
+
+
 def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
     env = os.environ if env is None else env
     namespace = _req(env, c.ENV_NAMESPACE, "the job's namespace (downward API)")
@@ -133,46 +179,8 @@ def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
     pod_name = env.get(c.ENV_POD_NAME, "").strip() or c.pod_name(job_name, role, index)
     node_name = env.get(c.ENV_NODE_NAME, "").strip()
 
-    endpoints = tuple(
-        e.strip() for e in _req(env, c.ENV_ETCD_ENDPOINTS, "etcd host:port[,host:port]").split(",")
-    )
-    for ep in endpoints:
-        parse_host_port(ep.removeprefix("http://").removeprefix("https://"), c.ENV_ETCD_ENDPOINTS)
-    tls = {n: env.get(n, "").strip() for n in (c.ENV_ETCD_CA, c.ENV_ETCD_CERT, c.ENV_ETCD_KEY)}
-    for name, path in tls.items():
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"{name}={path!r}: no such file; mount the etcd TLS secret there")
-    if bool(tls[c.ENV_ETCD_CERT]) != bool(tls[c.ENV_ETCD_KEY]):
-        raise ConfigError(
-            f"{c.ENV_ETCD_CERT} and {c.ENV_ETCD_KEY} go together: set both or neither"
-        )
-    user = env.get(c.ENV_ETCD_USER, "").strip()
-    password = env.get(c.ENV_ETCD_PASSWORD, "")
-    if bool(user) != bool(password):
-        raise ConfigError(
-            f"{c.ENV_ETCD_USER} and {c.ENV_ETCD_PASSWORD} go together: set both or neither"
-        )
-    etcd = EtcdConfig(
-        endpoints,
-        tls[c.ENV_ETCD_CA],
-        tls[c.ENV_ETCD_CERT],
-        tls[c.ENV_ETCD_KEY],
-        user,
-        password,
-    )
-
-    slots_raw = env.get(c.ENV_SLOTS, "").strip() or json.dumps({role: index + 1})
-    try:
-        slots = parse_job_slots(slots_raw, env.get(c.ENV_ROLE_GPUS, "").strip())
-    except (DeviceMapError, c.InvalidName) as e:
-        raise ConfigError(f"{c.ENV_SLOTS}: {e}") from None
-    if role not in slots:
-        raise ConfigError(f"{c.ENV_SLOTS} does not list this pod's role {role!r}: add it")
-    if index >= slots[role].max_replicas:
-        raise ConfigError(
-            f"{c.ENV_INDEX}={index} is outside {c.ENV_SLOTS}[{role!r}]="
-            f"{slots[role].max_replicas}: raise maxReplicas"
-        )
+    etcd = _etcd_config(env)
+    slots = _slots(env, role, index)
     gpus = _int(env, c.ENV_GPUS, 0, 0, 1024, "the role's nvidia.com/gpu request")
     device_maps = env.get(c.ENV_DEVICE_MAPS, "").strip() or "auto"
     if device_maps not in ("auto", "off"):
