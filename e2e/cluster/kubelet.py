@@ -387,25 +387,8 @@ class ProcessKubelet:
     ) -> tuple[ContainerLogs, str]:
         for e in list(self.pods.values()):
             meta = e.pod["metadata"]
-            if meta["namespace"] != ns or meta["name"] != name or e.deleted:
-                continue
-            slots = {s.name: s for s in e.runner.inits + e.runner.mains}
-            names = list(slots)
-            if container not in slots:
-                raise LogsUnavailable(
-                    400, f'container "{container}" in pod "{name}" is not valid; one of {names}'
-                )
-            waiting = "waiting" in slots[container].state
-            path = e.runner.logs.pick(container, previous, waiting)
-            if path is None and previous:
-                raise LogsUnavailable(
-                    400, f'previous terminated container "{container}" in pod "{name}" not found'
-                )
-            if path is None:
-                raise LogsUnavailable(
-                    400, f'container "{container}" in pod "{name}" is waiting to start'
-                )
-            return e.runner.logs, path
+            if meta["namespace"] == ns and meta["name"] == name and not e.deleted:
+                return e.runner.logs, e.runner.log_file(container, previous)
         raise LogsUnavailable(404, f'pod "{ns}/{name}" not found on node {self.name}')
 
 

@@ -16,6 +16,7 @@ from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, Proces
 from rpcjob_operator.localexec.podrunner import TICK, PodRunner, RunnerConfig, Slot
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
+from .kubelet_api import LogsUnavailable
 from .kubelet_logs import ContainerLogs, LogWriter
 from .kubelet_volumes import Source, VolumeNotReady, volume_dir, volume_files, write_files
 from .mounts import (
@@ -156,6 +157,25 @@ class ClusterPodRunner(PodRunner):
             )
         argv = wrap_argv(self.sandbox.netns_path, script, local_argv(spec.argv, spec.env))
         return NsContainer(slot.name, spec, argv, self.logs)
+
+    def log_file(self, container: str, previous: bool) -> str:
+        """The incarnation ``kubectl logs`` reads; LogsUnavailable says why there is none."""
+        slots = {s.name: s for s in self.inits + self.mains}
+        name = self.pod["metadata"]["name"]
+        if container not in slots:
+            raise LogsUnavailable(
+                400, f'container "{container}" in pod "{name}" is not valid; one of {list(slots)}'
+            )
+        path = self.logs.pick(container, previous, "waiting" in slots[container].state)
+        if path is None and previous:
+            raise LogsUnavailable(
+                400, f'previous terminated container "{container}" in pod "{name}" not found'
+            )
+        if path is None:
+            raise LogsUnavailable(
+                400, f'container "{container}" in pod "{name}" is waiting to start'
+            )
+        return path
 
     # --- startup probes ----------------------------------------------------------------------
     # PodRunner runs readiness and liveness probes; a startupProbe holds both back (and keeps
