@@ -342,6 +342,7 @@ def main() -> None:
               flush=True)  # fmt: skip
         for n in sizes:
             anchor = tcpstore_join(n, args.repeats)
+            print(f"N={n:>3}: torch+TCPStore join {anchor * 1000:8.1f} ms", flush=True)
             ours = rpcjob_join(etcd.endpoint, Path(tmp), n, args.repeats)
             join_s[str(n)] = round(ours, 4)
             ratio[str(n)] = round(ours / anchor, 3)

@@ -161,10 +161,17 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
     (workdir / "job.yaml").write_text(JOB_YAML.format(name=name, size=size, out=out))
     (out / "target").write_text("2")
     created: dict[str, float] = {}
+    errlog = (workdir / "run.err").open("w")
     run = subprocess.Popen(
         [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=errlog, text=True, start_new_session=True,
     )  # fmt: skip
+
+    def reached(n: int) -> dict[str, dict[str, Any]] | None:
+        if run.poll() is not None:  # fail fast, with rpcjob run's own words
+            raise RuntimeError(f"rpcjob run exited with {run.returncode}: "
+                               + (workdir / "run.err").read_text()[-3000:])  # fmt: skip
+        return _reached(out, n)
 
     def read_events() -> None:
         assert run.stdout is not None
@@ -178,12 +185,12 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
 
     threading.Thread(target=read_events, daemon=True).start()
     try:
-        _wait(lambda: _reached(out, 2), 600, "the first 2 members")
+        _wait(lambda: reached(2), 600, "the first 2 members")
         time.sleep(2.0)  # let the first members settle (their sidecars, metrics threads)
         (out / "target").write_text(str(size))
         t0 = time.time()
         control.scale(name, {"worker": size})
-        done = _wait(lambda: _reached(out, size), 900, f"all {size} members to reach each other")
+        done = _wait(lambda: reached(size), 900, f"all {size} members to reach each other")
     finally:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: drain
         try:
@@ -191,6 +198,7 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
         except subprocess.TimeoutExpired:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
+        errlog.close()
     total = max(r["reach"][str(size)] for r in done.values()) - t0
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     slowest, slowest_end = "", 0.0
