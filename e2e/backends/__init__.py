@@ -1,4 +1,5 @@
-"""e2e backends: ``local`` (emulated API server + process kubelet) and ``kind``.
+"""e2e backends: ``local`` (emulated API server + process kubelet), ``cluster`` (the real control
+plane of e2e/cluster + process kubelets) and ``kind``.
 
 ``Cluster`` (base.py) is what scenarios use; ``select_backend`` picks the backend from
 ``--e2e-backend`` / ``RPCJOB_E2E_BACKEND`` (default ``local``).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from .base import Backend, Cluster, KubectlError, WaitTimeout, wait_for
 
-BACKENDS = ("local", "kind")
+BACKENDS = ("local", "kind", "cluster")
 ENV_BACKEND = "RPCJOB_E2E_BACKEND"
 
 __all__ = [

@@ -105,13 +105,19 @@ class E2ECluster:
     def stop(self) -> None:
         """Stop the kubelets (their pods, namespaces and interfaces), then the control plane;
         remove the work dir if this object made it."""
+        errors: list[BaseException] = []
         while self.kubelets:
-            self.kubelets.pop().stop()
+            try:
+                self.kubelets.pop().stop()
+            except BaseException as exc:  # the control plane and the other nodes still go
+                errors.append(exc)
         if self.control is not None:
             self.control.stop()
             self.control = None
         if self._own_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> E2ECluster:
         return self.start()

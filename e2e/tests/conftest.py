@@ -1,6 +1,7 @@
 """The e2e suite's fixtures: one backend per test module (kind: per run), one namespace per test.
 
-* ``--e2e-backend=local|kind`` (or ``RPCJOB_E2E_BACKEND``; default ``local``) picks the backend.
+* ``--e2e-backend=local|kind|cluster`` (or ``RPCJOB_E2E_BACKEND``; default ``local``) picks the
+  backend (``cluster``: the real control plane of e2e/cluster).
 * ``e2e_backend`` (module scope; session scope for kind): a started backend — the local cluster
   with the chart installed by helm and its operator, or a kind cluster with the chart installed.
   kind skips cleanly when docker, a docker engine or kind is missing.
@@ -33,7 +34,7 @@ from rpcjob import contract
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--e2e-backend", choices=BACKENDS, default=None,
-        help=f"e2e backend: local (default) or kind; also ${ENV_BACKEND}",
+        help=f"e2e backend: local (default), kind or cluster; also ${ENV_BACKEND}",
     )  # fmt: skip
 
 
@@ -72,6 +73,12 @@ def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         reason = kind.unavailable()
         if reason:
             pytest.skip(f"kind backend: {reason}")
+    if name == "cluster":
+        from e2e.backends import cluster as real
+
+        reason = real.unavailable()
+        if reason:
+            pytest.skip(f"cluster backend: {reason}")
     # A short directory (not pytest's deep tmp path): pod directories live under it and hold
     # unix sockets, whose paths are limited to 107 characters.
     workdir = Path(tempfile.mkdtemp(prefix="e2e-"))
@@ -79,6 +86,8 @@ def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     try:
         if name == "kind":
             backend = kind.KindBackend(workdir).start()
+        elif name == "cluster":
+            backend = real.ClusterBackend(workdir).start()
         else:
             from e2e.backends.local import LocalBackend
 
