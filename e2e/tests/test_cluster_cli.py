@@ -18,6 +18,8 @@ from e2e.cluster.netns import BRIDGE, ip
 
 from .test_controlplane import _unavailable
 
+pytestmark = pytest.mark.slow  # starts a whole control plane
+
 REPO = Path(__file__).resolve().parents[2]
 
 
