@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -324,6 +325,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ttl", type=int, default=3, help="lease TTL for the sidecar-kill case")
     args = ap.parse_args()
+    # `timeout` sends SIGTERM: exit through the finally blocks that kill our child processes
+    # (orphaned torch workers with default options would busy-poll the machine's cores)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(x) for x in args.sizes.split(",")]
 
     import tempfile

@@ -259,6 +259,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
+    # `timeout` sends SIGTERM: exit through the finally blocks that kill our child processes
+    # (orphaned torch workers with default options would busy-poll the machine's cores)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"start: {_load()}", flush=True)
     ours, anchors, all_phases = [], [], {p: [] for p in PHASES}
     for r in range(args.repeats):
