@@ -18,7 +18,7 @@ from typing import Any
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
 from rpcjob_operator import crdschema
-from rpcjob_operator.localexec import jobfile
+from rpcjob_operator.localexec import jobfile, lifeline
 
 ENV_STATE_DIR = "RPCJOB_STATE_DIR"
 
@@ -53,16 +53,6 @@ class Registration:
         self.path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_jobs() -> list[str]:
     d = state_dir()
     return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
@@ -78,7 +68,7 @@ def find(name: str) -> Registration:
             f"no local job named {name!r} is running (running: {known}); start one with "
             "'rpcjob run JOB.yaml'"
         ) from None
-    if not _alive(reg.pid):
+    if not lifeline.alive(reg.pid):
         reg.remove()
         raise ControlError(f"local job {name!r} is no longer running (pid {reg.pid} is gone)")
     return reg

@@ -60,7 +60,8 @@ def wrap(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
     return [sys.executable, "-S", os.path.abspath(__file__), str(fd), "--", *argv], (fd,)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of that pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +82,7 @@ def watch(fd: int, guarded: int) -> None:
     while True:
         watched = [fd] if exited is None else [fd, exited]
         ready, _, _ = select.select(watched, [], [], 1.0 if exited is None else None)
-        if (exited in ready) or (exited is None and not _alive(guarded)):
+        if (exited in ready) or (exited is None and not alive(guarded)):
             return  # the container is gone: so are we
         if fd in ready and not os.read(fd, 64):
             break  # EOF: the starting process is gone

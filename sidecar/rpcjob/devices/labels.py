@@ -10,7 +10,7 @@ so a crash loop would help nobody.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rpcjob import contract
@@ -98,19 +98,36 @@ def _parse_count(
     return int(value)
 
 
+def _choice(
+    labels: Mapping[str, str],
+    label: str,
+    allowed: Sequence[str],
+    fallback: str,
+    warnings: list[str],
+    where: str,
+    consequence: str,
+) -> str:
+    """A label with a fixed set of values: "none" when absent, ``fallback`` (and a warning
+    saying the ``consequence``) when it holds something else."""
+    raw = labels.get(label)
+    if raw is None:
+        return "none"
+    value = raw.strip().lower()
+    if value in allowed:
+        return value
+    warnings.append(
+        f"node label {label}={raw!r}{where} is not one of {', '.join(allowed)}; {consequence}"
+    )
+    return fallback
+
+
 def _mig(labels: Mapping[str, str], warnings: list[str], where: str) -> tuple[str, dict[str, int]]:
     """The MIG strategy and the per-profile counts (GFD's ``mig.strategy`` labels)."""
-    mig_raw = labels.get(LABEL_MIG_STRATEGY)
-    mig = "none"
-    if mig_raw is not None:
-        mig = mig_raw.strip().lower()
-        if mig not in MIG_STRATEGIES:
-            warnings.append(
-                f"node label {LABEL_MIG_STRATEGY}={mig_raw!r}{where} is not one of "
-                f"{', '.join(MIG_STRATEGIES)}; rpcjob assumes MIG devices (strategy 'single') "
-                "and declares no CUDA device maps for pods on this node; fix the label"
-            )
-            mig = "single"
+    mig = _choice(
+        labels, LABEL_MIG_STRATEGY, MIG_STRATEGIES, "single", warnings, where,
+        "rpcjob assumes MIG devices (strategy 'single') and declares no CUDA device maps for "
+        "pods on this node; fix the label",
+    )  # fmt: skip
 
     profiles: dict[str, int] = {}
     for key in sorted(labels):
@@ -148,16 +165,10 @@ def _sharing(labels: Mapping[str, str], warnings: list[str], where: str) -> tupl
         else:
             replicas = replicas_n
 
-    sharing_raw = labels.get(LABEL_SHARING)
-    sharing = "none"
-    if sharing_raw is not None:
-        sharing = sharing_raw.strip().lower()
-        if sharing not in SHARING_STRATEGIES:
-            warnings.append(
-                f"node label {LABEL_SHARING}={sharing_raw!r}{where} is not one of "
-                f"{', '.join(SHARING_STRATEGIES)}; rpcjob treats the GPUs as shared"
-            )
-            sharing = "time-slicing"
+    sharing = _choice(
+        labels, LABEL_SHARING, SHARING_STRATEGIES, "time-slicing", warnings, where,
+        "rpcjob treats the GPUs as shared",
+    )  # fmt: skip
     if replicas > 1 and sharing == "none":
         # GFD always sets both; a bare replicas label still means shared GPUs.
         sharing = "time-slicing"
