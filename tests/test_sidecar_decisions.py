@@ -19,7 +19,13 @@ from rpcjob.sidecar.cleanup import (
     plan_cleanup,
 )
 from rpcjob.sidecar.members import MembershipView
-from rpcjob.sidecar.ranks import RankChoice, choose_rank, describe_exhaustion, to_stamp
+from rpcjob.sidecar.ranks import (
+    RankChoice,
+    choose_rank,
+    describe_exhaustion,
+    predecessor_leases,
+    to_stamp,
+)
 
 # --- ranks ------------------------------------------------------------------------------------
 # retired: rank -> (retired revision (0 = in use / not stamped), mod revision of the key)
@@ -52,6 +58,24 @@ def test_choose_rank(
 def test_to_stamp_only_ended_unstamped() -> None:
     retired = {0: (0, 1), 1: (0, 2), 2: (7, 8)}
     assert to_stamp({1: 2}, retired) == [0]
+
+
+def _rank_kv(rank: int, lease: int, value: object) -> KV:
+    raw = value if isinstance(value, str) else json.dumps(value)
+    return KV(f"/x/ranks/{rank}".encode(), raw.encode(), 1, 1, 1, lease)
+
+
+def test_predecessor_leases_are_this_workers_rank_and_reserved_records() -> None:
+    kvs = [
+        _rank_kv(0, 10, {"worker": "worker_1", "rank": 0}),  # a dead incarnation of ours
+        _rank_kv(1, 11, {"worker": "worker_2", "rank": 1}),  # another slot's
+        _rank_kv(2, 12, {"worker": "", "reserved_by": "worker_1", "rank": 2}),  # our reserve
+        _rank_kv(3, 10, {"worker": "worker_1", "rank": 3}),  # same lease: listed once
+        _rank_kv(4, 0, {"worker": "worker_1", "rank": 4}),  # no lease: nothing to revoke
+        _rank_kv(5, 15, "not json"),
+    ]
+    assert predecessor_leases(kvs, "worker_1") == [10, 12]
+    assert predecessor_leases(kvs, "worker_9") == []
 
 
 def test_exhaustion_message_names_the_setting() -> None:

@@ -122,6 +122,30 @@ def test_sidecar_sigkill_evicts_within_ttl_plus_1s(job: Job, client: Client) -> 
     assert took <= job.lease_ttl + 1, f"eviction took {took:.2f}s > TTL {job.lease_ttl} + 1 s"
 
 
+def test_slot_replacement_evicts_its_dead_predecessor_without_the_ttl(
+    etcd_endpoint: str, tmp_path: Path
+) -> None:
+    """The pod whose sidecar died is replaced: the new sidecar of that slot revokes the dead
+    incarnation's lease when it starts, so neither the group's eviction nor the new worker's
+    join waits for the (here 60 s) TTL."""
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=60)
+    try:
+        _, wa, ra = start(job, 0)
+        b, wb, rb = start(job, 1)
+        joined(wa, "worker_1")
+        b.kill_sidecar()
+        wb.kill()  # the worker dies with its sidecar
+        b2 = job.pod("worker", 1)  # the slot's replacement pod
+        evicted(wa, "worker_1", rb, timeout=30)
+        assert "revoking the lease of an earlier incarnation" in b2.sidecar_log.read_text()
+        w2 = b2.fake_worker()
+        r2 = int(w2.identity(timeout=30)["rank"])
+        assert r2 not in (ra, rb)
+        wa.wait_for(lambda e: e["kind"] == "JOINED" and e["peer"]["rank"] == r2, 30)
+    finally:
+        job.close()
+
+
 def test_torch_store_cleanup_edits_exactly_the_dead_keys(job: Job, client: Client) -> None:
     _, wa, ra = start(job, 0)
     _, wb, rb = start(job, 1)

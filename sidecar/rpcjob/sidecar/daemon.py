@@ -27,7 +27,7 @@ from .incarnation import Event, HelloError, Incarnation, IncarnationMixin, Repor
 from .introspect import Introspection
 from .leases import FIRST_RETRY_S, LeaseKeeper
 from .members import MembershipView
-from .ranks import RESERVE_LOST, allocate_once
+from .ranks import RESERVE_LOST, allocate_once, predecessor_leases
 
 log = logging.getLogger("rpcjob.sidecar")
 
@@ -68,6 +68,7 @@ class Sidecar(IncarnationMixin):
     # --- start / stop -------------------------------------------------------------------------
     def start(self) -> None:
         self._grant_sidecar_lease()
+        self._revoke_predecessors()
         res = self.client.txn(
             [],
             [Op.get(self.keys.members, prefix=True), Op.get(self.keys.evicts, prefix=True),
@@ -88,6 +89,19 @@ class Sidecar(IncarnationMixin):
         self.client.watch(self.keys.store + tk.RPC_PREFIX, prefix=True, start_revision=start,
                           callback=self._on_store_batch, on_error=self._on_watch_error)  # fmt: skip
         threading.Thread(target=self._cleaner_loop, daemon=True, name="rpcjob-cleaner").start()
+
+    def _revoke_predecessors(self) -> None:
+        """An earlier incarnation of this slot still holding a rank is dead (see
+        ranks.predecessor_leases): revoke its lease now, so that the group evicts it and the
+        new worker's Hello need not wait for the TTL."""
+        try:
+            for lease in predecessor_leases(self.client.get_prefix(self.keys.ranks), self.me):
+                log.warning("revoking the lease of an earlier incarnation of %s (%x): its "
+                            "pod or sidecar is gone", self.me, lease)  # fmt: skip
+                self.client.lease_revoke(lease)
+        except EtcdError as e:
+            log.warning("could not revoke an earlier incarnation's lease (%s): it expires "
+                        "within the lease TTL", e)  # fmt: skip
 
     def _grant_sidecar_lease(self) -> None:
         self.lease = self.client.lease_grant(self.cfg.lease_ttl)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from rpcjob import contract as c
-from rpcjob.etcd import Client, Compare, Op
+from rpcjob.etcd import KV, Client, Compare, Op
 
 from .cleaner import kvs_of
 from .cleanup import torch_key
@@ -167,3 +167,23 @@ def allocate_once(
     if not res.succeeded:
         return "raced"
     return r, res.revision
+
+
+def predecessor_leases(rank_kvs: Iterable[KV], worker: str) -> list[int]:
+    """Leases of earlier incarnations of ``worker`` still holding a rank (or a reserved one).
+
+    A sidecar starts only once its slot's previous pod is gone (pod names are unique, and the
+    operator creates a slot's replacement after the old pod is gone), or in that same pod after
+    its own sidecar died, which ends the worker too. So at sidecar start every such incarnation
+    is dead, and its lease can be revoked at once instead of waiting for its TTL.
+    """
+    out = set()
+    for kv in rank_kvs:
+        try:
+            rec = json.loads(kv.value)
+        except ValueError:
+            continue
+        mine = isinstance(rec, dict) and worker in (rec.get("worker"), rec.get("reserved_by"))
+        if mine and kv.lease:
+            out.add(kv.lease)
+    return sorted(out)
