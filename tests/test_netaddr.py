@@ -75,3 +75,13 @@ def test_etcd3_url_endpoints_use_it() -> None:
     assert t.endpoints == ("[::1]:2379", "a:1")
     with pytest.raises(Etcd3URLError, match=r"endpoint '::1:2379' is not HOST:PORT \(an IPv6"):
         parse_url("etcd3://::1:2379,a:1/job/?rank=0&world_size=1", env={})
+
+
+def test_etcd_client_endpoints_use_it() -> None:
+    from rpcjob.etcd._conn import parse_endpoints
+
+    assert parse_endpoints("[fd00::1]:2379,a:1") == ["[fd00::1]:2379", "a:1"]
+    with pytest.raises(ValueError, match=r"'::1:2379' is invalid .*\(an IPv6 address without"):
+        parse_endpoints("::1:2379")
+    with pytest.raises(ValueError, match=r"'a:0' is invalid .*\(port 0 is outside 1-65535;"):
+        parse_endpoints("a:0")

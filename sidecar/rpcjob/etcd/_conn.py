@@ -26,6 +26,7 @@ from rpcjob.etcd._failures import Action, Failure
 from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd._pb import rpc_pb2_grpc as pbg
 from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
+from rpcjob.netaddr import IPV6_HINT, InvalidHostPort, parse_host_port
 
 log = logging.getLogger("rpcjob.etcd")
 
@@ -60,12 +61,13 @@ def parse_endpoints(
         ep = ep.rstrip("/")
         if not ep:
             continue
-        host, sep, port = ep.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        try:
+            parse_host_port(ep, names.endpoints)
+        except InvalidHostPort as e:
             raise ValueError(
                 f"etcd endpoint {raw.strip()!r} is invalid ({names.endpoints}): use host:port "
-                "(e.g. 127.0.0.1:2379), several separated by commas"
-            )
+                f"(e.g. 127.0.0.1:2379), several separated by commas ({e.reason}; {IPV6_HINT})"
+            ) from None
         out.append(ep)
     if not out:
         raise ValueError(f"no etcd endpoint given: pass host:port items ({names.endpoints})")
