@@ -213,6 +213,18 @@ def _is_datetime(value: str) -> bool:
     return "T" in value
 
 
+def _size_limits(schema: Schema, n: int, kind: str, shown: str, errs: list[str]) -> None:
+    """min/max{Properties,Items}, in the API server's words ("Too many" always says items)."""
+    low, high = schema.get(f"min{kind}"), schema.get(f"max{kind}")
+    if low is not None and n < low:
+        errs.append(
+            f"{shown}: Invalid value: {n}: {shown} in body should have at least {low} "
+            f"{kind.lower()}"
+        )
+    if high is not None and n > high:
+        errs.append(f"{shown}: Too many: {n}: must have at most {high} items")
+
+
 def _structural(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
     shown = path or "<root>"
     if value is None:
@@ -233,16 +245,7 @@ def _structural(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
         return
     _check_scalar(schema, value, path, errs)
     if isinstance(value, dict):
-        n = len(value)
-        if "minProperties" in schema and n < schema["minProperties"]:
-            errs.append(
-                f"{shown}: Invalid value: {n}: {shown} in body should have at least "
-                f"{schema['minProperties']} properties"
-            )
-        if "maxProperties" in schema and n > schema["maxProperties"]:
-            errs.append(
-                f"{shown}: Too many: {n}: must have at most {schema['maxProperties']} items"
-            )
+        _size_limits(schema, len(value), "Properties", shown, errs)
         for req in schema.get("required", []):
             if req not in value:
                 errs.append(f"{_child(path, req)}: Required value")
@@ -255,14 +258,7 @@ def _structural(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
             if sub is not None:
                 _structural(sub, item, _child(path, key), errs)
     elif isinstance(value, list):
-        n = len(value)
-        if "minItems" in schema and n < schema["minItems"]:
-            errs.append(
-                f"{shown}: Invalid value: {n}: {shown} in body should have at least "
-                f"{schema['minItems']} items"
-            )
-        if "maxItems" in schema and n > schema["maxItems"]:
-            errs.append(f"{shown}: Too many: {n}: must have at most {schema['maxItems']} items")
+        _size_limits(schema, len(value), "Items", shown, errs)
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
