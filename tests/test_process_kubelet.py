@@ -155,8 +155,9 @@ def test_resolv_conf_follows_dns_policy(
 
 
 def test_wrap_argv_enters_the_netns_unless_host_network() -> None:
-    assert wrap_argv("/run/netns/p", "/s.sh", ["x"])[:3] == ["nsenter", "--net=/run/netns/p", "--"]
-    assert wrap_argv(None, "/s.sh", ["x", "y"])[0] == "unshare"
+    assert wrap_argv("/run/netns/p", "/s.sh", ["x"])[:4] == ["setpriv", "--pdeathsig", "KILL", "--"]
+    assert wrap_argv("/run/netns/p", "/s.sh", ["x"])[4:7] == ["nsenter", "--net=/run/netns/p", "--"]
+    assert wrap_argv(None, "/s.sh", ["x", "y"])[4] == "unshare"
     assert wrap_argv(None, "/s.sh", ["x", "y"])[-3:] == ["/s.sh", "x", "y"]
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from e2e.cluster.kubelet_pod import ClusterPodRunner, PodSandbox
 from e2e.cluster.mounts import HostMountpoints, Mount, start_script, wrap_argv
 from rpcjob_operator.localexec.etcd_server import free_port
 from rpcjob_operator.localexec.podrunner import RunnerConfig
+from tests.etcd_waits import wait_until
 
 
 def _can_netns() -> str | None:
@@ -296,3 +298,26 @@ def test_a_sidecars_startup_probe_holds_the_containers_back(tmp_path: Path) -> N
     assert main["exitCode"] == 0  # the file was there: the sidecar had started
     side_ready = [s["initContainerStatuses"][0]["ready"] for s in statuses]
     assert side_ready[0] is False and True in side_ready  # unready until its startup passed
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")  # a zombie is dead too
+    except FileNotFoundError:
+        return True
+
+
+def test_a_container_dies_with_its_kubelet(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG (setpriv): a SIGKILLed kubelet leaves no pod processes behind."""
+    script = tmp_path / "start.sh"
+    script.write_text(start_script([], None, None, None))
+    argv = wrap_argv(None, str(script), ["sleep", "600"])
+    code = f"import subprocess, time; print(subprocess.Popen({argv!r}).pid, flush=True); time.sleep(600)"  # noqa: E501
+    kubelet = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert kubelet.stdout is not None
+    pid = int(kubelet.stdout.readline())
+    assert not _gone(pid)
+    kubelet.kill()
+    kubelet.wait()
+    wait_until(lambda: _gone(pid), timeout=30, what=f"container process {pid} to die")

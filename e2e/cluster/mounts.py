@@ -144,11 +144,13 @@ def start_script(
 
 
 def wrap_argv(netns_path: str | None, script: str, argv: Sequence[str]) -> list[str]:
-    """argv that runs ``script`` then ``argv`` in the pod's netns and a new mount namespace."""
+    """argv that runs ``script`` then ``argv`` in the pod's netns and a new mount namespace.
+    ``setpriv --pdeathsig KILL`` first: a container dies with the kubelet thread that started
+    it, so a SIGKILLed kubelet (a killed test run) leaves no pod processes behind."""
     inner = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", script, *argv]
-    if netns_path is None:  # hostNetwork pods keep the host's network
-        return inner
-    return ["nsenter", f"--net={netns_path}", "--", *inner]
+    if netns_path is not None:  # hostNetwork pods keep the host's network
+        inner = ["nsenter", f"--net={netns_path}", "--", *inner]
+    return ["setpriv", "--pdeathsig", "KILL", "--", *inner]
 
 
 class HostMountpoints:
