@@ -5,6 +5,7 @@ serving those logs over HTTPS. Needs root, ``ip``, ``nsenter`` and ``unshare`` (
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
@@ -321,3 +322,27 @@ def test_a_container_dies_with_its_kubelet(tmp_path: Path) -> None:
     kubelet.kill()
     kubelet.wait()
     wait_until(lambda: _gone(pid), timeout=30, what=f"container process {pid} to die")
+
+
+def test_pod_networks_of_a_dead_kubelet_are_reaped(tmp_path: Path) -> None:
+    """SIGKILL skips stop(): the next kubelet on the host removes the dead one's netns/veths."""
+    registry = tmp_path / "netns.json"
+    netns.ensure_bridge("10.244.253.1", 24)
+    try:
+        mine = netns.create_pod_net(
+            f"uid-{os.getpid()}-alive", "10.244.253.2", "10.244.253.1", registry
+        )
+        theirs = netns.create_pod_net(
+            f"uid-{os.getpid()}-dead", "10.244.253.3", "10.244.253.1", registry
+        )
+        dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout
+        table = json.loads(registry.read_text())
+        table[theirs.netns][0] = dead.strip()  # as if that kubelet (process) had died
+        registry.write_text(json.dumps(table))
+        assert netns.reap_orphans(registry) == [theirs.netns]
+        listed = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+        assert theirs.netns not in listed and mine.netns in listed
+        netns.delete_pod_net(mine, registry)
+        assert not registry.exists()
+    finally:
+        netns.release_bridge("10.244.253.1", 24)

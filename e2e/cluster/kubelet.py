@@ -140,6 +140,8 @@ class ProcessKubelet:
             self.server.start()
             version = str(self.api.call("GET", "/version")["gitVersion"])
             self._register(version)
+            for orphan in netns.reap_orphans():
+                log.info("kubelet %s: removed %s, left by a kubelet that died", self.name, orphan)
             self.pool = netns.IpPool(self.pod_cidr or self._wait_pod_cidr(time.monotonic() + 60))
             netns.ensure_bridge(self.pool.gateway, self.pool.network.prefixlen)
             self.cfg.extra_env = {**self._service_env(), **self.cfg.extra_env}

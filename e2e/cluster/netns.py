@@ -17,15 +17,21 @@ shared by the kubelets of one host: each removes its gateway address on stop, an
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
+import json
+import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 BRIDGE = "rpjbr0"
+# Which kubelet process made which pod network (next to the cluster slot locks, apiaddr.py).
+REGISTRY = Path("/run/lock" if os.path.isdir("/run/lock") else "/tmp") / "rpcjob-netns.json"
 _bridge_lock = threading.Lock()
 
 
@@ -137,20 +143,62 @@ def pod_netns_commands(net: PodNet, gateway: str) -> Sequence[Sequence[str]]:
     ]
 
 
-def create_pod_net(uid: str, pod_ip: str, gateway: str) -> PodNet:
+def create_pod_net(uid: str, pod_ip: str, gateway: str, registry: Path = REGISTRY) -> PodNet:
     net = PodNet(short_name("rpj-", uid, 14), short_name("rpv", uid), pod_ip)
-    delete_pod_net(net)  # a leftover of a kubelet that died with this pod (same uid)
+    delete_pod_net(net, registry)  # a leftover of a kubelet that died with this pod (same uid)
+    with _registry(registry) as table:
+        table[net.netns] = [str(os.getpid()), net.host_veth, net.ip]
     try:
         for cmd in pod_netns_commands(net, gateway):
             ip(*cmd)
     except NetworkError:
-        delete_pod_net(net)
+        delete_pod_net(net, registry)
         raise
     return net
 
 
-def delete_pod_net(net: PodNet) -> None:
+def delete_pod_net(net: PodNet, registry: Path = REGISTRY) -> None:
     """Deleting the host end of the veth deletes its peer; the netns goes with its last user."""
     ip("link", "del", net.host_veth, check=False)
     with contextlib.suppress(OSError):
         ip("netns", "del", net.netns, check=False)
+    with _registry(registry) as table:
+        table.pop(net.netns, None)
+
+
+def reap_orphans(registry: Path = REGISTRY) -> list[str]:
+    """Delete the pod networks whose kubelet process died without stopping (SIGKILL, a killed
+    test run): its pods died with it (pdeathsig), their namespaces and veths did not."""
+    with _registry(registry) as table:
+        dead = {n: v for n, v in table.items() if not _alive(int(v[0]))}
+    for name, (_pid, veth, addr) in dead.items():
+        delete_pod_net(PodNet(name, veth, addr), registry)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _registry(path: Path) -> Iterator[dict[str, list[str]]]:
+    """The pod networks of this host's kubelets (name -> [kubelet pid, veth, IP]), under a lock."""
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            table: dict[str, list[str]] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            table = {}
+        yield table
+        if not table:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, sort_keys=True))
+        tmp.replace(path)
