@@ -7,7 +7,7 @@ from typing import Any
 
 from plan_kit import J, member, run, running
 
-from rpcjob_operator.status import Condition, JobStatus, RoleStatus
+from rpcjob_operator.status import Condition, Failure, JobStatus, RoleStatus
 
 
 def test_a_planned_status_round_trips() -> None:
@@ -37,3 +37,11 @@ def test_parts_read_the_api_json() -> None:
     assert role.to_dict()["left"] == {"2": {"uid": "u2", "since": "t"}}
     c = Condition.from_dict({"type": "Running", "status": "True", "observedGeneration": 3})
     assert c.true and c.to_dict()["observedGeneration"] == 3
+
+
+def test_optional_record_fields_are_left_out_until_set() -> None:
+    raw = {"pod": "p", "uid": "u", "role": "w", "index": 0, "reason": "Error", "time": "t"}
+    f = Failure.from_dict({**raw, "exitCode": 3})
+    assert (f.exit_code, f.message) == (3, "")
+    assert f.to_dict() == {**raw, "exitCode": 3}
+    assert Failure.from_dict(raw).to_dict() == raw

@@ -2,32 +2,50 @@
 
 The executors read the API's JSON once (:meth:`JobStatus.from_dict`) and write it once
 (:meth:`JobStatus.to_dict`); in between, the planner works on these types. ``to_dict`` gives
-the same JSON the CRD's status schema describes (camelCase, optional fields left out), so a
+the JSON the CRD's status schema describes (camelCase, unset optional fields left out), so a
 status the operator wrote reads back unchanged. Unknown top-level fields are kept as they came.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="_Json")
 
 
-def _opt_int(d: dict[str, Any], key: str) -> int | None:
-    v = d.get(key)
-    return None if v is None else int(v)
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
 
 
-def _opt_str(d: dict[str, Any], key: str) -> str | None:
-    v = d.get(key)
-    return None if v is None else str(v)
+class _Json:
+    """Flat records of JSON scalars and lists: snake_case fields <-> camelCase keys."""
+
+    # Fields left out of the JSON while None or "" (the others are always written).
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{n: d[_camel(n)] for n in names if d.get(_camel(n)) is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if f.name not in self.OPTIONAL or v not in (None, ""):
+                out[_camel(f.name)] = list(v) if isinstance(v, list) else v
+        return out
 
 
 @dataclass
-class Condition:
+class Condition(_Json):
     """A metav1.Condition (``status`` is "True" or "False")."""
 
-    type: str
-    status: str
+    OPTIONAL = frozenset({"observed_generation", "last_transition_time"})
+    type: str = ""
+    status: str = ""
     reason: str = ""
     message: str = ""
     observed_generation: int | None = None
@@ -37,71 +55,31 @@ class Condition:
     def true(self) -> bool:
         return self.status == "True"
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Condition:
-        return cls(
-            type=str(d.get("type", "")),
-            status=str(d.get("status", "")),
-            reason=str(d.get("reason", "")),
-            message=str(d.get("message", "")),
-            observed_generation=_opt_int(d, "observedGeneration"),
-            last_transition_time=str(d.get("lastTransitionTime", "")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "type": self.type,
-            "status": self.status,
-            "reason": self.reason,
-            "message": self.message,
-        }
-        if self.observed_generation is not None:
-            d["observedGeneration"] = self.observed_generation
-        if self.last_transition_time:
-            d["lastTransitionTime"] = self.last_transition_time
-        return d
-
 
 @dataclass
-class Failure:
+class Failure(_Json):
     """One entry of ``status.failures`` (the uid stops a kept pod being counted twice)."""
 
-    pod: str
-    uid: str
-    role: str
-    index: int
-    reason: str
-    time: str
+    OPTIONAL = frozenset({"exit_code", "message"})
+    pod: str = ""
+    uid: str = ""
+    role: str = ""
+    index: int = -1
+    reason: str = ""
+    time: str = ""
     exit_code: int | None = None
     message: str = ""
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Failure:
-        return cls(
-            pod=str(d.get("pod", "")),
-            uid=str(d.get("uid", "")),
-            role=str(d.get("role", "")),
-            index=int(d.get("index", -1)),
-            reason=str(d.get("reason", "")),
-            time=str(d.get("time", "")),
-            exit_code=_opt_int(d, "exitCode"),
-            message=str(d.get("message", "")),
-        )
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "pod": self.pod,
-            "uid": self.uid,
-            "role": self.role,
-            "index": self.index,
-            "reason": self.reason,
-            "time": self.time,
-        }
-        if self.exit_code is not None:
-            d["exitCode"] = self.exit_code
-        if self.message:
-            d["message"] = self.message
-        return d
+@dataclass
+class MemberStatus(_Json):
+    """``status.members[]``: a live member as etcd says."""
+
+    name: str = ""
+    rank: int = -1
+    pod: str = ""
+    node: str = ""
+    devices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +88,9 @@ class LeftWorker:
 
     uid: str
     since: str
+
+
+_COUNTS = ("desired", "running", "joined", "failed", "succeeded")
 
 
 @dataclass
@@ -127,83 +108,26 @@ class RoleStatus:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoleStatus:
-        left = d.get("left") or {}
         return cls(
-            desired=int(d.get("desired") or 0),
-            running=int(d.get("running") or 0),
-            joined=int(d.get("joined") or 0),
-            failed=int(d.get("failed") or 0),
-            succeeded=int(d.get("succeeded") or 0),
+            **{k: int(d.get(k) or 0) for k in _COUNTS},
             indices=[int(i) for i in d.get("indices") or []],
             pods={int(i): str(u) for i, u in (d.get("pods") or {}).items()},
-            left={
-                int(i): LeftWorker(str(e.get("uid", "")), str(e.get("since") or ""))
-                for i, e in left.items()
-                if isinstance(e, dict)
-            },
-        )
+            left={int(i): LeftWorker(str(e.get("uid", "")), str(e.get("since") or ""))
+                  for i, e in (d.get("left") or {}).items() if isinstance(e, dict)},
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "desired": self.desired,
-            "running": self.running,
-            "joined": self.joined,
-            "failed": self.failed,
-            "succeeded": self.succeeded,
-            "indices": list(self.indices),
-            "pods": {str(i): u for i, u in sorted(self.pods.items())},
-        }
+        d: dict[str, Any] = {k: getattr(self, k) for k in _COUNTS}
+        d.update(indices=list(self.indices), pods={str(i): u for i, u in sorted(self.pods.items())})
         if self.left:
-            d["left"] = {
-                str(i): {"uid": e.uid, "since": e.since} for i, e in sorted(self.left.items())
-            }
+            d["left"] = {str(i): {"uid": e.uid, "since": e.since} for i, e in self.left.items()}
         return d
 
 
-@dataclass
-class MemberStatus:
-    """``status.members[]``: a live member as etcd says."""
-
-    name: str
-    rank: int
-    pod: str = ""
-    node: str = ""
-    devices: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MemberStatus:
-        return cls(
-            name=str(d.get("name", "")),
-            rank=int(d.get("rank", -1)),
-            pod=str(d.get("pod", "")),
-            node=str(d.get("node", "")),
-            devices=[str(x) for x in d.get("devices") or []],
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "rank": self.rank,
-            "pod": self.pod,
-            "node": self.node,
-            "devices": list(self.devices),
-        }
-
-
-# JSON name of each scalar JobStatus field (None: not written).
-_SCALARS = {
-    "state": "state",
-    "start_time": "startTime",
-    "completion_time": "completionTime",
-    "observed_generation": "observedGeneration",
-    "replicas": "replicas",
-    "selector": "selector",
-    "ready": "ready",
-    "restarts": "restarts",
-    "failed_pods": "failedPods",
-}
-_INTS = {"observed_generation", "replicas", "restarts", "failed_pods"}
-_LISTS = {"conditions", "roles", "members", "failures"}
+# JobStatus's scalar fields (None: not written).
+_SCALARS = ("state", "start_time", "completion_time", "observed_generation", "replicas",
+            "selector", "ready", "restarts", "failed_pods")  # fmt: skip
+_KNOWN = {_camel(n) for n in _SCALARS} | {"conditions", "roles", "members", "failures"}
 
 
 @dataclass
@@ -228,10 +152,9 @@ class JobStatus:
         d = d or {}
         st = cls(
             conditions=[Condition.from_dict(x) for x in d.get("conditions") or []],
-            extra={k: v for k, v in d.items() if k not in _LISTS and k not in _SCALARS.values()},
+            extra={k: v for k, v in d.items() if k not in _KNOWN},
+            **{n: d[_camel(n)] for n in _SCALARS if d.get(_camel(n)) is not None},
         )
-        for attr, key in _SCALARS.items():
-            setattr(st, attr, _opt_int(d, key) if attr in _INTS else _opt_str(d, key))
         if "roles" in d:
             st.roles = {r: RoleStatus.from_dict(v or {}) for r, v in (d["roles"] or {}).items()}
         if "members" in d:
@@ -242,16 +165,13 @@ class JobStatus:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.extra)
-        for attr, key in _SCALARS.items():
-            if (v := getattr(self, attr)) is not None:
-                d[key] = v
+        d.update({_camel(n): getattr(self, n) for n in _SCALARS if getattr(self, n) is not None})
         d["conditions"] = [c.to_dict() for c in self.conditions]
         if self.roles is not None:
             d["roles"] = {r: v.to_dict() for r, v in self.roles.items()}
-        if self.members is not None:
-            d["members"] = [m.to_dict() for m in self.members]
-        if self.failures is not None:
-            d["failures"] = [f.to_dict() for f in self.failures]
+        for name, items in (("members", self.members), ("failures", self.failures)):
+            if items is not None:
+                d[name] = [x.to_dict() for x in items]
         return d
 
     def condition(self, ctype: str) -> Condition | None:
@@ -260,6 +180,3 @@ class JobStatus:
     def is_true(self, ctype: str) -> bool:
         c = self.condition(ctype)
         return c is not None and c.true
-
-
-assert {f.name for f in fields(JobStatus)} == set(_SCALARS) | _LISTS | {"extra"}
