@@ -105,7 +105,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Events are our decisions (RecordEvent); kopf's handler chatter stays in the log.
     settings.posting.enabled = True
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = cfg.watch_server_timeout
+    # kopf sends str(server_timeout) as the watch's timeoutSeconds, which the API server parses
+    # as an integer: "300.0" is a 400 Bad Request that ends every watch (the operator crashes).
+    settings.watching.server_timeout = max(1, round(cfg.watch_server_timeout))
     settings.watching.client_timeout = cfg.watch_client_timeout
     settings.watching.connect_timeout = cfg.watch_connect_timeout
     # Only our pods travel over the pod watch.
