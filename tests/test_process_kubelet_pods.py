@@ -119,7 +119,9 @@ SOCK = "/var/run/rpcjob-kubelet-test"
 MAIN = (
     f"cat {SA}/token {SA}/namespace /etc/sec/k; echo; cat {SOCK}/side; hostname; pwd; "
     "ip -4 -o addr show eth0 | awk '{print $4}'; echo $MY_IP $KUBERNETES_SERVICE_HOST; "
-    "grep nameserver /etc/resolv.conf; sleep 1"
+    "grep nameserver /etc/resolv.conf; "
+    # Until the test saw the sidecar's exec readiness probe pass (it then drops this file).
+    f"while [ ! -e {SOCK}/seen-ready ]; do sleep 0.05; done"
 )
 
 
@@ -189,10 +191,16 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
     mountpoints = HostMountpoints()
     net = netns.create_pod_net(f"uid-{os.getpid()}-runner", pool.take(), pool.gateway)
     statuses: list[dict[str, Any]] = []
+
+    def record(status: dict[str, Any]) -> None:
+        statuses.append(status)
+        if status["initContainerStatuses"][0]["ready"]:
+            Path(runner.volumes["sock"], "seen-ready").touch()
+
     try:
         sandbox = PodSandbox(net.path, net.ip, "10.96.0.10")
         runner = ClusterPodRunner(
-            _pod(), sandbox, cfg, lambda _u, s: statuses.append(s),
+            _pod(), sandbox, cfg, lambda _u, s: record(s),
             lambda: None, {}, Objects(), mountpoints,
         )  # fmt: skip
         runner.start()
@@ -212,7 +220,6 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
         ]
         last = statuses[-1]
         assert last["phase"] == "Succeeded" and last["hostIP"] == "127.0.100.9"
-        assert any(s["initContainerStatuses"][0]["ready"] for s in statuses)  # exec probe
         side = last["initContainerStatuses"][0]["state"]["terminated"]
         assert side["exitCode"] == 143  # the sidecar is stopped (SIGTERM) after the main ends
     finally:
@@ -297,8 +304,10 @@ def test_a_sidecars_startup_probe_holds_the_containers_back(tmp_path: Path) -> N
         mountpoints.release_all()
     main = statuses[-1]["containerStatuses"][0]["state"]["terminated"]
     assert main["exitCode"] == 0  # the file was there: the sidecar had started
-    side_ready = [s["initContainerStatuses"][0]["ready"] for s in statuses]
-    assert side_ready[0] is False and True in side_ready  # unready until its startup passed
+    sides = [s["initContainerStatuses"][0] for s in statuses]
+    running = [s for s in sides if "running" in s["state"]]
+    assert not running[0]["started"] and not running[0]["ready"]  # until its startup passed
+    assert running[-1]["started"] and running[-1]["ready"]
 
 
 def _gone(pid: int) -> bool:

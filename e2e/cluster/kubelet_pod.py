@@ -96,6 +96,8 @@ class ClusterPodRunner(PodRunner):
         self.logs = ContainerLogs(self.dir)
         # container -> (its startupProbe's state, its readiness state once started)
         self.startup: dict[str, tuple[ProbeState, ProbeState | None]] = {}
+        write = self.write_status_cb
+        self.write_status_cb = lambda uid, status: write(uid, self._startup_status(status))
 
     # --- volumes -------------------------------------------------------------------------
     def _make_volumes(self) -> None:
@@ -194,6 +196,7 @@ class ClusterPodRunner(PodRunner):
         self.startup[slot.name] = (ProbeState(probe), slot.readiness)
         slot.readiness = _never_ready()
         if slot.sidecar:
+            self._write()  # running, not started, not ready: what the API shows meanwhile
             while self.stop_grace is None and slot.name in self.startup and slot.running:
                 self._check(slot)
                 self.wake.wait(TICK)
@@ -212,6 +215,14 @@ class ClusterPodRunner(PodRunner):
                 cmd = exec_in(pid, list(state.probe["exec"]["command"]), wd)
                 state.probe = {**state.probe, "exec": {"command": cmd}}
         slot.cwd = "/"
+
+    def _startup_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        """``started`` stays false while a container's startupProbe has not passed."""
+        for key in ("containerStatuses", "initContainerStatuses"):
+            for cs in status.get(key) or []:
+                if cs["name"] in self.startup:
+                    cs["started"] = False
+        return status
 
     def _check(self, slot: Slot) -> None:
         pending = self.startup.get(slot.name)
