@@ -56,8 +56,8 @@ class ClusterBackend(Backend):
 
     def start(self) -> ClusterBackend:
         try:
-            self.k8s = E2ECluster(self.workdir / "k8s", nodes=self.nodes,
-                                  gpus_per_node=local_gpus()).start()  # fmt: skip
+            # E2ECluster's own temp dir (not under /tmp, see WORK_ROOT), removed at stop.
+            self.k8s = E2ECluster(nodes=self.nodes, gpus_per_node=local_gpus()).start()
             assert self.k8s.control is not None and self.k8s.control.slot is not None
             self.kubeconfig = str(self.k8s.kubeconfig)
             (self.workdir / "etcd").mkdir()
@@ -143,6 +143,6 @@ class ClusterBackend(Backend):
     def collect_logs(self, dest: Path, namespace: str) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "operator.log").write_text(self.operator_logs())
-        logs = self.workdir / "k8s" / "logs"
-        if logs.is_dir():
+        logs = self.k8s.work_dir / "logs" if self.k8s and self.k8s.work_dir else None
+        if logs is not None and logs.is_dir():
             shutil.copytree(logs, dest / "control-plane", dirs_exist_ok=True)

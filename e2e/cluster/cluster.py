@@ -18,6 +18,10 @@ from typing import Any
 
 from .controlplane import ControlPlane, ControlPlaneError
 
+# Not under /tmp: a pod that mounts an emptyDir at /tmp would hide the sources of its other
+# volumes (they live under the work dir) from the container's mount namespace.
+WORK_ROOT = "/var/tmp"
+
 
 def node_ip(slot: int, index: int) -> str:
     """node-<index>'s InternalIP: a loopback address the API server dials for logs."""
@@ -61,7 +65,7 @@ class E2ECluster:
     def start(self, timeout: float = 180.0) -> E2ECluster:
         t0 = time.monotonic()
         if self.work_dir is None:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="rpcjob-k8s-"))
+            self.work_dir = Path(tempfile.mkdtemp(prefix="rpcjob-k8s-", dir=WORK_ROOT))
             self._own_dir = True
         try:
             self.control = ControlPlane(self.work_dir).start(timeout)

@@ -34,7 +34,11 @@ def test_delete_job_removes_pods_objects_and_etcd_prefix(cluster: Cluster) -> No
     assert [k for k in keys if k.startswith(members)], keys
 
     out = cluster.kubectl("delete", "rpj", "doomed", "--wait=false").stdout
-    assert out.strip() == f'{contract.SINGULAR}.{contract.GROUP} "doomed" deleted'
+    # kubectl 1.31+ adds " from <namespace> namespace".
+    assert out.strip() in (
+        f'{contract.SINGULAR}.{contract.GROUP} "doomed" deleted',
+        f'{contract.SINGULAR}.{contract.GROUP} "doomed" deleted from {cluster.namespace} namespace',
+    )
 
     cluster.wait_for(lambda: cluster.job("doomed") is None, 120, "the RpcJob to be gone")
     cluster.wait_for(lambda: not cluster.pods("doomed"), 120, "the job's pods to be gone")
