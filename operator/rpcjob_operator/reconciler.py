@@ -25,21 +25,10 @@ import kopf
 from rpcjob import contract
 from rpcjob.etcd import EtcdError
 from rpcjob.records import MemberRecord
-from rpcjob_operator import metrics
+from rpcjob_operator import metrics, model
 from rpcjob_operator.errors import InvalidSpec
 from rpcjob_operator.kube import ApiRefused, Conflict, Kube, merge_patch
 from rpcjob_operator.members import EtcdPool, job_endpoints
-from rpcjob_operator.model import (
-    Action,
-    CreatePod,
-    DeleteJob,
-    DeletePod,
-    EnsureNetworkPolicy,
-    EnsureService,
-    Observed,
-    PodView,
-    RecordEvent,
-)
 from rpcjob_operator.plan import reconcile
 from rpcjob_operator.render import (
     OperatorDefaults,
@@ -155,7 +144,7 @@ class Reconciler:
             self.post_event(obj, "Normal", "EtcdReachable", "etcd answers again")
         return members
 
-    async def observe(self, obj: dict[str, Any]) -> tuple[Observed, RpcJob | None]:
+    async def observe(self, obj: dict[str, Any]) -> tuple[model.Observed, RpcJob | None]:
         md = obj["metadata"]
         try:
             job: RpcJob | None = parse_job(obj)
@@ -170,10 +159,10 @@ class Reconciler:
         pods = []
         for p in raw_pods:
             try:
-                pods.append(PodView.from_pod(p))
+                pods.append(model.PodView.from_pod(p))
             except (ValueError, TypeError):  # a pod whose rpcjob labels were edited by hand
                 log.warning("ignoring pod %s: bad rpcjob labels", p["metadata"].get("name"))
-        observed = Observed(
+        observed = model.Observed(
             pods=tuple(pods),
             members=members,
             status=JobStatus.from_dict(obj.get("status")),
@@ -233,7 +222,7 @@ class Reconciler:
         mem.written_rv = str((written.get("metadata") or {}).get("resourceVersion", ""))
 
     async def _apply(
-        self, obj: dict[str, Any], job: RpcJob | None, actions: Sequence[Action]
+        self, obj: dict[str, Any], job: RpcJob | None, actions: Sequence[model.Action]
     ) -> None:
         batch: list[Awaitable[None]] = []
         kind: type | None = None
@@ -244,36 +233,36 @@ class Reconciler:
             if action is None:
                 break
             kind = type(action)
-            if isinstance(action, CreatePod | DeletePod):
+            if isinstance(action, model.CreatePod | model.DeletePod):
                 batch.append(self._one(obj, job, action))
             else:
                 await self._one(obj, job, action)
 
-    async def _one(self, obj: dict[str, Any], job: RpcJob | None, action: Action) -> None:
+    async def _one(self, obj: dict[str, Any], job: RpcJob | None, action: model.Action) -> None:
         md = obj["metadata"]
         ns = md["namespace"]
         try:
             match action:
-                case RecordEvent():
+                case model.RecordEvent():
                     self.post_event(obj, action.type, action.reason, action.message)
-                case CreatePod():
+                case model.CreatePod():
                     assert job is not None, "the planner creates pods only for a valid spec"
                     pod = render_pod(job, action.slot, defaults=self.defaults)
                     if await self.kube.create(pod):
                         metrics.PODS_CREATED.inc()
-                case DeletePod():
+                case model.DeletePod():
                     if await self.kube.delete_pod(
                         ns, action.name, action.uid, action.grace_seconds
                     ):
                         metrics.PODS_DELETED.labels(action.reason).inc()
-                case EnsureService():
+                case model.EnsureService():
                     assert job is not None
                     await self.kube.create_or_patch(render_service(job))
-                case EnsureNetworkPolicy():
+                case model.EnsureNetworkPolicy():
                     assert job is not None
                     policy = render_network_policy(job, defaults=self.defaults)
                     await self.kube.create_or_patch(policy)
-                case DeleteJob():
+                case model.DeleteJob():
                     await self.kube.delete_job(ns, md["name"], md["uid"])
                 case _:
                     assert_never(action)

@@ -23,20 +23,10 @@ from typing import Any, assert_never
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
 from rpcjob.records import MemberRecord, read_members
+from rpcjob_operator import model
 from rpcjob_operator.localexec.control import keys
 from rpcjob_operator.localexec.loopback import LoopbackPool
 from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
-from rpcjob_operator.model import (
-    Action,
-    CreatePod,
-    DeleteJob,
-    DeletePod,
-    EnsureNetworkPolicy,
-    EnsureService,
-    Observed,
-    PodView,
-    RecordEvent,
-)
 from rpcjob_operator.plan import reconcile
 from rpcjob_operator.render import OperatorDefaults, render_pod
 from rpcjob_operator.spec import parse_job
@@ -142,15 +132,17 @@ class LocalJob:
             self.emit({"type": "warning", "message": f"etcd: {exc}"})
             return None
 
-    def observe(self) -> Observed:
-        pods = tuple(PodView.from_pod(p.snapshot()) for p in list(self.pods.values()))
+    def observe(self) -> model.Observed:
+        pods = tuple(model.PodView.from_pod(p.snapshot()) for p in list(self.pods.values()))
         members = self._read_members()
         if members is not None:
             self.members = members
-        return Observed(pods=pods, members=members, status=JobStatus.from_dict(self.obj["status"]))
+        return model.Observed(
+            pods=pods, members=members, status=JobStatus.from_dict(self.obj["status"])
+        )
 
     # --- act ----------------------------------------------------------------------------------
-    def _create(self, action: CreatePod) -> None:
+    def _create(self, action: model.CreatePod) -> None:
         job = parse_job(self.obj)
         pod = render_pod(job, action.slot, defaults=self.defaults)
         md = pod["metadata"]
@@ -214,7 +206,7 @@ class LocalJob:
         self.gpus_used[pod] = tuple(free[:need])
         return {"CUDA_VISIBLE_DEVICES": ids, "NVIDIA_VISIBLE_DEVICES": ids}
 
-    def _delete(self, action: DeletePod) -> None:
+    def _delete(self, action: model.DeletePod) -> None:
         pod = self.pods.get(action.name)
         if pod is None or pod.obj["metadata"]["uid"] != action.uid:
             return  # 404 / precondition failed: nothing to do
@@ -284,15 +276,15 @@ class LocalJob:
         for action in plan.actions:
             self._apply(action)
 
-    def _apply(self, action: Action) -> None:
+    def _apply(self, action: model.Action) -> None:
         """Every action the planner can decide, each applied or skipped for a stated reason."""
         match action:
-            case CreatePod():
+            case model.CreatePod():
                 if not self.stopping:  # Ctrl-C: the pods are going, none is added
                     self._create(action)
-            case DeletePod():
+            case model.DeletePod():
                 self._delete(action)
-            case RecordEvent():
+            case model.RecordEvent():
                 self.emit(
                     {
                         "type": "event",
@@ -301,11 +293,11 @@ class LocalJob:
                         "message": action.message,
                     }
                 )
-            case EnsureService() | EnsureNetworkPolicy():
+            case model.EnsureService() | model.EnsureNetworkPolicy():
                 # Loopback is one host: pods reach each other by IP (no DNS names to publish)
                 # and no other host can reach them (nothing to fence off).
                 pass
-            case DeleteJob():
+            case model.DeleteJob():
                 pass  # locally the run ends with the job; there is nothing to collect
             case _:
                 assert_never(action)
