@@ -53,3 +53,49 @@ def test_guarded_join_and_leave_on_cpu(tmp_path: Path) -> None:
 def test_guards_module_imports_without_torch() -> None:
     code = "import sys, rpcjob.devices.agent; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+CALL_ALL = r"""
+import socket, sys, time
+from pathlib import Path
+import torch.distributed.rpc as rpc
+from rpcjob.devices.agent import call_all
+
+def boom():
+    raise KeyError("first failure")
+
+def later_boom():
+    raise ValueError("second failure")
+
+def slow_touch(path):
+    time.sleep(0.5)
+    Path(path).touch()
+    return "touched"
+
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+opts = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://127.0.0.1:{port}",
+                                       _transports=["uv"], _channels=["basic"])
+rpc.init_rpc("a", rank=0, world_size=None, rpc_backend_options=opts)
+flag = sys.argv[1]
+assert call_all([("a", pow, (2, 5)), ("a", slow_touch, (flag + ".ok",))]) == [32, "touched"]
+try:
+    call_all([("a", boom, ()), ("a", slow_touch, (flag,)), ("a", later_boom, ())])
+except Exception as e:
+    assert "first failure" in str(e), e
+    assert Path(flag).exists(), "raised before every call had finished"
+    print("RAISED-AFTER-ALL")
+rpc.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_call_all_waits_for_every_call_then_raises_the_first_error(tmp_path: Path) -> None:
+    """The joiner's steps go to all members at once; a failure is raised (the first, in call
+    order) only once no call is in flight, so torch's join error path never races them."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CALL_ALL, str(tmp_path / "flag")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "RAISED-AFTER-ALL" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
