@@ -172,7 +172,7 @@ def test_malformed_yaml_is_a_clear_error(tmp_path: Path) -> None:
 def test_invalid_spec_names_the_field(tmp_path: Path) -> None:
     out = rpcjob("run", PS, "--set", "roles.worker.replicas=40", env=base_env(tmp_path))
     assert out.returncode == 2
-    assert "spec.roles.worker: Invalid value" in out.stderr
+    assert "spec.roles.worker.replicas: Invalid value" in out.stderr
     assert "replicas must be <= maxReplicas" in out.stderr
     out = rpcjob("run", PS, "--set", "roles.worker.replicas", env=base_env(tmp_path))
     assert "expected PATH=VALUE, e.g. --set roles.worker.replicas=4" in out.stderr
