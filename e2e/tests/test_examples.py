@@ -69,6 +69,10 @@ def test_example_runs_to_success(cluster: Cluster, path: Path) -> None:
     assert row[3] == "Succeeded"
 
     deleted = cluster.kubectl("delete", "-f", str(path), "--wait=false").stdout
-    assert deleted.strip() == f'{contract.SINGULAR}.{contract.GROUP} "{name}" deleted'
+    # kubectl 1.31+ adds " from <namespace> namespace".
+    assert deleted.strip() in (
+        f'{contract.SINGULAR}.{contract.GROUP} "{name}" deleted',
+        f'{contract.SINGULAR}.{contract.GROUP} "{name}" deleted from {cluster.namespace} namespace',
+    )
     cluster.wait_for(lambda: cluster.job(name) is None and not cluster.pods(name), 120,
                      f"{name} and its pods to be gone")  # fmt: skip
