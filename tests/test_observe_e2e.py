@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,31 @@ def test_profile_puts_the_slow_function_first(job: Running, tmp_path: Path) -> N
     flows = [e for e in ev if e["ph"] == "f"]
     assert flows and all(e["pid"] == srv_pid for e in flows)  # workers -> server
     assert any(e.get("cat") == "torch.op" and e["pid"] == srv_pid for e in ev)
+
+
+def test_sidecar_endpoints_bad_input(job: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPCJOB_STATE_DIR", job.env["RPCJOB_STATE_DIR"])
+    srv = targets.local_job(JOB).select("server_0")[0]
+    for method, path, code, message in (
+        ("POST", "/debug/rpc/profile?seconds=0", 400, "seconds must be in (0, 300]"),
+        ("POST", "/debug/rpc/profile?seconds=5&interval_ms=0.1", 400, "interval_ms in [0.5, 1000]"),
+        ("POST", "/debug/rpc/profile?seconds=abc", 400, "seconds and interval_ms must be numbers"),
+        ("GET", "/debug/rpc/profile?seconds=1", 405, "use POST /debug/rpc/profile?seconds=N"),
+        ("POST", "/debug/rpc/top", 405, "use GET"),
+    ):
+        got = targets.http_fetch(srv, method, path, 10.0)
+        assert got[0] == code and message in got[1]["error"], (method, path, got)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(targets.http_fetch, srv, "POST", "/debug/rpc/profile?seconds=3", 60)
+
+        def profiling() -> bool:
+            code, body = targets.http_fetch(srv, "GET", "/debug/rpc/top", 5.0)
+            return code == 200 and bool(body["worker"].get("profiling"))
+
+        wait_until(profiling, 30, "server_0's profiler to be on")
+        second = targets.http_fetch(srv, "POST", "/debug/rpc/profile?seconds=1", 10.0)
+        assert second == (409, {"error": "a profile of server_0 is already running"})
+        assert first.result(60)[0] == 200
 
 
 def test_member_killed_mid_profile_gives_a_partial_result(
