@@ -182,3 +182,15 @@ def test_summary_puts_the_slowest_function_first() -> None:
     rows = trace.slowest({"srv": _res(spans)})["srv"]
     assert [r["function"] for r in rows] == ["m.slow", "m.fast"]
     assert rows[1]["calls"] == 50 and rows[0]["max_ms"] == 150.0
+
+
+def test_cluster_mode_bad_kubeconfig_is_a_usage_error(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from rpcjob_operator.cli import cli
+
+    missing = str(tmp_path / "nope.yaml")
+    res = CliRunner().invoke(cli, ["debug", "j", "--kubeconfig", missing])
+    assert res.exit_code == 2
+    assert f"cannot load the kubeconfig ({missing})" in res.output
+    assert "pass --kubeconfig" in res.output
