@@ -15,12 +15,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import build
+from e2e.cluster import audit, build
 from e2e.cluster.cluster import E2ECluster
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
@@ -48,9 +48,19 @@ class ClusterBackend(Backend):
     name = "cluster"
     job_timeout = 240.0
 
-    def __init__(self, workdir: Path, nodes: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        nodes: int = 2,
+        values_files: Sequence[str] = (),
+        namespaces: Sequence[str] = (),
+    ) -> None:
+        """``values_files``: extra chart values (e.g. charts/rpcjob/ci/namespaced-values.yaml);
+        ``namespaces``: created before the install (namespace scope puts Roles in them)."""
         self.workdir = workdir
         self.nodes = nodes
+        self.values_files = list(values_files)
+        self.namespaces = list(namespaces)
         self.k8s: E2ECluster | None = None
         self.etcd: EmbeddedEtcd | None = None
 
@@ -63,8 +73,11 @@ class ClusterBackend(Backend):
             (self.workdir / "etcd").mkdir()
             self.etcd = EmbeddedEtcd(host=self.k8s.control.slot.api_address,
                                      data_dir=str(self.workdir / "etcd")).start()  # fmt: skip
+            for ns in self.namespaces:
+                self._kubectl("create", "namespace", ns)
+            self.chart_values = {"etcd.endpoints[0]": self.etcd.endpoint}
             chart.helm_install(self.kubeconfig, self.workdir, self.operator_namespace,
-                               {"etcd.endpoints[0]": self.etcd.endpoint},
+                               self.chart_values, self.values_files,
                                wait=self.operator_missing() is None)  # fmt: skip
         except BaseException:
             self.stop()
@@ -139,6 +152,10 @@ class ClusterBackend(Backend):
             yield client
         finally:
             client.close()
+
+    def audit_records(self) -> list[audit.AuditRecord]:
+        assert self.k8s is not None and self.k8s.control is not None
+        return audit.read(self.k8s.control.audit_log)
 
     def collect_logs(self, dest: Path, namespace: str) -> None:
         dest.mkdir(parents=True, exist_ok=True)

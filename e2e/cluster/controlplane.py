@@ -28,7 +28,7 @@ from typing import Any
 
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, free_port
 
-from . import apiaddr, build, pki
+from . import apiaddr, audit, build, pki
 from .apiaddr import API_PORT
 from .procs import Proc
 
@@ -171,8 +171,23 @@ class ControlPlane:
             f"--proxy-client-key-file={self.front_proxy.key}",
             "--profiling=false",
             f"--cert-dir={p / 'apiserver-certs'}",
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
         ]  # fmt: skip
         self._spawn("kube-apiserver", args, self.port)
+
+    @property
+    def audit_log(self) -> Path:
+        """Every request the API server answered (e2e/cluster/audit.py reads it)."""
+        return self.work_dir / "logs" / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        path = self.work_dir / "audit-policy.yaml"
+        path.write_text(audit.POLICY)
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _component_args(self, name: str, user: str) -> tuple[list[str], int]:
         kubeconfig = self.kubeconfig_for(name, user, [])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.backends import Backend, Cluster
+from e2e.backends.cluster import ClusterBackend
 from e2e.backends.local import LocalBackend
 from tests.helm_chart import CHART, audit_rule, operator_rules, uncovered
 
@@ -81,7 +82,9 @@ def namespaced_cluster(e2e_backend: Backend) -> Iterator[Cluster]:
     if e2e_backend.audit_records() is None:
         pytest.skip(f"the {e2e_backend.name} backend keeps no audit log of API calls")
     workdir = Path(tempfile.mkdtemp(prefix="e2e-"))
-    backend = LocalBackend(workdir, values_files=[NAMESPACED], namespaces=["ml-team", "ml-batch"])
+    # The same kind of backend as the module's (the real control plane or the emulator).
+    kind = type(e2e_backend) if isinstance(e2e_backend, ClusterBackend) else LocalBackend
+    backend = kind(workdir, values_files=[NAMESPACED], namespaces=["ml-team", "ml-batch"])
     try:
         backend.start()
         yield Cluster(backend, "ml-team")
