@@ -227,6 +227,7 @@ class StoreContract:
         assert store.get("ctr") == str(threads * per).encode()
         assert sorted(seen) == list(range(1, threads * per + 1))  # each add saw a unique value
 
+    @pytest.mark.slow  # spawns torch-importing processes
     def test_add_concurrent_processes(self, factory: StoreFactory) -> None:
         if not self.multi_process:
             pytest.skip("HashStore lives in one process")
