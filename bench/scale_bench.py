@@ -1,4 +1,4 @@
-"""Scale-up benchmark (issue 12): ``rpcjob run`` job scaled 2 -> 16, end to end.
+"""Scale-up benchmark: ``rpcjob run`` job scaled 2 -> 16, end to end.
 
 From "replicas changed" (``rpcjob scale``'s request, made in this process with the same
 function the command calls) until every member's agent lists all 16 and every member has

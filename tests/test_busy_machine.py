@@ -1,4 +1,4 @@
-"""A busy machine slows the group down; it does not restart healthy members (issue 11, item 13).
+"""A busy machine slows the group down; it does not restart healthy members.
 
 On a loaded 2-core machine a process can be off the CPU for seconds: a sidecar (its keepalive
 thread), or etcd itself. With ``rpcjob run``'s former 3 s lease TTL, keepalives every 1 s left a

@@ -1,4 +1,4 @@
-"""An etcd outage longer than the lease TTL ends no healthy incarnation (issue 11, item 4).
+"""An etcd outage longer than the lease TTL ends no healthy incarnation.
 
 etcd keeps leases across its own restart: a new leader restores every lease with its full TTL.
 A sidecar whose keepalives failed for longer than the TTL therefore keeps retrying and keeps
