@@ -11,8 +11,9 @@ It fixes what torch's membership critical section gets wrong, without touching t
   (``wait`` returns at once and they retry). The key is deleted before taking the token.
 * A crashed earlier incarnation of the same worker name may still hold the token under the
   *same* value; torch would think it holds it. We wait until the cleaner takes it over.
-* After a failed join, :meth:`release_failed_join` removes this incarnation's keys and
-  releases the token it still holds (the sidecar's cleaner is idempotent with this).
+* :meth:`release_failed_join` can remove a failed join's keys and release the token it still
+  holds; ``rpcjob.init_rpc()`` does not call it: it leaves both to the sidecar's cleaner,
+  which also has the survivors evict the half-joined identity.
 * While this process holds the join token, the members' addresses (``addrs/<name>``) cannot
   change (a member writes its own only under the token): the joiner's N lookups are served
   from one prefix read instead of N round trips to etcd.
