@@ -115,7 +115,9 @@ class Objects:
 
 
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
-SOCK = "/var/run/rpcjob-kubelet-test"
+# Per process: a concurrent run of this test elsewhere on the host would otherwise co-own the
+# host-wide mountpoint, and it would rightly stay when this run releases its claim.
+SOCK = f"/var/run/rpcjob-kubelet-test-{os.getpid()}"
 MAIN = (
     f"cat {SA}/token {SA}/namespace /etc/sec/k; echo; cat {SOCK}/side; hostname; pwd; "
     "ip -4 -o addr show eth0 | awk '{print $4}'; echo $MY_IP $KUBERNETES_SERVICE_HOST; "
