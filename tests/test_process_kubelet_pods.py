@@ -260,9 +260,11 @@ def test_kubelet_api_serves_container_logs_over_https(tmp_path: Path) -> None:
         server.stop()
 
 
+# The file exists before the port listens: once the startup probe passes, the main container
+# must find it (and it cannot, were the main started before the probe passed).
 LISTEN_LATE = (
-    "import socket, time; time.sleep(1.0); s = socket.socket(); s.bind(('0.0.0.0', 8080)); "
-    "s.listen(); open('/var/run/rpcjob-kubelet-test/listening', 'w').close(); time.sleep(600)"
+    f"import socket, time; time.sleep(1.0); open('{SOCK}/listening', 'w').close(); "
+    "s = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(); time.sleep(600)"
 )
 
 
