@@ -67,9 +67,11 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         made = [e.net.netns for k in cluster.kubelets for e in k.pods.values() if e.net]
     finally:
         cluster.stop()
-    # stop() removed the pods' network namespaces (and with them their veths).
+    # stop() removed the pods' network namespaces (and with them their veths). With xdist's
+    # worksteal a worker may run only this module's pod-less tests: then there is nothing to
+    # check here (tests/test_process_kubelet_pods.py checks the removal on its own).
     left = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
-    assert made and not [n for n in made if n in left], left
+    assert not [n for n in made if n in left], left
 
 
 def kubectl(
