@@ -11,10 +11,15 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
+
+from etcd_waits import wait_until
 
 Direction = Literal["replies", "requests"]
+T = TypeVar("T")
 
 
 class FaultProxy:
@@ -86,3 +91,17 @@ def _reset(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+def cut_after(
+    proxy: FaultProxy, direction: Direction, call: Callable[[], T], reached: Callable[[], bool]
+) -> Future[T]:
+    """Run ``call`` through ``proxy`` dropping ``direction``; once ``reached()`` holds, reset
+    the connection under it. The future holds what the call returned or raised."""
+    proxy.drop(direction)
+    pool = ThreadPoolExecutor(1)
+    fut = pool.submit(call)
+    pool.shutdown(wait=False)
+    wait_until(reached, 30, f"the call to reach the proxy's fault ({direction})")
+    proxy.cut()
+    return fut

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
-from etcd_waits import Collector, frozen, wait_until
-from fault_proxy import Direction, FaultProxy
+from etcd_waits import Collector, frozen
+from fault_proxy import FaultProxy, cut_after
 
 from rpcjob.etcd import (
     KV,
@@ -89,20 +87,6 @@ def test_txn_not_retried_after_deadline(etcd: EmbeddedEtcd) -> None:
         assert kv is not None and kv.version in (1, 2)
 
 
-def _cut_after(
-    proxy: FaultProxy, direction: Direction, call: Callable[[], object], reached: Callable[[], bool]
-) -> Future[object]:
-    """Run ``call`` through ``proxy`` dropping ``direction``; once ``reached()`` holds, reset
-    the connection under it. The future holds what the call returned or raised."""
-    proxy.drop(direction)
-    pool = ThreadPoolExecutor(1)
-    fut = pool.submit(call)
-    pool.shutdown(wait=False)
-    wait_until(reached, 30, f"the call to reach the proxy's fault ({direction})")
-    proxy.cut()
-    return fut
-
-
 def test_write_cut_off_after_reaching_etcd_is_never_sent_again(etcd_session: EmbeddedEtcd) -> None:
     """torch releases its membership token with set(token, ""): a re-sent copy landing after
     the next holder took the token would wipe it (two joiners in the critical section)."""
@@ -118,7 +102,7 @@ def test_write_cut_off_after_reaching_etcd_is_never_sent_again(etcd_session: Emb
             kv = direct.get(key)
             return kv is not None and kv.value == b""
 
-        fut = _cut_after(proxy, "replies", lambda: c.put(key, ""), released)
+        fut = cut_after(proxy, "replies", lambda: c.put(key, ""), released)
         # The next joiner takes the token before the broken call returns.
         assert direct.txn([Compare.value(key, "=", "")], [Op.put(key, "Token_B")]).succeeded
         err = fut.exception(timeout=60)
@@ -131,7 +115,7 @@ def test_write_cut_off_after_reaching_etcd_is_never_sent_again(etcd_session: Emb
 
         # A delete likewise: the key set again after it must survive.
         assert c.get(key) is not None  # connected again (the fault drops etcd's handshake too)
-        fut = _cut_after(proxy, "replies", lambda: c.delete(key), lambda: direct.get(key) is None)
+        fut = cut_after(proxy, "replies", lambda: c.delete(key), lambda: direct.get(key) is None)
         direct.put(key, "Token_C")
         assert isinstance(fut.exception(timeout=60), EtcdOutcomeUnknown)
         kv = direct.get(key)
@@ -142,11 +126,11 @@ def test_reads_are_sent_again_after_a_broken_call(etcd_session: EmbeddedEtcd) ->
     key = f"/faults/read/{uuid.uuid4().hex}"
     with FaultProxy(etcd_session.endpoint) as proxy, Client(proxy.endpoint, timeout=30) as c:
         c.put(key, "v")
-        fut = _cut_after(proxy, "replies", lambda: c.get(key), lambda: proxy.swallowed > 0)
+        fut = cut_after(proxy, "replies", lambda: c.get(key), lambda: proxy.swallowed > 0)
         got = fut.result(timeout=60)
         assert isinstance(got, KV) and got.value == b"v"
         # A read-only txn is a read too.
-        fut = _cut_after(
+        fut = cut_after(
             proxy, "replies", lambda: c.txn([], [Op.get(key)]), lambda: proxy.swallowed > 0
         )
         assert isinstance(fut.result(timeout=60), TxnResult)

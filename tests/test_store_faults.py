@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +17,7 @@ import pytest
 import torch.distributed as dist
 from etcd_tls import TLSMaterial
 from etcd_waits import wait_until
-from fault_proxy import Direction, FaultProxy
+from fault_proxy import FaultProxy, cut_after
 
 import rpcjob  # noqa: F401  (registers etcd3://)
 from rpcjob.contract import ENV_ETCD_PASSWORD
@@ -188,17 +187,6 @@ def test_bad_certificate_and_wrong_ca(
     good.close()
 
 
-def _cut_after(proxy: FaultProxy, direction: Direction, call: Callable[[], Any],
-               reached: Callable[[], bool]) -> Future[Any]:  # fmt: skip
-    proxy.drop(direction)
-    pool = ThreadPoolExecutor(1)
-    fut = pool.submit(call)
-    pool.shutdown(wait=False)
-    wait_until(reached, 30, f"the call to reach the proxy's fault ({direction})")
-    proxy.cut()
-    return fut
-
-
 def test_token_release_cut_off_is_settled_never_resent_blindly(etcd_session: EmbeddedEtcd) -> None:
     """torch's membership token release, ``set(token, "")``, broken mid-call: applied and then
     taken by the next joiner, it must not be sent again (that would wipe the next holder's
@@ -217,7 +205,7 @@ def test_token_release_cut_off_is_settled_never_resent_blindly(etcd_session: Emb
 
         # 1. Applied, then the next joiner takes the token: raise, leave its token alone.
         assert store.compare_set(token, "", "Token_A") == b"Token_A"
-        fut = _cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
+        fut = cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
         assert direct.txn([Compare.value(key, "=", "")], [Op.put(key, "Token_B")]).succeeded
         err = fut.exception(timeout=60)
         assert isinstance(err, D.DistNetworkError) and isinstance(err, EtcdOutcomeUnknown), err
@@ -228,7 +216,7 @@ def test_token_release_cut_off_is_settled_never_resent_blindly(etcd_session: Emb
         direct.put(key, "Token_A")
         assert store.get(token) == b"Token_A"  # connected again through the proxy
         version = direct.get(key).version  # type: ignore[union-attr]
-        fut = _cut_after(
+        fut = cut_after(
             proxy, "requests", lambda: store.set(token, ""), lambda: proxy.swallowed > 0
         )
         assert fut.result(timeout=60) is None
@@ -239,19 +227,19 @@ def test_token_release_cut_off_is_settled_never_resent_blindly(etcd_session: Emb
         direct.put(key, "Token_C")
         assert store.get(token) == b"Token_C"
         version = direct.get(key).version  # type: ignore[union-attr]
-        fut = _cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
+        fut = cut_after(proxy, "replies", lambda: store.set(token, ""), token_is(b""))
         assert fut.result(timeout=60) is None
         kv = direct.get(key)
         assert kv is not None and (kv.value, kv.version) == (b"", version + 1)
 
         # 4. delete_key never reached etcd: deleted conditionally; multi_set likewise.
         assert store.get(token) == b""
-        fut = _cut_after(
+        fut = cut_after(
             proxy, "requests", lambda: store.delete_key(token), lambda: proxy.swallowed > 0
         )
         assert fut.result(timeout=60) is True and direct.get(key) is None
         store.multi_set(["a", "b"], ["0", "0"])  # connected again; keys that exist
-        fut = _cut_after(proxy, "requests", lambda: store.multi_set(["a", "b"], ["1", "2"]),
+        fut = cut_after(proxy, "requests", lambda: store.multi_set(["a", "b"], ["1", "2"]),
                          lambda: proxy.swallowed > 0)  # fmt: skip
         assert fut.result(timeout=60) is None
         assert store.multi_get(["a", "b"]) == [b"1", b"2"]
