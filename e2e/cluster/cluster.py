@@ -9,6 +9,7 @@ when it has GPUs.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import build
 from .controlplane import ControlPlane, ControlPlaneError
 
 # Not under /tmp: a pod that mounts an emptyDir at /tmp would hide the sources of its other
@@ -26,6 +28,18 @@ WORK_ROOT = "/var/tmp"
 def node_ip(slot: int, index: int) -> str:
     """node-<index>'s InternalIP: a loopback address the API server dials for logs."""
     return f"127.0.{100 + slot}.{index + 1}"
+
+
+def unavailable() -> str | None:
+    """Why a cluster cannot start here (the reason tests skip with), or None."""
+    if build.built() is None:
+        return (
+            f"the pinned Kubernetes binaries are not built (python3 -m e2e.cluster.build builds "
+            f"{build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
+        )
+    if os.geteuid() != 0:
+        return "the e2e cluster needs root (pod network namespaces, the API server's address)"
+    return None
 
 
 def kubelet_available() -> bool:

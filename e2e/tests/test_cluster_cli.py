@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import build
+from e2e.cluster.cluster import unavailable
 from e2e.cluster.netns import BRIDGE, ip
-
-from .test_controlplane import _unavailable
 
 pytestmark = pytest.mark.slow  # starts a whole control plane
 
@@ -51,7 +50,7 @@ def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str
 
 
 def test_up_serves_the_api_and_down_removes_everything(tmp_path: Path) -> None:
-    reason = _unavailable()
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
     kubeconfig, work = tmp_path / "k.yaml", tmp_path / "work"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from e2e.cluster import build
-from e2e.cluster.cluster import E2ECluster
+from e2e.cluster.cluster import E2ECluster, unavailable
 from rpcjob import contract
 from rpcjob_operator.model import Slot
 from rpcjob_operator.render import OperatorDefaults, render_pod
@@ -43,20 +43,9 @@ SERVE = (
 )
 
 
-def _unavailable() -> str | None:
-    if build.built() is None:
-        return (
-            f"the pinned Kubernetes binaries are not built (python3 -m e2e.cluster.build builds "
-            f"{build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
-        )
-    if os.geteuid() != 0:
-        return "the e2e cluster needs root (pod network namespaces, the API server's address)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
-    reason = _unavailable()
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
     cluster = E2ECluster(tmp_path_factory.mktemp("k8s"), nodes=2, gpus_per_node=GPUS).start()
