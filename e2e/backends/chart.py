@@ -83,3 +83,31 @@ def literal_env(container: Mapping[str, Any], field_values: Mapping[str, str]) -
         else:
             raise ValueError(f"env {item['name']}: only literal values and fieldRefs run locally")
     return out
+
+
+class ChartOperator:
+    """The operator as the chart installs it (a Deployment), reached with kubectl: shared by
+    the backends that install the chart on a real API server (cluster, kind)."""
+
+    # Provided by the backend: operator_namespace, kubectl_base(), _kubectl(*args).
+    operator_namespace: str
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        import json
+
+        out = self._kubectl("-n", self.operator_namespace, "get", "pods", "-o", "json", "-l",
+                            "app.kubernetes.io/component=operator")  # fmt: skip
+        return list(json.loads(out)["items"])
+
+    def restart_operator(self) -> None:
+        deploy = f"deployment/{RELEASE}-operator"
+        self._kubectl("-n", self.operator_namespace, "rollout", "restart", deploy)
+        self._kubectl("-n", self.operator_namespace, "rollout", "status", deploy,
+                      "--timeout=300s")  # fmt: skip
+
+    def operator_logs(self) -> str:
+        return subprocess.run(
+            [*self.kubectl_base(), "-n", self.operator_namespace, "logs",
+             f"deployment/{RELEASE}-operator", "--all-containers", "--tail=-1"],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip

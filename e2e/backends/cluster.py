@@ -11,14 +11,12 @@ installed with the real ``helm install --wait``, and the operator that install r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from e2e.cluster import audit, build
 from e2e.cluster.cluster import E2ECluster
@@ -27,6 +25,7 @@ from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 from . import chart
 from .base import Backend
+from .chart import ChartOperator
 from .local import local_gpus
 
 RELEASE = chart.RELEASE
@@ -44,7 +43,7 @@ def unavailable() -> str | None:
     return None
 
 
-class ClusterBackend(Backend):
+class ClusterBackend(ChartOperator, Backend):
     name = "cluster"
     job_timeout = 240.0
 
@@ -124,24 +123,6 @@ class ClusterBackend(Backend):
         if importlib.util.find_spec("rpcjob_operator.main") is None:
             return "rpcjob_operator.main is not importable"
         return None
-
-    def operator_pods(self) -> list[dict[str, Any]]:
-        out = self._kubectl("-n", self.operator_namespace, "get", "pods", "-o", "json", "-l",
-                            "app.kubernetes.io/component=operator")  # fmt: skip
-        return list(json.loads(out)["items"])
-
-    def restart_operator(self) -> None:
-        deploy = f"deployment/{RELEASE}-operator"
-        self._kubectl("-n", self.operator_namespace, "rollout", "restart", deploy)
-        self._kubectl("-n", self.operator_namespace, "rollout", "status", deploy,
-                      "--timeout=300s")  # fmt: skip
-
-    def operator_logs(self) -> str:
-        return subprocess.run(
-            [*self.kubectl_base(), "-n", self.operator_namespace, "logs",
-             f"deployment/{RELEASE}-operator", "--all-containers", "--tail=-1"],
-            capture_output=True, text=True, timeout=120,
-        ).stdout  # fmt: skip
 
     # --- etcd, logs ---------------------------------------------------------------------
     @contextmanager

@@ -21,7 +21,6 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -29,6 +28,7 @@ from rpcjob.etcd import Client
 from tests.helm_chart import CHART, helm_binary
 
 from .base import REPO, Backend, wait_for
+from .chart import ChartOperator
 
 KIND_CONFIG = REPO / "e2e" / "kind" / "kind-config.yaml"
 TAG = "e2e"
@@ -75,7 +75,7 @@ def unavailable() -> str | None:
     return None
 
 
-class KindBackend(Backend):
+class KindBackend(ChartOperator, Backend):
     name = "kind"
     job_timeout = 600.0  # first pulls of the torch image are slow
 
@@ -164,26 +164,6 @@ class KindBackend(Backend):
                       "--ignore-not-found")  # fmt: skip
 
     # --- operator -----------------------------------------------------------------------
-    def operator_pods(self) -> list[dict[str, Any]]:
-        import json
-
-        out = self._kubectl("-n", self.operator_namespace, "get", "pods", "-o", "json", "-l",
-                            "app.kubernetes.io/component=operator")  # fmt: skip
-        return list(json.loads(out)["items"])
-
-    def restart_operator(self) -> None:
-        deploy = f"deployment/{RELEASE}-operator"
-        self._kubectl("-n", self.operator_namespace, "rollout", "restart", deploy)
-        self._kubectl("-n", self.operator_namespace, "rollout", "status", deploy,
-                      "--timeout=300s")  # fmt: skip
-
-    def operator_logs(self) -> str:
-        return subprocess.run(
-            [*self.kubectl_base(), "-n", self.operator_namespace, "logs",
-             f"deployment/{RELEASE}-operator", "--all-containers", "--tail=-1"],
-            capture_output=True, text=True, timeout=120,
-        ).stdout  # fmt: skip
-
     # --- etcd (the bundled one, through a port-forward) --------------------------------
     @contextmanager
     def etcd_client(self) -> Iterator[Client]:
