@@ -10,7 +10,13 @@ survivor's agent view equals the etcd membership. Idle CPU: a joined group of 8 
 CPU seconds per second per member over 10 s from /proc/<pid>/stat (rpcjob: worker + its
 sidecar; anchor: plain torch dynamic workers with torch's default options).
 
-    python3 bench/membership_bench.py [--sizes 2,8,32,64] [--repeats 3]
+    python3 bench/membership_bench.py [--sizes 2,8,32,64] [--repeats 3] [--parts idle,join,heal]
+                                      [--anchor-budget SECONDS]
+
+Every child process is started through rpcjob's lifeline launcher, so a bench stopped by
+``timeout`` (SIGTERM: the cleanup runs) or even SIGKILLed leaves no process behind. The
+anchor's group build prints its progress (members joined, seconds, the members' CPU use); with
+--anchor-budget it gives up after that many seconds and says how far it got.
 
 Ends with one JSON line: {"join_s": {...}, "join_vs_tcpstore": {...}, "idle_cpu_per_worker": x,
 "idle_cpu_per_worker_anchor": x, "heal_s_worker_kill": s, "heal_s_sidecar_kill": s}.
@@ -49,17 +55,17 @@ if mode in ("plain", "default"):
 else:
     import rpcjob
     import rpcjob.store, rpcjob.worker.api, rpcjob.worker.join, rpcjob.worker.guard_store
-    import rpcjob.worker.agent_ops, rpcjob.devices.agent  # imports are not join latency
+    import rpcjob.devices.agent  # imports are not join latency
     t0 = time.monotonic()
     ident = rpcjob.init_rpc()
     out("JOINED", ident.worker_name, ident.rank, f"{time.monotonic() - t0:.4f}",
         json.dumps(rpcjob.worker.api.join_timings))
     leave = rpcjob.shutdown
-from rpcjob.worker import agent_ops
+from rpcjob.devices import agent
 for line in sys.stdin:
     cmd = line.split()
     if cmd and cmd[0] == "members":
-        out("MEMBERS", json.dumps(agent_ops.current_members()))
+        out("MEMBERS", json.dumps(agent.current_members()))
     elif cmd and cmd[0] == "leave":
         leave()
         out("LEFT")
@@ -76,6 +82,14 @@ PIPES: dict[str, Any] = {
 }
 
 
+def _popen(argv: list[str]) -> subprocess.Popen[str]:
+    """A child tied to this process (SIGKILL of the bench takes it down too)."""
+    from rpcjob_operator.localexec import lifeline
+
+    cmd, fds = lifeline.wrap(argv)
+    return subprocess.Popen(cmd, pass_fds=fds, start_new_session=True, **PIPES)
+
+
 class Child:
     def __init__(self, popen: subprocess.Popen[str]) -> None:
         self.p = popen
@@ -85,7 +99,7 @@ class Child:
 
     @classmethod
     def plain(cls, name: str, rank: int, port: int) -> Child:
-        return cls(subprocess.Popen([*CHILD_ARGV, "plain", name, str(rank), str(port)], **PIPES))
+        return cls(_popen([*CHILD_ARGV, "plain", name, str(rank), str(port)]))
 
     def _read(self) -> None:
         assert self.p.stdout is not None
@@ -128,8 +142,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tcpstore_join(n: int, repeats: int) -> float:
-    """Median seconds of the N-th join into torch's own group of N-1 over a TCPStore."""
+def _rss_mib(pids: list[int]) -> float:
+    """Anonymous resident memory of ``pids`` together (MiB): what each member costs on top of
+    the shared library pages."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def tcpstore_join(n: int, repeats: int, budget: float = 0.0) -> float | None:
+    """Median seconds of the N-th join into torch's own group of N-1 over a TCPStore; None when
+    the group of N-1 is not formed within ``budget`` seconds (0: no limit)."""
     import torch.distributed as dist
 
     port = _free_port()
@@ -139,18 +165,35 @@ def tcpstore_join(n: int, repeats: int) -> float:
     )  # fmt: skip
     members: list[Child] = []
     times: list[float] = []
+    t0 = last = time.monotonic()
     try:
         # rank 0 of torch's tcp:// handler would start its own server: members use 1..N
         for lo in range(1, n, BATCH):  # a few at a time: 2 shared cores
+            cpu0 = sum(_cpu_s(m.p.pid) for m in members)
             batch = [Child.plain(f"w_{i}", i, port) for i in range(lo, min(n, lo + BATCH))]
+            left = budget - (time.monotonic() - t0) if budget else 300.0
             for m in batch:
-                m.expect("JOINED")
+                m.expect("JOINED", timeout=max(1.0, left))
+            now = time.monotonic()
+            busy = (sum(_cpu_s(m.p.pid) for m in members) - cpu0) / (now - last)
             members += batch
+            if n > 16:  # the slow builds: say how far they got
+                print(f"  anchor N={n}: {len(members)} of {n - 1} joined, {now - t0:6.1f} s "
+                      f"(this batch {now - last:5.1f} s; the earlier members used {busy:4.1f} "
+                      f"cores meanwhile); {_load()}", flush=True)  # fmt: skip
+            last = now
         for r in range(repeats):
             joiner = Child.plain(f"j_{r}", n + r, port)
             times.append(float(joiner.expect("JOINED").split()[3]))
             joiner.ask("leave", "LEFT")
             joiner.kill()
+    except RuntimeError as e:
+        if not budget or time.monotonic() - t0 < budget:
+            raise
+        print(f"  anchor N={n}: gave up after {time.monotonic() - t0:.0f} s (--anchor-budget) "
+              f"with {len(members)} of {n - 1} members joined: {str(e).splitlines()[0]}",
+              flush=True)  # fmt: skip
+        return None
     finally:
         for m in members:
             m.kill()
@@ -187,10 +230,14 @@ def rpcjob_join(endpoint: str, workdir: Path, n: int, repeats: int) -> float:
 
     job = Job(endpoint, workdir / f"join{n}", slots={"worker": n + repeats + 1}, env=SAME_AS_ANCHOR)
     times: list[float] = []
+    t0 = time.monotonic()
     try:
         for lo in range(0, n - 1, BATCH):  # a few at a time: 2 shared cores
             for _, child in _start_pods(job, range(lo, min(n - 1, lo + BATCH))):
                 child.expect("JOINED")
+            if n > 16:
+                print(f"  rpcjob N={n}: {min(n - 1, lo + BATCH)} of {n - 1} joined, "
+                      f"{time.monotonic() - t0:6.1f} s; {_load()}", flush=True)  # fmt: skip
         for r in range(repeats):
             ((pod, joiner),) = _start_pods(job, range(n - 1 + r, n + r))
             times.append(float(joiner.expect("JOINED").split()[3]))
@@ -268,8 +315,9 @@ def _idle_rate(pids: list[int], window: float) -> float:
     return (sum(_cpu_s(p) for p in pids) - before) / (time.monotonic() - t0)
 
 
-def idle_cpu_plain(n: int, window: float) -> float:
-    """CPU-s/s per member of an idle torch dynamic group (TCPStore, torch's default options)."""
+def idle_cpu_plain(n: int, window: float) -> tuple[float, float]:
+    """CPU-s/s and anonymous RSS (MiB) per member of an idle torch dynamic group (TCPStore,
+    torch's default options)."""
     import torch.distributed as dist
 
     port = _free_port()
@@ -281,15 +329,15 @@ def idle_cpu_plain(n: int, window: float) -> float:
     try:
         for lo in range(1, n + 1, BATCH):
             batch = [
-                Child(subprocess.Popen([*CHILD_ARGV, "default", f"w_{i}", str(i), str(port)],
-                                       **PIPES))
+                Child(_popen([*CHILD_ARGV, "default", f"w_{i}", str(i), str(port)]))
                 for i in range(lo, min(n + 1, lo + BATCH))
             ]  # fmt: skip
             for m in batch:
                 m.expect("JOINED")
             members += batch
         time.sleep(2.0)  # settle: the last join's replies and threads
-        return _idle_rate([m.p.pid for m in members], window) / n
+        pids = [m.p.pid for m in members]
+        return _idle_rate(pids, window) / n, _rss_mib(pids) / n
     finally:
         for m in members:
             m.kill()
@@ -313,7 +361,8 @@ def idle_cpu_rpcjob(endpoint: str, workdir: Path, n: int, window: float) -> dict
         sidecars = [p.sidecar.pid for p, _ in pods]
         w = _idle_rate(workers, window) / n
         s = _idle_rate(sidecars, window) / n
-        return {"worker": w, "sidecar": s, "total": w + s}
+        mem = {"worker_mib": _rss_mib(workers) / n, "sidecar_mib": _rss_mib(sidecars) / n}
+        return {"worker": w, "sidecar": s, "total": w + s, **mem}
     finally:
         job.close()
 

@@ -73,7 +73,7 @@ else:
     opts = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://127.0.0.1:{sys.argv[3]}")
     rpc.init_rpc(name, rank=rank, world_size=None, rpc_backend_options=opts)
 T["join"] = time.time()
-from rpcjob.worker import agent_ops
+from rpcjob.devices import agent
 def save(reach):
     tmp = f"{out}/.{name}.json"
     with open(tmp, "w") as f:
@@ -86,7 +86,7 @@ while True:
         want = int(open(f"{out}/target").read())
     except (OSError, ValueError):
         want = 0
-    members = agent_ops.current_members()
+    members = agent.current_members()
     if want and str(want) not in reach and len(members) >= want:
         try:
             for peer, _ in members:

@@ -22,7 +22,7 @@ import os, sys, time, datetime, json, traceback
 mode = sys.argv[1]
 import torch
 import torch.distributed.rpc as rpc
-from rpcjob.worker import agent_ops
+from rpcjob.devices import agent
 
 def out(*a):
     print(*a, flush=True)
@@ -66,7 +66,7 @@ for line in sys.stdin:
         continue
     try:
         if cmd[0] == "members":
-            out("MEMBERS", json.dumps(agent_ops.current_members()))
+            out("MEMBERS", json.dumps(agent.current_members()))
         elif cmd[0] == "ping":
             bad = []
             for peer in cmd[1:]:
@@ -77,14 +77,14 @@ for line in sys.stdin:
                     bad.append(f"{peer}:{str(e)[:120]}")
             out("PING", json.dumps(bad))
         elif cmd[0] == "evict":
-            agent_ops.evict(cmd[1], int(cmd[2]))
+            agent.evict(cmd[1], int(cmd[2]))
             out("EVICTED", cmd[1])
         elif cmd[0] == "autograd":  # the worker id dist-autograd puts in this process's context ids
             import torch.distributed.autograd as dist_autograd
             with dist_autograd.context() as ctx:
                 out("AUTOGRAD", ctx >> 48)
         elif cmd[0] == "metrics":
-            out("METRICS", json.dumps(agent_ops.metrics()))
+            out("METRICS", json.dumps(agent.metrics()))
         elif cmd[0] == "leave":
             if mode == "tcp":
                 rpc.shutdown()

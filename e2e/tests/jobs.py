@@ -26,7 +26,7 @@ ELASTIC_APP = """
 import os, time
 import torch.distributed.rpc as rpc
 import rpcjob
-from rpcjob.worker.agent_ops import current_members
+from rpcjob.devices.agent import current_members
 
 rpcjob.init_rpc()
 last = None

@@ -18,7 +18,11 @@ What torch 2.11/2.13 does in dynamic mode (``init_rpc(world_size=None)``), measu
 `install_membership_guards` closes both holes inside torch's own calls: the joiner sends each
 member exactly the reverse map that member needs (the inverse of the joiner's forward map to
 it), and a member receiving a leave keeps its own devices and the reverse maps of the peers
-that remain. `reapply` (JOINED events) and `evict` (crashed peers) use the same bookkeeping.
+that remain. `reapply` (JOINED events) and `evict` (crashed peers) use the same bookkeeping;
+without the guards installed (plain torch, the store-level tests) that bookkeeping is empty and
+`evict` is torch's bare leave update. `current_members` and `metrics` read the agent.
+
+This is the one module that calls torch's agent.
 """
 
 from __future__ import annotations
@@ -196,3 +200,22 @@ def evict(peer: str, rank: int) -> None:
     rpc.api._get_current_rpc_agent()._update_group_membership(
         rpc.WorkerInfo(peer, rank), _torch_devices(_devices), _all_reverse(), False
     )
+
+
+def current_members() -> list[tuple[str, int]]:
+    """This agent's view of the group: sorted ``(name, rank)``, this worker included."""
+    agent = _mod("torch.distributed.rpc.api")._get_current_rpc_agent()
+    return sorted((w.name, int(w.id)) for w in agent.get_worker_infos())
+
+
+def metrics() -> dict[str, float]:
+    """The agent's numeric metrics (``agent.*``), plus debug-info numbers, as floats."""
+    agent = _mod("torch.distributed.rpc.api")._get_current_rpc_agent()
+    out: dict[str, float] = {}
+    for source in (agent.get_metrics(), agent.get_debug_info()):
+        for key, value in source.items():
+            try:
+                out[str(key)] = float(value)
+            except (TypeError, ValueError):
+                continue  # non-numeric debug entries are not metrics
+    return out

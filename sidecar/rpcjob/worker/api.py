@@ -302,11 +302,11 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
             os._exit(EXIT_LOST_SIDECAR)
 
     def metrics() -> None:
-        from rpcjob.worker import agent_ops
+        from rpcjob.devices import agent
 
         while not _w.stop.wait(metrics_interval):
             try:
-                session.report(R.METRICS, metrics=agent_ops.metrics())
+                session.report(R.METRICS, metrics=agent.metrics())
             except Exception:
                 return  # the agent is shutting down
 
