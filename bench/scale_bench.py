@@ -41,6 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Every child goes through rpcjob's lifeline launcher: a bench stopped by `timeout`, even with
+# SIGKILL, leaves no process behind (the anchor's busy-polling workers would load the host).
+from rpcjob_operator.localexec import lifeline
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The member: phases stamped in wall-clock seconds, then a reachability loop. MODE "rpcjob"
@@ -162,9 +166,12 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
     (out / "target").write_text("2")
     created: dict[str, float] = {}
     errlog = (workdir / "run.err").open("w")
+    argv, fds = lifeline.wrap(
+        [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json"]
+    )
     run = subprocess.Popen(
-        [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json"],
-        stdout=subprocess.PIPE, stderr=errlog, text=True, start_new_session=True,
+        argv, stdout=subprocess.PIPE, stderr=errlog, text=True, start_new_session=True,
+        pass_fds=fds,
     )  # fmt: skip
 
     def reached(n: int) -> dict[str, dict[str, Any]] | None:
@@ -234,11 +241,12 @@ def anchor(size: int, workdir: Path) -> float:
     env = dict(os.environ, SCALE_MODE="plain", SCALE_OUT=str(out))
     t0 = time.time()
     # rank 0 of torch's tcp:// handler would start its own server: members use 1..N
-    procs = [
-        subprocess.Popen([sys.executable, "-c", MEMBER, f"w_{i}", str(i), str(port)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for i in range(1, size + 1)
-    ]  # fmt: skip
+    procs = []
+    for i in range(1, size + 1):
+        argv, fds = lifeline.wrap([sys.executable, "-c", MEMBER, f"w_{i}", str(i), str(port)])
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, pass_fds=fds,
+                                      start_new_session=True))  # fmt: skip
     try:
         done = _wait(lambda: _reached(out, size), 900, f"{size} plain torch members")
     finally:
