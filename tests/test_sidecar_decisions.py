@@ -12,9 +12,16 @@ from rpcjob import torchkeys as tk
 from rpcjob.etcd import KV, WatchEvent
 from rpcjob.records import MemberRecord
 from rpcjob.sidecar.cleanup import (
+    Action,
+    DeleteStale,
     EvictRequest,
     LiveRank,
+    Publish,
+    Release,
     StoreState,
+    TakeToken,
+    WaitForHolder,
+    after_leave,
     name_is_clean,
     plan_cleanup,
 )
@@ -91,89 +98,74 @@ def live(*ranks: tuple[int, str]) -> dict[int, LiveRank]:
 CLEANER = tk.CLEANER_TOKEN
 A_JOIN = tk.worker_token("a_0", "join")
 B_JOIN = tk.worker_token("b_1", "join")
+B_REQ = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
+A0, D3 = live((0, "a_0")), live((0, "a_0"), (3, "d_3"))
+
+# (why, state, now, the next action); ack deadline 10 s
+CLEANUP_CASES: list[tuple[str, StoreState, float, Action | None]] = [
+    ("nothing to do when torch matches etcd",
+     StoreState(live((0, "a_0"), (1, "b_1")), token="", all_infos="a_0-0,b_1-1,",
+                names={0: "a_0", 1: "b_1"}, addrs={"a_0", "b_1"}), 100, None),
+    ("a dead member: take the free token first",
+     StoreState(A0, token="", all_infos="a_0-0,b_1-1,"), 100, TakeToken("")),
+    ("a missing token is taken like a free one",
+     StoreState(A0, token=None, all_infos="a_0-0,b_1-1,"), 100, TakeToken("")),
+    ("token held: rewrite the list and request the acks in one step",
+     StoreState(A0, token=CLEANER, all_infos="a_0-0,b_1-1,c_2-2,"), 100,
+     Publish("a_0-0,", (("b_1", 1), ("c_2", 2)))),
+    ("a dead member already requested: only the list is rewritten",
+     StoreState(A0, token=CLEANER, all_infos="a_0-0,b_1-1,", evicts=B_REQ), 100,
+     Publish("a_0-0,", ())),
+    ("waiting for an ack",
+     StoreState(D3, token=CLEANER, all_infos="a_0-0,d_3-3,", evicts=B_REQ,
+                acks={("b_1", 1): {0}}), 101, None),
+    ("every live incarnation acked: release",
+     StoreState(D3, token=CLEANER, all_infos="a_0-0,d_3-3,", evicts=B_REQ,
+                acks={("b_1", 1): {0, 3}}), 101, Release((("b_1", 1),), ())),
+    ("a survivor that died is no longer awaited",
+     StoreState(A0, token=CLEANER, all_infos="a_0-0,", evicts=B_REQ, acks={("b_1", 1): {0}}),
+     101, Release((("b_1", 1),), ())),
+    ("no ack before the deadline", StoreState(A0, token=CLEANER, all_infos="a_0-0,",
+                                              evicts=B_REQ), 109, None),
+    ("no ack at the deadline: released all the same",
+     StoreState(A0, token=CLEANER, all_infos="a_0-0,", evicts=B_REQ), 111,
+     Release((("b_1", 1),), (("b_1", 1),))),
+    ("a live holder is waited for",
+     StoreState(live((0, "a_0"), (1, "b_1")), token=B_JOIN, all_infos="a_0-0,c_2-2,"), 100,
+     WaitForHolder(B_JOIN, (("c_2", 2),))),
+    # b_1 died holding its join token before it wrote a member record: its rank record is
+    # gone, so the token is taken over although _ALL_WORKER_INFOS does not list it yet (its
+    # stale names/1 goes first, without the token)
+    ("a joiner dead inside the critical section: its keys first",
+     StoreState(A0, token=B_JOIN, all_infos="a_0-0,", names={1: "b_1"}), 100,
+     DeleteStale({1: "b_1"})),
+    ("a joiner dead inside the critical section: then its token",
+     StoreState(A0, token=B_JOIN, all_infos="a_0-0,"), 100, TakeToken(B_JOIN)),
+    ("an unknown token value is taken over (with a warning)",
+     StoreState(A0, token="garbage", all_infos="a_0-0,"), 100, TakeToken("garbage", True)),
+    ("a held token with nothing left is released",
+     StoreState(A0, token=CLEANER, all_infos="a_0-0,"), 100, Release()),
+    ("stale names and addrs go, live ones stay",
+     StoreState(live((0, "a_0"), (2, "b_1")), token="", all_infos="a_0-0,",
+                names={0: "a_0", 1: "b_1", 2: "b_1"}, addrs={"a_0", "b_1", "c_9"}), 100,
+     DeleteStale({1: "b_1"}, ("c_9",))),
+    ("a rank reserved as a dist-autograd id is not live (its keys go)",
+     StoreState(A0, token="", all_infos="a_0-0,", names={5: "b_1"}, addrs={"b_1"}), 100,
+     DeleteStale({5: "b_1"}, ("b_1",))),
+]  # fmt: skip
 
 
-def test_nothing_to_do_when_torch_matches_etcd() -> None:
-    s = StoreState(live(( 0, "a_0"), (1, "b_1")), token="", all_infos="a_0-0,b_1-1,",
-                   names={0: "a_0", 1: "b_1"}, addrs={"a_0", "b_1"})  # fmt: skip
-    p = plan_cleanup(s, now=100, ack_deadline=10)
-    assert p.idle and p.dead == []
+@pytest.mark.parametrize(("why", "state", "now", "want"), CLEANUP_CASES,
+                         ids=[c[0] for c in CLEANUP_CASES])  # fmt: skip
+def test_plan_cleanup(why: str, state: StoreState, now: float, want: Action | None) -> None:
+    assert plan_cleanup(state, now, ack_deadline=10) == want
 
 
-def test_dead_member_takes_free_token_first() -> None:
-    s = StoreState(live((0, "a_0")), token="", all_infos="a_0-0,b_1-1,")
-    p = plan_cleanup(s, 100, 10)
-    assert p.dead == [("b_1", 1)] and p.take_token == "" and p.new_all_infos is None
-
-
-def test_dead_member_with_token_held_rewrites_and_requests_acks() -> None:
-    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,b_1-1,c_2-2,")
-    p = plan_cleanup(s, 100, 10)
-    assert p.dead == [("b_1", 1), ("c_2", 2)]
-    assert p.new_all_infos == "a_0-0,"
-    assert p.new_evicts == [("b_1", 1), ("c_2", 2)] and not p.release
-
-
-def test_waits_for_acks_then_releases() -> None:
-    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
-    base = dict(token=CLEANER, all_infos="a_0-0,d_3-3,", evicts=req)
-    waiting = plan_cleanup(
-        StoreState(live((0, "a_0"), (3, "d_3")), **base, acks={("b_1", 1): {0}}), 101, 10
-    )  # type: ignore[arg-type]
-    assert not waiting.release and waiting.new_evicts == []
-    acked = plan_cleanup(
-        StoreState(live((0, "a_0"), (3, "d_3")), **base, acks={("b_1", 1): {0, 3}}), 101, 10
-    )  # type: ignore[arg-type]
-    assert acked.release and acked.done == [("b_1", 1)] and acked.expired == []
-
-
-def test_a_survivor_that_dies_is_no_longer_awaited() -> None:
-    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
-    s = StoreState(
-        live((0, "a_0")), token=CLEANER, all_infos="a_0-0,", evicts=req, acks={("b_1", 1): {0}}
-    )  # d_3 died after the request: not required
-    assert plan_cleanup(s, 101, 10).release
-
-
-def test_deadline_releases_without_every_ack() -> None:
-    req = {("b_1", 1): EvictRequest("b_1", 1, created=100)}
-    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,", evicts=req)
-    assert not plan_cleanup(s, 109, 10).release
-    p = plan_cleanup(s, 111, 10)
-    assert p.release and p.expired == [("b_1", 1)]
-
-
-def test_live_holder_is_waited_for() -> None:
-    s = StoreState(live((0, "a_0"), (1, "b_1")), token=B_JOIN, all_infos="a_0-0,c_2-2,")
-    p = plan_cleanup(s, 100, 10)
-    assert p.wait_for == B_JOIN and p.take_token is None
-
-
-def test_joiner_dead_inside_critical_section_is_taken_over() -> None:
-    # b_1 died holding its join token before it ever wrote a member record: its rank record
-    # is gone, so its token is taken over even though _ALL_WORKER_INFOS does not list it yet
-    s = StoreState(live((0, "a_0")), token=B_JOIN, all_infos="a_0-0,", names={1: "b_1"})
-    p = plan_cleanup(s, 100, 10)
-    assert p.take_token == B_JOIN and p.delete_names == {1: "b_1"}
-
-
-def test_unknown_token_value_is_taken_over_with_a_warning() -> None:
-    s = StoreState(live((0, "a_0")), token="garbage", all_infos="a_0-0,")
-    p = plan_cleanup(s, 100, 10)
-    assert p.take_token == "garbage" and p.unknown_token == "garbage"
-
-
-def test_held_token_with_nothing_left_is_released() -> None:
-    s = StoreState(live((0, "a_0")), token=CLEANER, all_infos="a_0-0,")
-    p = plan_cleanup(s, 100, 10)
-    assert p.release and p.done == []
-
-
-def test_stale_names_and_addrs_are_deleted_but_live_ones_kept() -> None:
-    s = StoreState(live((0, "a_0"), (2, "b_1")), token="", all_infos="a_0-0,",
-                   names={0: "a_0", 1: "b_1", 2: "b_1"}, addrs={"a_0", "b_1", "c_9"})  # fmt: skip
-    p = plan_cleanup(s, 100, 10)
-    assert p.delete_names == {1: "b_1"} and p.delete_addrs == ["c_9"]
+def test_a_graceful_leave_deletes_the_keys_torch_leaves_behind() -> None:
+    assert after_leave("b_1", 4) == DeleteStale({4: "b_1"}, ("b_1",))
+    # the same rule as a crash: the cleaner would delete exactly these once rank 4 is gone
+    state = StoreState(A0, names={4: "b_1"}, addrs={"b_1"})
+    assert plan_cleanup(state, 0, 10) == after_leave("b_1", 4)
 
 
 NAME_GATE = [

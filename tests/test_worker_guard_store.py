@@ -45,22 +45,9 @@ def test_token_held_by_a_dead_incarnation_of_my_name_is_waited_out(
     t.start()
     t.join(0.5)
     assert t.is_alive() and g.holding is None  # torch would have believed it holds it
-    # the cleaner takes the token over and releases it (torchkeys.release_steps)
+    # the cleaner takes the token over and releases it in torch's order (rpcjob.sidecar.cleaner)
     assert store.compare_set(TOKEN, MINE, tk.CLEANER_TOKEN) == tk.CLEANER_TOKEN.encode()
-    for key, value in tk.release_steps():
-        store.set(key, value)
+    store.set(TOKEN, "")
+    store.set(tk.waiter_key(tk.CLEANER_TOKEN), tk.DONE)
     t.join(30)
     assert got == [MINE.encode()] and g.holding == MINE
-
-
-def test_release_failed_join_removes_my_entry_and_frees_the_token(store: dist.TCPStore) -> None:
-    g = GuardStore(store, "w_1", 4)
-    assert g.compare_set(TOKEN, "", MINE) == MINE.encode()
-    store.set(tk.ALL_WORKER_INFOS_KEY, "w_0-0,w_1-4,")
-    store.set(tk.name_key(4), "w_1")
-    store.set(tk.addr_key("w_1"), "uv://127.0.0.1:1")
-    assert g.release_failed_join()
-    assert store.get(tk.ALL_WORKER_INFOS_KEY) == b"w_0-0,"
-    assert not store.check([tk.name_key(4)]) and not store.check([tk.addr_key("w_1")])
-    assert store.get(TOKEN) == b"" and store.get(tk.waiter_key(MINE)) == b"Done"
-    assert not g.release_failed_join()  # nothing held any more

@@ -41,10 +41,9 @@ if mode == "tcp":
             J.join(J.JoinSpec(name, rank, timeout, 4), store)
             out("JOINED", name, rank, f"{time.monotonic() - t0:.3f}")
             break
-        except Exception as e:
-            released = store.release_failed_join()
+        except Exception as e:  # its token and keys are left to the cleaner, as in a pod
             msg = repr(e)[:300].replace("\n", " ")
-            out("JOINFAIL", f"{time.monotonic() - t0:.3f}", released, msg)
+            out("JOINFAIL", f"{time.monotonic() - t0:.3f}", msg)
             rank = int(sys.stdin.readline().split()[1])  # "retry <rank>"
 else:
     import rpcjob

@@ -1,6 +1,8 @@
-"""The elected cleaner: reads one etcd snapshot, asks :func:`cleanup.plan_cleanup` what to do,
-and applies one step as a guarded txn (every write compares what the plan was made from, so a
-raced or deposed cleaner changes nothing)."""
+"""The executor of crash cleanup, in the style of torch.distributed.elastic's rendezvous op
+executor: read one etcd snapshot, ask :func:`cleanup.plan_cleanup` for the next action, apply it
+as one guarded txn, repeat. Every txn compares what the plan was made from and that this
+sidecar still holds the cleaner election, so a raced or deposed cleaner changes nothing and the
+next step re-plans from a fresh read."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import assert_never
 
 from rpcjob import contract as c
 from rpcjob import torchkeys as tk
@@ -16,11 +19,16 @@ from rpcjob.etcd import KV, Client, Compare, Op, RangeResult, TxnResult
 from rpcjob.etcd._convert import prefix_end
 
 from .cleanup import (
-    CleanupPlan,
+    Action,
+    DeleteStale,
     EvictRequest,
     Identity,
     LiveRank,
+    Publish,
+    Release,
     StoreState,
+    TakeToken,
+    WaitForHolder,
     plan_cleanup,
     torch_key,
 )
@@ -41,10 +49,8 @@ def parse_ident(text: str) -> Identity:
 class Snapshot:
     state: StoreState
     revision: int
-    token_kv: KV | None
+    token_kv: KV | None  # the compares of the takeover and the rewrite
     infos_kv: KV | None
-    name_kvs: dict[int, KV]
-    addr_kvs: dict[str, KV]
 
 
 def kvs_of(r: object) -> list[KV]:
@@ -76,20 +82,14 @@ def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
     for kv in ranks:
         r = int(kv.key.decode().rsplit("/", 1)[1])
         worker = str(json.loads(kv.value)["worker"])
-        if worker:  # "": a rank reserved as a process's dist-autograd id (ranks.RESERVE_LOST)
+        if worker:  # "": a rank reserved as a process's dist-autograd id (ranks.ReserveLost)
             live[r] = LiveRank(r, worker, kv.create_revision)
-    name_kvs: dict[int, KV] = {}
-    for kv in names:
-        tail = kv.key.decode()[len(names_prefix) :]
-        if tail.isdigit():
-            name_kvs[int(tail)] = kv
-    addr_kvs = {kv.key.decode()[len(addrs_prefix) :]: kv for kv in addrs}
     state = StoreState(
         live=live,
         token=token[0].value.decode() if token else None,
         all_infos=infos[0].value.decode() if infos else None,
-        names={r: kv.value.decode() for r, kv in name_kvs.items()},
-        addrs=set(addr_kvs),
+        names={int(t): kv.value.decode() for t, kv in _tails(names, names_prefix) if t.isdigit()},
+        addrs={t for t, _ in _tails(addrs, addrs_prefix)},
     )
     for kv in evicts:
         d = json.loads(kv.value)
@@ -98,19 +98,28 @@ def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
     for kv in acks:
         ident_s, _, acker = kv.key.decode()[len(keys.evict_acks) :].partition("/")
         state.acks.setdefault(parse_ident(ident_s), set()).add(int(acker))
-    state.waiters = {kv.key.decode()[len(keys.token_waiters) :] for kv in waiters}
-    return Snapshot(
-        state,
-        res.revision,
-        token[0] if token else None,
-        infos[0] if infos else None,
-        name_kvs,
-        addr_kvs,
-    )
+    state.waiters = {t for t, _ in _tails(waiters, keys.token_waiters)}
+    return Snapshot(state, res.revision, token[0] if token else None, infos[0] if infos else None)
+
+
+def _tails(kvs: list[KV], prefix: str) -> list[tuple[str, KV]]:
+    return [(kv.key.decode()[len(prefix) :], kv) for kv in kvs]
+
+
+def delete_stale_ops(keys: c.JobKeys, action: DeleteStale) -> list[Op]:
+    """The deletions of a :class:`DeleteStale`: ``names/<rank>`` only while it still names the
+    dead identity (a nested txn), ``addrs/<name>`` outright. Used by the cleaner and by the
+    graceful leave's txn (``cleanup.after_leave``)."""
+    ops: list[Op] = []
+    for rank, name in sorted(action.names.items()):
+        key = torch_key(keys, tk.name_key(rank))
+        ops.append(Op.txn([Compare.value(key, "=", name)], [Op.delete(key)]))
+    ops += [Op.delete(torch_key(keys, tk.addr_key(name))) for name in action.addrs]
+    return ops
 
 
 class Cleaner:
-    """Applies cleanup plans; ``step()`` does at most one write and says whether it did."""
+    """Applies cleanup actions; ``step()`` does at most one write and says whether it did."""
 
     def __init__(
         self,
@@ -138,50 +147,45 @@ class Cleaner:
 
     def step(self) -> bool:
         snap = read_snapshot(self.client, self.keys)
-        plan = plan_cleanup(snap.state, time.time(), self.ack_deadline)
-        if plan.unknown_token:
-            log.warning("membership token holds an unknown value %r: taking it over",
-                        plan.unknown_token)  # fmt: skip
-        if plan.delete_names or plan.delete_addrs:
-            return self._delete_stale(snap, plan)
-        if plan.wait_for:
-            if plan.wait_for != self._last_wait:
-                log.info("waiting for the live token holder %s before evicting %s",
-                         plan.wait_for, plan.dead)  # fmt: skip
-            self._last_wait = plan.wait_for
-            return False
-        self._last_wait = None
-        if plan.take_token is not None:
-            return self._take_token(snap, plan.take_token)
-        if plan.new_all_infos is not None or plan.new_evicts:
-            return self._publish(snap, plan)
-        if plan.release:
-            return self._release(snap, plan)
-        return False
+        action = plan_cleanup(snap.state, time.time(), self.ack_deadline)
+        if not isinstance(action, WaitForHolder):
+            self._last_wait = None
+        return self.apply(snap, action)
 
-    def _delete_stale(self, snap: Snapshot, plan: CleanupPlan) -> bool:
-        compare: list[Compare] = []
-        ops: list[Op] = []
-        for r in plan.delete_names:
-            kv = snap.name_kvs[r]
-            compare.append(Compare.mod_revision(kv.key, "=", kv.mod_revision))
-            ops.append(Op.delete(kv.key))
-        for name in plan.delete_addrs:
-            kv = snap.addr_kvs[name]
-            compare.append(Compare.mod_revision(kv.key, "=", kv.mod_revision))
-            ops.append(Op.delete(kv.key))
-        # A live rank record appearing meanwhile would make a key live again: compare them.
-        compare.append(
-            Compare("mod_revision", self.keys.ranks.encode(), "<", snap.revision + 1,
-                    prefix_end(self.keys.ranks.encode()))
-        )  # fmt: skip
-        res = self._txn(compare, ops)
-        if res.succeeded:
-            log.info("deleted stale torch keys: names %s, addrs %s",
-                     sorted(plan.delete_names), plan.delete_addrs)  # fmt: skip
+    def apply(self, snap: Snapshot, action: Action | None) -> bool:
+        match action:
+            case None:
+                return False
+            case WaitForHolder(holder, dead):
+                if holder != self._last_wait:
+                    log.info("waiting for the live token holder %s before evicting %s",
+                             holder, list(dead))  # fmt: skip
+                self._last_wait = holder
+                return False
+            case DeleteStale():
+                self._delete_stale(snap, action)
+            case TakeToken():
+                self._take_token(snap, action)
+            case Publish():
+                self._publish(snap, action)
+            case Release():
+                self._release(snap, action)
+            case _:
+                assert_never(action)
         return True
 
-    def _take_token(self, snap: Snapshot, holder: str) -> bool:
+    def _delete_stale(self, snap: Snapshot, action: DeleteStale) -> None:
+        # A live rank record appearing meanwhile would make a key live again: compare them.
+        ranks = self.keys.ranks.encode()
+        unchanged = Compare("mod_revision", ranks, "<", snap.revision + 1, prefix_end(ranks))
+        if self._txn([unchanged], delete_stale_ops(self.keys, action)).succeeded:
+            log.info("deleted stale torch keys: names %s, addrs %s",
+                     sorted(action.names), list(action.addrs))  # fmt: skip
+
+    def _take_token(self, snap: Snapshot, action: TakeToken) -> None:
+        if action.unknown:
+            log.warning("membership token holds an unknown value %r: taking it over",
+                        action.holder)  # fmt: skip
         tkey = self._tk(tk.TOKEN_KEY)
         cmp = (
             Compare.version(tkey, "=", 0)
@@ -193,31 +197,27 @@ class Cleaner:
             # A stale "Done" on our waiter key would make new waiters spin instead of block.
             Op.delete(self._tk(tk.waiter_key(tk.CLEANER_TOKEN))),
         ]
-        if holder:
-            ops.append(Op.put(self.keys.token_waiters + holder, ""))
-        res = self._txn([cmp], ops)
-        if res.succeeded:
-            log.info("took the membership token (was %r)", holder)
-        return True
+        if action.holder:
+            ops.append(Op.put(self.keys.token_waiters + action.holder, ""))
+        if self._txn([cmp], ops).succeeded:
+            log.info("took the membership token (was %r)", action.holder)
 
-    def _publish(self, snap: Snapshot, plan: CleanupPlan) -> bool:
+    def _publish(self, snap: Snapshot, action: Publish) -> None:
         tkey, ikey = self._tk(tk.TOKEN_KEY), self._tk(tk.ALL_WORKER_INFOS_KEY)
         compare = [Compare.value(tkey, "=", tk.CLEANER_TOKEN)]
         ops: list[Op] = []
-        if plan.new_all_infos is not None:
+        if action.all_infos is not None:
             assert snap.infos_kv is not None
             compare.append(Compare.mod_revision(ikey, "=", snap.infos_kv.mod_revision))
-            ops.append(Op.put(ikey, plan.new_all_infos))
+            ops.append(Op.put(ikey, action.all_infos))
         now = time.time()
-        for name, rank in plan.new_evicts:
+        for name, rank in action.evicts:
             ops.append(Op.put(self.keys.evict(name, rank), evict_value(name, rank, now)))
-        res = self._txn(compare, ops)
-        if res.succeeded:
-            log.info("evicting %s from torch's group (live: %s)", plan.new_evicts,
+        if self._txn(compare, ops).succeeded:
+            log.info("evicting %s from torch's group (live: %s)", list(action.evicts),
                      sorted(snap.state.live))  # fmt: skip
-        return True
 
-    def _release(self, snap: Snapshot, plan: CleanupPlan) -> bool:
+    def _release(self, snap: Snapshot, action: Release) -> None:
         tkey = self._tk(tk.TOKEN_KEY)
         # Exactly torch's release: token "" first, then each waiter key "Done".
         ops = [Op.put(tkey, "")]
@@ -225,19 +225,17 @@ class Cleaner:
             ops.append(Op.put(self._tk(tk.waiter_key(holder)), tk.DONE))
         ops.append(Op.put(self._tk(tk.waiter_key(tk.CLEANER_TOKEN)), tk.DONE))
         ops.append(Op.delete(self.keys.token_waiters, prefix=True))
-        for name, rank in plan.done:
+        for name, rank in action.done:
             ops.append(Op.delete(self.keys.evict(name, rank)))
             ops.append(Op.delete(f"{self.keys.evict(name, rank)}/", prefix=True))
             ops.append(Op.delete(f"{self.keys.evict_acks}{name}-{rank}/", prefix=True))
-        res = self._txn([Compare.value(tkey, "=", tk.CLEANER_TOKEN)], ops)
-        if res.succeeded:
-            now = time.time()
-            for ident in plan.done:
-                req = snap.state.evicts[ident]
-                expired = ident in plan.expired
-                if expired:
-                    log.warning("evicted %s without every survivor's ack (deadline %.0fs)",
-                                ident, self.ack_deadline)  # fmt: skip
-                self.on_evicted(ident, now - req.created, expired)
-            log.info("released the membership token (evicted %s)", plan.done)
-        return True
+        if not self._txn([Compare.value(tkey, "=", tk.CLEANER_TOKEN)], ops).succeeded:
+            return
+        now = time.time()
+        for ident in action.done:
+            expired = ident in action.expired
+            if expired:
+                log.warning("evicted %s without every survivor's ack (deadline %.0fs)",
+                            ident, self.ack_deadline)  # fmt: skip
+            self.on_evicted(ident, now - snap.state.evicts[ident].created, expired)
+        log.info("released the membership token (evicted %s)", list(action.done))

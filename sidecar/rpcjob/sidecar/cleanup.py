@@ -1,17 +1,21 @@
-"""Crash eviction: the pure decision of what to take over, rewrite, delete and release in
-torch's store after members died (docs/architecture.md#recovery). The executor is
-:mod:`rpcjob.sidecar.cleaner`.
+"""Crash cleanup: the one pure planner of every repair rpcjob makes to torch's keys in the store
+(docs/architecture.md#recovery). State in, one action out; :mod:`rpcjob.sidecar.cleaner` is the
+executor that applies an action as one guarded etcd txn.
 
-The decision is level-triggered: it compares torch's own view (``_ALL_WORKER_INFOS``, the
+The plan is level-triggered: it compares torch's own view (``_ALL_WORKER_INFOS``, the
 membership token, ``names/<rank>``, ``addrs/<name>``) with the live rank records in etcd, so a
-cleaner that dies half-way is simply replaced by the next one, which recomputes the same plan.
+cleaner that dies half-way is simply replaced by the next one, which plans the same remaining
+steps from the same state.
 
 A torch identity ``<name>-<rank>`` is *live* while ``ranks/<rank>`` exists and names ``<name>``
 (the rank record is bound to its incarnation's lease and written before the worker joins).
+Torch never removes a crashed member, and a graceful leave leaves ``names/<rank>`` and
+``addrs/<name>`` behind: the keys of an identity that is not live are stale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rpcjob import contract as c
@@ -58,89 +62,115 @@ class StoreState:
     waiters: set[str] = field(default_factory=set)  # holder tokens taken over
 
 
-@dataclass
-class CleanupPlan:
-    dead: list[Identity] = field(default_factory=list)
-    # Compare-and-set the token from this value ("" = free or missing) to CLEANER_TOKEN.
-    take_token: str | None = None
-    wait_for: str | None = None  # a live holder: wait for it
-    new_all_infos: str | None = None
-    delete_names: dict[int, str] = field(default_factory=dict)
-    delete_addrs: list[str] = field(default_factory=list)
-    new_evicts: list[Identity] = field(default_factory=list)
-    release: bool = False
-    done: list[Identity] = field(default_factory=list)  # requests the release completes
-    expired: list[Identity] = field(default_factory=list)  # of which: released by deadline
-    unknown_token: str | None = None
+# --- the actions: each is one guarded txn of the executor --------------------------------------
+@dataclass(frozen=True)
+class DeleteStale:
+    """Delete ``names/<rank>`` (only while it still names ``names[rank]``) and ``addrs/<name>``
+    of identities that are not live. No token needed: no live worker reads them."""
 
-    @property
-    def idle(self) -> bool:
-        return not (
-            self.take_token is not None
-            or self.new_all_infos is not None
-            or self.delete_names
-            or self.delete_addrs
-            or self.new_evicts
-            or self.release
-        )
+    names: Mapping[int, str]
+    addrs: tuple[str, ...] = ()
 
 
-def plan_cleanup(state: StoreState, now: float, ack_deadline: float) -> CleanupPlan:
-    """Decide the next step of crash cleanup.
+@dataclass(frozen=True)
+class TakeToken:
+    """Compare-and-set the token from ``holder`` ("" = free or missing) to CLEANER_TOKEN."""
+
+    holder: str
+    unknown: bool = False  # no torch worker writes such a value: taken over with a warning
+
+
+@dataclass(frozen=True)
+class WaitForHolder:
+    """A live joiner or leaver holds the token: nothing to do until it releases it."""
+
+    holder: str
+    dead: tuple[Identity, ...]
+
+
+@dataclass(frozen=True)
+class Publish:
+    """With the token held: rewrite ``_ALL_WORKER_INFOS`` without the dead (None: unchanged)
+    and publish an eviction request per newly dead identity, in one txn."""
+
+    all_infos: str | None
+    evicts: tuple[Identity, ...]
+
+
+@dataclass(frozen=True)
+class Release:
+    """Release the token as torch does and delete the requests in ``done`` with their acks;
+    ``expired`` ones were released at the ack deadline, not by every live incarnation."""
+
+    done: tuple[Identity, ...] = ()
+    expired: tuple[Identity, ...] = ()
+
+
+Action = DeleteStale | TakeToken | WaitForHolder | Publish | Release
+
+
+def is_live(state: StoreState, name: str, rank: int) -> bool:
+    lr = state.live.get(rank)
+    return lr is not None and lr.worker == name
+
+
+def stale_keys(state: StoreState) -> DeleteStale | None:
+    live_names = {lr.worker for lr in state.live.values()}
+    names = {r: n for r, n in state.names.items() if not is_live(state, n, r)}
+    addrs = tuple(sorted(a for a in state.addrs if a not in live_names))
+    return DeleteStale(names, addrs) if names or addrs else None
+
+
+def after_leave(name: str, rank: int) -> DeleteStale:
+    """A graceful leave ends ``(name, rank)`` in the txn that deletes its rank record: its
+    torch keys are stale from that revision on, so the same txn deletes them (a joiner that
+    reuses the rank compare_sets ``names/<rank>`` from "" and would fail on the old name)."""
+    return DeleteStale({rank: name}, (name,))
+
+
+def plan_cleanup(state: StoreState, now: float, ack_deadline: float) -> Action | None:
+    """The next step of crash cleanup, or None when there is nothing to do now.
 
     The token is needed to rewrite ``_ALL_WORKER_INFOS`` (torch edits it under the token) and is
     held until every live incarnation acked the eviction (or ``ack_deadline`` seconds passed, so
     that a hung survivor cannot wedge the group; a survivor that dies stops being required).
     """
-    plan = CleanupPlan()
-    live_names = {lr.worker for lr in state.live.values()}
-
-    def is_live(name: str, rank: int) -> bool:
-        lr = state.live.get(rank)
-        return lr is not None and lr.worker == name
-
+    stale = stale_keys(state)
+    if stale is not None:
+        return stale
     entries = parse_worker_infos(state.all_infos or "")
-    plan.dead = [(n, r) for n, r in entries if not is_live(n, r)]
-    plan.delete_names = {r: n for r, n in state.names.items() if not is_live(n, r)}
-    plan.delete_addrs = sorted(a for a in state.addrs if a not in live_names)
-
+    dead = tuple((n, r) for n, r in entries if not is_live(state, n, r))
     holder = state.token or ""
     mine = holder == CLEANER_TOKEN  # one elected cleaner at a time: a predecessor's is ours
-    holder_dead = False
-    if holder and not mine:
-        who = token_holder(holder)
-        if who is None:
-            plan.unknown_token = holder  # no live torch worker holds such a value: take it
-            holder_dead = True
-        elif who[0] not in live_names:
-            holder_dead = True
+    who = token_holder(holder)
+    unknown = bool(holder) and not mine and who is None
+    live_names = {lr.worker for lr in state.live.values()}
+    holder_dead = unknown or (who is not None and who[0] not in live_names)
 
-    needs_token = bool(plan.dead) or holder_dead or bool(state.evicts)
-    if not needs_token:
-        plan.release = mine
-        return plan
+    if not (dead or holder_dead or state.evicts):
+        return Release() if mine else None
     if holder and not mine and not holder_dead:
-        plan.wait_for = holder  # a live joiner/leaver
-        return plan
+        return WaitForHolder(holder, dead)
     if not mine:
-        plan.take_token = holder
-        return plan  # edits happen once the token is ours (next step, fresh snapshot)
+        return TakeToken(holder, unknown)  # edits once the token is ours, from a fresh read
+    if dead:
+        kept = format_worker_infos([e for e in entries if e not in dead])
+        return Publish(kept, tuple(d for d in dead if d not in state.evicts))
+    return _release_when_acked(state, now, ack_deadline)
 
-    if plan.dead:
-        plan.new_all_infos = format_worker_infos([e for e in entries if e not in plan.dead])
-    plan.new_evicts = [d for d in plan.dead if d not in state.evicts]
-    if plan.new_evicts:
-        return plan  # acks come after the requests are published
+
+def _release_when_acked(state: StoreState, now: float, ack_deadline: float) -> Release | None:
+    done: list[Identity] = []
+    expired: list[Identity] = []
     for ident, req in sorted(state.evicts.items()):
         acked = state.acks.get(ident, set())
         missing = [r for r in state.live if r not in acked]
         if missing and now < req.created + ack_deadline:
-            return plan  # still waiting
-        plan.done.append(ident)
+            return None  # still waiting
+        done.append(ident)
         if missing:
-            plan.expired.append(ident)
-    plan.release = True
-    return plan
+            expired.append(ident)
+    return Release(tuple(done), tuple(expired))
 
 
 def name_is_clean(state: StoreState, name: str) -> bool:

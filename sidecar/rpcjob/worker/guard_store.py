@@ -11,9 +11,9 @@ It fixes what torch's membership critical section gets wrong, without touching t
   (``wait`` returns at once and they retry). The key is deleted before taking the token.
 * A crashed earlier incarnation of the same worker name may still hold the token under the
   *same* value; torch would think it holds it. We wait until the cleaner takes it over.
-* :meth:`release_failed_join` can remove a failed join's keys and release the token it still
-  holds; ``rpcjob.init_rpc()`` does not call it: it leaves both to the sidecar's cleaner,
-  which also has the survivors evict the half-joined identity.
+* A failed join leaves its token and half-written keys behind: the sidecar ends that
+  incarnation like a crash, and its cleaner (``rpcjob.sidecar.cleanup``) takes the token over,
+  repairs the keys and has the survivors evict the half-joined identity.
 * While this process holds the join token, the members' addresses (``addrs/<name>``) cannot
   change (a member writes its own only under the token): the joiner's N lookups are served
   from one prefix read instead of N round trips to etcd.
@@ -112,29 +112,6 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
     def _critical_section_hook(self) -> None:
         if self.test_hook == HOOK_DIE_IN_CRITICAL_SECTION:
             os.kill(os.getpid(), signal.SIGKILL)
-
-    def release_failed_join(self) -> bool:
-        """After init_rpc raised: drop this incarnation's keys and release a token we hold."""
-        held = self.holding
-        if held is None:
-            return False
-        infos = (
-            _text(self.inner.get(torchkeys.ALL_WORKER_INFOS_KEY))
-            if self.inner.check([torchkeys.ALL_WORKER_INFOS_KEY])
-            else ""
-        )
-        name_key = torchkeys.name_key(self.rank)
-        owner = _text(self.inner.get(name_key)) if self.inner.check([name_key]) else None
-        plan = torchkeys.plan_eviction(self.name, self.rank, infos, owner)
-        for key, value in plan.set.items():
-            self.inner.set(key, value)
-        for key in plan.delete:
-            self.inner.delete_key(key)
-        self.inner.compare_set(torchkeys.TOKEN_KEY, held, "")
-        self.inner.set(torchkeys.waiter_key(held), torchkeys.DONE)
-        with self._lock:
-            self.holding = None
-        return True
 
     # --- plain delegation ---------------------------------------------------------------------
     def get(self, key: str) -> bytes:
