@@ -1,5 +1,2 @@
-"""e2e fixtures: the local cluster (see e2e/localcluster/fixture.py)."""
-
-from e2e.localcluster.fixture import local_cluster, local_cluster_factory
-
-__all__ = ["local_cluster", "local_cluster_factory"]
+"""e2e fixtures live in e2e/tests/conftest.py; the session hooks that start and stop the real
+clusters are in the root conftest.py."""

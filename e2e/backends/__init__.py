@@ -1,15 +1,15 @@
-"""e2e backends: ``local`` (emulated API server + process kubelet), ``cluster`` (the real control
-plane of e2e/cluster + process kubelets) and ``kind``.
+"""e2e backends: ``cluster`` (the default: the real control plane of e2e/cluster + process
+kubelets) and ``kind``.
 
-``Cluster`` (base.py) is what scenarios use; ``select_backend`` picks the backend from
-``--e2e-backend`` / ``RPCJOB_E2E_BACKEND`` (default ``local``).
+``Cluster`` (base.py) is what scenarios use; e2e/tests/conftest.py picks the backend from
+``--e2e-backend`` / ``RPCJOB_E2E_BACKEND`` (default ``cluster``).
 """
 
 from __future__ import annotations
 
-from .base import Backend, Cluster, KubectlError, WaitTimeout, wait_for
+from .base import Backend, Cluster, KubectlError, OwnOperator, WaitTimeout, wait_for
 
-BACKENDS = ("local", "kind", "cluster")
+BACKENDS = ("cluster", "kind")
 ENV_BACKEND = "RPCJOB_E2E_BACKEND"
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Backend",
     "Cluster",
     "KubectlError",
+    "OwnOperator",
     "WaitTimeout",
     "wait_for",
 ]

@@ -1,9 +1,9 @@
 """The e2e ``Cluster``: one namespace on a running backend, driven with the REAL kubectl.
 
-Scenarios only use this class, so they run unchanged on every backend (local, kind). Every
-read and write goes through ``/usr/bin/kubectl`` with the backend's kubeconfig; the backend
-adds what kubectl cannot do the same way everywhere (operator restart, etcd access, the
-audit log of the local API server).
+Scenarios only use this class, so they run unchanged on every backend (cluster, kind). Every
+read and write goes through kubectl with the backend's kubeconfig (cluster: the kubectl built
+from the pinned release); the backend adds what kubectl cannot do the same way everywhere
+(operator restart, etcd access, the API server's audit log).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def wait_for(
 
 
 class Backend:
-    """What a backend provides: the kubeconfig, operator control, etcd and (local) audit."""
+    """What a backend provides: the kubeconfig, operator control, etcd and (cluster) audit."""
 
     name = "base"
     kubeconfig: str
@@ -80,8 +80,8 @@ class Backend:
 
     def use_example(self, folder: Path) -> None:
         """Make the images of ``folder``'s RpcJob runnable (examples/<x>/: each example's image
-        has that folder as its WORKDIR, where `python -m app` finds app.py). Locally nothing to
-        do: the kubelet's ``image_workdirs`` map each example image to its folder."""
+        has that folder as its WORKDIR, where `python -m app` finds app.py). On the cluster
+        backend nothing to do: the process kubelet maps each example image to its folder."""
 
     def cleanup_namespace(self, namespace: str) -> None:
         """Undo prepare_namespace's cluster-scoped parts."""
@@ -105,7 +105,7 @@ class Backend:
         yield  # pragma: no cover
 
     def audit_records(self) -> list[Any] | None:
-        """The API server's audit log (local only); None where the backend has none."""
+        """The API server's audit log (cluster only); None where the backend has none."""
         return None
 
     def collect_logs(self, dest: Path, namespace: str) -> None:
@@ -240,3 +240,7 @@ class Cluster:
 
     def use_example(self, folder: Path) -> None:
         self.backend.use_example(folder)
+
+
+# own_operator(values_files=(), extra_namespaces=0) -> Cluster (e2e/tests/conftest.py).
+OwnOperator = Callable[..., Cluster]

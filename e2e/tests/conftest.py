@@ -1,15 +1,20 @@
-"""The e2e suite's fixtures: one backend per test module (kind: per run), one namespace per test.
+"""The e2e suite's fixtures: one backend per session, one namespace per test.
 
-* ``--e2e-backend=local|kind|cluster`` (or ``RPCJOB_E2E_BACKEND``; default ``local``) picks the
-  backend (``cluster``: the real control plane of e2e/cluster).
-* ``e2e_backend`` (module scope; session scope for kind): a started backend — the local cluster
-  with the chart installed by helm and its operator, or a kind cluster with the chart installed.
-  kind skips cleanly when docker, a docker engine or kind is missing.
+* ``--e2e-backend=cluster|kind`` (or ``RPCJOB_E2E_BACKEND``; default ``cluster``) picks the
+  backend: ``cluster`` is the real control plane of e2e/cluster with process kubelets, one per
+  pytest session shared by every xdist worker (e2e/backends/shared.py); ``kind`` a kind cluster.
+  Each skips cleanly, naming the fix, where it cannot run (binaries not built, not root; no
+  docker engine or kind).
+* ``e2e_backend`` (session scope): the started backend with the chart installed.
 * ``cluster`` (per test): a ``Cluster`` on a fresh namespace. On failure the job pods' logs (every
-  container), the operator's log and (kind) ``kind export logs`` are written under
-  ``$RPCJOB_E2E_LOGS/<test>`` (default: the test's temp dir) and the operator log's tail is
-  attached to the report. Teardown deletes the namespace's RpcJobs and waits for their pods to
-  go, so the next test starts on an idle machine.
+  container), the operator's log and the control plane's logs (kind: ``kind export logs``) are
+  written under ``$RPCJOB_E2E_LOGS/<test>`` (default: the test's temp dir) and the operator
+  log's tail is attached to the report. Teardown deletes the namespace's RpcJobs and waits for
+  their pods to go, so the next test starts on an idle machine.
+* ``own_operator(namespaces, values_files)``: for scenarios that disrupt the operator (restart
+  it, audit it alone): a chart release in namespace scope of their own (cluster backend: on this
+  process's private cluster, e2e/backends/private.py); kind has one cluster, so there it is the
+  session's backend.
 * ``@pytest.mark.e2e_no_operator``: the test needs no operator (schema checks, printer columns).
 """
 
@@ -21,20 +26,20 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.backends import BACKENDS, ENV_BACKEND, Backend, Cluster, wait_for
+from e2e.backends import BACKENDS, ENV_BACKEND, Backend, Cluster, OwnOperator, wait_for
 from rpcjob import contract
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--e2e-backend", choices=BACKENDS, default=None,
-        help=f"e2e backend: local (default), kind or cluster; also ${ENV_BACKEND}",
+        help=f"e2e backend: cluster (default: the real control plane) or kind; also ${ENV_BACKEND}",
     )  # fmt: skip
 
 
@@ -44,7 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def backend_name(config: pytest.Config) -> str:
-    name = config.getoption("--e2e-backend", default=None) or os.environ.get(ENV_BACKEND, "local")
+    name = config.getoption("--e2e-backend", default=None) or os.environ.get(ENV_BACKEND, "cluster")
     if name not in BACKENDS:
         raise pytest.UsageError(f"{ENV_BACKEND}={name!r}: use one of {', '.join(BACKENDS)}")
     return str(name)
@@ -58,40 +63,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-def _backend_scope(fixture_name: str, config: pytest.Config) -> str:
-    # A kind cluster (image builds, helm install) is set up once per run; a local cluster is
-    # cheap, so each module gets a fresh one (its own audit log, no state between modules).
-    return "session" if backend_name(config) == "kind" else "module"
-
-
-@pytest.fixture(scope=_backend_scope)  # type: ignore[arg-type]
+@pytest.fixture(scope="session")
 def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    name = backend_name(request.config)
-    if name == "kind":
-        from e2e.backends import kind
+    if backend_name(request.config) == "kind":
+        yield from _kind_backend()
+        return
+    from e2e.backends import cluster as real
+    from e2e.backends import shared
 
-        reason = kind.unavailable()
-        if reason:
-            pytest.skip(f"kind backend: {reason}")
-    if name == "cluster":
-        from e2e.backends import cluster as real
+    reason = real.unavailable()
+    if reason:
+        pytest.skip(f"cluster backend: {reason}")
+    # Started once per session by whichever process asks first; stopped by the session's end.
+    yield real.ClusterBackend.attach(shared.attach("chart"))
 
-        reason = real.unavailable()
-        if reason:
-            pytest.skip(f"cluster backend: {reason}")
-    # A short directory (not pytest's deep tmp path): pod directories live under it and hold
-    # unix sockets, whose paths are limited to 107 characters.
+
+def _kind_backend() -> Iterator[Backend]:
+    from e2e.backends import kind
+
+    reason = kind.unavailable()
+    if reason:
+        pytest.skip(f"kind backend: {reason}")
     workdir = Path(tempfile.mkdtemp(prefix="e2e-"))
-    backend: Any
     try:
-        if name == "kind":
-            backend = kind.KindBackend(workdir).start()
-        elif name == "cluster":
-            backend = real.ClusterBackend(workdir).start()
-        else:
-            from e2e.backends.local import LocalBackend
-
-            backend = LocalBackend(workdir).start()
+        backend = kind.KindBackend(workdir).start()
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -102,9 +97,43 @@ def e2e_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def own_operator(e2e_backend: Backend, request: pytest.FixtureRequest) -> Iterator[OwnOperator]:
+    """``own_operator(values_files=(), extra_namespaces=0)`` -> a Cluster on the first of this
+    test's namespaces, served by an operator of its own (see the module docstring)."""
+    made: list[Any] = []
+
+    def make(values_files: Sequence[str] = (), extra_namespaces: int = 0) -> Cluster:
+        if e2e_backend.name == "kind":
+            c = Cluster(e2e_backend, _namespace_for(request.node))
+            c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": c.namespace}})
+            e2e_backend.prepare_namespace(c.namespace)
+            made.append(c)
+            return c
+        from e2e.backends.cluster import OwnReleaseBackend
+
+        names = [_namespace_for(request.node) for _ in range(1 + extra_namespaces)]
+        backend = OwnReleaseBackend(names, values_files)
+        made.append(backend)
+        backend.start()
+        return Cluster(backend, names[0])
+
+    try:
+        yield make
+    finally:
+        for thing in reversed(made):
+            if isinstance(thing, Cluster):
+                _teardown(thing)
+            else:
+                rep = getattr(request.node, "e2e_rep_call", None)
+                if rep is not None and rep.failed:
+                    _collect(Cluster(thing, thing.operator_namespace), request.node,
+                             Path(tempfile.mkdtemp(prefix="e2e-logs-")))  # fmt: skip
+                thing.stop()
+
+
 def _namespace_for(item: pytest.Item) -> str:
-    # Short: the local kubelet's pod directories embed it, and the sidecar's unix socket path
-    # inside them must stay under the kernel's 107-character limit.
+    # Short: names of per-namespace objects (a release, its ClusterRoles) embed it.
     base = re.sub(r"[^a-z0-9]+", "-", item.name.lower().removeprefix("test_")).strip("-")
     return f"{base[:10].strip('-')}-{uuid.uuid4().hex[:4]}"
 
@@ -118,8 +147,6 @@ def cluster(e2e_backend: Backend, request: pytest.FixtureRequest,
             pytest.skip(f"no operator: {missing}")
     namespace = _namespace_for(request.node)
     c = Cluster(e2e_backend, namespace)
-    # `kubectl apply`, not `kubectl create namespace`: the typed create sends protobuf, which
-    # the local API server does not decode (JSON everywhere else).
     c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     e2e_backend.prepare_namespace(namespace)
     try:

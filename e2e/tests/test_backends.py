@@ -65,4 +65,4 @@ def test_unknown_backend_is_a_usage_error() -> None:
         env={**os.environ, "RPCJOB_E2E_BACKEND": "minikube"},
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "RPCJOB_E2E_BACKEND='minikube': use one of local, kind" in proc.stdout + proc.stderr
+    assert "RPCJOB_E2E_BACKEND='minikube': use one of cluster, kind" in proc.stdout + proc.stderr

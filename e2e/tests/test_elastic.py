@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from e2e.backends import Cluster
+from e2e.backends import Cluster, OwnOperator
 from rpcjob import contract
 
 from .jobs import elastic_job, members, pod_by_index, wait_group, workers
@@ -97,7 +97,10 @@ def test_killed_first_member_rank_0_heals(cluster: Cluster) -> None:
     assert first["name"] in members(cluster, "rank0")
 
 
-def test_operator_restart_mid_scale_creates_no_duplicates(cluster: Cluster) -> None:
+def test_operator_restart_mid_scale_creates_no_duplicates(own_operator: OwnOperator) -> None:
+    # An operator of its own: restarting the session's shared one would pause the other
+    # worker's scenarios.
+    cluster = own_operator()
     start(cluster, "oprestart", 2)
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.live_pods("oprestart")}
 
