@@ -165,6 +165,7 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
     (workdir / "job.yaml").write_text(JOB_YAML.format(name=name, size=size, out=out))
     (out / "target").write_text("2")
     created: dict[str, float] = {}
+    tail: list[str] = []  # rpcjob run's last events and pod log lines, shown when it fails
     errlog = (workdir / "run.err").open("w")
     argv, fds = lifeline.wrap(
         [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json"]
@@ -183,6 +184,7 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
     def read_events() -> None:
         assert run.stdout is not None
         for line in run.stdout:
+            tail[:] = [*tail[-40:], line.rstrip()[:300]]
             try:
                 ev = json.loads(line)
             except ValueError:
@@ -198,6 +200,11 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
         t0 = time.time()
         control.scale(name, {"worker": size})
         done = _wait(lambda: reached(size), 900, f"all {size} members to reach each other")
+    except BaseException:  # SIGTERM (from `timeout`) included: say where it stood
+        print(f"rpcjob run's last output ({len(_records(out))} members had recorded):",
+              *tail, "rpcjob run's stderr:", (workdir / "run.err").read_text()[-3000:],
+              sep="\n", flush=True)  # fmt: skip
+        raise
     finally:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: drain
         try:
