@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 from etcd_tls import TLSMaterial, make_tls
 
-from e2e.localcluster.fixture import local_cluster, local_cluster_factory  # noqa: F401
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, TLSFiles
 
 

@@ -235,7 +235,7 @@ def request_rule(method: str, url: str) -> Rule:
 def audit_rule(
     verb: str, group: str, resource: str, subresource: str = "", namespace: str = ""
 ) -> Rule:
-    """A Rule from the fields the e2e emulator's AuditRecord carries ("" = none/cluster)."""
+    """A Rule from the fields an API server audit record carries ("" = none/cluster)."""
     full = f"{resource}/{subresource}" if subresource else resource
     return Rule(group, full, verb, namespace or None)
 

@@ -1,8 +1,13 @@
 """Test kit for the operator integration tests (no tests here).
 
-``OperatorEnv`` runs the real ``rpcjob-operator`` process (kopf) against a ``LocalCluster``
-(emulated API server + process kubelet) with a real etcd, and offers reads of the cluster
-state (in-process, cheap to poll) and user actions through the real API (kubectl).
+``OperatorEnv`` runs the real ``rpcjob-operator`` process (kopf) against this pytest process's
+private real cluster (e2e/backends/private.py: the pinned kube-apiserver, controllers,
+scheduler and process kubelets) with the cluster's real etcd, and offers reads of the cluster
+state (direct API GETs as the admin: cheap to poll) and user actions through kubectl.
+
+One test at a time uses a process's private cluster, so an operator here may serve every
+namespace; ``operator_env`` leaves the cluster as it found it (no jobs, pods, peerings or
+namespaces of the test).
 """
 
 from __future__ import annotations
@@ -10,19 +15,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from e2e.localcluster.cluster import LocalCluster
+import pytest
+
+from e2e.backends import private
+from e2e.backends.api import Api
+from e2e.cluster import audit, build
+from e2e.cluster.cluster import unavailable
 from rpcjob import contract
 from rpcjob_operator.localexec import ports
 
@@ -30,12 +40,7 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 WORKER = [sys.executable, str(HERE / "operator_worker.py")]
 SLEEPER = [sys.executable, "-c", "import signal; signal.sigwait([signal.SIGTERM])"]
-
-
-def short_workdir() -> str:
-    """Pod directories hold the sidecar's unix socket: keep the path under 108 bytes (pytest's
-    tmp_path is too deep for it)."""
-    return tempfile.mkdtemp(prefix="rpjop-", dir="/tmp")
+JOBS = f"/apis/{contract.GROUP}/{contract.VERSION}"
 
 
 def free_port() -> int:
@@ -80,18 +85,138 @@ def job_manifest(
     }
 
 
+class AuditView:
+    """The API server's audit records since ``since`` (the test's own calls: a process's
+    private cluster serves one test at a time)."""
+
+    def __init__(self, log: str, since: float) -> None:
+        self.log, self.since = Path(log), since
+
+    def records(self) -> list[audit.AuditRecord]:
+        return [r for r in audit.read(self.log) if r.time >= self.since]
+
+
+class ClusterView:
+    """The private cluster as the tests see it (what they used of the emulator's LocalCluster):
+    kubectl, namespaces, applying documents, the audit log, the operator process."""
+
+    def __init__(self, cluster: private.PrivateCluster, workdir: str) -> None:
+        self.private = cluster
+        self.kubeconfig = cluster.kubeconfig
+        self.workdir = workdir
+        self.api = Api(self.kubeconfig)
+        self.audit = AuditView(cluster.audit_log, time.time())
+        self.namespaces: list[str] = []
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.extra: list[subprocess.Popen[bytes]] = []  # operators started with a log_name
+
+    def kubectl(self, *args: str, check: bool = False, timeout: float = 60,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run(
+            [str(build.binary("kubectl")), "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True, text=True, timeout=timeout, input=input,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def create_namespace(self, name: str) -> None:
+        # A namespace of that name from an earlier test may still be terminating.
+        wait_until(lambda: self.api.get(f"/api/v1/namespaces/{name}") is None, 120,
+                   f"namespace {name} from an earlier test to go")  # fmt: skip
+        self.kubectl("create", "namespace", name, check=True)
+        self.namespaces.append(name)
+
+    def apply_file(self, path: str | Path) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(path), check=True)
+
+    def apply_docs(self, docs: Sequence[dict[str, Any]]) -> None:
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
+        self.kubectl("apply", "-f", "-", input=body, check=True)
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 30, interval: float = 0.1,
+                 message: str = "the condition") -> T:  # fmt: skip
+        return wait_until(predicate, timeout, message, interval)
+
+    def start_operator(self, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(Path(self.workdir) / "operator.log", "ab") as out:
+            self.operator = subprocess.Popen(
+                [sys.executable, "-m", "rpcjob_operator.main", *args],
+                env={**os.environ, "KUBECONFIG": self.kubeconfig, **env},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self.operator
+
+    def stop_operator(self, grace: float = 10) -> int | None:
+        proc, self.operator = self.operator, None
+        return _stop(proc, grace)
+
+    def clean(self) -> None:
+        """Remove what the test left: RpcJobs (finalizers dropped: no operator runs now), their
+        pods (waited for, so their processes are gone), quotas, kopf peerings, namespaces."""
+        namespaces = ["default", *self.namespaces]
+        for ns in namespaces:
+            for job in self.api.items(f"{JOBS}/namespaces/{ns}/{contract.PLURAL}"):
+                path = f"{JOBS}/namespaces/{ns}/{contract.PLURAL}/{job['metadata']['name']}"
+                self.api.call("PATCH", path, {"metadata": {"finalizers": None}},
+                              "application/merge-patch+json")  # fmt: skip
+                self.api.call("DELETE", path)
+            self.kubectl("-n", ns, "delete", "pods", "--all", "--grace-period=0", "--force",
+                         "--wait=false")  # fmt: skip
+            self.kubectl("-n", ns, "delete", "resourcequotas", "--all")
+        self.kubectl("delete", "clusterkopfpeerings", "--all", "--ignore-not-found")
+        self.kubectl("delete", "kopfpeerings", "--all", "-A", "--ignore-not-found")
+
+        def idle() -> bool:
+            running = [e for k in self.private.kubelets() for e in list(k.pods.values())
+                       if e.pod["metadata"]["namespace"] in namespaces]  # fmt: skip
+            return not any(self.api.items(f"/api/v1/namespaces/{ns}/pods") for ns in namespaces) \
+                and not running  # fmt: skip
+
+        try:
+            wait_until(idle, 120, "the test's pods and their processes to go")
+        finally:
+            for ns in self.namespaces:
+                self.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll until truthy (returned); exceptions count as not yet and end up in the error."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
+            )
+        time.sleep(interval)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
 class OperatorEnv:
-    def __init__(self, cluster: LocalCluster, etcd_endpoint: str) -> None:
+    def __init__(self, cluster: ClusterView, etcd_endpoint: str) -> None:
         self.cluster = cluster
         self.etcd_endpoint = etcd_endpoint
         self.health_port = free_port()
         self.metrics_port = free_port()
-        reg = cluster.store.registry
-        pod_rt = reg.get("", "v1", "pods")
-        job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
-        event_rt = reg.get("", "v1", "events")
-        assert pod_rt and job_rt and event_rt, "the local cluster serves pods, events, RpcJobs"
-        self.pod_rt, self.job_rt, self.event_rt = pod_rt, job_rt, event_rt
         self.proc: Any = None
         self.log_path = Path(cluster.workdir) / "operator.log"
 
@@ -125,6 +250,7 @@ class OperatorEnv:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+            self.cluster.extra.append(self.proc)  # stopped at operator_env's exit
         else:
             self.proc = self.cluster.start_operator(args=args, env=full_env)
         self.wait_for(self.healthy, 60, "the operator's liveness endpoint")
@@ -132,8 +258,7 @@ class OperatorEnv:
 
     def stop(self) -> int | None:
         if self.proc is not None and self.proc is not self.cluster.operator:
-            self.proc.terminate()
-            return int(self.proc.wait(30))
+            return _stop(self.proc, 30)
         return self.cluster.stop_operator()
 
     def kill(self) -> None:
@@ -160,30 +285,23 @@ class OperatorEnv:
         p = self.log_path
         return p.read_text(errors="replace") if p.exists() else ""
 
-    # --- reads (in-process: cheap to poll) --------------------------------------------------
+    # --- reads (direct API GETs: cheap to poll) ----------------------------------------------
     def job(self, name: str, ns: str = "default") -> dict[str, Any] | None:
-        return self.cluster.store.raw(self.job_rt, ns, name)
+        return self.cluster.api.get(f"{JOBS}/namespaces/{ns}/{contract.PLURAL}/{name}")  # type: ignore[no-any-return]
 
     def status(self, name: str, ns: str = "default") -> dict[str, Any]:
         return dict((self.job(name, ns) or {}).get("status") or {})
 
     def pods(self, name: str, ns: str = "default") -> list[dict[str, Any]]:
-        items, _ = self.cluster.store.list(
-            self.pod_rt, ns, lambda lb: lb.get(contract.LABEL_JOB_NAME) == name, lambda o: True
-        )
-        return items
+        selector = urllib.parse.quote(f"{contract.LABEL_JOB_NAME}={name}")
+        return self.cluster.api.items(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}")
 
     def pod(self, name: str, ns: str = "default") -> dict[str, Any] | None:
-        return self.cluster.store.raw(self.pod_rt, ns, name)
+        return self.cluster.api.get(f"/api/v1/namespaces/{ns}/pods/{name}")  # type: ignore[no-any-return]
 
     def events(self, name: str, ns: str = "default") -> list[dict[str, Any]]:
-        items, _ = self.cluster.store.list(
-            self.event_rt,
-            ns,
-            lambda lb: True,
-            lambda o: (o.get("involvedObject") or {}).get("name") == name,
-        )
-        return items
+        field = urllib.parse.quote(f"involvedObject.name={name}")
+        return self.cluster.api.items(f"/api/v1/namespaces/{ns}/events?fieldSelector={field}")
 
     def event_reasons(self, name: str, ns: str = "default") -> list[str]:
         return [str(e.get("reason")) for e in self.events(name, ns)]
@@ -213,38 +331,45 @@ class OperatorEnv:
         assert r.returncode == 0, f"kubectl apply failed: {r.stderr}"
 
     def kill_worker(self, pod_name: str, sig: int = signal.SIGKILL, ns: str = "default") -> None:
-        """Signal the worker container's process (the kubelet exposes its pid)."""
+        """Signal the worker container's processes (the kubelet reports its process group's
+        leader as ``local://<pid>``)."""
         pod = self.pod(pod_name, ns) or {}
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             if cs.get("name") == contract.WORKER_CONTAINER and cs.get("containerID"):
-                os.kill(int(cs["containerID"].rsplit("/", 1)[-1]), sig)
+                os.killpg(int(cs["containerID"].rsplit("/", 1)[-1]), sig)
                 return
         raise AssertionError(f"no running worker container in pod {pod_name}")
 
     # --- waiting -----------------------------------------------------------------------------
     def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
         try:
-            return self.cluster.wait_for(predicate, timeout=timeout, interval=0.1, message=what)
+            return wait_until(predicate, timeout, what)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- operator log (tail) ---\n{self.log()[-4000:]}") from e
 
 
 @contextlib.contextmanager
-def operator_env(
-    etcd_endpoint: str, *, start: bool = True, **cluster: Any
-) -> Iterator[OperatorEnv]:
-    """A started LocalCluster (short workdir) + the operator process; all stopped at exit."""
-    workdir = short_workdir()
-    kw: dict[str, Any] = {"backoff_base": 0.2, "backoff_cap": 2.0, **cluster}
-    lc = LocalCluster(workdir=workdir, **kw).start()
-    env = OperatorEnv(lc, etcd_endpoint)
+def operator_env(etcd_endpoint: str | None = None, *, start: bool = True) -> Iterator[OperatorEnv]:
+    """The private cluster + the operator process (on the cluster's own etcd, which its pods
+    reach; ``etcd_endpoint`` is not used: the session's etcd listens where pods cannot reach
+    it); the operator is stopped and the test's objects removed at exit."""
+    del etcd_endpoint
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = private.get()
+    workdir = tempfile.mkdtemp(prefix="rpjop-", dir=cluster.workdir)
+    view = ClusterView(cluster, workdir)
+    env = OperatorEnv(view, cluster.etcd_endpoint)
     try:
         if start:
             env.start()
         yield env
     finally:
-        lc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        for proc in [view.operator, *view.extra]:
+            _stop(proc, 10)
+        view.operator = None
+        view.clean()
 
 
 def joined(env: OperatorEnv, name: str, n: int) -> bool:

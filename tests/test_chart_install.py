@@ -1,16 +1,16 @@
-"""The chart installed into the local cluster's emulated API server (e2e/localcluster).
+"""The chart with the real helm on the real API server (the pinned kube-apiserver of e2e/cluster).
 
-Helm's install is replayed in its own order: the chart's crds/ first (`helm template
---include-crds` puts them first), then the templates, each created through the emulated API
-server's store, which serves the kinds, establishes CRDs and validates custom resources. Then an
-example RpcJob must be accepted by the CRD the chart templated.
-
-A real `helm install` against the emulator runs too: helm stores its release record as a Secret
-encoded as protobuf (client-go's default for typed clients), which the emulator decodes
-(e2e/localcluster/protobuf.py). With the local cluster's workload controllers on
-(Deployment -> ReplicaSet -> Pod, e2e/localcluster/workloads.py), `helm install --wait` runs the
-chart's operator pod on the process kubelet (its container command `rpcjob-operator` as a local
-process) and that operator runs an example job to success.
+* Default values, `helm install` / `upgrade` / `uninstall` on a control plane of its own (no
+  nodes: nothing runs, the API objects are the point): the CRD is established and kept by
+  `helm uninstall`, the operator's Deployment, ServiceAccounts, ClusterRole and cluster peering
+  exist, an example RpcJob is accepted by the CRD the chart installed.
+* Namespace scope with the bundled etcd's TLS and auth: `helm template | kubectl apply
+  --dry-run=server` on this process's private cluster — every object is admitted by the real
+  API server (Roles, peerings and worker ServiceAccounts in each watched namespace, the auth Job).
+* `helm install --wait` with default values running the operator as a pod: the session's shared
+  cluster was installed exactly so (e2e/backends/shared.py); its operator pod is Ready, never
+  restarted, and owned by the Deployment's ReplicaSet. (That it runs the examples to success is
+  e2e/tests/test_examples.py, on the same install.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.localcluster.cluster import LocalCluster
+from e2e.cluster import build
+from e2e.cluster.cluster import E2ECluster, unavailable
 from rpcjob import contract
 
 # tests/ may or may not be a package (pytest's rootdir import either way).
@@ -34,174 +35,133 @@ try:
 except ImportError:
     from helm_chart import CHART, REPO, helm_binary, run_helm  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.slow  # helm install --wait; the operator runs a whole job
+pytestmark = pytest.mark.slow  # a real control plane
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    workdir = tmp_path / "cluster"
-    workdir.mkdir()
-    with LocalCluster(kubelet=False, crds=None, workdir=str(workdir)) as c:
+def api() -> Iterator[E2ECluster]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with E2ECluster(nodes=0) as c:  # the control plane only
         yield c
 
 
-def helm_env(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
-    return {
+def kubectl(kubeconfig: str | Path, *args: str, input: str | None = None) -> str:
+    proc = subprocess.run([str(build.binary("kubectl")), "--kubeconfig", str(kubeconfig), *args],
+                          capture_output=True, text=True, timeout=120, input=input)  # fmt: skip
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def get(kubeconfig: str | Path, kind: str, name: str, ns: str | None = None) -> Any:
+    out = kubectl(kubeconfig, *(["-n", ns] if ns else []), "get", kind, name, "-o", "json",
+                  "--ignore-not-found")  # fmt: skip
+    return json.loads(out) if out.strip() else None
+
+
+def helm(kubeconfig: str | Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
         **os.environ,
-        "KUBECONFIG": cluster.kubeconfig,
+        "KUBECONFIG": str(kubeconfig),
         "HELM_CONFIG_HOME": str(tmp_path / "helm"),
         "HELM_CACHE_HOME": str(tmp_path / "helm"),
         "HELM_DATA_HOME": str(tmp_path / "helm"),
     }
+    return subprocess.run([str(helm_binary()), *args], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
 
 
-def install_like_helm(cluster: LocalCluster, namespace: str, *args: str) -> list[dict[str, Any]]:
-    """Create what `helm install` would, in its order (crds/ first, then the templates)."""
-    cluster.create_namespace(namespace)
-    rendered = run_helm(
-        "template", "rpcjob", str(CHART), "--namespace", namespace, "--include-crds", *args
-    )
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
-    created = cluster.apply_docs([d for d in docs if d not in hooks])
-    created += cluster.apply_docs(hooks)
-    return created
-
-
-def get(
-    cluster: LocalCluster, api_version: str, kind: str, name: str, ns: str | None = None
-) -> Any:
-    rt = cluster.store.registry.by_kind(api_version, kind)
-    assert rt is not None, f"{api_version}/{kind} is not served"
-    return cluster.store.get(rt, ns if rt.namespaced else None, name)
-
-
-def test_install_default_values(cluster: LocalCluster) -> None:
-    created = install_like_helm(cluster, "rpcjob-system")
-    kinds = {d["kind"] for d in created}
-    assert {"CustomResourceDefinition", "Deployment", "StatefulSet", "ClusterKopfPeering"} <= kinds
-
-    crd = get(cluster, "apiextensions.k8s.io/v1", "CustomResourceDefinition", contract.CRD_NAME)
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
-    assert conditions.get("Established") == "True"
-    deployment = get(cluster, "apps/v1", "Deployment", "rpcjob-operator", "rpcjob-system")
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rpcjob-operator"
-    assert get(cluster, "kopf.dev/v1", "ClusterKopfPeering", contract.DEFAULT_PEERING_NAME)
-    assert get(cluster, "v1", "ServiceAccount", "rpcjob-job", "rpcjob-system")
-    role = get(cluster, "rbac.authorization.k8s.io/v1", "ClusterRole", "rpcjob-operator")
-    assert any("rpcjobs" in r["resources"] for r in role["rules"])
-
-    # The CRD the chart installed serves RpcJobs: an example is accepted.
-    example = yaml.safe_load((REPO / "examples" / "parameter_server" / "rpcjob.yaml").read_text())
-    example["metadata"]["namespace"] = "rpcjob-system"
-    (job,) = cluster.apply_docs([example])
-    assert job["metadata"]["uid"]
-
-
-def test_install_namespace_mode_and_tls_auth(cluster: LocalCluster) -> None:
-    for ns in ("ml-team", "ml-batch"):
-        cluster.create_namespace(ns)
-    install_like_helm(
-        cluster, "rpcjob-system",
-        "-f", str(CHART / "ci" / "namespaced-values.yaml"),
-        "-f", str(CHART / "ci" / "etcd-tls-auth-values.yaml"),
-    )  # fmt: skip
-    for ns in ("ml-team", "ml-batch"):
-        assert get(cluster, "rbac.authorization.k8s.io/v1", "Role", "rpcjob-operator", ns)
-        assert get(cluster, "kopf.dev/v1", "KopfPeering", contract.DEFAULT_PEERING_NAME, ns)
-        assert get(cluster, "v1", "ServiceAccount", "rpcjob-worker", ns)
-    assert get(cluster, "batch/v1", "Job", "rpcjob-etcd-enable-auth", "rpcjob-system")
-
-
-def helm(cluster: LocalCluster, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(helm_binary()), *args], capture_output=True, text=True,
-                          env=helm_env(cluster, tmp_path), timeout=300)  # fmt: skip
-
-
-def test_real_helm_install_upgrade_uninstall(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_helm_install_default_values_upgrade_uninstall(api: E2ECluster, tmp_path: Path) -> None:
+    kc = api.kubeconfig
     ns = ["--namespace", "rpcjob-system"]
-    proc = helm(cluster, tmp_path, "install", "rpcjob", str(CHART), *ns, "--create-namespace",
+    proc = helm(kc, tmp_path, "install", "rpcjob", str(CHART), *ns, "--create-namespace",
                 "--timeout", "60s")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert get(cluster, "apps/v1", "Deployment", "rpcjob-operator", "rpcjob-system")
 
-    proc = helm(cluster, tmp_path, "upgrade", "rpcjob", str(CHART), *ns,
+    crd = get(kc, "crd", contract.CRD_NAME)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    kubectl(kc, "wait", "--for=condition=Established", f"crd/{contract.CRD_NAME}", "--timeout=60s")
+    deployment = get(kc, "deployment", "rpcjob-operator", "rpcjob-system")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rpcjob-operator"
+    assert get(kc, "clusterkopfpeering", contract.DEFAULT_PEERING_NAME)
+    assert get(kc, "serviceaccount", "rpcjob-job", "rpcjob-system")
+    role = get(kc, "clusterrole", "rpcjob-operator")
+    assert any("rpcjobs" in r["resources"] for r in role["rules"])
+    # The CRD the chart installed serves RpcJobs: an example is accepted.
+    example = REPO / "examples" / "parameter_server" / "rpcjob.yaml"
+    out = kubectl(kc, "-n", "rpcjob-system", "apply", "-f", str(example), "-o", "json")
+    assert json.loads(out)["metadata"]["uid"]
+    kubectl(kc, "-n", "rpcjob-system", "delete", "-f", str(example))
+
+    proc = helm(kc, tmp_path, "upgrade", "rpcjob", str(CHART), *ns,
                 "--set", "operator.resources.requests.cpu=200m")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    deployment = get(cluster, "apps/v1", "Deployment", "rpcjob-operator", "rpcjob-system")
+    deployment = get(kc, "deployment", "rpcjob-operator", "rpcjob-system")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"]["cpu"] == "200m"
-    history = json.loads(helm(cluster, tmp_path, "history", "rpcjob", *ns, "-o", "json").stdout)
+    history = json.loads(helm(kc, tmp_path, "history", "rpcjob", *ns, "-o", "json").stdout)
     assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
 
-    proc = helm(cluster, tmp_path, "uninstall", "rpcjob", *ns)
+    proc = helm(kc, tmp_path, "uninstall", "rpcjob", *ns, "--wait", "--timeout", "120s")
     assert proc.returncode == 0, proc.stderr
     assert "[CustomResourceDefinition] rpcjobs.rpcjob.dev" in proc.stdout  # kept: resource-policy
-    rt = cluster.store.registry.by_kind("apps/v1", "Deployment")
-    assert rt is not None and cluster.store.raw(rt, "rpcjob-system", "rpcjob-operator") is None
-    assert get(cluster, "apiextensions.k8s.io/v1", "CustomResourceDefinition", contract.CRD_NAME)
+    assert get(kc, "deployment", "rpcjob-operator", "rpcjob-system") is None
+    assert not kubectl(kc, "-n", "rpcjob-system", "get", "pods", "-o", "name").strip()
+    assert get(kc, "crd", contract.CRD_NAME)
 
 
-# Every pod shares this machine's network: the operator binds its liveness and metrics
-# endpoints to its own pod IP instead of the chart's 0.0.0.0 (the probe still reaches it).
-POD_LOCAL_VALUES = [
-    "--set-json",
-    'operator.extraEnv=[{"name": "POD_IP", "valueFrom": {"fieldRef": '
-    '{"fieldPath": "status.podIP"}}}]',
-    "--set-json",
-    'operator.extraArgs=["--liveness=http://$(POD_IP):8080/healthz", "--metrics=$(POD_IP):9465"]',
-]
+def test_namespace_mode_and_tls_auth_are_admitted() -> None:
+    from e2e.backends import private
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    kc = private.get().kubeconfig
+    suffix = os.urandom(3).hex()
+    watched = [f"ml-team-{suffix}", f"ml-batch-{suffix}"]
+    for ns in ["rpcjob-system", *watched]:
+        if get(kc, "namespace", ns) is None:
+            kubectl(kc, "create", "namespace", ns)
+    try:
+        rendered = run_helm(
+            "template", "rpcjob", str(CHART), "--namespace", "rpcjob-system",
+            "-f", str(CHART / "ci" / "namespaced-values.yaml"),
+            "-f", str(CHART / "ci" / "etcd-tls-auth-values.yaml"),
+            "--set", "rbac.namespaces={" + ",".join(watched) + "}",
+        )  # fmt: skip
+        out = kubectl(kc, "apply", "--dry-run=server", "-o", "json", "-f", "-", input=rendered)
+        admitted = json.loads(out)
+        items = admitted["items"] if admitted.get("kind") == "List" else [admitted]
+        have = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in items}
+        for ns in watched:
+            assert ("Role", "rpcjob-operator", ns) in have, sorted(have)
+            assert ("KopfPeering", contract.DEFAULT_PEERING_NAME, ns) in have
+            assert ("ServiceAccount", "rpcjob-worker", ns) in have
+        assert ("Job", "rpcjob-etcd-enable-auth", "rpcjob-system") in have
+        assert len(items) == len([d for d in yaml.safe_load_all(rendered) if d])
+    finally:
+        for ns in watched:
+            kubectl(kc, "delete", "namespace", ns, "--wait=false")
 
 
-def test_helm_install_wait_runs_the_operator_which_runs_an_example(
-    local_cluster_factory: Any, etcd: Any, tmp_path: Path
-) -> None:
-    cluster: LocalCluster = local_cluster_factory(
-        crds=None, workloads=True, pod_env={"EXAMPLE_STEPS": "30"}
-    )
-    proc = helm(cluster, tmp_path, "install", "rpcjob", str(CHART), "--namespace",
-                "rpcjob-system", "--create-namespace", "--wait", "--timeout", "180s",
-                "--set", f"etcd.endpoints[0]={etcd.endpoint}",
-                "--set", "jobs.serviceAccount.namespaces[0]=default",
-                *POD_LOCAL_VALUES)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + proc.stdout
+def test_helm_install_wait_runs_the_operator_as_a_ready_pod() -> None:
+    from e2e.backends import cluster, shared
 
-    # --wait returned: the Deployment's pod runs `rpcjob-operator` and is Ready.
-    out = cluster.kubectl("-n", "rpcjob-system", "get", "pods", "-o", "json", check=True).stdout
-    component = "app.kubernetes.io/component"
-    (pod,) = [p for p in yaml.safe_load(out)["items"]
-              if p["metadata"]["labels"].get(component) == "operator"]  # fmt: skip
+    reason = cluster.unavailable()
+    if reason:
+        pytest.skip(reason)
+    kc = shared.attach("chart")["kubeconfig"]
+    out = kubectl(kc, "-n", "rpcjob-system", "get", "pods", "-o", "json", "-l",
+                  "app.kubernetes.io/component=operator")  # fmt: skip
+    (pod,) = json.loads(out)["items"]
     assert pod["status"]["phase"] == "Running"
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
-    rollout = cluster.kubectl("-n", "rpcjob-system", "rollout", "status",
-                              "deployment/rpcjob-operator", "--timeout=10s")  # fmt: skip
-    assert "successfully rolled out" in rollout.stdout, rollout.stderr
-
-    example = REPO / "examples" / "parameter_server" / "rpcjob.yaml"
-    applied = cluster.kubectl("apply", "-f", str(example), check=True).stdout
-    assert applied.strip() == f"{contract.SINGULAR}.{contract.GROUP}/param-server created"
-
-    def state() -> str:
-        r = cluster.kubectl("get", "rpj", "param-server", "-o", "jsonpath={.status.state}")
-        return r.stdout if r.stdout in ("Succeeded", "Failed") else ""
-
-    final = cluster.wait_for(state, 240, message="param-server to finish")
-    operator_log = cluster.pod_logs("rpcjob-system", pod["metadata"]["name"], "operator")
-    assert final == "Succeeded", operator_log[-4000:]
-    # The liveness probe (kopf's /healthz on the pod IP) kept passing: never restarted.
-    name = pod["metadata"]["name"]
-    out = cluster.kubectl("-n", "rpcjob-system", "get", "pod", name, "-o", "json", check=True)
-    (status,) = json.loads(out.stdout)["status"]["containerStatuses"]
-    assert (status["ready"], status["restartCount"]) == (True, 0), operator_log[-4000:]
-    # helm's release record: a Secret it sent protobuf-encoded.
-    secret = get(cluster, "v1", "Secret", "sh.helm.release.v1.rpcjob.v1", "rpcjob-system")
+    rollout = kubectl(kc, "-n", "rpcjob-system", "rollout", "status",
+                      "deployment/rpcjob-operator", "--timeout=10s")  # fmt: skip
+    assert "successfully rolled out" in rollout
+    # The liveness probe (kopf's /healthz) kept passing: never restarted.
+    (status,) = pod["status"]["containerStatuses"]
+    assert (status["ready"], status["restartCount"]) == (True, 0), status
+    secret = get(kc, "secret", "sh.helm.release.v1.rpcjob.v1", "rpcjob-system")
     assert secret["type"] == "helm.sh/release.v1"
-
-    proc = helm(cluster, tmp_path, "uninstall", "rpcjob", "--namespace", "rpcjob-system",
-                "--wait", "--timeout", "120s")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    cluster.wait_for(
-        lambda: not cluster.kubectl("-n", "rpcjob-system", "get", "pods", "-o", "name").stdout,
-        60, message="the operator pod to be gone after helm uninstall",
-    )  # fmt: skip

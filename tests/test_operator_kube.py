@@ -1,10 +1,11 @@
-"""The operator's impure helpers against the real parts: kube.py against the local cluster's
-API server (status codes -> outcomes, error messages), members.py against a real etcd, and the
-pure merge-patch / endpoint helpers (table-driven)."""
+"""The operator's impure helpers against the real parts: kube.py against a real API server (this
+process's private cluster, e2e/backends/private.py: status codes -> outcomes, error messages),
+members.py against a real etcd, and the pure merge-patch / endpoint helpers (table-driven)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import Any
 
 import kopf
@@ -12,6 +13,8 @@ import pytest
 from kubernetes import client
 from operator_kit import free_port, job_manifest, unique
 
+from e2e.cluster import build
+from e2e.cluster.cluster import unavailable
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
 from rpcjob_operator.finalizer import skip_requested
@@ -63,12 +66,23 @@ def test_skip_annotation(value: str, skip: bool) -> None:
     assert skip_requested(obj) is skip
 
 
-def test_kube_outcomes_against_the_api_server(local_cluster: Any) -> None:
+def test_kube_outcomes_against_the_api_server() -> None:
+    from kubernetes import config
+
+    from e2e.backends import private
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = private.get()
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=cluster.kubeconfig, client_configuration=cfg)
+    name = unique("kube")
+
     async def scenario() -> None:
-        kube = kube_for(local_cluster.url)
+        kube = Kube(cfg, threads=2)
         try:
             assert await kube.get_job("default", "missing") is None
-            name = unique("kube")
             _, job = await kube.request(
                 "POST",
                 f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/default/{contract.PLURAL}",
@@ -95,7 +109,14 @@ def test_kube_outcomes_against_the_api_server(local_cluster: Any) -> None:
         finally:
             kube.close()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:  # the pod never runs (no such image) but the cluster serves later tests
+        kubectl = [str(build.binary("kubectl")), "--kubeconfig", cluster.kubeconfig]
+        subprocess.run([*kubectl, "delete", "pod", f"{name}-p", "--grace-period=0", "--force",
+                        "--ignore-not-found"], capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run([*kubectl, "delete", contract.PLURAL, name, "--ignore-not-found"],
+                       capture_output=True, timeout=120)  # fmt: skip
 
 
 def test_kube_unreachable_is_temporary() -> None:

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
 
+from rpcjob import contract
 from rpcjob_operator.main import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under the operator
@@ -64,9 +65,13 @@ def test_namespace_scope_liveness_and_metrics(env: OperatorEnv) -> None:
     assert env.job(theirs, "team-b")["metadata"].get("finalizers") in (None, [])  # type: ignore[index]
 
     assert env.healthy()
-    patches_before = len([r for r in env.cluster.audit.records() if r.subresource == "status"])
+    # Status writes of RpcJobs only (the kubelets write pod statuses through the same server).
+    job_status = (contract.PLURAL, "status")
+    patches_before = len([r for r in env.cluster.audit.records()
+                          if (r.resource, r.subresource) == job_status])  # fmt: skip
     text = env.metrics()
-    patches_after = len([r for r in env.cluster.audit.records() if r.subresource == "status"])
+    patches_after = len([r for r in env.cluster.audit.records()
+                         if (r.resource, r.subresource) == job_status])  # fmt: skip
     for line in (
         "rpcjob_operator_pods_created_total 2.0",
         'rpcjob_operator_jobs{state="Pending"} 1.0',

@@ -1,4 +1,5 @@
-"""The real operator on the local cluster: a crash mid-reconcile creates no duplicate pods;
+"""The real operator on a real cluster (tests/operator_kit.py): a crash mid-reconcile creates no
+duplicate pods;
 deleting an RpcJob removes its pods and its etcd keys (and the way out when etcd is gone);
 an invalid spec gets a condition and a Warning event, never a crash loop."""
 
@@ -11,7 +12,6 @@ from typing import Any
 import pytest
 from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
 
-from e2e.localcluster.errors import ApiError
 from rpcjob import contract
 from rpcjob.etcd import Client
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
@@ -20,43 +20,45 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under th
 
 
 @pytest.fixture
-def env(etcd_endpoint: str) -> Iterator[OperatorEnv]:
-    with operator_env(etcd_endpoint, start=False) as e:
+def env() -> Iterator[OperatorEnv]:
+    with operator_env(start=False) as e:
         yield e
 
 
 class CreationsStall:
-    """The test cluster's API server accepts the first ``n`` pod creations of one job and
-    answers the rest 503 (the operator retries them), until released: a fault injected from
-    the test, so the operator has no test hook of its own."""
+    """A ResourceQuota of ``n`` pods in the job's namespace: the API server accepts the first
+    ``n`` pod creations and refuses the rest (403, exceeded quota; the operator retries them),
+    until released — a fault from the real API server, so the operator needs no test hook."""
 
-    def __init__(self, env: OperatorEnv, job: str, n: int) -> None:
-        self.store, self.real = env.cluster.store, env.cluster.store.create
-        self.pod_rt, self.job, self.n = env.pod_rt, job, n
-        self.accepted = self.refused = 0
-        self.store.create = self.create  # type: ignore[method-assign]
+    def __init__(self, env: OperatorEnv, n: int) -> None:
+        self.env, self.name = env, unique("stall")
+        env.apply({"apiVersion": "v1", "kind": "ResourceQuota",
+                   "metadata": {"name": self.name, "namespace": "default"},
+                   "spec": {"hard": {"pods": str(n)}}})  # fmt: skip
+        # The quota admits nothing until the quota controller has counted what is there.
+        env.wait_for(lambda: self._quota().get("status", {}).get("hard"), 60, "the quota's status")
 
-    def create(self, rt: Any, ns: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        if rt is self.pod_rt and labels.get(contract.LABEL_JOB_NAME) == self.job:
-            if self.accepted >= self.n:
-                self.refused += 1
-                raise ApiError(503, "ServiceUnavailable", "stalled by the test")
-            self.accepted += 1
-        return self.real(rt, ns, obj, *args, **kwargs)
+    def _quota(self) -> dict[str, Any]:
+        return dict(self.env.cluster.api.get(
+            f"/api/v1/namespaces/default/resourcequotas/{self.name}") or {})  # fmt: skip
+
+    def refused(self) -> int:
+        return len([r for r in self.env.cluster.audit.records()
+                    if (r.verb, r.resource, r.namespace, r.code) == ("create", "pods", "default",
+                                                                     403)])  # fmt: skip
 
     def release(self) -> None:
-        self.store.create = self.real  # type: ignore[method-assign]
+        self.env.kubectl("delete", "resourcequota", self.name)
 
 
 def test_crash_mid_reconcile_creates_no_duplicate_pods(env: OperatorEnv) -> None:
     name = unique("crash")
     # The operator is SIGKILLed in the middle of applying the plan that creates 6 pods: 3 are
     # created, the other 3 creations are failing when it dies.
-    stall = CreationsStall(env, name, 3)
+    stall = CreationsStall(env, 3)
     env.start()
     env.apply(job_manifest(name, replicas=6, max_replicas=8, command=SLEEPER))
-    env.wait_for(lambda: stall.refused >= 3, 60, "the 4th to 6th pod creations to be tried")
+    env.wait_for(lambda: stall.refused() >= 3, 60, "the 4th to 6th pod creations to be tried")
     env.kill()
     stall.release()
     assert len(env.pods(name)) == 3
@@ -74,17 +76,26 @@ def test_crash_mid_reconcile_creates_no_duplicate_pods(env: OperatorEnv) -> None
     # Every pod was created exactly once.
     creates = [
         r for r in env.cluster.audit.records()
-        if r.verb == "create" and r.resource == "pods" and r.code == 201
+        if (r.verb, r.resource, r.subresource, r.code) == ("create", "pods", "", 201)
     ]  # fmt: skip
     assert len(creates) == 6, [r.path for r in creates]
     st = env.status(name)
     assert st["restarts"] == 0 and st["roles"]["worker"]["indices"] == list(range(6))
     # The replacement operator wrote the status once per change, not in a loop.
-    writes = [r for r in env.cluster.audit.records() if r.subresource == "status"]
+    writes = [r for r in env.cluster.audit.records() if status_write(r, name)]
     assert len(writes) < 20, len(writes)
 
 
-def test_delete_job_removes_pods_and_etcd_prefix(env: OperatorEnv, etcd_endpoint: str) -> None:
+def status_write(r: Any, job: str) -> bool:
+    """A write of the job's status (the kubelets' pod status writes are in the log too)."""
+    return (r.resource, r.subresource, r.name) == (contract.PLURAL, "status", job) and r.verb in (
+        "patch",
+        "update",
+    )
+
+
+def test_delete_job_removes_pods_and_etcd_prefix(env: OperatorEnv) -> None:
+    etcd_endpoint = env.etcd_endpoint
     env.start()
     name = unique("del")
     env.apply(job_manifest(name, replicas=2, command=SLEEPER))
@@ -110,10 +121,10 @@ def test_delete_job_removes_pods_and_etcd_prefix(env: OperatorEnv, etcd_endpoint
         assert c.get_prefix(contract.job_prefix("default", name)) == []
         assert c.get(other) is not None
         c.delete(other)
-    svc_rt = env.cluster.store.registry.get("", "v1", "services")
-    assert svc_rt is not None
     env.wait_for(
-        lambda: env.cluster.store.raw(svc_rt, "default", name) is None, 30, "the Service gone"
+        lambda: env.cluster.api.get(f"/api/v1/namespaces/default/services/{name}") is None,
+        30,
+        "the Service gone",
     )  # by ownerReference (the garbage collector)
 
 
@@ -156,10 +167,10 @@ def test_invalid_spec_condition_event_and_recovery(env: OperatorEnv) -> None:
     assert warning["type"] == "Warning" and "command" in warning["message"]
     assert env.pods(name) == []
     # No crash loop: the operator stays up and healthy; the status is not rewritten in a loop.
-    writes = len([r for r in env.cluster.audit.records() if r.subresource == "status"])
+    writes = len([r for r in env.cluster.audit.records() if status_write(r, name)])
     deadline = time.monotonic() + 3
     env.wait_for(lambda: time.monotonic() > deadline, 10, "a quiet period")
-    assert len([r for r in env.cluster.audit.records() if r.subresource == "status"]) == writes
+    assert len([r for r in env.cluster.audit.records() if status_write(r, name)]) == writes
     assert env.proc.poll() is None and env.healthy()
 
     # Fixing the spec clears the condition and runs the job.

@@ -8,7 +8,7 @@ correlates. Error strings follow the API server's ``field.Error`` shape, e.g.
 ``spec.roles.worker.replicas: Invalid value: -1: spec.roles.worker.replicas in body should be
 greater than or equal to 0`` and ``spec.roles.worker: Invalid value: "object": <rule message>``.
 
-Used by the emulated API server in e2e/ and by ``rpcjob validate``. Depends only on PyYAML and
+Used by ``rpcjob validate`` and by ``rpcjob run``. Depends only on PyYAML and
 cel-python (see crdcel.py).
 """
 
