@@ -71,3 +71,28 @@ def test_sampler_names_callee_and_caller_spans(tmp_path: Path) -> None:
     assert caller_spans[0]["peer"] == "server_0"
     assert callee[0]["end_us"] <= callee[1]["start_us"] + 2 * 2000  # within one period
     assert all(s["end_us"] > s["start_us"] for s in spans)
+
+
+class _Frame:
+    """A stand-in for a ``_run_function`` frame object (what ``sys._current_frames()`` gives)."""
+
+    f_back = None
+
+    def __init__(self, udf: Any) -> None:
+        self.f_code = SimpleNamespace(co_name="_run_function", co_filename="/x/rpc/internal.py")
+        self.f_locals = {"python_udf": SimpleNamespace(func=udf)}
+
+
+def test_back_to_back_calls_are_not_merged_when_a_frame_address_is_reused() -> None:
+    """A served call's frame is freed when it returns and the next call's frame may get its
+    address (CPython reuses the freed block at once): unless the sampler holds each frame it
+    tracks, ``id(frame)`` repeats and N back-to-back calls merge into fewer spans."""
+    sampler = FrameSampler(0.002)
+    calls = 200
+    for i in range(calls):
+        # Each call is seen once; the previous call's frame is already gone (no sample
+        # between two calls: back to back).
+        sampler.sample({7: _Frame(slow_udf)}, 1000.0 + i * 0.002)
+    sampler.sample({}, 1000.0 + calls * 0.002)  # no call running: every span closes
+    assert len(sampler.done) == calls
+    assert {s["name"] for s in sampler.done} == {f"{__name__}.slow_udf"}
