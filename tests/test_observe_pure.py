@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rpcjob_operator.observe import debug, top, trace
+from rpcjob_operator.observe import cluster, commands, debug, top, trace
 from rpcjob_operator.observe.targets import Target, merge_targets
 
 
@@ -123,6 +123,9 @@ def test_targets_merge_pods_and_members() -> None:
     recs = {"w_0": {"rank": 3, "pod": "j-w-0", "node": "n", "ip": "127.0.0.2"}}
     got = merge_targets(pods, recs)
     assert [(t.pod, t.name, t.rank) for t in got] == [("j-w-0", "w_0", 3), ("j-w-1", "", -1)]
+    # A cluster pod that is not a member (yet) keeps its worker-name label and node.
+    pods["j-w-1"].update(name="w_1", node="n2")
+    assert [(t.name, t.node) for t in merge_targets(pods, recs)] == [("w_0", "n"), ("w_1", "n2")]
 
 
 def _span(kind: str, name: str, start: float, end: float, tid: int = 1,
@@ -194,3 +197,65 @@ def test_cluster_mode_bad_kubeconfig_is_a_usage_error(tmp_path: Any) -> None:
     assert res.exit_code == 2
     assert f"cannot load the kubeconfig ({missing})" in res.output
     assert "pass --kubeconfig" in res.output
+
+
+FORBIDDEN = [
+    (
+        'pods "p" is forbidden: User "system:serviceaccount:ml:bob" cannot create resource '
+        '"pods/proxy" in API group "" in the namespace "ml"',
+        "kubectl create rolebinding bob-rpcjob-debug -n ml --clusterrole=rpcjob-debugger "
+        "--serviceaccount=ml:bob",
+    ),
+    (
+        'rpcjobs.rpcjob.dev "j" is forbidden: User "Alice@Example" cannot get resource',
+        "kubectl create rolebinding alice-example-rpcjob-debug -n ml "
+        "--clusterrole=rpcjob-debugger --user=Alice@Example",
+    ),
+    ("forbidden", "--clusterrole=rpcjob-debugger --user=<you>"),
+]
+
+
+@pytest.mark.parametrize(("message", "command"), FORBIDDEN)
+def test_forbidden_names_the_role_and_the_binding(message: str, command: str) -> None:
+    hint = cluster.forbidden_hint(message, "ml")
+    assert hint.startswith("ask a cluster admin to bind the chart's ClusterRole rpcjob-debugger")
+    assert command in hint
+
+
+def test_api_server_status_becomes_an_error() -> None:
+    status = {"kind": "Status", "code": 503, "message": "error trying to reach service: refused"}
+    assert cluster.api_error(503, status, "ml") == {
+        "error": "API server: error trying to reach service: refused"
+    }
+    denied = {"kind": "Status", "message": 'User "u" cannot create resource "pods/proxy"'}
+    err = cluster.api_error(403, denied, "ml")["error"]
+    assert err.startswith('API server: User "u" cannot') and "--user=u" in err
+    sidecar = {"error": "use GET"}  # the sidecar's own answers pass through
+    assert cluster.api_error(405, sidecar, "ml") is sidecar
+
+
+def _member(name: str, state: str = "JOINED", **extra: Any) -> tuple[int, dict[str, Any]]:
+    return 200, {"member": {"name": name, "rank": 0, "state": state, **extra}}
+
+
+ETCD_VIEWS = [
+    ("one member asked", {"p1": _member("w_1", etcd_ranks={"w_0": 0, "w_1": 1})},
+     {"w_0": 0, "w_1": 1}),
+    ("most sidecars' view wins", {
+        "p0": _member("w_0", etcd_ranks={"w_0": 0}),
+        "p1": _member("w_1", etcd_ranks={"w_0": 0, "w_1": 1}),
+        "p2": _member("w_2", etcd_ranks={"w_0": 0, "w_1": 1}),
+    }, {"w_0": 0, "w_1": 1}),
+    ("older sidecars: the joined ones themselves", {
+        "p0": _member("w_0"), "p1": _member("w_1", "NO_WORKER"),
+    }, {"w_0": 0}),
+    ("nobody answered", {"p0": (0, {"error": "unreachable"})}, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("answers", "want"), [c[1:] for c in ETCD_VIEWS],
+                         ids=[c[0] for c in ETCD_VIEWS])  # fmt: skip
+def test_cluster_debug_reads_etcd_through_the_sidecars(
+    answers: dict[str, Any], want: dict[str, int]
+) -> None:
+    assert commands._etcd_from_sidecars(answers) == want

@@ -1,5 +1,6 @@
-"""Test-only workload (tests/test_observe_e2e.py): workers call the server's slow remote
-function (``slow_remote``, 150 ms) and a fast one in a loop; the server only serves."""
+"""Test-only workload (tests/test_observe_e2e.py, e2e/tests/test_observe.py): workers call
+the server's slow remote function (``slow_remote``, 150 ms) and a fast one in a loop; the
+server only serves."""
 
 from __future__ import annotations
 
@@ -24,7 +25,16 @@ def fast_remote(x: torch.Tensor) -> torch.Tensor:
     return x * 2
 
 
+def hold() -> None:
+    """While the file named by OBSERVE_HOLD_FILE exists, a (re)started worker waits before
+    joining: e2e/tests/test_observe.py keeps a killed member down while it looks at the group."""
+    path = os.environ.get("OBSERVE_HOLD_FILE")
+    while path and os.path.exists(path):
+        time.sleep(0.2)
+
+
 def main() -> None:
+    hold()
     me = rpcjob.init_rpc()
     print(f"{me.worker_name}: joined with rank {me.rank}", flush=True)
     if me.role == "server":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,6 +115,9 @@ def debug(job: str, member: str | None, json_mode: bool, **opts: Any) -> None:
     except TargetError as exc:
         _fail(str(exc))
     answers = _ask_all(j, chosen, "GET", "/debug/rpc/info", 15.0)
+    for t in chosen:  # a sidecar that did not answer: what the pod list and status say
+        _code, body = answers[t.pod]
+        body.setdefault("member", _unanswered(t))
     views = {
         (b.get("member") or {}).get("name") or t: (b.get("worker") if c == 200 else None)
         for t, (c, b) in answers.items()
@@ -143,13 +147,31 @@ def debug(job: str, member: str | None, json_mode: bool, **opts: Any) -> None:
         raise SystemExit(EXIT_INCONSISTENT)
 
 
+def _unanswered(t: Any) -> dict[str, Any]:
+    return {
+        "name": t.name or t.pod,
+        "pod": t.pod,
+        "rank": t.rank if t.rank >= 0 else "-",
+        "node": t.node,
+        "state": f"no answer (pod {t.phase or 'unknown'})",
+    }
+
+
 def _etcd_from_sidecars(answers: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, int]:
-    out: dict[str, int] = {}
+    """Cluster mode (no etcd client): etcd's membership as the sidecars read it, the view
+    most of them report (they differ only while a change propagates). A sidecar without
+    ``etcd_ranks`` (older) contributes itself when joined."""
+    views: Counter[tuple[tuple[str, int], ...]] = Counter()
+    joined: dict[str, int] = {}
     for _code, body in answers.values():
         m = body.get("member") or {}
-        if m.get("state") == "JOINED" and m.get("name"):
-            out[str(m["name"])] = int(m.get("rank", -1))
-    return out
+        if isinstance(m.get("etcd_ranks"), dict):
+            views[tuple(sorted((str(n), int(r)) for n, r in m["etcd_ranks"].items()))] += 1
+        elif m.get("state") == "JOINED" and m.get("name"):
+            joined[str(m["name"])] = int(m.get("rank", -1))
+    if views:
+        return dict(views.most_common(1)[0][0])
+    return joined
 
 
 def _ask_all(

@@ -114,7 +114,8 @@ def local_job(name: str) -> Job:
 
 
 def merge_targets(pods: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[Target]:
-    """One target per pod; members carry their etcd record (rank, node, devices)."""
+    """One target per pod; members carry their etcd record (rank, node, devices). ``pods``:
+    pod -> {ip, phase, and in a cluster node and the pod's worker-name label}."""
     by_pod = {str(r.get("pod", "")): (n, r) for n, r in records.items()}
     out = []
     for pod in sorted(set(pods) | set(by_pod)):
@@ -123,9 +124,9 @@ def merge_targets(pods: dict[str, Any], records: dict[str, dict[str, Any]]) -> l
         out.append(
             Target(
                 pod=pod,
-                name=name,
+                name=name or str(info.get("name") or ""),
                 rank=int(rec.get("rank", -1)),
-                node=str(rec.get("node", "")),
+                node=str(rec.get("node") or info.get("node") or ""),
                 ip=str(rec.get("ip") or info.get("ip") or ""),
                 devices=tuple(rec.get("devices") or ()),
                 phase=str(info.get("phase") or ("Running" if rec else "")),

@@ -105,7 +105,7 @@ class Introspection:
     def member(self) -> dict[str, Any]:
         cfg, inc = self.sc.cfg, self.sc.inc
         with self.sc.lock:
-            view = sorted(self.sc.view.members)
+            ranks = {n: r.rank for n, r in self.sc.view.members.items()}
         return {
             "name": self.sc.me,
             "pod": cfg.pod_name,
@@ -115,7 +115,9 @@ class Introspection:
             "incarnation": inc.revision if inc is not None else 0,
             "devices": list(inc.plan.devices) if inc is not None else [],
             "state": self._state(inc),
-            "etcd_members": view,
+            "etcd_members": sorted(ranks),
+            # name -> rank: what `rpcjob debug` checks the agents against in a cluster
+            "etcd_ranks": ranks,
         }
 
     # --- HTTP ------------------------------------------------------------------------------
