@@ -109,6 +109,9 @@ def test_native_sidecar_is_injected() -> None:
     port = contract.SIDECAR_HTTP_PORT
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    # a busy node must not restart a healthy member: a minute of silence, not 3 s
+    live = sidecar["livenessProbe"]
+    assert live["timeoutSeconds"] * live["failureThreshold"] >= 30 and live["timeoutSeconds"] >= 5
     socket_mount = {"name": contract.SOCKET_VOLUME, "mountPath": contract.SOCKET_DIR}
     assert socket_mount in sidecar["volumeMounts"] and socket_mount in worker["volumeMounts"]
     assert {"name": contract.SOCKET_VOLUME, "emptyDir": {}} in pod["spec"]["volumes"]

@@ -236,10 +236,15 @@ class PodRunner(threading.Thread):
                 if ps is not None and ps.due(now):
                     ps.record(run_probe(ps.probe, slot.spec, self.pod_ip, slot.env, slot.cwd), now)
                     if attr == "liveness" and ps.failed:
-                        log.info(
-                            "pod %s: liveness probe of %s failed, restarting",
+                        # A warning, as kubelet's "Killing" event: the restart ends the
+                        # member, so whoever sees it replaced must be able to tell why.
+                        log.warning(
+                            "pod %s: container %s failed its liveness probe %d times in a row "
+                            "(last: %s); restarting it",
                             self.pod_label,
                             slot.name,
+                            ps.failures,
+                            ps.last_error,
                         )
                         slot.proc.stop(
                             float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))

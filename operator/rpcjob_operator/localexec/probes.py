@@ -30,7 +30,8 @@ def run_probe(
     pod_ip: str,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
-) -> bool:
+) -> tuple[bool, str]:
+    """(passed, why it failed) of one probe run."""
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
         if "httpGet" in probe:
@@ -42,13 +43,13 @@ def run_probe(
                 url, headers={h["name"]: h["value"] for h in hg.get("httpHeaders") or []}
             )
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return bool(200 <= resp.status < 400)
+                return bool(200 <= resp.status < 400), f"GET {url}: HTTP {resp.status}"
         if "tcpSocket" in probe:
             ts = probe["tcpSocket"]
             with socket.create_connection(
                 (ts.get("host") or pod_ip, _port(ts["port"], container)), timeout=timeout
             ):
-                return True
+                return True, ""
         if "exec" in probe:
             r = subprocess.run(
                 probe["exec"]["command"],
@@ -59,10 +60,17 @@ def run_probe(
                 stderr=subprocess.DEVNULL,
                 check=False,
             )
-            return r.returncode == 0
-    except (OSError, urllib.error.URLError, subprocess.TimeoutExpired, ValueError):
-        return False
-    return True  # no handler: like a probe that cannot fail
+            return r.returncode == 0, f"exec {probe['exec']['command']}: exit {r.returncode}"
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:g}s"
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code} {e.reason}"
+    except (OSError, ValueError) as e:  # URLError is an OSError
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            return False, f"timed out after {timeout:g}s"
+        return False, str(reason)
+    return True, ""  # no handler: like a probe that cannot fail
 
 
 @dataclass
@@ -75,6 +83,7 @@ class ProbeState:
     successes: int = 0
     failures: int = 0
     ok: bool = False
+    last_error: str = ""
 
     def __post_init__(self) -> None:
         self.next_at = self.started + float(self.probe.get("initialDelaySeconds", 0))
@@ -82,8 +91,11 @@ class ProbeState:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def record(self, success: bool, now: float) -> None:
+    def record(self, result: tuple[bool, str], now: float) -> None:
+        success, why = result
         self.next_at = now + float(self.probe.get("periodSeconds", 10))
+        if not success:
+            self.last_error = why
         if success:
             self.successes += 1
             self.failures = 0

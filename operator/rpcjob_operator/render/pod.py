@@ -74,10 +74,15 @@ def _sidecar(env: list[dict[str, Any]], tls: bool, defaults: OperatorDefaults) -
             "periodSeconds": 2,
             "failureThreshold": 1,
         },
+        # Restarting the sidecar ends the member, so only a sidecar hung for a minute is
+        # restarted: /healthz answers without etcd, but on a busy node an answer can take
+        # seconds, and kubelet's 1 s default timeout turned a slow machine into restarts
+        # (docs/contract.md, "HTTP").
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": port},
             "periodSeconds": 10,
-            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
         },
         "resources": copy.deepcopy(defaults.sidecar_resources),
         "securityContext": {
