@@ -8,6 +8,7 @@ worker name (new rank) is reachable from every old member.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -88,18 +89,35 @@ def test_join_racing_a_dead_member_is_retried_with_a_fresh_rank(
 ) -> None:
     """A joiner that meets a member whose sidecar died (not evicted before the lease TTL)
     fails fast, reports JOIN_FAILED, and joins on a later attempt with a fresh rank."""
-    ttl = 8  # long enough that the joiner surely meets the dead member
-    job = Job(etcd_endpoint, tmp_path, lease_ttl=ttl)
+    # The test itself keeps the dead member's lease alive until the joiner has failed once, so
+    # the joiner meets the dead member however long its torch import takes on a busy machine
+    # (30 s seen here); then the lease runs out and the retry waits for that eviction.
+    job = Job(etcd_endpoint, tmp_path, lease_ttl=TTL)
     client = Client(etcd_endpoint)
+    held = threading.Event()
     try:
         workers = start_pods(job, range(2))
         spare = job.pod("worker", 2)
         dead = workers[1]
+        record = client.get(job.keys.rank(dead.rank))
+        assert record is not None and record.lease, record
+        held.set()
+
+        def hold() -> None:
+            while held.is_set():
+                client.lease_keepalive_once(record.lease)
+                time.sleep(TTL / 3)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
         dead.pod.kill_sidecar()
         assert dead.proc.p.wait(timeout=60) == 1
-        joiner = start_worker(spare).joined()
-        log = spare.sidecar_log.read_text()
-        assert "worker_2 failed to join" in log, log[-3000:]
+        joiner = start_worker(spare)
+        wait_for(lambda: "worker_2 failed to join" in spare.sidecar_log.read_text(), 240,
+                 "the joiner's first attempt to fail on the dead member")  # fmt: skip
+        held.clear()
+        holder.join()
+        joiner.joined()
         # the failed attempt's rank was retired: the successful one is a fresh rank
         assert joiner.rank not in (w.rank for w in workers), joiner.rank
         assert_consistent(client, job, [workers[0], joiner])
