@@ -57,7 +57,6 @@ class SidecarConfig:
     drain_grace: float
     node_labels_file: str = ""
     node_labels_json: str = ""
-    test_hook: str = ""
 
     @property
     def keys(self) -> c.JobKeys:
@@ -226,5 +225,4 @@ def load_config(env: Mapping[str, str] | None = None) -> SidecarConfig:
         drain_grace=_float(env, c.ENV_DRAIN_GRACE, c.DEFAULT_DRAIN_GRACE, "seconds, e.g. 30"),
         node_labels_file=env.get(c.ENV_NODE_LABELS_FILE, "").strip(),
         node_labels_json=env.get(c.ENV_NODE_LABELS, "").strip(),
-        test_hook=env.get(c.ENV_TEST_HOOK, "").strip(),
     )

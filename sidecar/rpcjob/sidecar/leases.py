@@ -17,12 +17,38 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from rpcjob.etcd import Client, EtcdError, KeepAlive, Lease
 
 log = logging.getLogger("rpcjob.sidecar")
 
 FIRST_RETRY_S = 0.2  # first wait after the keepalive gave up; doubles up to TTL/3
+T = TypeVar("T")
+
+
+def retry_etcd(
+    what: str, call: Callable[[], T], ttl: float, until: threading.Event | None
+) -> T | None:
+    """Ride through an etcd outage: retry ``call`` with a backoff capped at TTL/3 until it
+    answers or ``until`` is set (an incarnation's end: its LeaseKeeper ends it only when etcd
+    says the lease is gone); None then. Without ``until``, give up after one TTL."""
+    deadline = time.monotonic() + ttl
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            return call()
+        except EtcdError as e:
+            over = until.is_set() if until is not None else time.monotonic() > deadline
+            if over:
+                log.error("could not %s: %s", what, e)
+                return None
+            log.warning("could not %s yet (%s): retrying", what, e)
+            if until is not None:
+                until.wait(delay)  # backoff between attempts, not synchronisation
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, max(ttl / 3, FIRST_RETRY_S))
 
 
 class LeaseKeeper:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from rpcjob import contract as c
+from rpcjob import torchkeys as tk
 from rpcjob.etcd import KV, Client, Compare, Op
 
 from .cleaner import kvs_of
@@ -25,7 +26,32 @@ from .cleanup import torch_key
 # (torch allows one per process): ``ranks/<first>`` is re-put with ``"worker": ""`` (not a
 # torch identity: the cleaner ignores it) under each retry's lease, so no other incarnation
 # gets that rank while the process lives.
-RESERVE_LOST = "the rank reserved as this worker process's dist-autograd id"
+RESERVED = "the rank reserved as this worker process's dist-autograd id"
+
+
+# --- what one allocation attempt gives ----------------------------------------------------
+@dataclass(frozen=True)
+class Allocated:
+    rank: int
+    revision: int  # of the allocation txn: the incarnation id
+
+
+@dataclass(frozen=True)
+class Again:  # raced another allocator, or stamped ended ranks first: try again at once
+    why: str
+
+
+@dataclass(frozen=True)
+class Wait:  # the space is exhausted, or our ended incarnation still holds the reserved rank
+    why: str
+
+
+@dataclass(frozen=True)
+class ReserveLost:  # another incarnation holds the rank reserved for this process: restart it
+    why: str
+
+
+Allocation = Allocated | Again | Wait | ReserveLost
 
 
 @dataclass(frozen=True)
@@ -100,11 +126,11 @@ def allocate_once(
     record: Mapping[str, object],
     space: int,
     reserve: int | None = None,
-) -> tuple[int, int] | str:
-    """One allocation attempt: ``(rank, revision)`` or a reason to wait (exhausted / raced).
+) -> Allocation:
+    """One allocation attempt.
 
-    ``reserve``: a rank to hold too, under the same lease (see RESERVE_LOST); a reason starting
-    with RESERVE_LOST when another incarnation holds it already.
+    ``reserve``: a rank to hold too, under the same lease (see RESERVED); ReserveLost when
+    another incarnation holds it already.
     """
     snap = client.txn(
         [], [Op.get(keys.ranks, prefix=True), Op.get(keys.retired_ranks, prefix=True)]
@@ -125,20 +151,21 @@ def allocate_once(
                  Compare.mod_revision(keys.retired_rank(r), "=", mod)],
                 [Op.put(keys.retired_rank(r), retired_value(snap.revision, ""))],
             )  # fmt: skip
-        return "stamped"
+        return Again("stamped ended ranks")
     if reserve is not None and reserve in held:
         kv = next(kv for kv in held_kvs if kv.key.decode() == keys.rank(reserve))
         rec = json.loads(kv.value)
         if worker in (rec.get("worker"), rec.get("reserved_by")):
             # our ended incarnation's lease could not be revoked: it expires within the TTL
-            return f"waiting for rank {reserve} of an ended incarnation of {worker} to expire"
-        return f"{RESERVE_LOST} ({reserve}) is held by another incarnation: restart the worker"
+            return Wait(f"waiting for rank {reserve} of an ended incarnation of {worker} to expire")
+        return ReserveLost(f"{RESERVED} ({reserve}) is held by another incarnation: "
+                           "restart the worker")  # fmt: skip
     taken = [*held, *([] if reserve is None else [reserve])]
     choice = choose_rank(space, taken, retired, held.values())
     if choice is None:
-        return describe_exhaustion(space, held, retired)
+        return Wait(describe_exhaustion(space, held, retired))
     r = choice.rank
-    names_key = torch_key(keys, f"names/{r}")
+    names_key = torch_key(keys, tk.name_key(r))
     keep: tuple[list[Compare], list[Op]] = ([], [])
     if reserve is not None:
         keep = (
@@ -165,8 +192,8 @@ def allocate_once(
         ],
     )
     if not res.succeeded:
-        return "raced"
-    return r, res.revision
+        return Again("raced")
+    return Allocated(r, res.revision)
 
 
 def predecessor_leases(rank_kvs: Iterable[KV], worker: str) -> list[int]:

@@ -10,31 +10,29 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from rpcjob import contract
 
-from ._pb import sidecar_pb2 as _pb2
-from ._pb import sidecar_pb2_grpc as _pb2_grpc
+from ._pb import sidecar_pb2 as pb
+from ._pb import sidecar_pb2_grpc as pb_grpc
 from .daemon import Sidecar
 from .incarnation import HelloError
-
-pb: Any = _pb2
-pb_grpc: Any = _pb2_grpc
 
 log = logging.getLogger("rpcjob.sidecar.server")
 
 
-class Servicer(_pb2_grpc.SidecarServicer):
+class Servicer(pb_grpc.SidecarServicer):
     def __init__(self, sidecar: Sidecar, hello_timeout: float) -> None:
-        self.sidecar = sidecar
+        self.incarnations = sidecar.incarnations
         self.hello_timeout = hello_timeout
 
-    def Hello(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.Identity:
         try:
-            inc, ident = self.sidecar.hello(self.hello_timeout, request.pid, request.fresh_rank)
+            inc, ident = self.incarnations.hello(
+                self.hello_timeout, request.pid, request.fresh_rank
+            )
         except HelloError as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         except Exception as e:  # an etcd error: the worker retries Hello
@@ -43,34 +41,34 @@ class Servicer(_pb2_grpc.SidecarServicer):
                 grpc.StatusCode.UNAVAILABLE, f"sidecar could not start an incarnation: {e}"
             )
         if not context.is_active():  # the worker went away while Hello waited
-            self.sidecar.end_incarnation(inc, "the worker left before Hello returned")
+            self.incarnations.end(inc, "the worker left before Hello returned")
             context.abort(grpc.StatusCode.CANCELLED, "worker gone")
         # A worker that never opens its Session must not hold a rank forever.
-        timer = threading.Timer(self.hello_timeout, self.sidecar.end_if_no_session, (inc,))
+        timer = threading.Timer(self.hello_timeout, self.incarnations.end_if_no_session, (inc,))
         timer.daemon = True
         timer.start()
         return ident
 
     def Session(
-        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> Iterator[Any]:
-        inc = self.sidecar.inc
+        self, request_iterator: Iterator[pb.WorkerReport], context: grpc.ServicerContext
+    ) -> Iterator[pb.MembershipEvent]:
+        inc = self.incarnations.inc
         if inc is None or inc.session_open:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no incarnation to attach to: call Hello first (once per incarnation)",
             )
         assert inc is not None
-        self.sidecar.open_session(inc)
+        self.incarnations.open_session(inc)
 
         def read_reports() -> None:
             try:
                 for report in request_iterator:
-                    self.sidecar.on_report(inc, report)
+                    self.incarnations.on_report(inc, report)
             except Exception as e:  # the stream broke: the worker is gone
                 log.debug("session stream error: %s", e)
             finally:
-                self.sidecar.on_stream_closed(inc)
+                self.incarnations.on_stream_closed(inc)
 
         threading.Thread(target=read_reports, daemon=True, name="rpcjob-reports").start()
         while True:

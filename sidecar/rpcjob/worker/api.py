@@ -21,11 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rpcjob import contract
-from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
+from rpcjob.sidecar._pb import sidecar_pb2 as pb
 from rpcjob.worker.client import Session, SidecarClient, SidecarError, SidecarNotFound
 from rpcjob.worker.events import MembershipApplier, TorchOps, fatal
-
-pb: Any = _pb2  # generated code is untyped
 
 __all__ = ["JoinFailed", "SidecarError", "SidecarNotFound", "init_rpc", "on_drain", "shutdown"]
 
@@ -49,7 +47,7 @@ class _Worker:
         self.drain_callbacks: list[Callable[[], None]] = []
         self.client: SidecarClient | None = None
         self.session: Session | None = None
-        self.identity: Any = None
+        self.identity: pb.Identity | None = None
         self.store: Any = None
         self.applier: MembershipApplier | None = None
         self.joined = False
@@ -262,7 +260,7 @@ def _on_self_evicted() -> None:
     os._exit(EXIT_EVICTED)
 
 
-def _start_background(identity: Any, session: Session, metrics_interval: float) -> None:
+def _start_background(identity: pb.Identity, session: Session, metrics_interval: float) -> None:
     def ack(peer: str, event_id: int) -> None:
         session.report(R.EVICTED, peer=peer, event_id=event_id)
 
@@ -314,7 +312,7 @@ def _start_background(identity: Any, session: Session, metrics_interval: float) 
     threading.Thread(target=metrics, name="rpcjob-metrics", daemon=True).start()
 
 
-def _build_store(identity: Any) -> Any:
+def _build_store(identity: pb.Identity) -> Any:
     from datetime import timedelta
 
     from rpcjob.store import EtcdStore  # type: ignore[import-not-found,unused-ignore]

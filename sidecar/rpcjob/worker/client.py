@@ -12,11 +12,8 @@ from typing import Any
 import grpc
 
 from rpcjob import contract
-from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
-from rpcjob.sidecar._pb import sidecar_pb2_grpc as _pb2_grpc
-
-pb: Any = _pb2  # generated code is untyped
-pb_grpc: Any = _pb2_grpc
+from rpcjob.sidecar._pb import sidecar_pb2 as pb
+from rpcjob.sidecar._pb import sidecar_pb2_grpc as pb_grpc
 
 DEFAULT_HELLO_TIMEOUT_S = 60.0
 
@@ -65,7 +62,7 @@ class Session:
 
     def report(
         self,
-        state: int,
+        state: pb.WorkerReport.State.ValueType,
         *,
         peer: str = "",
         detail: str = "",
@@ -86,7 +83,7 @@ class Session:
             )
         )
 
-    def events(self) -> Iterator[Any]:
+    def events(self) -> Iterator[pb.MembershipEvent]:
         """Blocks; ends when the stream ends. Raises grpc.RpcError when the sidecar is gone."""
         yield from self._responses
 
@@ -108,9 +105,9 @@ class SidecarClient:
         self._channel = grpc.insecure_channel(f"unix://{os.path.realpath(self.path)}")
         self._stub = pb_grpc.SidecarStub(self._channel)
 
-    def hello(self, *, fresh_rank: bool = False, timeout: float | None = None) -> Any:
+    def hello(self, *, fresh_rank: bool = False, timeout: float | None = None) -> pb.Identity:
         try:
-            identity: Any = self._stub.Hello(
+            identity: pb.Identity = self._stub.Hello(
                 pb.HelloRequest(pid=os.getpid(), fresh_rank=fresh_rank),
                 timeout=timeout or DEFAULT_HELLO_TIMEOUT_S,
                 wait_for_ready=True,

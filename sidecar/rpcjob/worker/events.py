@@ -14,11 +14,9 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
-
-pb: Any = _pb2  # generated code is untyped
+from rpcjob.sidecar._pb import sidecar_pb2 as pb
 
 log = logging.getLogger("rpcjob.worker")
 
@@ -42,7 +40,7 @@ class MembershipApplier:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
 
-    def apply(self, ev: Any) -> None:
+    def apply(self, ev: pb.MembershipEvent) -> None:
         kind = ev.kind
         if kind == EV.DRAIN:
             self.on_drain()
@@ -66,7 +64,7 @@ class MembershipApplier:
                 self.ops.evict(ev.peer.name, ev.peer.rank)
                 self.ack(ev.peer.name, ev.id)
 
-    def _joined(self, m: Any) -> None:
+    def _joined(self, m: pb.Member) -> None:
         # Earlier members never get a later joiner's reverse map from torch
         # (docs/architecture.md#device-maps).
         if self.devices and m.name != self.me[0] and m.reverse_map:

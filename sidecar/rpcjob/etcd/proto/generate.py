@@ -27,7 +27,6 @@ class ProtoSet:
     src: Path  # folder holding the .proto files (the -I root)
     out: Path  # package folder receiving the _pb2 modules
     protos: tuple[str, ...]
-    typed: bool = True  # also write mypy-protobuf's .pyi stubs
 
 
 PROTO_SETS = (
@@ -36,8 +35,7 @@ PROTO_SETS = (
         PKG_ROOT / "etcd" / "_pb",
         ("kv.proto", "auth.proto", "rpc.proto"),
     ),
-    # Untyped until the sidecar's own modules drop their `pb: Any` aliases.
-    ProtoSet(PKG_ROOT / "sidecar", PKG_ROOT / "sidecar" / "_pb", ("sidecar.proto",), typed=False),
+    ProtoSet(PKG_ROOT / "sidecar", PKG_ROOT / "sidecar" / "_pb", ("sidecar.proto",)),
 )
 
 _TOP_IMPORT = re.compile(r"^import (\w+_pb2) as ", re.MULTILINE)
@@ -58,15 +56,14 @@ def generate(ps: ProtoSet, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{ps.src}", f"-I{include}", f"--python_out={out}",
-            f"--grpc_python_out={out}"]  # fmt: skip
-    if ps.typed:
-        args += [
-            f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
-            f"--mypy_out=quiet:{out}",
-            f"--mypy_grpc_out=quiet:{out}",
-        ]
+    args = [
+        "protoc", f"-I{ps.src}", f"-I{include}", f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_out=quiet:{out}",
+        f"--mypy_grpc_out=quiet:{out}",
+    ]  # fmt: skip
     args += [str(ps.src / p) for p in ps.protos]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed for {ps.src}")
