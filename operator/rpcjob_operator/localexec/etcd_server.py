@@ -205,10 +205,8 @@ class EmbeddedEtcd:
         ``users`` as (name, password, key prefix) with read-write access to their prefix.
         Clients then need ``user``/``password`` (see client_kwargs)."""
         from rpcjob.etcd import Client
-        from rpcjob.etcd._pb import auth_pb2, rpc_pb2
-
-        pb: Any = rpc_pb2  # generated classes: Any for mypy
-        authpb: Any = auth_pb2
+        from rpcjob.etcd._pb import auth_pb2 as authpb
+        from rpcjob.etcd._pb import rpc_pb2 as pb
 
         with Client(self.endpoint, **self.client_kwargs(client_tls)) as c:
             c.auth_call("UserAdd", pb.AuthUserAddRequest(name="root", password=root_password))
