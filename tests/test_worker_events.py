@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from rpcjob.sidecar._pb import sidecar_pb2 as _pb2
+from rpcjob.sidecar._pb import sidecar_pb2 as pb
 from rpcjob.worker.events import MembershipApplier
 
-pb: Any = _pb2
 EV = pb.MembershipEvent
 
 
