@@ -1,17 +1,8 @@
-"""The sidecar daemon, put together from three named parts that share one :class:`GroupState`:
-
-* :class:`IncarnationManager` (incarnation.py) — Hello, the Session's reports, the worker's
-  incarnations and their leases;
-* :class:`MembershipWatcher` (watcher.py) — the etcd watches, turned into the group's state,
-  events for the worker and wake-ups for the cleaner;
-* :class:`CleanerLoop` (cleaner_loop.py) — the sidecar lease, the cleaner election and the
-  cleanup executor's thread.
-
-The gRPC servicer (server.py) and main.py only call into this. Two kinds of lease: the
-*sidecar lease* (process lifetime) carries the cleaner election, so a sidecar whose worker is
-between incarnations can still clean up after it; each *incarnation lease* carries
-``ranks/<r>``, ``members/<w>`` and eviction acks, and is revoked the moment the worker's stream
-closes without a graceful leave (crash detection without waiting for a TTL).
+"""The sidecar daemon: wires its three named parts around one :class:`GroupState` — the
+incarnation manager (incarnation.py), the membership watcher (watcher.py) and the cleaner loop
+(cleaner_loop.py); see docs/architecture.md#sidecar-parts. The gRPC servicer (server.py) and
+main.py only call into this. The sidecar lease (process lifetime) carries the cleaner
+election; each incarnation lease carries that incarnation's rank, member record and acks.
 """
 
 from __future__ import annotations

@@ -60,10 +60,6 @@ class RankChoice:
     retired_mod_revision: int  # 0: never used (the retired key must still be absent)
 
 
-class RankSpaceExhausted(RuntimeError):
-    pass
-
-
 def retired_value(retired_rev: int, worker: str) -> str:
     return json.dumps({"retired": retired_rev, "worker": worker}, sort_keys=True)
 
