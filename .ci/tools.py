@@ -52,6 +52,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("sh", "Debian essential (dash)"),
     Tool("python3", "the Python 3.11 the README asks for"),
     Tool("ip", "apt-get install iproute2 (.ci/install)"),
+    Tool("nft", "apt-get install nftables (.ci/install; the e2e cluster's kube-proxy)"),
+    Tool("iptables", "apt-get install iptables (.ci/install; the e2e cluster's kube-proxy)"),
+    Tool("conntrack", "apt-get install conntrack (.ci/install; the e2e cluster's kube-proxy)"),
     Tool("go", "Go 1.26 (the e2e control plane build)", optional="the e2e control-plane "
          "tests build Kubernetes with it and skip without it"),
     Tool("nvidia-smi", "the NVIDIA driver", optional="GPU tests (marker gpu) need GPUs"),

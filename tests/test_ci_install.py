@@ -99,3 +99,12 @@ def test_check_names_the_missing_program_and_its_provider(tmp_path: Path) -> Non
 def test_etcdctl_is_not_needed() -> None:
     """Debian's etcd-server ships no etcdctl: tests use rpcjob.etcd or etcd's JSON gateway."""
     assert "etcdctl" not in programs_in_tree()
+
+
+def test_install_provides_the_programs_the_e2e_clusters_kube_proxy_runs() -> None:
+    """kube-proxy execs nft (and iptables, conntrack) itself: the scan cannot see those."""
+    install = (REPO / ".ci" / "install").read_text()
+    for program, package in (("nft", "nftables"), ("iptables", "iptables"),
+                             ("conntrack", "conntrack")):  # fmt: skip
+        assert f"command -v {program} >/dev/null 2>&1 || apt_missing+=({package})" in install
+        assert program in {t.name for t in tools_module().TOOLS}

@@ -1,15 +1,16 @@
-"""The API server's address: the ``kubernetes`` Service's ClusterIP, on the pod bridge.
+"""The API server's address: the ``kubernetes`` Service's ClusterIP, routed to every pod.
 
-Pods live in their own network namespaces behind the process kubelet's bridge (netns.py); their
-default route is the bridge, so an address on the bridge is reachable from every pod and from
-the host alike. The API server binds ``<first address of the service CIDR>:443`` there
-(``10.96.0.1:443`` for the first cluster): in-cluster clients find it through
-``KUBERNETES_SERVICE_HOST``/``PORT`` exactly as on a real cluster, with no kube-proxy.
+Each cluster claims a free **slot** (a lock file held until ``release`` or the process's
+death) and with it its own service CIDR (``10.<96+slot>.0.0/16``), its own share of the pod
+network (``10.244.<32*slot>.0/19``: 32 nodes of /24) and its own router namespace
+(router.py: pod bridge, kube-proxy, cluster DNS), so several clusters share one host
+(``pytest -n 2``, or other test runs) without colliding in addresses or in netfilter rules.
 
-Several clusters may run on one host (``pytest -n 2``): each claims a free **slot** (a lock file
-held until ``release`` or the process's death) and with it its own service CIDR
-(``10.<96+slot>.0.0/16``) and its own share of the pod network (``10.244.<32*slot>.0/19``: 32
-nodes of /24), so neither addresses nor pod IPs collide.
+The API server binds ``<first address of the service CIDR>:443`` (``10.96.0.1:443`` for slot 0)
+on the host end of the router's uplink: pods reach it through their router (kube-proxy's rule
+for the ``kubernetes`` Service DNATs it to itself), and the host's kubectl, the controllers and
+the kubelets reach it as a local address. In-cluster clients find it through
+``KUBERNETES_SERVICE_HOST``/``PORT`` exactly as on a real cluster.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .netns import BRIDGE, NetworkError, ip
+from . import router as _router
+from .netns import NetworkError, ip
 
 API_PORT = 443
 SLOTS = 8
 LOCK_DIR = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp")
-_held: dict[str, IO[str]] = {}
+_held: dict[str, tuple[IO[str], Slot]] = {}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,15 @@ class Slot:
     @property
     def cluster_cidr(self) -> str:
         return f"10.244.{32 * self.index}.0/19"
+
+    @property
+    def dns_address(self) -> str:
+        """The ``kube-dns`` Service's ClusterIP (the tenth address, as kubeadm picks)."""
+        return f"10.{96 + self.index}.0.10"
+
+    @property
+    def router(self) -> _router.Router:
+        return _router.Router(self.index, self.cluster_cidr, self.service_cidr)
 
 
 class ClusterBusy(RuntimeError):
@@ -66,12 +77,12 @@ def _try_lock(index: int) -> IO[str] | None:
 
 
 def claim(deadline: float | None = None) -> Slot:
-    """Take a free slot and put its API address (/32) on the pod bridge (created if missing).
-    Needs root (CAP_NET_ADMIN)."""
+    """Take a free slot, build its router and put its API address (/32) on the host end of
+    the router's uplink. Needs root (CAP_NET_ADMIN)."""
     if os.geteuid() != 0:
         raise PermissionError(
-            "the e2e cluster needs root: pods get their own network namespaces and the API "
-            f"server an address on the pod bridge {BRIDGE}; run as root (CI does)"
+            "the e2e cluster needs root: pods get their own network namespaces and the cluster "
+            "a router namespace with kube-proxy; run as root (CI does)"
         )
     deadline = deadline if deadline is not None else time.monotonic() + 60
     while True:
@@ -79,7 +90,7 @@ def claim(deadline: float | None = None) -> Slot:
             lock = _try_lock(index)
             if lock is not None:
                 slot = Slot(index)
-                _held[slot.api_address] = lock
+                _held[slot.api_address] = (lock, slot)
                 break
         else:
             if time.monotonic() > deadline:
@@ -92,30 +103,22 @@ def claim(deadline: float | None = None) -> Slot:
             continue
         break
     try:
-        _add_address(slot.api_address)
+        # The slot's lock is ours: a router of this slot left behind is a dead cluster's.
+        _router.create(slot.router)
+        r = ip("addr", "add", f"{slot.api_address}/32", "dev", slot.router.host_veth, check=False)
+        if r.returncode != 0:
+            raise NetworkError(f"ip addr add {slot.api_address}/32: {r.stderr.strip()}")
     except BaseException:
         release(slot.api_address)
         raise
     return slot
 
 
-def _add_address(address: str) -> None:
-    r = ip("link", "add", BRIDGE, "type", "bridge", check=False)
-    if r.returncode != 0 and "File exists" not in r.stderr:
-        raise NetworkError(f"ip link add {BRIDGE} type bridge: {r.stderr.strip()}")
-    ip("link", "set", BRIDGE, "up")
-    r = ip("addr", "add", f"{address}/32", "dev", BRIDGE, check=False)
-    if r.returncode != 0 and "File exists" not in r.stderr:
-        raise NetworkError(f"ip addr add {address}/32 dev {BRIDGE}: {r.stderr.strip()}")
-
-
 def release(address: str) -> None:
-    """Remove ``address`` from the bridge, the bridge if nothing else uses it, and the lock."""
-    ip("addr", "del", f"{address}/32", "dev", BRIDGE, check=False)
-    addrs = ip("-4", "-o", "addr", "show", "dev", BRIDGE, check=False).stdout.strip()
-    ports = ip("-o", "link", "show", "master", BRIDGE, check=False).stdout.strip()
-    if not addrs and not ports:
-        ip("link", "del", BRIDGE, check=False)
-    lock = _held.pop(address, None)
-    if lock is not None:
+    """Delete the slot's router (its bridge, veths and the API address go with it), then
+    give the slot back."""
+    held = _held.pop(address, None)
+    if held is not None:
+        lock, slot = held
+        _router.delete(slot.router)
         lock.close()

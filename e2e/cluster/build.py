@@ -7,6 +7,10 @@ module proxy into ``~/.cache/rpcjob-k8s/<version>/bin`` (``RPCJOB_K8S_CACHE`` mo
 and prints that directory. A second run with the same go.mod/go.sum builds nothing. The build
 runs at ``nice -n 19`` with two compile jobs: it is meant to share a small machine.
 
+CoreDNS (the cluster DNS, e2e/cluster/network.py) is built the same way from its own module at
+the pinned ``COREDNS_VERSION`` (``go install github.com/coredns/coredns@<version>``: its go.mod
+and go.sum pin its dependencies) into ``~/.cache/rpcjob-k8s/coredns-<version>/bin``.
+
 Usage: ``python3 -m e2e.cluster.build [--check] [--version]``
 """
 
@@ -32,6 +36,8 @@ COMPONENTS = (
 # Both packages carry the version `kubectl version` and /version report.
 VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
 STAMP = ".build-stamp"
+COREDNS = "github.com/coredns/coredns"
+COREDNS_VERSION = "v1.15.0"
 GO_HINT = (
     "the 'go' command (1.26 or newer) was not found on PATH; the e2e control plane is built "
     "from the Go module proxy: install Go from https://go.dev/dl and put it on PATH"
@@ -79,9 +85,16 @@ def build_key(version: str) -> str:
     return h.hexdigest()
 
 
+def coredns_dir() -> Path:
+    return cache_root() / f"coredns-{COREDNS_VERSION}" / "bin"
+
+
 def built(version: str | None = None) -> Path | None:
-    """The bin directory when every binary of this exact build is there, else None."""
+    """The bin directory when every binary of this exact build (and CoreDNS) is there, else
+    None."""
     version = version or pinned_version()
+    if not (coredns_dir() / "coredns").is_file():
+        return None
     out = bin_dir(version)
     stamp = out / STAMP
     if not stamp.is_file() or stamp.read_text().strip() != build_key(version):
@@ -94,6 +107,8 @@ def built(version: str | None = None) -> Path | None:
 def binary(name: str) -> Path:
     """The path of one built binary; BuildError naming the build command if it is missing."""
     out = built()
+    if out is not None and name == "coredns":
+        return coredns_dir() / name
     if out is None:
         raise BuildError(
             f"the pinned Kubernetes binaries are not built: run 'python3 -m e2e.cluster.build' "
@@ -112,7 +127,10 @@ def build(log: Path | None = None) -> Path:
     go = shutil.which("go")
     if go is None:
         raise BuildError(GO_HINT)
+    build_coredns(go, log)
     out = bin_dir(version)
+    if (out / STAMP).is_file() and (out / STAMP).read_text().strip() == build_key(version):
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -128,19 +146,48 @@ def build(log: Path | None = None) -> Path:
     return out
 
 
-def _go_build(go: str, version: str, dest: Path, log: Path | None) -> None:
-    nice = [shutil.which("nice") or "nice", "-n", "19"] if shutil.which("nice") else []
-    cmd = [*nice, go, "build", "-p", "2", "-trimpath", "-ldflags", ldflags(version),
-           "-o", f"{dest}/", *(f"{KUBERNETES}/cmd/{c}" for c in COMPONENTS)]  # fmt: skip
-    # Static binaries as Kubernetes releases them; two compile jobs leave the machine usable.
-    env = dict(os.environ, CGO_ENABLED="0", GOMAXPROCS="2", GOFLAGS="-mod=readonly -buildvcs=false")
+def build_coredns(go: str, log: Path | None = None) -> Path:
+    """Build CoreDNS ``COREDNS_VERSION`` unless it is there; its bin directory."""
+    out = coredns_dir()
+    if (out / "coredns").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "coredns").is_file():
+            return out
+        tmp = out.parent / "bin.tmp"
+        tmp.mkdir(exist_ok=True)
+        cmd = [*_nice(), go, "install", "-p", "2", "-trimpath", "-ldflags", "-s -w",
+               f"{COREDNS}@{COREDNS_VERSION}"]  # fmt: skip
+        _run_go(cmd, {"GOBIN": str(tmp)}, out.parent, log, f"{COREDNS} {COREDNS_VERSION}")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def _nice() -> list[str]:
+    return [shutil.which("nice") or "nice", "-n", "19"] if shutil.which("nice") else []
+
+
+def _run_go(cmd: list[str], extra: dict[str, str], cwd: Path, log: Path | None, what: str) -> None:
+    # Static binaries as the projects release them; two compile jobs leave the machine usable.
+    env = dict(os.environ, CGO_ENABLED="0", GOMAXPROCS="2", **extra)
     start = time.monotonic()
     with open(log, "a") if log else open(os.devnull, "w") as sink:
-        proc = subprocess.run(cmd, cwd=BUILD_DIR, env=env, stdout=sink, stderr=subprocess.PIPE,
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=sink, stderr=subprocess.PIPE,
                               text=True)  # fmt: skip
     if proc.returncode != 0:
-        raise BuildError(f"go build of {KUBERNETES} {version} failed:\n{proc.stderr[-4000:]}")
-    print(f"built {KUBERNETES} {version} in {time.monotonic() - start:.0f}s", file=sys.stderr)
+        raise BuildError(f"go build of {what} failed:\n{proc.stderr[-4000:]}")
+    print(f"built {what} in {time.monotonic() - start:.0f}s", file=sys.stderr)
+
+
+def _go_build(go: str, version: str, dest: Path, log: Path | None) -> None:
+    nice = _nice()
+    cmd = [*nice, go, "build", "-p", "2", "-trimpath", "-ldflags", ldflags(version),
+           "-o", f"{dest}/", *(f"{KUBERNETES}/cmd/{c}" for c in COMPONENTS)]  # fmt: skip
+    flags = {"GOFLAGS": "-mod=readonly -buildvcs=false"}
+    _run_go(cmd, flags, BUILD_DIR, log, f"{KUBERNETES} {version}")
 
 
 def main(argv: list[str] | None = None) -> int:

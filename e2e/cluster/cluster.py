@@ -4,6 +4,11 @@ Node ``node-<i>`` authenticates as ``system:node:node-<i>`` (its own client cert
 Node authorizer and NodeRestriction apply), gets its podCIDR from the controller manager's
 node-ipam controller, and reports ``nvidia.com/gpu`` capacity plus GPU Feature Discovery labels
 when it has GPUs.
+
+With ``network`` (the default) and nodes, the cluster also runs kube-proxy and CoreDNS in its
+router namespace and has a default StorageClass (network.py): ClusterIP Services, cluster DNS
+(every pod's resolv.conf names the ``kube-dns`` ClusterIP) and PersistentVolumeClaims work.
+Several clusters may run on one host at once: each has its own router (router.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from . import build
 from .controlplane import ControlPlane, ControlPlaneError
+from .network import HOSTPATH_ROOT, ClusterNetwork
 
 # Not under /tmp: a pod that mounts an emptyDir at /tmp would hide the sources of its other
 # volumes (they live under the work dir) from the container's mount namespace.
@@ -66,7 +72,9 @@ class E2ECluster:
     nodes: int = 1
     gpus_per_node: int = 0
     node_labels: dict[str, str] = field(default_factory=dict)
+    network: bool = True
     control: ControlPlane | None = None
+    net: ClusterNetwork | None = None
     kubelets: list[Any] = field(default_factory=list)
     started_in: float = 0.0
     _own_dir: bool = False
@@ -83,8 +91,13 @@ class E2ECluster:
             self._own_dir = True
         try:
             self.control = ControlPlane(self.work_dir).start(timeout)
+            # kube-proxy waits for its Node: no network without nodes (nothing would use it).
+            if self.network and self.nodes:
+                self.net = ClusterNetwork(self.control).start()
             if self.nodes and kubelet_available():
                 self._start_nodes(t0 + timeout)
+            if self.net is not None:
+                self.net.wait_ready(t0 + timeout)
         except BaseException:
             self.stop()
             raise
@@ -103,6 +116,8 @@ class E2ECluster:
             kubelet = ProcessKubelet(
                 self.control.node_kubeconfig(name), name, node_ip(slot, i), None,
                 labels, self.gpus_per_node, self.work_dir / "nodes" / name,
+                cluster_dns=self.net.dns_address if self.net else None,
+                router=self.control.slot.router.netns,
             )  # fmt: skip
             self.kubelets.append(kubelet)
             kubelet.start()
@@ -130,12 +145,25 @@ class E2ECluster:
             except BaseException as exc:  # the control plane and the other nodes still go
                 errors.append(exc)
         if self.control is not None:
+            volumes = self._provisioned_dirs()
+            if self.net is not None:
+                self.net.stop()
+                self.net = None
             self.control.stop()
             self.control = None
+            for path in volumes:  # their PVs die with this cluster's etcd
+                shutil.rmtree(path, ignore_errors=True)
         if self._own_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         if errors:
             raise errors[0]
+
+    def _provisioned_dirs(self) -> list[str]:
+        """The directories the host-path provisioner made for this cluster's claims."""
+        assert self.control is not None
+        pvs = (self.control.get_json("/api/v1/persistentvolumes") or {}).get("items") or []
+        paths = [str((pv["spec"].get("hostPath") or {}).get("path") or "") for pv in pvs]
+        return [p for p in paths if p.startswith(HOSTPATH_ROOT + "/")]
 
     def __enter__(self) -> E2ECluster:
         return self.start()

@@ -8,11 +8,12 @@ each (``--use-service-account-credentials``) and allocates every Node a podCIDR 
 ``cluster_cidr``. Every file lives under ``work_dir``.
 
 Where the API server listens: on ``10.96.0.1:443`` (another slot's address when several clusters
-share the host), the ClusterIP and port of the ``kubernetes`` Service, as an address of the pod
-bridge (apiaddr.py). Pods (each in its own network namespace,
-routed through that bridge) reach it at exactly the address in-cluster config uses
-(``KUBERNETES_SERVICE_HOST``/``PORT``) without a kube-proxy, and so do the host's kubectl, the
-controllers and the kubelets. etcd and the other components' ports stay on loopback.
+share the host), the ClusterIP and port of the ``kubernetes`` Service, on the host end of the
+cluster's router uplink (apiaddr.py, router.py). Pods (each in its own network namespace,
+routed through the router) reach it at exactly the address in-cluster config uses
+(``KUBERNETES_SERVICE_HOST``/``PORT``), and so do the host's kubectl, the controllers and the
+kubelets. etcd and the other components' ports stay on loopback. kube-proxy, CoreDNS and the
+default StorageClass come with network.py.
 """
 
 from __future__ import annotations
@@ -212,6 +213,9 @@ class ControlPlane:
             f"--cluster-signing-key-file={self.pki_dir / 'ca.key'}",
             "--allocate-node-cidrs=true", f"--cluster-cidr={self.cluster_cidr}",
             "--node-cidr-mask-size=24", f"--service-cluster-ip-range={self.service_cidr}",
+            # The default StorageClass's provisioner (network.py): a claim gets a directory
+            # under /tmp/hostpath_pv that the process kubelet mounts into the pod.
+            "--enable-hostpath-provisioner",
         ]  # fmt: skip
         self._spawn(name, args, port)
 

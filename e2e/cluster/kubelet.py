@@ -13,8 +13,9 @@ pod bound to it run as local processes in the pod's own network and mount namesp
   in its own netns on the shared pod bridge (netns.py) and each container in its own mount
   namespace with the pod's volumes at their mountPaths (mounts.py), incl. the projected
   service-account token; ``KUBERNETES_SERVICE_HOST``/``PORT`` are the ``kubernetes`` Service's
-  ClusterIP and port (the API server listens there on the bridge, see apiaddr.py); with
-  ``cluster_dns`` pods get a resolv.conf per dnsPolicy (none is run by default: no DNS here).
+  ClusterIP and port (see apiaddr.py); with ``router`` the bridge lives in that cluster's
+  router namespace (router.py: kube-proxy, so Services work); with ``cluster_dns`` (the
+  e2e cluster passes its kube-dns ClusterIP) pods get a resolv.conf per dnsPolicy.
 * **Logs**: per container incarnation, timestamped, served on ``node_ip:10250``
   (kubelet_api.py) for ``kubectl logs`` with -f, --tail, --since, --timestamps, --previous.
 
@@ -102,8 +103,10 @@ class ProcessKubelet:
         backoff_cap: float = 10.0,
         cluster_dns: str | None = None,
         cluster_domain: str = "cluster.local",
+        router: str | None = None,
     ) -> None:
         self.dns = (cluster_dns, cluster_domain)
+        self.router = router
         self.name, self.node_ip, self.pod_cidr = node_name, node_ip, pod_cidr
         self.labels, self.gpus, self.port = dict(labels), gpus, port
         self.work_dir = Path(work_dir)
@@ -143,7 +146,7 @@ class ProcessKubelet:
             for orphan in netns.reap_orphans():
                 log.info("kubelet %s: removed %s, left by a kubelet that died", self.name, orphan)
             self.pool = netns.IpPool(self.pod_cidr or self._wait_pod_cidr(time.monotonic() + 60))
-            netns.ensure_bridge(self.pool.gateway, self.pool.network.prefixlen)
+            netns.ensure_bridge(self.pool.gateway, self.pool.network.prefixlen, self.router)
             self.cfg.extra_env = {**self._service_env(), **self.cfg.extra_env}
             self._renew_lease()
         except BaseException:
@@ -177,7 +180,7 @@ class ProcessKubelet:
             self.server.stop()
             self.server = None
         if self.pool is not None:
-            netns.release_bridge(self.pool.gateway, self.pool.network.prefixlen)
+            netns.release_bridge(self.pool.gateway, self.pool.network.prefixlen, self.router)
         self.mountpoints.release_all()
         shutil.rmtree(self.work_dir / "pods", ignore_errors=True)
 
@@ -327,7 +330,7 @@ class ProcessKubelet:
         else:
             addr = self.pool.take()
             try:
-                net = netns.create_pod_net(uid, addr, self.pool.gateway)
+                net = netns.create_pod_net(uid, addr, self.pool.gateway, router=self.router)
             except netns.NetworkError:
                 self.pool.release(addr)
                 raise

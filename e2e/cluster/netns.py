@@ -12,6 +12,10 @@ node.
 Only addresses inside 10.244.0.0/16, only on the bridge and veths we create. The bridge is
 shared by the kubelets of one host: each removes its gateway address on stop, and the last one
 (no addresses, no ports left) deletes the bridge.
+
+With ``router`` (the e2e cluster always passes one) the bridge and the host ends of the veths
+live in that cluster's router namespace instead of the host's (router.py): the router forwards
+and runs kube-proxy, so Services work and clusters of one host do not share netfilter rules.
 """
 
 from __future__ import annotations
@@ -92,24 +96,32 @@ def short_name(prefix: str, key: str, length: int = 15) -> str:
     return (prefix + digest)[:length]
 
 
-def ensure_bridge(gateway: str, prefixlen: int) -> None:
+def _in(router: str | None, *args: str) -> tuple[str, ...]:
+    """``ip`` arguments run in ``router``'s namespace (None: the host's)."""
+    return ("-n", router, *args) if router else args
+
+
+def ensure_bridge(gateway: str, prefixlen: int, router: str | None = None) -> None:
     """Create the shared bridge if needed and add this node's gateway address to it, with the
     podCIDR's prefix: each node's gateway is then the primary address of its own subnet (a
     second address of one subnet would be a secondary, deleted along with the primary)."""
     with _bridge_lock:
-        r = ip("link", "add", BRIDGE, "type", "bridge", check=False)
+        r = ip(*_in(router, "link", "add", BRIDGE, "type", "bridge"), check=False)
         if r.returncode != 0 and "File exists" not in r.stderr:
             raise NetworkError(f"ip link add {BRIDGE} type bridge: {r.stderr.strip()}")
-        ip("link", "set", BRIDGE, "up")
-        r = ip("addr", "add", f"{gateway}/{prefixlen}", "dev", BRIDGE, check=False)
+        ip(*_in(router, "link", "set", BRIDGE, "up"))
+        r = ip(*_in(router, "addr", "add", f"{gateway}/{prefixlen}", "dev", BRIDGE), check=False)
         if r.returncode != 0 and "File exists" not in r.stderr:
             raise NetworkError(f"ip addr add {gateway} dev {BRIDGE}: {r.stderr.strip()}")
 
 
-def release_bridge(gateway: str, prefixlen: int) -> None:
-    """Remove this node's gateway; delete the bridge once nobody uses it."""
+def release_bridge(gateway: str, prefixlen: int, router: str | None = None) -> None:
+    """Remove this node's gateway; delete the host's bridge once nobody uses it (a router's
+    goes with the router)."""
     with _bridge_lock:
-        ip("addr", "del", f"{gateway}/{prefixlen}", "dev", BRIDGE, check=False)
+        ip(*_in(router, "addr", "del", f"{gateway}/{prefixlen}", "dev", BRIDGE), check=False)
+        if router:
+            return
         addrs = ip("-4", "-o", "addr", "show", "dev", BRIDGE, check=False).stdout.strip()
         ports = ip("-o", "link", "show", "master", BRIDGE, check=False).stdout.strip()
         if not addrs and not ports:
@@ -123,6 +135,7 @@ class PodNet:
     netns: str
     host_veth: str
     ip: str
+    router: str | None = None  # the namespace of the bridge and host_veth (None: the host)
 
     @property
     def path(self) -> str:
@@ -132,10 +145,27 @@ class PodNet:
 def pod_netns_commands(net: PodNet, gateway: str) -> Sequence[Sequence[str]]:
     """The ``ip`` commands that build a pod's network, in order (pure, for the tests)."""
     prefix = POD_NETWORK.prefixlen
+    r = net.router
     return [
         ("netns", "add", net.netns),
-        ("link", "add", net.host_veth, "type", "veth", "peer", "name", "eth0", "netns", net.netns),
-        ("link", "set", net.host_veth, "master", BRIDGE, "up"),
+        _in(
+            r,
+            "link",
+            "add",
+            net.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            net.netns,
+        ),
+        _in(r, "link", "set", net.host_veth, "master", BRIDGE, "up"),
+        # Hairpin (the kubelet's --hairpin-mode=hairpin-veth): a pod dialling a Service whose
+        # endpoint is itself gets its packet back through the port it came in on (bridged
+        # frames pass netfilter, so the DNATed packet is bridged, not routed).
+        _in(r, "link", "set", net.host_veth, "type", "bridge_slave", "hairpin", "on"),
         ("-n", net.netns, "link", "set", "lo", "up"),
         ("-n", net.netns, "addr", "add", f"{net.ip}/{prefix}", "dev", "eth0"),
         ("-n", net.netns, "link", "set", "eth0", "up"),
@@ -143,11 +173,13 @@ def pod_netns_commands(net: PodNet, gateway: str) -> Sequence[Sequence[str]]:
     ]
 
 
-def create_pod_net(uid: str, pod_ip: str, gateway: str, registry: Path = REGISTRY) -> PodNet:
-    net = PodNet(short_name("rpj-", uid, 14), short_name("rpv", uid), pod_ip)
+def create_pod_net(
+    uid: str, pod_ip: str, gateway: str, registry: Path = REGISTRY, router: str | None = None
+) -> PodNet:
+    net = PodNet(short_name("rpj-", uid, 14), short_name("rpv", uid), pod_ip, router)
     delete_pod_net(net, registry)  # a leftover of a kubelet that died with this pod (same uid)
     with _registry(registry) as table:
-        table[net.netns] = [str(os.getpid()), net.host_veth, net.ip]
+        table[net.netns] = [str(os.getpid()), net.host_veth, net.ip, router or ""]
     try:
         for cmd in pod_netns_commands(net, gateway):
             ip(*cmd)
@@ -159,7 +191,7 @@ def create_pod_net(uid: str, pod_ip: str, gateway: str, registry: Path = REGISTR
 
 def delete_pod_net(net: PodNet, registry: Path = REGISTRY) -> None:
     """Deleting the host end of the veth deletes its peer; the netns goes with its last user."""
-    ip("link", "del", net.host_veth, check=False)
+    ip(*_in(net.router, "link", "del", net.host_veth), check=False)
     with contextlib.suppress(OSError):
         ip("netns", "del", net.netns, check=False)
     with _registry(registry) as table:
@@ -171,8 +203,8 @@ def reap_orphans(registry: Path = REGISTRY) -> list[str]:
     test run): its pods died with it (pdeathsig), their namespaces and veths did not."""
     with _registry(registry) as table:
         dead = {n: v for n, v in table.items() if not _alive(int(v[0]))}
-    for name, (_pid, veth, addr) in dead.items():
-        delete_pod_net(PodNet(name, veth, addr), registry)
+    for name, (_pid, veth, addr, *router) in dead.items():
+        delete_pod_net(PodNet(name, veth, addr, (router or [""])[0] or None), registry)
     return sorted(dead)
 
 
@@ -188,7 +220,8 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _registry(path: Path) -> Iterator[dict[str, list[str]]]:
-    """The pod networks of this host's kubelets (name -> [kubelet pid, veth, IP]), under a lock."""
+    """The pod networks of this host's kubelets (name -> [kubelet pid, veth, IP, router]),
+    under a lock."""
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

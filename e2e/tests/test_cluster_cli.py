@@ -15,7 +15,7 @@ import pytest
 
 from e2e.cluster import build
 from e2e.cluster.cluster import unavailable
-from e2e.cluster.netns import BRIDGE, ip
+from e2e.cluster.netns import ip
 
 pytestmark = pytest.mark.slow  # starts a whole control plane
 
@@ -68,7 +68,9 @@ def test_up_serves_the_api_and_down_removes_everything(tmp_path: Path) -> None:
         )  # fmt: skip
         assert json.loads(ns.stdout)["metadata"]["name"] == "kube-system", ns.stderr
         address = kubeconfig.read_text().split("https://")[1].split(":")[0]
-        assert address in ip("-o", "-4", "addr", "show", "dev", BRIDGE).stdout
+        assert f"{address}/32" in ip("-o", "-4", "addr", "show").stdout
+        router = f"rpj-router-{int(address.split('.')[1]) - 96}"  # the slot's (apiaddr.py)
+        assert router in ip("netns", "list").stdout.split()
         down = subprocess.run(
             [sys.executable, "-m", "e2e.cluster", "down", "--kubeconfig", str(kubeconfig)],
             cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -78,8 +80,9 @@ def test_up_serves_the_api_and_down_removes_everything(tmp_path: Path) -> None:
         assert up.stdout is not None
         assert "stopped" in out + up.stdout.read()
         assert not _processes_mentioning(str(work))
-        addrs = ip("-o", "-4", "addr", "show", "dev", BRIDGE, check=False).stdout
-        assert f"{address}/32" not in addrs
+        assert f"{address}/32" not in ip("-o", "-4", "addr", "show").stdout
+        # The cluster's router namespace (kube-proxy, DNS, the pod bridge) is gone too.
+        assert router not in ip("netns", "list").stdout.split()
         assert not Path(f"{kubeconfig}.pid").exists()
     finally:
         if up.poll() is None:

@@ -1,0 +1,226 @@
+"""Services, cluster DNS and storage of the e2e cluster (e2e/cluster/network.py, router.py):
+pods resolve Service names (ClusterIP and headless, the pods' own resolv.conf naming the
+kube-dns ClusterIP) and connect through ClusterIPs across nodes, a pod reaches itself through a
+Service (hairpin), the host reaches a ClusterIP, kube-proxy's rules live in the cluster's own
+router namespace (not the host's), and a claim of the default StorageClass is provisioned and
+mounted. One cluster for the module: a start costs 15-30 s on a small machine.
+
+Skips only when the pinned binaries are not built or not root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster import build
+from e2e.cluster.cluster import E2ECluster, unavailable
+from e2e.cluster.network import HOSTPATH_ROOT
+
+pytestmark = pytest.mark.slow  # starts a whole control plane and two nodes
+
+NS = "net-test"
+SERVE = (
+    "import http.server, socket, threading\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = socket.gethostname().encode()\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+    "srv = http.server.ThreadingHTTPServer(('0.0.0.0', 8080), H)\n"
+    "threading.Thread(target=srv.serve_forever, daemon=True).start()\n"
+)
+# Polls until the Service answers (endpoints reach kube-proxy a moment after the pod is ready):
+# the condition is the pod's own, with a deadline; the test waits on the pod's exit.
+CLIENT = (
+    "import json, socket, time, urllib.request\n"
+    "def get(url):\n"
+    "    deadline = time.monotonic() + 120\n"
+    "    while True:\n"
+    "        try:\n"
+    "            return urllib.request.urlopen(url, timeout=3).read().decode()\n"
+    "        except OSError as exc:\n"
+    "            if time.monotonic() > deadline: return 'error: %s' % exc\n"
+    "            time.sleep(0.5)\n"
+    "def addrs(name):\n"
+    "    try:\n"
+    "        return sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})\n"
+    "    except OSError as exc:\n"
+    "        return 'error: %s' % exc\n"
+)
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = E2ECluster(tmp_path_factory.mktemp("k8s"), nodes=2).start()
+    assert cluster.control is not None and cluster.control.slot is not None
+    router = cluster.control.slot.router.netns
+    try:
+        kubectl(cluster, "create", "namespace", NS)
+        yield cluster
+    finally:
+        cluster.stop()
+    # The router (bridge, kube-proxy's table, every veth) goes with the cluster.
+    assert router not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+
+
+def kubectl(
+    cluster: E2ECluster, *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=240)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def apply(cluster: E2ECluster, *objs: dict[str, Any]) -> None:
+    items = {"kind": "List", "apiVersion": "v1", "items": list(objs)}
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(items))
+
+
+def pod(name: str, node: str, script: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
+    container = {"name": "main", "image": "python:3.11", "command": ["python", "-c", script]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
+            **spec,
+        },
+    }
+
+
+def service(name: str, selector: dict[str, str], headless: bool = False) -> dict[str, Any]:
+    port = {"port": 8080 if headless else 80, "targetPort": 8080}
+    spec: dict[str, Any] = {"selector": selector, "ports": [port]}
+    if headless:
+        spec["clusterIP"] = "None"
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": spec}  # fmt: skip
+
+
+def finished(cluster: E2ECluster, name: str) -> dict[str, Any]:
+    """Wait for the pod to succeed; its last log line as JSON."""
+    phase = "--for=jsonpath={.status.phase}=Succeeded"
+    proc = kubectl(cluster, "wait", "-n", NS, phase, f"pod/{name}", "--timeout=240s", check=False)
+    out = kubectl(cluster, "logs", "-n", NS, name).stdout
+    assert proc.returncode == 0, f"pod {name} did not succeed: {proc.stderr}\nlogs:\n{out}"
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def pod_ip(cluster: E2ECluster, name: str) -> str:
+    out = kubectl(cluster, "get", "pod", "-n", NS, name, "-o", "jsonpath={.status.podIP}").stdout
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def web(k8s: E2ECluster) -> dict[str, str]:
+    """Two servers (one per node) behind a ClusterIP Service and a headless one."""
+    serve = SERVE + "import time\nwhile True: time.sleep(3600)\n"
+    probe = {"httpGet": {"port": 8080, "path": "/"}, "periodSeconds": 1}
+    servers = []
+    for i in range(2):
+        spec = {"hostname": f"web-{i}", "subdomain": "web-headless", "restartPolicy": "Always"}
+        servers.append(pod(f"web-{i}", f"node-{i}", serve, {"app": "web"}, **spec))
+    for s in servers:
+        s["spec"]["containers"][0]["readinessProbe"] = probe
+    apply(k8s, *servers, service("web", {"app": "web"}),
+          service("web-headless", {"app": "web"}, headless=True))  # fmt: skip
+    kubectl(k8s, "wait", "-n", NS, "--for=condition=Ready", "pod/web-0", "pod/web-1",
+            "--timeout=240s")  # fmt: skip
+    return {f"web-{i}": pod_ip(k8s, f"web-{i}") for i in range(2)}
+
+
+def test_kube_proxy_rules_live_in_the_clusters_router_not_the_host(k8s: E2ECluster) -> None:
+    assert k8s.control is not None and k8s.control.slot is not None and k8s.net is not None
+    slot = k8s.control.slot
+    argv = slot.router.exec_argv(["nft", "list", "table", "ip", "kube-proxy"])
+    inside = subprocess.run(argv, capture_output=True, text=True)
+    assert inside.returncode == 0, inside.stderr
+    assert k8s.net.dns_address in inside.stdout and slot.api_address in inside.stdout
+    host = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
+    assert k8s.net.dns_address not in host.stdout
+
+
+def test_pod_resolves_services_and_connects_through_cluster_ip(
+    k8s: E2ECluster, web: dict[str, str]
+) -> None:
+    script = CLIENT + (
+        "print(json.dumps({\n"
+        "  'resolv': open('/etc/resolv.conf').read(),\n"
+        "  'hosts': open('/etc/hosts').read(),\n"
+        "  'web': addrs('web'),\n"
+        f"  'web_fqdn': addrs('web.{NS}.svc.cluster.local'),\n"
+        "  'headless': addrs('web-headless'),\n"
+        "  'web_0': addrs('web-0.web-headless'),\n"
+        "  'api': addrs('kubernetes.default'),\n"
+        "  'get': sorted({get('http://web/') for _ in range(6)}),\n"
+        "  'by_name': get('http://web-1.web-headless:8080/'),\n"
+        "}))\n"
+    )
+    apply(k8s, pod("client", "node-1", script, {"app": "client"}))
+    got = finished(k8s, "client")
+    assert k8s.net is not None and k8s.control is not None and k8s.control.slot is not None
+    svc = kubectl(k8s, "get", "svc", "-n", NS, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert got["resolv"].splitlines() == [
+        f"search {NS}.svc.cluster.local svc.cluster.local cluster.local",
+        f"nameserver {k8s.net.dns_address}",
+        "options ndots:5",
+    ]
+    assert "\tclient" in got["hosts"]
+    assert got["web"] == got["web_fqdn"] == [svc.strip()]
+    assert got["headless"] == sorted(web.values())
+    assert got["web_0"] == [web["web-0"]]
+    assert got["api"] == [k8s.control.slot.api_address]
+    # Answers come from the servers through the ClusterIP (either one), and by pod DNS name.
+    assert got["get"] and set(got["get"]) <= {"web-0", "web-1"}, got["get"]
+    assert got["by_name"] == "web-1"
+
+
+def test_pod_reaches_itself_through_a_service(k8s: E2ECluster) -> None:
+    """Hairpin: the Service's only endpoint is the pod that dials it. (The pod is not named
+    like the Service: its own name resolves to its own IP through /etc/hosts.)"""
+    script = SERVE + CLIENT + "print(json.dumps({'self': get('http://hairpin/')}))\n"
+    apply(k8s, service("hairpin", {"app": "hairpin"}),
+          pod("hairpin-pod", "node-0", script, {"app": "hairpin"}))  # fmt: skip
+    assert finished(k8s, "hairpin-pod") == {"self": "hairpin-pod"}
+
+
+def test_host_reaches_a_cluster_ip(k8s: E2ECluster, web: dict[str, str]) -> None:
+    svc = kubectl(k8s, "get", "svc", "-n", NS, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    with urllib.request.urlopen(f"http://{svc.strip()}/", timeout=10) as r:
+        assert r.read().decode() in web
+
+
+def test_claim_of_the_default_storage_class_is_provisioned_and_mounted(k8s: E2ECluster) -> None:
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    }  # fmt: skip
+    script = "import json\nopen('/data/hello', 'w').write('hi')\nprint(json.dumps({}))\n"
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+    writer = pod("writer", "node-0", script, {"app": "writer"}, volumes=[volume])
+    writer["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    apply(k8s, claim, writer)
+    finished(k8s, "writer")
+    pvc = json.loads(kubectl(k8s, "get", "pvc", "-n", NS, "data", "-o", "json").stdout)
+    assert pvc["spec"]["storageClassName"] == "standard" and pvc["status"]["phase"] == "Bound"
+    pv = json.loads(kubectl(k8s, "get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
+    path = pv["spec"]["hostPath"]["path"]
+    assert path.startswith(HOSTPATH_ROOT + "/")
+    with open(os.path.join(path, "hello")) as f:
+        assert f.read() == "hi"
