@@ -14,7 +14,6 @@ from test_membership_kit import assert_consistent, start_pods, start_worker
 
 from rpcjob import contract
 from rpcjob.etcd import Client
-from rpcjob.worker.guard_store import HOOK_FAIL_FIRST_JOIN
 from rpcjob.worker.join import transport_options
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
@@ -158,7 +157,7 @@ def test_a_retried_join_keeps_its_first_rank_reserved_as_its_dist_autograd_id(
     try:
         (a,) = start_pods(job, [0])
         pod = job.pod("worker", 1)
-        b = start_worker(pod, {contract.ENV_TEST_HOOK: HOOK_FAIL_FIRST_JOIN}).joined()
+        b = start_worker(pod, {contract.ENV_TEST_HOOK: "fail-first-join"}).joined()
         log = pod.sidecar_log.read_text()
         ranks = [int(r) for r in re.findall(r"incarnation \d+ of worker_1: rank (\d+)", log)]
         assert len(ranks) >= 2 and ranks[-1] == b.rank != ranks[0], log[-3000:]

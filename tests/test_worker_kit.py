@@ -3,7 +3,8 @@
 The child is a real torch RPC worker. It joins either through ``rpcjob.init_rpc()`` (mode
 ``rpcjob``, needs a sidecar) or through the worker's guard store over a TCPStore with a given
 rank (mode ``tcp``, for store-level recovery without a sidecar), then obeys one command per
-stdin line and answers one line per command on stdout.
+stdin line and answers one line per command on stdout. ``RPCJOB_TEST_HOOK`` names a fault the
+child injects into itself (``die-in-critical-section``, ``fail-first-join``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,29 @@ from rpcjob.devices import agent
 def out(*a):
     print(*a, flush=True)
 
+def inject_fault(fault):  # faults the tests inject here: rpcjob itself has no test hooks
+    if fault == "die-in-critical-section":  # SIGKILL right after torch registered our address
+        import signal                       # while we hold our join token
+        from rpcjob.worker.guard_store import GuardStore
+        real_set = GuardStore.set
+        def set_dying(self, key, value):
+            real_set(self, key, value)
+            if (self.holding or "").endswith("_join") and key.endswith("addrs/" + self.name):
+                os.kill(os.getpid(), signal.SIGKILL)
+        GuardStore.set = set_dying
+    elif fault == "fail-first-join":  # the first join fails where a join racing a dead member
+        from rpcjob.devices import agent  # does: the joiner's first contact with the members
+        real = agent._guarded_set_devices_and_reverse_device_map
+        fired = []
+        def fail_once(a):
+            if not fired:
+                fired.append(1)
+                raise RuntimeError("test fault fail-first-join: a member cannot be reached")
+            return real(a)
+        agent._guarded_set_devices_and_reverse_device_map = fail_once
+
+inject_fault(os.environ.get("RPCJOB_TEST_HOOK", ""))
+
 if mode == "tcp":
     import torch.distributed as dist
     from rpcjob.worker import join as J
@@ -35,7 +59,7 @@ if mode == "tcp":
     inner = dist.TCPStore("127.0.0.1", port, is_master=False,
                           timeout=datetime.timedelta(seconds=timeout))
     while True:
-        store = GuardStore(inner, name, rank, os.environ.get("RPCJOB_TEST_HOOK", ""))
+        store = GuardStore(inner, name, rank)
         t0 = time.monotonic()
         try:
             J.join(J.JoinSpec(name, rank, timeout, 4), store)

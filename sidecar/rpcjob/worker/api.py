@@ -94,7 +94,6 @@ def init_rpc(
             raise RuntimeError("rpcjob.init_rpc() was already called in this process")
         client = SidecarClient(socket)
         _w.client = client
-        hook = os.environ.get(contract.ENV_TEST_HOOK, "")
         # the pod's env (spec.rpc.transport), not the Identity: the sidecar does not need it
         transport = os.environ.get(contract.ENV_RPC_TRANSPORT, "") or contract.DEFAULT_RPC_TRANSPORT
         J.transport_options(transport, ())  # a bad value fails here, before any Hello
@@ -110,7 +109,7 @@ def init_rpc(
             # every member installs them: they fix torch's join/leave device bookkeeping
             dagent.install_membership_guards(list(identity.devices))
             inner = _build_store(identity)
-            store = GuardStore(inner, identity.worker_name, identity.rank, hook)
+            store = GuardStore(inner, identity.worker_name, identity.rank)
             session = client.session()
             session.report(R.JOINING, detail=f"rank={identity.rank} attempt={attempt + 1}")
             spec = J.JoinSpec(

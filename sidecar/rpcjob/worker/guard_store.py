@@ -17,14 +17,10 @@ It fixes what torch's membership critical section gets wrong, without touching t
 * While this process holds the join token, the members' addresses (``addrs/<name>``) cannot
   change (a member writes its own only under the token): the joiner's N lookups are served
   from one prefix read instead of N round trips to etcd.
-* Test hook ``die-in-critical-section``: SIGKILL this process inside the join critical
-  section, right after torch registered its address.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from datetime import timedelta
@@ -35,9 +31,6 @@ import torch.distributed as dist
 from rpcjob import torchkeys
 from rpcjob.contract import TORCH_TOKEN_KEY
 
-HOOK_DIE_IN_CRITICAL_SECTION = "die-in-critical-section"
-# rpcjob.worker.join: this process's first join fails where a join racing a dead member does
-HOOK_FAIL_FIRST_JOIN = "fail-first-join"
 ADDRS = "/addrs/"
 _STALE_HOLDER_POLL_S = 0.05
 
@@ -47,12 +40,11 @@ class TokenSelfWait(RuntimeError):
 
 
 class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
-    def __init__(self, inner: Any, name: str, rank: int, test_hook: str = "") -> None:
+    def __init__(self, inner: Any, name: str, rank: int) -> None:
         super().__init__()
         self.inner = inner
         self.name = name
         self.rank = rank
-        self.test_hook = test_hook
         self._lock = threading.Lock()
         self.holding: str | None = None  # the token value this process holds now
         self._timeout = timedelta(seconds=60)
@@ -106,12 +98,6 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
             with self._lock:
                 self.holding = None
                 self._addrs = None
-        elif self.holding.endswith("_join") and key.endswith(f"addrs/{self.name}"):
-            self._critical_section_hook()
-
-    def _critical_section_hook(self) -> None:
-        if self.test_hook == HOOK_DIE_IN_CRITICAL_SECTION:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     # --- plain delegation ---------------------------------------------------------------------
     def get(self, key: str) -> bytes:

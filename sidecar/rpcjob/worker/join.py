@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,40 +146,10 @@ def join(spec: JoinSpec, store: Any) -> None:
     with _lock:
         _staged[spec.name] = store
     try:
-        with _test_hook_fail_first_join(getattr(store, "test_hook", "")):
-            rpc.init_rpc(spec.name, rank=spec.rank, world_size=None, rpc_backend_options=options)
+        rpc.init_rpc(spec.name, rank=spec.rank, world_size=None, rpc_backend_options=options)
     finally:
         with _lock:
             _staged.pop(spec.name, None)
-
-
-_hook_fired = False
-
-
-@contextmanager
-def _test_hook_fail_first_join(hook: str) -> Iterator[None]:
-    """Tests: this process's first join fails where a join racing a dead member fails (the
-    joiner's first contact with the members, inside torch's error handling)."""
-    global _hook_fired
-    from rpcjob.worker.guard_store import HOOK_FAIL_FIRST_JOIN
-
-    if hook != HOOK_FAIL_FIRST_JOIN or _hook_fired:
-        yield
-        return
-    _hook_fired = True
-    import torch.distributed.rpc.backend_registry
-
-    registry: Any = torch.distributed.rpc.backend_registry
-    real = registry._set_devices_and_reverse_device_map
-
-    def unreachable(_agent: Any) -> None:
-        raise RuntimeError(f"test hook {HOOK_FAIL_FIRST_JOIN}: a member cannot be reached")
-
-    registry._set_devices_and_reverse_device_map = unreachable
-    try:
-        yield
-    finally:
-        registry._set_devices_and_reverse_device_map = real
 
 
 def init_cuda(devices: Sequence[str]) -> None:
