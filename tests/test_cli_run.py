@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -118,8 +119,9 @@ def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
             victims = {"actor-learner-worker-1", "actor-learner-worker-2"}
             # The victims go as ScaleDown (drained, never as a failed pod's Restart).
             assert {e["pod"] for e in left if e["reason"] == "ScaleDown"} >= victims, left
-            # Nobody else restarted; the tail says why if somebody did.
-            assert {e["reason"] for e in left} == {"ScaleDown"}, (left, run.tail(120))
+            # Nobody else restarted; the run's logs and events say why if somebody did.
+            if {e["reason"] for e in left} != {"ScaleDown"}:
+                pytest.fail(f"a member was restarted: {left}\n{_story(run)}", pytrace=False)
 
             run.interrupt()
             assert run.wait(120) == 130, run.tail()
@@ -137,6 +139,17 @@ def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         assert not (tmp_path / "state" / "actor-learner.json").exists()
     # The drained actors left gracefully (exit 0), not by SIGKILL.
     assert "Traceback" not in run.tail(400)
+
+
+def _story(run: LocalRun) -> str:
+    """Everything but the status snapshots, the last 300 lines (the status line is huge)."""
+    def status(line: str) -> bool:
+        try:
+            return bool(json.loads(line).get("type") == "status")
+        except (ValueError, AttributeError):
+            return False
+
+    return "".join([line for line in run.raw if not status(line)][-300:])
 
 
 def _etcd_of(root: str) -> list[int]:
