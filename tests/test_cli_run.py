@@ -143,6 +143,7 @@ def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
 
 def _story(run: LocalRun) -> str:
     """Everything but the status snapshots, the last 300 lines (the status line is huge)."""
+
     def status(line: str) -> bool:
         try:
             return bool(json.loads(line).get("type") == "status")
