@@ -1,8 +1,9 @@
 """Operator benchmark: apply -> pods for 32 workers, 100 jobs reconciled, RSS.
 
-Runs the real ``rpcjob-operator`` process (kopf) against the local cluster's emulated API
-server, with a real etcd. The kubelet is off by default: pods stay Pending, so the figures
-measure the operator, not 64 local processes starting (``--kubelet`` turns it on).
+Runs the real ``rpcjob-operator`` process (kopf) against the real control plane of e2e/cluster
+(the pinned kube-apiserver, controllers and scheduler; root and the built binaries needed),
+with a real etcd. No nodes by default: pods stay Pending, so the figures measure the operator,
+not 64 local processes starting (``--nodes N`` adds process kubelets that run them).
 
 * ``apply_to_pods_s_32``: POST of an RpcJob with 32 workers -> all 32 pods exist. Anchor, same
   run: the same 32 rendered pods POSTed straight to the API server through the same client
@@ -17,7 +18,7 @@ Operator and anchor rounds alternate (5 rounds of 32 pods, 2 of 100 jobs, each i
 namespaces); the JSON line carries the medians. The machine is shared: compare the ratios.
 
     python3 bench/operator_bench.py [--workers 32] [--jobs 100] [--rounds 5] [--job-rounds 2]
-                                    [--kubelet]
+                                    [--nodes N]
 
 Ends with one JSON line: {"apply_to_pods_s_32": s, "jobs_100_reconcile_s": s,
 "operator_rss_mb": mb}.
@@ -32,6 +33,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +44,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from e2e.localcluster.cluster import LocalCluster  # noqa: E402
+from e2e.backends.api import Api  # noqa: E402
+from e2e.cluster import audit, build  # noqa: E402
+from e2e.cluster.cluster import E2ECluster  # noqa: E402
 from rpcjob import contract  # noqa: E402
 from rpcjob_operator.kube import Kube, merge_patch  # noqa: E402
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd  # noqa: E402
@@ -106,21 +110,16 @@ def cpu_s(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, cluster: LocalCluster, kube: Kube) -> None:
+    def __init__(self, cluster: E2ECluster, kube: Kube) -> None:
         self.cluster = cluster
         self.kube = kube
-        reg = cluster.store.registry
-        pod_rt = reg.get("", "v1", "pods")
-        job_rt = reg.get(contract.GROUP, contract.VERSION, contract.PLURAL)
-        assert pod_rt is not None and job_rt is not None, "the CRD is not applied"
-        self.pod_rt, self.job_rt = pod_rt, job_rt
+        self.api = Api(cluster.kubeconfig)
 
     def pods_in(self, ns: str) -> int:
-        items, _ = self.cluster.store.list(self.pod_rt, ns, lambda lb: True, lambda o: True)
-        return len(items)
+        return len(self.api.items(f"/api/v1/namespaces/{ns}/pods"))
 
     def done_jobs(self, ns: str) -> int:
-        items, _ = self.cluster.store.list(self.job_rt, ns, lambda lb: True, lambda o: True)
+        items = self.api.items(JOBS_PATH.format(ns=ns))
         return sum(
             1
             for j in items
@@ -130,8 +129,7 @@ class Bench:
 
     @staticmethod
     async def until(pred: Any, timeout: float, what: str, every: float = 0.01) -> float:
-        """Poll ``pred`` (it reads the store in this process, sharing the API server's lock
-        and GIL: poll no faster than needed)."""
+        """Poll ``pred`` (a list through the API server: poll no faster than needed)."""
         t0 = time.monotonic()
         while not pred():
             if time.monotonic() - t0 > timeout:
@@ -185,13 +183,17 @@ class Bench:
         return time.monotonic() - t0
 
 
-async def run(
-    args: argparse.Namespace, cluster: LocalCluster, etcd: EmbeddedEtcd
-) -> dict[str, Any]:
-    from kubernetes import client
+def kubectl(cluster: E2ECluster, *args: str) -> None:
+    subprocess.run([str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+
+
+async def run(args: argparse.Namespace, cluster: E2ECluster, etcd: EmbeddedEtcd,
+              workdir: str) -> dict[str, Any]:  # fmt: skip
+    from kubernetes import client, config
 
     cfg = client.Configuration()
-    cfg.host = cluster.url
+    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
     kube = Kube(cfg, threads=16)
     kube._api.user_agent = "rpcjob-bench"  # not counted as the operator's calls
     b = Bench(cluster, kube)
@@ -201,7 +203,7 @@ async def run(
     served = [f"bench-pods-{i}" for i in pod_rounds] + [f"bench-jobs-{i}" for i in job_rounds]
     anchors = [f"anchor-pods-{i}" for i in pod_rounds] + [f"anchor-jobs-{i}" for i in job_rounds]
     for ns in served + anchors:
-        cluster.create_namespace(ns)
+        kubectl(cluster, "create", "namespace", ns)
     health, metrics_port = free_port(), free_port()
     op_args = [
         *(f"--namespace={ns}" for ns in served),
@@ -209,9 +211,11 @@ async def run(
         f"--liveness=http://127.0.0.1:{health}/healthz",
         f"--metrics=127.0.0.1:{metrics_port}",
     ]
-    proc = cluster.start_operator(
-        args=op_args, env={contract.ENV_DEFAULT_ETCD_ENDPOINTS: etcd.endpoint}
-    )
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+           contract.ENV_DEFAULT_ETCD_ENDPOINTS: etcd.endpoint}  # fmt: skip
+    with open(Path(workdir) / "operator.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rpcjob_operator.main", *op_args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
     def healthy() -> bool:
         try:
@@ -251,7 +255,7 @@ async def run(
     jobs_cpu = cpu_s(proc.pid) - cpu0
     calls = sum(
         1
-        for rec in cluster.audit.records()
+        for rec in audit.read(cluster.control.audit_log)  # type: ignore[union-attr]
         if rec.time >= wall0 and rec.user_agent.startswith(("rpcjob-operator", "kopf"))
     )
     rss = rss_mb(proc.pid)
@@ -261,6 +265,8 @@ async def run(
         for line in text.splitlines()
         if line.startswith("rpcjob_operator_reconciles_total{")
     )
+    proc.terminate()
+    proc.wait(30)
     kube.close()
     return {
         "apply_s": apply_s,
@@ -283,14 +289,16 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5, help="32-pod rounds (median reported)")
     p.add_argument("--job-rounds", type=int, default=2, help="100-job rounds (median)")
-    p.add_argument("--kubelet", action="store_true", help="also run the pods (process kubelet)")
+    p.add_argument("--nodes", type=int, default=0, help="process kubelets that run the pods")
     args = p.parse_args()
     workdir = tempfile.mkdtemp(prefix="rpjbench-", dir="/tmp")
     etcd = EmbeddedEtcd()
     etcd.start()
-    cluster = LocalCluster(workdir=workdir, kubelet=args.kubelet).start()
+    cluster = E2ECluster(nodes=args.nodes).start()
     try:
-        r = asyncio.run(run(args, cluster, etcd))
+        kubectl(cluster, "apply", "--server-side", "-f", str(ROOT / "crds"))
+        kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all")
+        r = asyncio.run(run(args, cluster, etcd, workdir))
     finally:
         cluster.stop()
         etcd.close()
