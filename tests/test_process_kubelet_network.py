@@ -25,7 +25,10 @@ def test_each_slot_has_its_own_router_addresses_and_routes() -> None:
     assert "route add 10.99.0.0/16 via 10.243.3.2 dev rpjup3" in flat
     assert "-n rpj-router-3 route add default via 10.243.3.1" in flat
     assert f"-n rpj-router-3 link add {netns.BRIDGE} type bridge" in flat
-    assert Slot(3).dns_address == "10.99.0.10" and Slot(3).api_address == "10.99.0.1"
+    assert Slot(3).dns_address == "10.99.0.10" and Slot(3).service_ip == "10.99.0.1"
+    # The API server binds the host's uplink address, never a ClusterIP (kube-proxy rejects
+    # forwarded traffic still bound for a ClusterIP after DNAT).
+    assert Slot(3).api_address == "10.243.3.1"
 
 
 def test_router_processes_run_in_its_namespace_by_exec() -> None:

@@ -1,4 +1,4 @@
-"""The API server's address: the ``kubernetes`` Service's ClusterIP, routed to every pod.
+"""Where each e2e cluster lives on the host: its slot, addresses and router namespace.
 
 Each cluster claims a free **slot** (a lock file held until ``release`` or the process's
 death) and with it its own service CIDR (``10.<96+slot>.0.0/16``), its own share of the pod
@@ -6,11 +6,13 @@ network (``10.244.<32*slot>.0/19``: 32 nodes of /24) and its own router namespac
 (router.py: pod bridge, kube-proxy, cluster DNS), so several clusters share one host
 (``pytest -n 2``, or other test runs) without colliding in addresses or in netfilter rules.
 
-The API server binds ``<first address of the service CIDR>:443`` (``10.96.0.1:443`` for slot 0)
-on the host end of the router's uplink: pods reach it through their router (kube-proxy's rule
-for the ``kubernetes`` Service DNATs it to itself), and the host's kubectl, the controllers and
-the kubelets reach it as a local address. In-cluster clients find it through
-``KUBERNETES_SERVICE_HOST``/``PORT`` exactly as on a real cluster.
+The API server binds ``api_address:443``: the host end of the router's uplink
+(``10.243.<slot>.1``), which the host's kubectl, controllers and kubelets reach as a local
+address and pods reach through their router. Pods use the ``kubernetes`` Service's ClusterIP
+(``service_ip``, ``10.<96+slot>.0.1``) as on a real cluster (``KUBERNETES_SERVICE_HOST``);
+kube-proxy DNATs it to the API server's address. (The API server may not bind the ClusterIP
+itself: kube-proxy rejects forwarded traffic whose destination, after DNAT, is still a
+ClusterIP.) Other host services the pods must reach (a test's etcd) bind ``api_address`` too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import IO
 
 from . import router as _router
-from .netns import NetworkError, ip
 
 API_PORT = 443
 SLOTS = 8
@@ -41,7 +42,12 @@ class Slot:
 
     @property
     def api_address(self) -> str:
-        """The `kubernetes` Service's ClusterIP (the service CIDR's first address)."""
+        """The host's address on the router uplink: the API server binds it; pods reach it."""
+        return self.router.host_address
+
+    @property
+    def service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP (the service CIDR's first address)."""
         return f"10.{96 + self.index}.0.1"
 
     @property
@@ -77,8 +83,8 @@ def _try_lock(index: int) -> IO[str] | None:
 
 
 def claim(deadline: float | None = None) -> Slot:
-    """Take a free slot, build its router and put its API address (/32) on the host end of
-    the router's uplink. Needs root (CAP_NET_ADMIN)."""
+    """Take a free slot and build its router (the uplink's host end carries the API address).
+    Needs root (CAP_NET_ADMIN)."""
     if os.geteuid() != 0:
         raise PermissionError(
             "the e2e cluster needs root: pods get their own network namespaces and the cluster "
@@ -105,9 +111,6 @@ def claim(deadline: float | None = None) -> Slot:
     try:
         # The slot's lock is ours: a router of this slot left behind is a dead cluster's.
         _router.create(slot.router)
-        r = ip("addr", "add", f"{slot.api_address}/32", "dev", slot.router.host_veth, check=False)
-        if r.returncode != 0:
-            raise NetworkError(f"ip addr add {slot.api_address}/32: {r.stderr.strip()}")
     except BaseException:
         release(slot.api_address)
         raise

@@ -7,13 +7,13 @@ NodeRestriction. The controller manager runs the default controllers with one Se
 each (``--use-service-account-credentials``) and allocates every Node a podCIDR from
 ``cluster_cidr``. Every file lives under ``work_dir``.
 
-Where the API server listens: on ``10.96.0.1:443`` (another slot's address when several clusters
-share the host), the ClusterIP and port of the ``kubernetes`` Service, on the host end of the
-cluster's router uplink (apiaddr.py, router.py). Pods (each in its own network namespace,
-routed through the router) reach it at exactly the address in-cluster config uses
-(``KUBERNETES_SERVICE_HOST``/``PORT``), and so do the host's kubectl, the controllers and the
-kubelets. etcd and the other components' ports stay on loopback. kube-proxy, CoreDNS and the
-default StorageClass come with network.py.
+Where the API server listens: on ``10.243.0.1:443`` (another slot's address when several
+clusters share the host), the host end of the cluster's router uplink (apiaddr.py, router.py),
+which it advertises as the ``kubernetes`` Service's endpoint: pods use the Service's ClusterIP
+``10.96.0.1:443`` (``KUBERNETES_SERVICE_HOST``/``PORT``) through kube-proxy, the host's kubectl,
+the controllers and the kubelets the address itself. The serving certificate names both.
+etcd and the other components' ports stay on loopback. kube-proxy, CoreDNS and the default
+StorageClass come with network.py.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class ControlPlane:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ca = pki.CA(self.pki_dir)
         self.sa_keys = pki.service_account_keys(self.pki_dir)
-        ips = sorted({self.bind_address, "127.0.0.1"})
+        assert self.slot is not None
+        ips = sorted({self.bind_address, self.slot.service_ip, "127.0.0.1"})
         self.serving = self.ca.issue("apiserver", "kube-apiserver", server=True, client=False,
                                      dns=API_DNS, ips=ips)  # fmt: skip
         # The aggregation layer's CA and client (kubeadm's front-proxy): requests the API server

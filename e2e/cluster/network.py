@@ -159,7 +159,7 @@ class ClusterNetwork:
         kube-proxy's rules and CoreDNS's API watch alike. kube-proxy waits (up to 30 s) for
         its Node before it programs anything: call this once the nodes are registered."""
         name = f"kubernetes.default.svc.{DOMAIN}"
-        want = [self.slot.api_address]
+        want = [self.slot.service_ip]
         what = f"{name} through the kube-dns ClusterIP {self.dns_address}"
         self._wait(lambda: resolve_a(self.dns_address, name) == want, deadline, what)
 

@@ -47,6 +47,12 @@ CLIENT = (
     "        except OSError as exc:\n"
     "            if time.monotonic() > deadline: return 'error: %s' % exc\n"
     "            time.sleep(0.5)\n"
+    "def tcp(host, port):\n"
+    "    try:\n"
+    "        socket.create_connection((host, port), timeout=10).close()\n"
+    "        return 'ok'\n"
+    "    except OSError as exc:\n"
+    "        return 'error: %s' % exc\n"
     "def addrs(name):\n"
     "    try:\n"
     "        return sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})\n"
@@ -150,7 +156,7 @@ def test_kube_proxy_rules_live_in_the_clusters_router_not_the_host(k8s: E2EClust
     argv = slot.router.exec_argv(["nft", "list", "table", "ip", "kube-proxy"])
     inside = subprocess.run(argv, capture_output=True, text=True)
     assert inside.returncode == 0, inside.stderr
-    assert k8s.net.dns_address in inside.stdout and slot.api_address in inside.stdout
+    assert k8s.net.dns_address in inside.stdout and slot.service_ip in inside.stdout
     host = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
     assert k8s.net.dns_address not in host.stdout
 
@@ -167,6 +173,7 @@ def test_pod_resolves_services_and_connects_through_cluster_ip(
         "  'headless': addrs('web-headless'),\n"
         "  'web_0': addrs('web-0.web-headless'),\n"
         "  'api': addrs('kubernetes.default'),\n"
+        "  'api_tcp': tcp('kubernetes.default', 443),\n"
         "  'get': sorted({get('http://web/') for _ in range(6)}),\n"
         "  'by_name': get('http://web-1.web-headless:8080/'),\n"
         "}))\n"
@@ -184,7 +191,8 @@ def test_pod_resolves_services_and_connects_through_cluster_ip(
     assert got["web"] == got["web_fqdn"] == [svc.strip()]
     assert got["headless"] == sorted(web.values())
     assert got["web_0"] == [web["web-0"]]
-    assert got["api"] == [k8s.control.slot.api_address]
+    assert got["api"] == [k8s.control.slot.service_ip]
+    assert got["api_tcp"] == "ok"  # the API server through the kubernetes ClusterIP
     # Answers come from the servers through the ClusterIP (either one), and by pod DNS name.
     assert got["get"] and set(got["get"]) <= {"web-0", "web-1"}, got["get"]
     assert got["by_name"] == "web-1"
