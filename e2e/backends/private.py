@@ -15,6 +15,7 @@ ServiceAccount; the sidecar reads its Node's labels).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 from e2e.cluster.cluster import E2ECluster
 
+from . import shared
 from .base import REPO
 
 CRDS = [REPO / "crds", REPO / "charts" / "rpcjob" / "crds" / "kopf-peerings.yaml"]
@@ -42,7 +44,8 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:serv
 
 class PrivateCluster:
     def __init__(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="rpcjob-e2e-priv-", dir="/var/tmp")
+        # In the session's run dir: the controller removes it even if this process is killed.
+        self.workdir = tempfile.mkdtemp(prefix=f"private-{os.getpid()}-", dir=shared.run_dir())
         self.k8s: E2ECluster | None = None
         self.etcd: Any = None
         self.started_in = 0.0

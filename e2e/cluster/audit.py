@@ -31,6 +31,7 @@ class AuditRecord:
     code: int
     path: str
     time: float
+    user: str = ""  # who made it (a ServiceAccount: system:serviceaccount:<ns>:<name>)
 
 
 def read(path: Path) -> list[AuditRecord]:
@@ -59,6 +60,7 @@ def read(path: Path) -> list[AuditRecord]:
                 user_agent=ev.get("userAgent", ""),
                 code=int((ev.get("responseStatus") or {}).get("code", 0)),
                 path=ev.get("requestURI", ""),
+                user=(ev.get("user") or {}).get("username", ""),
                 time=datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
                 if stamp
                 else 0.0,

@@ -129,7 +129,11 @@ def own_operator(e2e_backend: Backend, request: pytest.FixtureRequest) -> Iterat
                 if rep is not None and rep.failed:
                     _collect(Cluster(thing, thing.operator_namespace), request.node,
                              Path(tempfile.mkdtemp(prefix="e2e-logs-")))  # fmt: skip
-                thing.stop()
+                try:  # the jobs go while their operator still runs (it owns their finalizers)
+                    for ns in thing.namespaces:
+                        _delete_jobs(Cluster(thing, ns))
+                finally:
+                    thing.stop()  # helm uninstall, then the namespaces
 
 
 def _namespace_for(item: pytest.Item) -> str:
@@ -180,11 +184,15 @@ def _collect(c: Cluster, item: pytest.Item, tmp_path: Path) -> None:
     item.add_report_section("call", "e2e logs", f"logs under {dest}\noperator log tail:\n{tail}")
 
 
-def _teardown(c: Cluster) -> None:
+def _delete_jobs(c: Cluster) -> None:
     c.kubectl("delete", contract.PLURAL, "--all", "--wait=false", check=False)
+    wait_for(lambda: not c.objects("pods", contract.LABEL_JOB_NAME), 120,
+             f"the job pods in {c.namespace} to go")  # fmt: skip
+
+
+def _teardown(c: Cluster) -> None:
     try:
-        wait_for(lambda: not c.objects("pods", contract.LABEL_JOB_NAME), 120,
-                 f"the job pods in {c.namespace} to go")  # fmt: skip
+        _delete_jobs(c)
     finally:
         c.kubectl("delete", "namespace", c.namespace, "--wait=false", check=False,
                   namespaced=False)  # fmt: skip
