@@ -66,6 +66,7 @@ def test_skip_annotation(value: str, skip: bool) -> None:
     assert skip_requested(obj) is skip
 
 
+@pytest.mark.slow  # a private control plane
 def test_kube_outcomes_against_the_api_server() -> None:
     from kubernetes import config
 
