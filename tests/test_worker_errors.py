@@ -48,6 +48,7 @@ def test_default_socket_path_is_the_contracts(monkeypatch: pytest.MonkeyPatch) -
         resolve_socket(wait=0)
 
 
+@pytest.mark.slow  # a child that imports torch
 def test_init_rpc_without_sidecar_fails_fast(tmp_path: Path) -> None:
     env = {
         **os.environ,
