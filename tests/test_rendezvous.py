@@ -160,6 +160,7 @@ def test_import_rpcjob_does_not_import_torch() -> None:
         "import rpcjob; import torch.distributed.rpc",
     ],
 )
+@pytest.mark.slow  # a child that imports torch
 def test_etcd3_registered_in_either_import_order(imports: str) -> None:
     r = _run(f"""
         {imports}
@@ -175,6 +176,7 @@ def test_etcd3_registered_in_either_import_order(imports: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # a child that imports torch
 def test_store_from_init_method_outlives_torchs_reference(etcd_session: EmbeddedEtcd) -> None:
     # torch keeps only the C++ half of a Python store: without our registry the first call
     # through a PrefixStore after the Python reference is gone dies with an INTERNAL ASSERT.
