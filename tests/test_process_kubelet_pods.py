@@ -322,6 +322,14 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _argv0(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode()
+    except FileNotFoundError:
+        return ""
+
+
 def test_a_container_dies_with_its_kubelet(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG (setpriv): a SIGKILLed kubelet leaves no pod processes behind."""
     script = tmp_path / "start.sh"
@@ -332,6 +340,10 @@ def test_a_container_dies_with_its_kubelet(tmp_path: Path) -> None:
     assert kubelet.stdout is not None
     pid = int(kubelet.stdout.readline())
     assert not _gone(pid)
+    # setpriv arms PDEATHSIG and then execs the container; a kubelet killed before that (a
+    # busy machine can hold setpriv off the CPU that long) leaves an orphan nobody signals.
+    wait_until(lambda: _gone(pid) or not _argv0(pid).endswith("setpriv"), timeout=60,
+               what="setpriv to arm PDEATHSIG and exec the container")  # fmt: skip
     kubelet.kill()
     kubelet.wait()
     wait_until(lambda: _gone(pid), timeout=30, what=f"container process {pid} to die")
