@@ -57,10 +57,11 @@ def get(cluster: E2ECluster, *args: str) -> dict[str, Any]:
 
 
 def helm_install(cluster: E2ECluster, home: Path) -> None:
-    """The plain install a user runs: no --set, no values file."""
+    """The plain install a user runs: no --set, no values file (HOME too: without one helm
+    writes its discovery cache to .kube/ in the working directory, the checkout)."""
     env = {"KUBECONFIG": str(cluster.kubeconfig), "HELM_CONFIG_HOME": str(home / "config"),
            "HELM_CACHE_HOME": str(home / "cache"), "HELM_DATA_HOME": str(home / "data"),
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
+           "PATH": "/usr/bin:/bin", "HOME": str(home)}  # fmt: skip
     args = ["install", "rpcjob", str(CHART), "-n", NS, "--wait", "--timeout", "300s"]
     proc = subprocess.run([str(helm_binary()), *args], env=env, capture_output=True, text=True,
                           timeout=360)  # fmt: skip
