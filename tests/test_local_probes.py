@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from rpcjob_operator.localexec.ports import release_port, reserve_port
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
 
@@ -41,12 +41,6 @@ def server() -> Iterator[int]:
         srv.server_close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("path", "passed", "why"),
     [
@@ -66,8 +60,11 @@ def test_http_probe_result_and_reason(server: int, path: str, passed: bool, why:
 
 
 def test_refused_and_exec_reasons() -> None:
-    port = _closed_port()
-    ok, why = run_probe({"tcpSocket": {"port": port}}, {"name": "c"}, "127.0.0.1")
+    port = reserve_port()  # ours, and nothing listens on it
+    try:
+        ok, why = run_probe({"tcpSocket": {"port": port}}, {"name": "c"}, "127.0.0.1")
+    finally:
+        release_port(port)
     assert not ok and "refused" in why.lower()
     ok, why = run_probe({"exec": {"command": ["false"]}}, {"name": "c"}, "127.0.0.1")
     assert (ok, why) == (False, "exec ['false']: exit 1")
