@@ -7,7 +7,16 @@ from collections.abc import Iterator
 import pytest
 from etcd_tls import TLSMaterial, make_tls
 
+from e2e.backends import session as _session_hooks
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, TLSFiles
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _session_hooks.configure(config)  # the real e2e clusters (e2e/backends/session.py)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _session_hooks.sessionfinish(session)
 
 
 @pytest.fixture(scope="session")
