@@ -275,3 +275,126 @@ def test_rpcjob_pods_form_a_group_in_a_restricted_namespace(k8s: E2ECluster) -> 
     for i in range(2):
         out = kubectl(k8s, "logs", "-n", "kt-job", f"el-worker-{i}", "-c", "worker").stdout
         assert "reachable: worker_0,worker_1" in out, out
+
+
+def _status(cluster: E2ECluster, name: str) -> dict[str, Any]:
+    return dict(get(cluster, name).get("status") or {})
+
+
+def _until(cluster: E2ECluster, name: str, pred: Any, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    while True:
+        status = _status(cluster, name)
+        if pred(status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pod {name}: no {what} within 180 s: {json.dumps(status)}")
+        time.sleep(0.5)
+
+
+def test_restarts_init_order_and_config_errors_reach_the_pod_status(k8s: E2ECluster) -> None:
+    """Container lifecycle through the API: OnFailure restarts counted with the last exit,
+    init containers in order before the containers, a failed init fails a Never pod, and an
+    image with no known entrypoint is a CreateContainerConfigError naming the fix."""
+    flaky = ("import os, sys\np = '/state/count'\n"
+             "n = int(open(p).read()) if os.path.exists(p) else 0\n"
+             "open(p, 'w').write(str(n + 1))\nsys.exit(0 if n >= 2 else 5)\n")  # fmt: skip
+    state = [{"name": "s", "mountPath": "/state"}]
+    flaky_pod = pod("flaky", "node-0", ["python", "-c", flaky], "OnFailure", volumeMounts=state)
+    flaky_pod["spec"]["volumes"] = [{"name": "s", "emptyDir": {}}]
+
+    def step(n: int) -> dict[str, Any]:
+        code = f"open('/state/order', 'a').write('init{n} ')"
+        return {"name": f"init{n}", "image": "python:3.11", "command": ["python", "-c", code],
+                "volumeMounts": state}  # fmt: skip
+
+    ordered = pod("ordered", "node-1", ["python", "-c", "print(open('/state/order').read())"],
+                  volumeMounts=state)  # fmt: skip
+    ordered["spec"]["volumes"] = [{"name": "s", "emptyDir": {}}]
+    ordered["spec"]["initContainers"] = [step(1), step(2)]
+    badinit = pod("badinit", "node-1", ["python", "-c", "print('never')"])
+    badinit["spec"]["initContainers"] = [
+        {"name": "init", "image": "python:3.11", "command": ["python", "-c", "exit(4)"]}
+    ]
+    nocmd = pod("nocmd", "node-0", [])
+    nocmd["spec"]["containers"][0] = {"name": "main", "image": "registry.example/unknown:1"}
+    apply(k8s, flaky_pod, ordered, badinit, nocmd)
+
+    done = ("Succeeded", "Failed")
+    s = _until(k8s, "flaky", lambda s: s.get("phase") in done, "end")
+    c = s["containerStatuses"][0]
+    assert (s["phase"], c["restartCount"]) == ("Succeeded", 2), s
+    assert c["lastState"]["terminated"]["exitCode"] == 5
+    assert c["state"]["terminated"]["exitCode"] == 0
+
+    s = _until(k8s, "ordered", lambda s: s.get("phase") in done, "end")
+    assert s["phase"] == "Succeeded", s
+    assert logs(k8s, "ordered").strip() == "init1 init2"
+    assert [i["state"]["terminated"]["exitCode"] for i in s["initContainerStatuses"]] == [0, 0]
+
+    s = _until(k8s, "badinit", lambda s: s.get("phase") in done, "end")
+    assert s["phase"] == "Failed", s
+    assert s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 4
+    assert "waiting" in s["containerStatuses"][0]["state"]  # main never started
+
+    s = _until(k8s, "nocmd", lambda s: "CreateContainerConfigError" in json.dumps(s), "error")
+    waiting = s["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert "set 'command' in the container spec" in waiting["message"], waiting
+
+
+@pytest.mark.parametrize(
+    ("handler", "grace", "exit_code"),
+    [
+        ("signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))", 30, 0),  # drains on SIGTERM
+        ("signal.signal(signal.SIGTERM, signal.SIG_IGN)", 1, 137),  # SIGKILL after the grace
+    ],
+)
+def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
+    k8s: E2ECluster, handler: str, grace: int, exit_code: int
+) -> None:
+    name = f"grace-{exit_code}"
+    code = f"import signal, sys, time\n{handler}\nprint('up', flush=True)\ntime.sleep(600)\n"
+    p = pod(name, "node-0", ["python", "-u", "-c", code], "Always")
+    p["spec"]["terminationGracePeriodSeconds"] = grace
+    apply(k8s, p)
+    _until(k8s, name, lambda s: "running" in json.dumps(s.get("containerStatuses")), "start")
+    deadline = time.monotonic() + 120
+    while "up" not in logs(k8s, name):
+        assert time.monotonic() < deadline, "the container never printed 'up'"
+        time.sleep(0.5)
+    # Watch the pod from now on: its last status before it is gone carries the exit code.
+    watch = subprocess.Popen(
+        [str(build.binary("kubectl")), "--kubeconfig", str(k8s.kubeconfig), "get", "pod", name,
+         "-n", NS, "-w", "-o", "json", "--output-watch-events"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        kubectl(k8s, "delete", "pod", name, "-n", NS, "--wait=false")
+        graces: list[int] = []
+        term: dict[str, Any] = {}
+        decoder, buf = json.JSONDecoder(), ""
+        assert watch.stdout is not None
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            line = watch.stdout.readline()
+            if not line:
+                break
+            buf += line
+            try:
+                ev, _ = decoder.raw_decode(buf.strip())
+            except ValueError:
+                continue
+            buf = ""
+            obj = ev["object"]
+            graces.append(obj["metadata"].get("deletionGracePeriodSeconds"))
+            for c in obj["status"].get("containerStatuses") or []:
+                term = c["state"].get("terminated") or term
+            if ev["type"] == "DELETED":
+                break
+    finally:
+        watch.kill()
+        watch.wait()
+    # the user's delete carries the pod's grace; the kubelet's final one is 0 (all stopped)
+    assert grace in graces and graces[-1] == 0, graces
+    assert term.get("exitCode") == exit_code, term
