@@ -58,6 +58,15 @@ CLIENT = (
     "        return sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})\n"
     "    except OSError as exc:\n"
     "        return 'error: %s' % exc\n"
+    # Ready pods reach DNS through the EndpointSlice controller and CoreDNS's watch (and its
+    # cache): wait for the whole set rather than take the first answer.
+    "def all_addrs(name, n):\n"
+    "    deadline = time.monotonic() + 90\n"
+    "    while True:\n"
+    "        got = addrs(name)\n"
+    "        if len(got) == n and not isinstance(got, str) or time.monotonic() > deadline:\n"
+    "            return got\n"
+    "        time.sleep(0.5)\n"
 )
 
 
@@ -170,7 +179,7 @@ def test_pod_resolves_services_and_connects_through_cluster_ip(
         "  'hosts': open('/etc/hosts').read(),\n"
         "  'web': addrs('web'),\n"
         f"  'web_fqdn': addrs('web.{NS}.svc.cluster.local'),\n"
-        "  'headless': addrs('web-headless'),\n"
+        "  'headless': all_addrs('web-headless', 2),\n"
         "  'web_0': addrs('web-0.web-headless'),\n"
         "  'api': addrs('kubernetes.default'),\n"
         "  'api_tcp': tcp('kubernetes.default', 443),\n"

@@ -370,22 +370,13 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
+        events = _watch_events(watch, deadline=time.monotonic() + 180)
+        first = next(events)  # the watch has the pod: only now can the delete not outrun it
+        assert first["object"]["metadata"]["name"] == name
         kubectl(k8s, "delete", "pod", name, "-n", NS, "--wait=false")
         graces: list[int] = []
         term: dict[str, Any] = {}
-        decoder, buf = json.JSONDecoder(), ""
-        assert watch.stdout is not None
-        end = time.monotonic() + 180
-        while time.monotonic() < end:
-            line = watch.stdout.readline()
-            if not line:
-                break
-            buf += line
-            try:
-                ev, _ = decoder.raw_decode(buf.strip())
-            except ValueError:
-                continue
-            buf = ""
+        for ev in events:
             obj = ev["object"]
             graces.append(obj["metadata"].get("deletionGracePeriodSeconds"))
             for c in obj["status"].get("containerStatuses") or []:
@@ -398,3 +389,20 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     # the user's delete carries the pod's grace; the kubelet's final one is 0 (all stopped)
     assert grace in graces and graces[-1] == 0, graces
     assert term.get("exitCode") == exit_code, term
+
+
+def _watch_events(proc: subprocess.Popen[str], deadline: float) -> Iterator[dict[str, Any]]:
+    """The events ``kubectl get -w -o json --output-watch-events`` prints (multi-line JSON)."""
+    assert proc.stdout is not None
+    decoder, buf = json.JSONDecoder(), ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return
+        buf += line
+        try:
+            ev, _ = decoder.raw_decode(buf.strip())
+        except ValueError:
+            continue
+        buf = ""
+        yield ev
