@@ -248,14 +248,7 @@ class ControlPlane:
         return json.loads(body) if body is not None else None
 
     def _wait(self, ready: Any, deadline: float, what: str) -> None:
-        while not ready():
-            for proc in self.procs.values():
-                if proc.exited():
-                    raise ControlPlaneError(f"{proc.name} exited: {proc.log_tail()}")
-            if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {p.name}:\n{p.log_tail(1500)}" for p in self.procs.values())
-                raise ControlPlaneError(f"timed out waiting for {what}\n{tails}")
-            time.sleep(0.2)
+        wait_for_procs(self.procs, ready, deadline, what)
 
 
 def _healthz(port: int) -> bool:
@@ -269,3 +262,15 @@ def _healthz(port: int) -> bool:
             return bool(r.read() == b"ok")
     except (OSError, urllib.error.URLError):
         return False
+
+
+def wait_for_procs(procs: dict[str, Proc], ready: Any, deadline: float, what: str) -> None:
+    """Until ``ready()``; fails at once, with its log, when one of ``procs`` exits."""
+    while not ready():
+        for proc in procs.values():
+            if proc.exited():
+                raise ControlPlaneError(f"{proc.name} exited: {proc.log_tail()}")
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}:\n{p.log_tail(1500)}" for p in procs.values())
+            raise ControlPlaneError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.2)

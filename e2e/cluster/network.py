@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import build
-from .controlplane import ControlPlane, ControlPlaneError
+from .controlplane import ControlPlane, ControlPlaneError, wait_for_procs
 from .procs import Proc
 
 DOMAIN = "cluster.local"
@@ -190,14 +190,7 @@ class ClusterNetwork:
         return self.control._ssl()
 
     def _wait(self, ready: Any, deadline: float, what: str) -> None:
-        while not ready():
-            for proc in self.procs.values():
-                if proc.exited():
-                    raise ControlPlaneError(f"{proc.name} exited: {proc.log_tail()}")
-            if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {p.name}:\n{p.log_tail(1500)}" for p in self.procs.values())
-                raise ControlPlaneError(f"timed out waiting for {what}\n{tails}")
-            time.sleep(0.2)
+        wait_for_procs(self.procs, ready, deadline, what)
 
 
 def resolve_a(server: str, name: str, timeout: float = 1.0) -> list[str] | None:
