@@ -18,7 +18,10 @@ Anchor, measured in the same run: 16 plain torch processes started at once, join
 TCPStore dynamic group (``init_rpc(world_size=None)``, torch's default options) and doing the
 same all-to-all reachability check; timed from process start (spawn) to the last one's reach.
 
-    python3 bench/scale_bench.py [--size 16] [--repeats 1]
+    python3 bench/scale_bench.py [--size 16] [--repeats 1] [--no-fork-server]
+
+``rpcjob run`` forks the workers from its fork server (localexec/zygote.py) unless
+``--no-fork-server`` is given: then every worker imports torch itself.
 
 Ends with one JSON line: {"scale_2_16_s": s, "anchor_s": s, "scale_vs_anchor": x,
 "phases_s": {...}}.
@@ -153,9 +156,12 @@ def _reached(out: Path, n: int) -> dict[str, dict[str, Any]] | None:
     return done if len(done) >= n else None
 
 
-def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]], str]:
+def rpcjob_scale(
+    size: int, workdir: Path, fork_server: bool = True
+) -> tuple[float, dict[str, list[float]], str]:
     """Seconds from the scale request until all ``size`` members reached each other, the
-    per-phase durations of the new pods, and the slowest new pod's critical path."""
+    per-phase durations of the new pods, and the slowest new pod's critical path. With
+    ``fork_server`` (rpcjob run's default) the workers are forked from its fork server."""
     from rpcjob_operator.localexec import control
 
     name = f"scalebench{os.getpid()}"
@@ -167,9 +173,11 @@ def rpcjob_scale(size: int, workdir: Path) -> tuple[float, dict[str, list[float]
     created: dict[str, float] = {}
     tail: list[str] = []  # rpcjob run's last events and pod log lines, shown when it fails
     errlog = (workdir / "run.err").open("w")
+    flag = "--fork-server" if fork_server else "--no-fork-server"
     argv, fds = lifeline.wrap(
-        [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json"]
-    )
+        [sys.executable, "-m", "rpcjob_operator.cli", "run", str(workdir / "job.yaml"), "--json",
+         flag]
+    )  # fmt: skip
     run = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=errlog, text=True, start_new_session=True,
         pass_fds=fds,
@@ -273,6 +281,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-fork-server", dest="fork_server", action="store_false",
+                    help="start every worker cold (rpcjob run --no-fork-server)")  # fmt: skip
     args = ap.parse_args()
     # `timeout` sends SIGTERM: exit through the finally blocks that kill our child processes
     # (orphaned torch workers with default options would busy-poll the machine's cores)
@@ -285,11 +295,12 @@ def main() -> None:
             anchors.append(a)
             print(f"[{r}] anchor: {args.size} plain torch processes, start -> all reached: "
                   f"{a:6.2f} s", flush=True)  # fmt: skip
-            s, phases, slowest = rpcjob_scale(args.size, Path(tmp))
+            s, phases, slowest = rpcjob_scale(args.size, Path(tmp), args.fork_server)
             ours.append(s)
             for p, v in phases.items():
                 all_phases[p] += v
-            print(f"[{r}] rpcjob run: scale 2 -> {args.size}, request -> all reached: "
+            mode = "fork server" if args.fork_server else "cold starts"
+            print(f"[{r}] rpcjob run ({mode}): scale 2 -> {args.size}, request -> all reached: "
                   f"{s:6.2f} s   ({s / a:.2f}x the anchor)", flush=True)  # fmt: skip
             print(f"[{r}] slowest new pod: {slowest}", flush=True)
     total, base = statistics.median(ours), statistics.median(anchors)
@@ -306,6 +317,7 @@ def main() -> None:
         "scale_2_16_s": round(total, 3),
         "anchor_s": round(base, 3),
         "scale_vs_anchor": round(total / base, 3),
+        "fork_server": args.fork_server,
         "phases_s": med,
     }))  # fmt: skip
 

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from rpcjob.contract import ENV_FORK_SERVER
 from rpcjob_operator.envhelp import click_epilog
 from rpcjob_operator.localexec import control, jobfile
 from rpcjob_operator.localexec.display import Display
@@ -40,6 +41,7 @@ CLI_ENV = (
     (control.ENV_STATE_DIR, "where running local jobs register; default ~/.rpcjob/local"),
     ("TMPDIR", "where each run keeps its pods' directories and the embedded etcd's data"),
     ("PATH", "where the 'etcd' binary is found (rpcjob run without --etcd)"),
+    (ENV_FORK_SERVER, "0 starts every container of rpcjob run cold (as --no-fork-server)"),
 )
 
 
@@ -110,6 +112,17 @@ class _Interrupts:
     help="Use this etcd instead of starting one (the job's keys are removed at exit).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Also show sidecar logs and status events.")
+@click.option(
+    "--fork-server/--no-fork-server",
+    default=False,
+    show_default=True,
+    envvar=ENV_FORK_SERVER,
+    show_envvar=True,
+    help="Start worker containers whose command runs this Python by forking a process that "
+    "has already imported torch and rpcjob (no import at each start); commands it cannot serve "
+    "start cold, with a warning saying why. --no-fork-server (or RPCJOB_FORK_SERVER=0) starts "
+    "every container cold.",
+)
 def run(
     job_file: str,
     sets: tuple[str, ...],
@@ -118,6 +131,7 @@ def run(
     lease_ttl: int,
     etcd_endpoint: str | None,
     verbose: bool,
+    fork_server: bool,
 ) -> None:
     """Run JOB_FILE on this machine: embedded etcd, each slot a sidecar + worker process."""
     try:
@@ -134,7 +148,15 @@ def run(
     root = tempfile.mkdtemp(prefix="rpj-")  # short: unix socket paths below it
     code = EXIT_FAILED
     try:
-        code = _run(obj, job_file, root, labels, lease_ttl, etcd_endpoint, json_mode, verbose)
+        opts = RunOptions(
+            workdir=str(Path(job_file).resolve().parent),
+            root=os.path.join(root, "p"),
+            etcd_endpoint="",  # set once etcd runs
+            node_labels=labels,
+            lease_ttl=lease_ttl,
+            fork_server=fork_server,
+        )
+        code = _run(obj, opts, root, etcd_endpoint, json_mode, verbose)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     raise SystemExit(code)
@@ -155,10 +177,8 @@ def _start_etcd(root: str, endpoint: str | None) -> tuple[str, EmbeddedEtcd | No
 
 def _run(
     obj: dict[str, Any],
-    job_file: str,
+    opts: RunOptions,
     root: str,
-    labels: dict[str, str],
-    lease_ttl: int,
     etcd_endpoint: str | None,
     json_mode: bool,
     verbose: bool,
@@ -166,13 +186,7 @@ def _run(
     endpoint, etcd = _start_etcd(root, etcd_endpoint)
     interrupts = _Interrupts()
     old = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
-    opts = RunOptions(
-        workdir=str(Path(job_file).resolve().parent),
-        root=os.path.join(root, "p"),
-        etcd_endpoint=endpoint,
-        node_labels=labels,
-        lease_ttl=lease_ttl,
-    )
+    opts.etcd_endpoint = endpoint
     display = Display(json_mode=json_mode, verbose=verbose)
     reg: control.Registration | None = None
     try:

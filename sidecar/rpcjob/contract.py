@@ -107,6 +107,8 @@ ENV_DRAIN_GRACE = "RPCJOB_DRAIN_GRACE"  # seconds
 # ENV_LOCAL_POD_IP is the pod's own loopback IP (127.0.0.N): bind there, not to 0.0.0.0.
 ENV_LOCAL_MOUNTS = "RPCJOB_LOCAL_MOUNTS"
 ENV_LOCAL_POD_IP = "RPCJOB_LOCAL_POD_IP"
+# `rpcjob run` reads it (0/false/off: its fork server is off, as --no-fork-server; docs/local.md)
+ENV_FORK_SERVER = "RPCJOB_FORK_SERVER"
 
 # Operator configuration, set by the Helm chart (charts/rpcjob) on the operator container.
 # The operator command line is kopf-run compatible: `rpcjob-operator --peering=NAME

@@ -47,7 +47,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rpcjob.contract import ENV_LOCAL_MOUNTS, ENV_LOCAL_POD_IP
 from rpcjob_operator.localexec import lifeline
@@ -185,14 +185,40 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class Proc(Protocol):
+    """What a container's process is watched through: ``subprocess.Popen``, or a child of the
+    fork server (``zygote_client.ForkedProcess``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class Spawner(Protocol):
+    """Starts a container's process another way than a cold exec (the fork server), or
+    returns None: start it as usual."""
+
+    def spawn(self, spec: ProcessSpec, log_fd: int) -> Proc | None: ...
+
+
 class LocalContainer:
     """One process in its own process group (so that stop() reaches its children too)."""
 
-    def __init__(self, name: str, spec: ProcessSpec, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ProcessSpec,
+        log_path: str | None = None,
+        spawner: Spawner | None = None,
+    ) -> None:
         self.name = name
         self.spec = spec
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawner = spawner
+        self.proc: Proc | None = None
         self.started_at: float | None = None
         self._log: IO[bytes] | None = None
         # A kubelet sends SIGTERM once: a second one can land while the process is already
@@ -205,6 +231,12 @@ class LocalContainer:
         if self.log_path:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close_log
             out = self._log
+        if self.spawner is not None and self._log is not None:
+            forked = self.spawner.spawn(self.spec, self._log.fileno())
+            if forked is not None:
+                self.proc = forked
+                self.started_at = time.time()
+                return
         # Through the lifeline launcher: the process group dies with this process even when
         # it is SIGKILLed (the pid, env and exit code stay the command's own).
         argv, fds = lifeline.wrap(self.spec.argv)
@@ -274,7 +306,9 @@ __all__ = [
     "Lookup",
     "LookupAll",
     "PodInfo",
+    "Proc",
     "ProcessSpec",
+    "Spawner",
     "base_environment",
     "exit_code",
     "expand",

@@ -27,6 +27,7 @@ from rpcjob_operator import model
 from rpcjob_operator.localexec.control import keys
 from rpcjob_operator.localexec.loopback import LoopbackPool
 from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
+from rpcjob_operator.localexec.zygote_client import ForkServer
 from rpcjob_operator.plan import reconcile
 from rpcjob_operator.render import OperatorDefaults, render_pod
 from rpcjob_operator.spec import parse_job
@@ -82,6 +83,8 @@ class RunOptions:
     node_labels: dict[str, str] = field(default_factory=dict)
     lease_ttl: int = 3
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Fork worker containers from a process that has imported torch (zygote_client.py)
+    fork_server: bool = False
 
 
 class LocalJob:
@@ -106,6 +109,11 @@ class LocalJob:
             sidecar_image="local", etcd_endpoints=(opts.etcd_endpoint,), lease_ttl=opts.lease_ttl
         )
         self.client = Client(opts.etcd_endpoint, timeout=5.0)
+        self.fork_server = (
+            ForkServer(opts.root, lambda m: self.emit({"type": "warning", "message": m}))
+            if opts.fork_server
+            else None
+        )
         self.runner_cfg = RunnerConfig(
             root=opts.root,
             default_cwd=opts.workdir,
@@ -117,6 +125,7 @@ class LocalJob:
                 **opts.extra_env,
             },
             backoff_base=0.5,
+            spawner=self.fork_server,
         )
         self.stopping = False
         self.members: tuple[MemberRecord, ...] = ()
@@ -350,6 +359,9 @@ class LocalJob:
                 pod.runner.join(5.0)
 
     def cleanup_keys(self) -> None:
+        """The run is over: stop the fork server, remove the job's keys."""
+        if self.fork_server is not None:
+            self.fork_server.close()
         try:
             self.client.delete(self.keys.root, prefix=True)
             self.client.delete(contract.local_control_prefix(self.name), prefix=True)

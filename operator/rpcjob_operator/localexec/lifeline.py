@@ -45,7 +45,8 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def _read_end() -> int:
+def read_end() -> int:
+    """The read end of this process's lifeline pipe (what a watcher blocks on)."""
     global _PIPE
     with _LOCK:
         if _PIPE is None:
@@ -56,7 +57,7 @@ def _read_end() -> int:
 def wrap(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
     """The argv that runs ``argv`` tied to this process, and the descriptor to pass to it
     (``subprocess.Popen(cmd, pass_fds=fds, start_new_session=True)``)."""
-    fd = _read_end()
+    fd = read_end()
     return [sys.executable, "-S", os.path.abspath(__file__), str(fd), "--", *argv], (fd,)
 
 
@@ -91,9 +92,9 @@ def watch(fd: int, guarded: int) -> None:
     os.killpg(0, signal.SIGKILL)  # then its group, and us
 
 
-def launch(fd: int, argv: list[str]) -> None:
-    """Start the watcher (a grandchild, so not a child of the container), then become
-    ``argv``."""
+def start_watcher(fd: int) -> None:
+    """Start the watcher of this process (a grandchild, so not a child of the container) on
+    ``fd``, then close ``fd``. The fork server's children call it too (``zygote.py``)."""
     me = os.getpid()
     middle = os.fork()
     if middle == 0:
@@ -109,6 +110,11 @@ def launch(fd: int, argv: list[str]) -> None:
             os._exit(0)  # the middle process (or a watcher that could not exec)
     os.waitpid(middle, 0)  # reaped: the container starts with no child of ours
     os.close(fd)
+
+
+def launch(fd: int, argv: list[str]) -> None:
+    """Start the watcher, then become ``argv``."""
+    start_watcher(fd)
     try:
         os.execvp(argv[0], argv)
     except OSError as err:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rpcjob.contract import WORKER_CONTAINER
 from rpcjob_operator.localexec.containers import (
     ContainerConfigError,
     LocalContainer,
@@ -177,7 +178,9 @@ class PodRunner(threading.Thread):
     def _container(self, slot: Slot, spec: ProcessSpec) -> LocalContainer:
         """The process of one container incarnation; the cluster kubelet (e2e/cluster)
         overrides this to start it inside the pod's network and mount namespaces."""
-        return LocalContainer(slot.name, spec, self.log_path(slot.name))
+        worker = slot.name == WORKER_CONTAINER and not slot.init
+        spawner = self.cfg.spawner if worker else None
+        return LocalContainer(slot.name, spec, self.log_path(slot.name), spawner)
 
     def _backoff(self, slot: Slot) -> float:
         return float(

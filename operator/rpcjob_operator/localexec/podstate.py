@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rpcjob_operator.localexec.containers import LocalContainer
+from rpcjob_operator.localexec.containers import LocalContainer, Spawner
 from rpcjob_operator.localexec.probes import ProbeState
 
 
@@ -27,6 +27,8 @@ class RunnerConfig:
     # False where the caller mounts volumes for real (the cluster kubelet's mount namespaces):
     # paths in env, command and workingDir then stay as the pod spec wrote them.
     rewrite_mounts: bool = True
+    # rpcjob run's fork server for the pods' worker containers (zygote_client.py); None: cold
+    spawner: Spawner | None = None
 
 
 @dataclass
