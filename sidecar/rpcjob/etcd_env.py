@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TypedDict
 
 from rpcjob import contract as c
-from rpcjob.etcd import SettingNames
+from rpcjob.etcd import ClientSettings, SettingNames
 
 ENV_NAMES = SettingNames(
     endpoints=c.ENV_ETCD_ENDPOINTS,
@@ -22,15 +21,6 @@ ENV_NAMES = SettingNames(
     user=c.ENV_ETCD_USER,
     password=c.ENV_ETCD_PASSWORD,
 )
-
-
-class ClientSettings(TypedDict):
-    ca: str | None
-    cert: str | None
-    key: str | None
-    user: str | None
-    password: str | None
-    names: SettingNames
 
 
 def client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:

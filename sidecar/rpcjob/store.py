@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import torch.distributed as dist
 
@@ -49,8 +49,7 @@ from rpcjob._store_errors import (
     translate,
 )
 from rpcjob._store_wait import wait_for_keys
-from rpcjob.etcd import Client, Compare, EtcdError, Op, SettingNames
-from rpcjob.etcd.errors import DEFAULT_NAMES
+from rpcjob.etcd import Client, ClientSettings, Compare, EtcdError, Op
 
 __all__ = [
     "EtcdStore",
@@ -59,6 +58,7 @@ __all__ = [
     "StoreTLSError",
     "StoreTimeout",
     "StoreUnavailable",
+    "as_bytes",
     "keep_alive",
 ]
 
@@ -67,7 +67,8 @@ NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call b
 _CACHE_MAX = 4096
 
 
-def _b(v: Any) -> bytes:
+def as_bytes(v: Any) -> bytes:
+    """A key or value torch hands over (``str``, ``bytes`` or a buffer) as ``bytes``."""
     if type(v) is bytes:
         return v
     if isinstance(v, str):
@@ -99,12 +100,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         prefix: str | bytes = "",
         timeout: timedelta | float = timedelta(seconds=300),
         client: Client | None = None,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        names: SettingNames = DEFAULT_NAMES,
+        **settings: Unpack[ClientSettings],
     ) -> None:
         super().__init__()
         seconds = _seconds(timeout)
@@ -115,21 +111,12 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
                 raise ValueError(
                     "EtcdStore needs etcd endpoints (host:port, comma-separated) or a client"
                 )
-            client = Client(
-                endpoints,
-                timeout=seconds or NO_TIMEOUT_S,
-                ca=ca,
-                cert=cert,
-                key=key,
-                user=user,
-                password=password,
-                names=names,
-            )
+            client = Client(endpoints, timeout=seconds or NO_TIMEOUT_S, **settings)
             self._owns_client = True
         else:
             self._owns_client = False
         self._client = client
-        self._prefix = _b(prefix)
+        self._prefix = as_bytes(prefix)
         self._cache: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, mod_revision) seen
         self.set_timeout(timedelta(seconds=seconds))
 
@@ -143,7 +130,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         return self._prefix.decode(errors="replace")
 
     def _k(self, key: str | bytes) -> bytes:
-        return self._prefix + (key.encode() if type(key) is str else _b(key))
+        return self._prefix + (key.encode() if type(key) is str else as_bytes(key))
 
     def _budget(self) -> float:
         return self.timeout.total_seconds() or NO_TIMEOUT_S
@@ -177,7 +164,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     # --- c10d API -----------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
         try:
-            writes.put_all(self._client, [(self._k(key), _b(value))], self._budget())
+            writes.put_all(self._client, [(self._k(key), as_bytes(value))], self._budget())
         except EtcdError as e:
             raise self._fail("set", key, e) from e
 
@@ -211,11 +198,11 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         return int(self._cas("add", key, b"0", bump))
 
     def append(self, key: str, value: Any) -> None:
-        tail = _b(value)
+        tail = as_bytes(value)
         self._cas("append", key, b"", lambda cur: cur + tail)
 
     def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
-        k, exp, des = self._k(key), _b(expected), _b(desired)
+        k, exp, des = self._k(key), as_bytes(expected), as_bytes(desired)
         if exp:
             r = self._txn("compare_set", key, [Compare.value(k, "=", exp)], [Op.put(k, des)], k)
             if r.succeeded:
@@ -289,7 +276,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
                 f"multiSet keys and values vectors must be of same size (EtcdStore.multi_set got "
                 f"{len(keys)} keys and {len(values)} values)"
             )
-        pairs = [(self._k(k), _b(v)) for k, v in zip(keys, values, strict=True)]
+        pairs = [(self._k(k), as_bytes(v)) for k, v in zip(keys, values, strict=True)]
         for i in range(0, len(pairs), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
             try:
                 writes.put_all(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())

@@ -17,7 +17,7 @@ Keys/values accept ``str`` or ``bytes``; returned keys/values are ``bytes``. All
 from __future__ import annotations
 
 from rpcjob.etcd._convert import prefix_end
-from rpcjob.etcd.client import Client, KeepAlive, Watch
+from rpcjob.etcd.client import Client, ClientSettings, KeepAlive, Watch
 from rpcjob.etcd.errors import (
     EtcdAuthError,
     EtcdCompacted,
@@ -43,6 +43,7 @@ from rpcjob.etcd.values import (
 __all__ = [
     "KV",
     "Client",
+    "ClientSettings",
     "Compare",
     "DeleteResult",
     "EtcdAuthError",

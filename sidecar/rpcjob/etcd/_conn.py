@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 from google.protobuf.message import Message
@@ -152,21 +152,27 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class ClientSettings(TypedDict, total=False):
+    """How a client reaches etcd besides its endpoints and timeout: TLS files (``ca``, ``cert``,
+    ``key``: PEM paths), auth (``user``, ``password``) and how messages name them (``names``).
+    Every layer (Client, EtcdStore, the pod contract's env) passes these on as one set."""
+
+    ca: str | None
+    cert: str | None
+    key: str | None
+    user: str | None
+    password: str | None
+    names: SettingNames
+
+
 class Conn:
     """The endpoints of one client and the retry loop around each call."""
 
     def __init__(
-        self,
-        endpoints: str | Sequence[str],
-        *,
-        timeout: float,
-        ca: str | None,
-        cert: str | None,
-        key: str | None,
-        user: str | None,
-        password: str | None,
-        names: SettingNames,
+        self, endpoints: str | Sequence[str], *, timeout: float, **settings: Unpack[ClientSettings]
     ) -> None:
+        names = settings.get("names", DEFAULT_NAMES)
+        user, password = settings.get("user"), settings.get("password")
         self.names = names
         self.endpoints = parse_endpoints(endpoints, names)
         if timeout <= 0:
@@ -176,7 +182,9 @@ class Conn:
         self.timeout = float(timeout)
         self.user = user or None
         self._password = password or None
-        self._creds = credentials(ca, cert, key, names)
+        self._creds = credentials(
+            settings.get("ca"), settings.get("cert"), settings.get("key"), names
+        )
         self._lock = threading.Lock()
         self._eps: list[Endpoint | None] = [None] * len(self.endpoints)
         self._cur = 0

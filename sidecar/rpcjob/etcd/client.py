@@ -6,35 +6,32 @@ import os
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 from google.protobuf.message import Message
 
 from rpcjob.etcd import _convert as cv
-from rpcjob.etcd._conn import Conn
+from rpcjob.etcd import values
+from rpcjob.etcd._conn import ClientSettings, Conn
 from rpcjob.etcd._failures import Failure, classify
 from rpcjob.etcd._lease import KeepAlive, LostCallback
 from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd._watch import Watch, WatchCallback, WatchErrorCallback, WatchMux
-from rpcjob.etcd.errors import DEFAULT_NAMES, EtcdError, SettingNames
+from rpcjob.etcd.errors import EtcdError
 from rpcjob.etcd.values import (
     KV,
     Bytesish,
     Compare,
-    DeleteResult,
     Lease,
     Op,
-    PutResult,
-    RangeResult,
-    TxnResult,
     describe_keys,
     read_only,
     to_bytes,
     written_keys,
 )
 
-__all__ = ["Client", "KeepAlive", "Watch"]
+__all__ = ["Client", "ClientSettings", "KeepAlive", "Watch"]
 
 
 class Client:
@@ -56,17 +53,9 @@ class Client:
         endpoints: str | Sequence[str],
         *,
         timeout: float = 5.0,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        names: SettingNames = DEFAULT_NAMES,
+        **settings: Unpack[ClientSettings],
     ) -> None:
-        self._conn = Conn(
-            endpoints, timeout=timeout, ca=ca, cert=cert, key=key, user=user, password=password,
-            names=names,
-        )  # fmt: skip
+        self._conn = Conn(endpoints, timeout=timeout, **settings)
         self._mux = WatchMux(self._conn)
         self._keepalives: list[KeepAlive] = []
         self._ka_lock = threading.Lock()
@@ -106,7 +95,7 @@ class Client:
         revision: int = 0,
         range_end: Bytesish | None = None,
         timeout: float | None = None,
-    ) -> RangeResult:
+    ) -> values.RangeResult:
         """Keys ``key`` (or with ``prefix``, or in ``[key, range_end)``), at ``revision``
         (0 = latest)."""
         req = cv.range_request(
@@ -134,7 +123,7 @@ class Client:
         lease: int = 0,
         prev_kv: bool = False,
         timeout: float | None = None,
-    ) -> PutResult:
+    ) -> values.PutResult:
         """Set ``key``; never re-sent once it may have reached etcd (EtcdOutcomeUnknown)."""
         k = to_bytes(key)
         req = pb.PutRequest(key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
@@ -149,7 +138,7 @@ class Client:
         prefix: bool = False,
         prev_kv: bool = False,
         timeout: float | None = None,
-    ) -> DeleteResult:
+    ) -> values.DeleteResult:
         """Delete ``key`` (or the prefix); never re-sent once it may have reached etcd."""
         k = to_bytes(key)
         req = cv.delete_request(k, prefix, prev_kv)
@@ -166,7 +155,7 @@ class Client:
         failure: Sequence[Op] = (),
         *,
         timeout: float | None = None,
-    ) -> TxnResult:
+    ) -> values.TxnResult:
         """Atomically: if every ``compare`` holds, run ``success``, else ``failure``.
 
         A txn that writes is never re-sent once it may have reached etcd: on a timeout or a

@@ -6,7 +6,7 @@ values are always ``bytes``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +59,15 @@ class TxnResult:
 _OPS: dict[str, int] = {"=": 0, ">": 1, "<": 2, "!=": 3}  # etcdserverpb.Compare.CompareResult
 
 
+def _numeric(target: CompareTarget) -> Callable[[type[Compare], Bytesish, CompareOp, int], Compare]:
+    """The constructor of a Compare whose operand is a number (all targets but ``value``)."""
+
+    def make(cls: type[Compare], key: Bytesish, op: CompareOp, number: int) -> Compare:
+        return cls(target, to_bytes(key), op, int(number))
+
+    return make
+
+
 @dataclass(frozen=True, slots=True)
 class Compare:
     """One comparison of a txn: ``Compare.value(key, "=", b"x")``, ``Compare.version(k, "=", 0)``.
@@ -80,21 +89,11 @@ class Compare:
     def value(cls, key: Bytesish, op: CompareOp, value: Bytesish) -> Compare:
         return cls("value", to_bytes(key), op, to_bytes(value))
 
-    @classmethod
-    def version(cls, key: Bytesish, op: CompareOp, n: int) -> Compare:
-        return cls("version", to_bytes(key), op, int(n))
-
-    @classmethod
-    def create_revision(cls, key: Bytesish, op: CompareOp, revision: int) -> Compare:
-        return cls("create_revision", to_bytes(key), op, int(revision))
-
-    @classmethod
-    def mod_revision(cls, key: Bytesish, op: CompareOp, revision: int) -> Compare:
-        return cls("mod_revision", to_bytes(key), op, int(revision))
-
-    @classmethod
-    def lease(cls, key: Bytesish, op: CompareOp, lease_id: int) -> Compare:
-        return cls("lease", to_bytes(key), op, int(lease_id))
+    # The key's version, create/mod revision or lease id against a number.
+    version = classmethod(_numeric("version"))
+    create_revision = classmethod(_numeric("create_revision"))
+    mod_revision = classmethod(_numeric("mod_revision"))
+    lease = classmethod(_numeric("lease"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from rpcjob import torchkeys
 from rpcjob.contract import TORCH_TOKEN_KEY
+from rpcjob.store import as_bytes
 
 ADDRS = "/addrs/"
 _STALE_HOLDER_POLL_S = 0.05
@@ -57,13 +58,13 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
             prefix = key[: -len(TORCH_TOKEN_KEY)]
             self._wait_stale_holder(key, des)
             self.inner.delete_key(prefix + des)
-            result = _bytes(self.inner.compare_set(key, expected, desired))
+            result = as_bytes(self.inner.compare_set(key, expected, desired))
             if result.decode() == des:
                 with self._lock:
                     self.holding = des
                     self._addrs = None
             return result
-        return _bytes(self.inner.compare_set(key, expected, desired))
+        return as_bytes(self.inner.compare_set(key, expected, desired))
 
     def _wait_stale_holder(self, key: str, token: str) -> None:
         # Our token value is already there: an earlier incarnation of this name died holding
@@ -106,7 +107,7 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
             cached = self._addr_snapshot(key).get(key)
             if cached is not None:
                 return cached
-        return _bytes(self.inner.get(key))
+        return as_bytes(self.inner.get(key))
 
     def _addr_snapshot(self, key: str) -> dict[str, bytes]:
         snap = self._addrs
@@ -152,11 +153,3 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return bytes(value).decode()
-
-
-def _bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return bytes(value)
