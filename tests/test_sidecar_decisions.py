@@ -15,7 +15,6 @@ from rpcjob.sidecar.cleanup import (
     Action,
     DeleteStale,
     EvictRequest,
-    LiveRank,
     Publish,
     Release,
     StoreState,
@@ -91,8 +90,8 @@ def test_exhaustion_message_names_the_setting() -> None:
 
 
 # --- crash cleanup ---------------------------------------------------------------------------
-def live(*ranks: tuple[int, str]) -> dict[int, LiveRank]:
-    return {r: LiveRank(r, n, 10 + r) for r, n in ranks}
+def live(*ranks: tuple[int, str]) -> dict[int, str]:
+    return dict(ranks)
 
 
 CLEANER = tk.CLEANER_TOKEN

@@ -23,7 +23,6 @@ from .cleanup import (
     DeleteStale,
     EvictRequest,
     Identity,
-    LiveRank,
     Publish,
     Release,
     StoreState,
@@ -78,12 +77,12 @@ def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
         ],
     )
     ranks, token, infos, names, addrs, evicts, acks, waiters = (kvs_of(r) for r in res.responses)
-    live: dict[int, LiveRank] = {}
+    live: dict[int, str] = {}
     for kv in ranks:
         r = int(kv.key.decode().rsplit("/", 1)[1])
         worker = str(json.loads(kv.value)["worker"])
         if worker:  # "": a rank reserved as a process's dist-autograd id (ranks.ReserveLost)
-            live[r] = LiveRank(r, worker, kv.create_revision)
+            live[r] = worker
     state = StoreState(
         live=live,
         token=token[0].value.decode() if token else None,

@@ -35,13 +35,6 @@ def torch_key(keys: c.JobKeys, key: str) -> str:
 
 
 @dataclass(frozen=True)
-class LiveRank:
-    rank: int
-    worker: str
-    create_revision: int
-
-
-@dataclass(frozen=True)
 class EvictRequest:
     name: str
     rank: int
@@ -52,7 +45,7 @@ class EvictRequest:
 class StoreState:
     """What the cleaner reads, in one etcd snapshot."""
 
-    live: dict[int, LiveRank]
+    live: dict[int, str]  # ranks/<rank> -> the worker name it is held for
     token: str | None = None  # None: the key does not exist
     all_infos: str | None = None
     names: dict[int, str] = field(default_factory=dict)  # names/<rank> -> name
@@ -110,12 +103,11 @@ Action = DeleteStale | TakeToken | WaitForHolder | Publish | Release
 
 
 def is_live(state: StoreState, name: str, rank: int) -> bool:
-    lr = state.live.get(rank)
-    return lr is not None and lr.worker == name
+    return state.live.get(rank) == name
 
 
 def stale_keys(state: StoreState) -> DeleteStale | None:
-    live_names = {lr.worker for lr in state.live.values()}
+    live_names = set(state.live.values())
     names = {r: n for r, n in state.names.items() if not is_live(state, n, r)}
     addrs = tuple(sorted(a for a in state.addrs if a not in live_names))
     return DeleteStale(names, addrs) if names or addrs else None
@@ -144,7 +136,7 @@ def plan_cleanup(state: StoreState, now: float, ack_deadline: float) -> Action |
     mine = holder == CLEANER_TOKEN  # one elected cleaner at a time: a predecessor's is ours
     who = token_holder(holder)
     unknown = bool(holder) and not mine and who is None
-    live_names = {lr.worker for lr in state.live.values()}
+    live_names = set(state.live.values())
     holder_dead = unknown or (who is not None and who[0] not in live_names)
 
     if not (dead or holder_dead or state.evicts):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rpcjob import contract as c
 from rpcjob import netaddr
 from rpcjob.devices import DeviceMapError, RoleShape
 from rpcjob.devices import parse_slots as parse_job_slots
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -70,30 +73,31 @@ def _req(env: Mapping[str, str], name: str, what: str) -> str:
     return v
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, what: str) -> int:
+def _parsed(
+    env: Mapping[str, str], name: str, what: str, parse: Callable[[str], N], noun: str
+) -> tuple[str, N] | None:
+    """``name``'s value, stripped and parsed (None when unset or empty)."""
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
-        v = int(raw)
+        return raw, parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer: set it to {what}") from None
-    if not lo <= v <= hi:
-        raise ConfigError(f"{name}={v} is out of range: set it to {what} ({lo}..{hi})")
-    return v
+        raise ConfigError(f"{name}={raw!r} is not {noun}: set it to {what}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, what: str) -> int:
+    got = _parsed(env, name, what, int, "an integer")
+    if got is not None and not lo <= got[1] <= hi:
+        raise ConfigError(f"{name}={got[1]} is out of range: set it to {what} ({lo}..{hi})")
+    return default if got is None else got[1]
 
 
 def _float(env: Mapping[str, str], name: str, default: float, what: str) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number: set it to {what}") from None
-    if not v > 0:
-        raise ConfigError(f"{name}={raw!r} must be > 0: set it to {what}")
-    return v
+    got = _parsed(env, name, what, float, "a number")
+    if got is not None and not got[1] > 0:
+        raise ConfigError(f"{name}={got[0]!r} must be > 0: set it to {what}")
+    return default if got is None else got[1]
 
 
 def parse_host_port(raw: str, name: str) -> tuple[str, int]:
