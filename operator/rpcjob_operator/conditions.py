@@ -42,7 +42,14 @@ def set_condition(
     """Set a condition in place; return True when its status flipped (or it is new)."""
     value = "True" if status else "False"
     old = find(conditions, ctype)
-    new = Condition(ctype, value, reason, message, generation, rfc3339(now))
+    new = Condition(
+        type=ctype,
+        status=value,
+        observed_generation=generation,
+        last_transition_time=rfc3339(now),
+        reason=reason,
+        message=message,
+    )
     if old is None:
         conditions.append(new)
         return True

@@ -178,6 +178,8 @@ EventType = Literal["Normal", "Warning"]
 
 @dataclass(frozen=True)
 class RecordEvent:
+    """Record a Kubernetes Event on the RpcJob (what ``kubectl describe`` shows)."""
+
     type: EventType
     reason: str
     message: str

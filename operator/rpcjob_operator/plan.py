@@ -47,28 +47,35 @@ def _delete_live(c: Cycle, reason: str) -> None:
             c.actions.append(DeletePod(p.name, p.uid, None, reason))
 
 
-def _ttl(c: Cycle) -> None:
-    ttl = c.job.run_policy.ttl_seconds_after_finished
-    done_at = parse_time(c.status.completion_time)
-    if ttl is None or done_at is None:
-        return
-    left = ttl - (c.obs.now - done_at).total_seconds()
-    if left <= 0:
-        c.actions.append(DeleteJob())
-        c.event(
-            "Normal",
-            "TTLExpired",
-            f"deleting the job: {ttl}s passed since it finished (ttlSecondsAfterFinished)",
-        )
-    else:
-        c.requeue.append(left)
-
-
-def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
-    _delete_live(c, "JobSucceeded" if ok else "JobFailed")
+def _stop_all(c: Cycle, reason: str) -> None:
+    """Delete every live pod and give up every slot (counts kept up to date)."""
+    _delete_live(c, reason)
     for role in c.active:
         c.active[role] = set()
     fill_counts(c)
+
+
+def _seconds_left(c: Cycle, limit: int | None, since: str | None) -> float | None:
+    """What is left of ``limit`` seconds counted from ``since``; None when either is unset."""
+    at = parse_time(since)
+    if limit is None or at is None:
+        return None
+    return limit - (c.obs.now - at).total_seconds()
+
+
+def _ttl(c: Cycle) -> None:
+    ttl = c.job.run_policy.ttl_seconds_after_finished
+    left = _seconds_left(c, ttl, c.status.completion_time)
+    if left is not None and left > 0:
+        c.requeue.append(left)
+    elif left is not None:
+        c.actions.append(DeleteJob())
+        msg = f"deleting the job: {ttl}s passed since it finished (ttlSecondsAfterFinished)"
+        c.event("Normal", "TTLExpired", msg)
+
+
+def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
+    _stop_all(c, "JobSucceeded" if ok else "JobFailed")
     c.status.completion_time = c.now_str
     c.status.state = "Succeeded" if ok else "Failed"
     set_cond(c, cond.SUCCEEDED if ok else cond.FAILED, True, reason, message)
@@ -84,20 +91,13 @@ def _finish(c: Cycle, ok: bool, reason: str, message: str) -> Plan:
 
 def _finished(c: Cycle) -> Plan:
     """A finished job: remove pods a stale cycle may have left running; honour the TTL."""
-    _delete_live(c, "JobSucceeded" if c.status.state == "Succeeded" else "JobFailed")
-    for role in c.active:
-        c.active[role] = set()
-    fill_counts(c)
+    _stop_all(c, "JobSucceeded" if c.status.state == "Succeeded" else "JobFailed")
     _ttl(c)
     return _done(c)
 
 
 def _suspend(c: Cycle) -> Plan:
-    _delete_live(c, "Suspend")
-    for role in c.active:
-        c.active[role] = set()
-    joined = fill_counts(c)
-    del joined
+    _stop_all(c, "Suspend")
     if set_cond(c, cond.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true"):
         c.event("Normal", "Suspended", "job suspended: deleting its pods gracefully")
     if c.status.condition(cond.RUNNING) is not None:
@@ -110,18 +110,12 @@ def _suspend(c: Cycle) -> Plan:
 
 def _deadline(c: Cycle) -> Plan | None:
     limit = c.job.run_policy.active_deadline_seconds
-    started = parse_time(c.status.start_time)
-    if limit is None or started is None:
-        return None
-    left = limit - (c.obs.now - started).total_seconds()
-    if left <= 0:
-        return _finish(
-            c,
-            False,
-            "DeadlineExceeded",
-            f"the job was active longer than activeDeadlineSeconds ({limit}s)",
-        )
-    c.requeue.append(left)
+    left = _seconds_left(c, limit, c.status.start_time)
+    if left is not None and left <= 0:
+        msg = f"the job was active longer than activeDeadlineSeconds ({limit}s)"
+        return _finish(c, False, "DeadlineExceeded", msg)
+    if left is not None:
+        c.requeue.append(left)
     return None
 
 

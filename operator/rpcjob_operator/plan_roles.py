@@ -146,11 +146,8 @@ def reconcile_role(c: Cycle, role: RoleSpec) -> None:
             c.requeue.append(WAIT_TERMINATING_S)  # indices still held by terminating pods
         if c.prev_active[role.name] and added:
             slots = ", ".join(f"{role.name}_{i}" for i in sorted(added))
-            c.event(
-                "Normal",
-                "ScaledUp",
-                f"{role.name}: adding slots {slots} toward {role.replicas} replicas",
-            )
+            msg = f"{role.name}: adding slots {slots} toward {role.replicas} replicas"
+            c.event("Normal", "ScaledUp", msg)
     for idx in sorted(active):
         q = pods.get(idx)
         if q is None:

@@ -41,15 +41,15 @@ class _Json:
 
 @dataclass
 class Condition(_Json):
-    """A metav1.Condition (``status`` is "True" or "False")."""
+    """A metav1.Condition (``status`` is "True" or "False"), its fields in metav1's order."""
 
     OPTIONAL = frozenset({"observed_generation", "last_transition_time"})
     type: str = ""
     status: str = ""
-    reason: str = ""
-    message: str = ""
     observed_generation: int | None = None
     last_transition_time: str = ""
+    reason: str = ""
+    message: str = ""
 
     @property
     def true(self) -> bool:

@@ -45,6 +45,15 @@ def cluster_options(f: F) -> F:
     )(f)
 
 
+def _seconds_option(
+    flag: str, default: float, low: float, high: float, help: str
+) -> Callable[[F], F]:
+    """A duration option bounded to [low, high], its default shown in --help."""
+    return click.option(
+        flag, default=default, show_default=True, type=click.FloatRange(low, high), help=help
+    )
+
+
 def _job(name: str, opts: dict[str, Any]) -> Job:
     try:
         if opts.get("cluster") or opts.get("kubeconfig") or opts.get("namespace"):
@@ -62,12 +71,12 @@ def _job(name: str, opts: dict[str, Any]) -> Job:
 @click.argument("job")
 @click.option("--json", "json_mode", is_flag=True, help="Print one snapshot as JSON and exit.")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
-@click.option(
+@_seconds_option(
     "--interval",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 60),
-    help="Seconds between refreshes (and between the two polls of --json/--once).",
+    1.0,
+    0.1,
+    60,
+    "Seconds between refreshes (and between the two polls of --json/--once).",
 )
 @cluster_options
 def top(job: str, json_mode: bool, once: bool, interval: float, **opts: Any) -> None:
@@ -186,13 +195,7 @@ def _ask_all(
 
 @click.command()
 @click.argument("job")
-@click.option(
-    "--seconds",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 300),
-    help="How long the profiler runs on every member.",
-)
+@_seconds_option("--seconds", 5.0, 0.1, 300, "How long the profiler runs on every member.")
 @click.option(
     "-o",
     "--output",
@@ -201,12 +204,8 @@ def _ask_all(
     type=click.Path(dir_okay=False),
     help="The merged Chrome/Perfetto trace.",
 )
-@click.option(
-    "--interval-ms",
-    default=2.0,
-    show_default=True,
-    type=click.FloatRange(0.5, 1000),
-    help="Stack sampling period that names the remote functions.",
+@_seconds_option(
+    "--interval-ms", 2.0, 0.5, 1000, "Stack sampling period that names the remote functions."
 )
 @cluster_options
 def profile(job: str, seconds: float, output: str, interval_ms: float, **opts: Any) -> None:
