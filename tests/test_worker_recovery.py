@@ -21,16 +21,7 @@ import torch.distributed as dist
 from test_worker_kit import Proc
 
 from rpcjob import torchkeys as tk
-from rpcjob.sidecar.cleanup import (
-    DeleteStale,
-    EvictRequest,
-    LiveRank,
-    Publish,
-    Release,
-    StoreState,
-    TakeToken,
-    plan_cleanup,
-)
+from rpcjob.sidecar import cleanup
 
 STORE_TIMEOUT = 30.0
 KNOWN = ("w_0", "w_1", "w_2", "w_3", "w_9", "w_10")
@@ -48,14 +39,14 @@ def master() -> Iterator[tuple[dist.TCPStore, int]]:
     yield store, store.port
 
 
-def _state(store: dist.TCPStore, live: dict[int, str], cleaning: Cleaning) -> StoreState:
+def _state(store: dist.TCPStore, live: dict[int, str], cleaning: Cleaning) -> cleanup.StoreState:
     def get(key: str) -> str | None:
         return store.get(key).decode() if store.check([key]) else None
 
     names = {r: get(tk.name_key(r)) for r in range(16)}
     addrs = {n for n in KNOWN if store.check([tk.addr_key(n)])}
-    return StoreState(
-        {r: LiveRank(r, n, 0) for r, n in live.items()},
+    return cleanup.StoreState(
+        dict(live),
         token=get(tk.TOKEN_KEY),
         all_infos=get(tk.ALL_WORKER_INFOS_KEY),
         names={r: n for r, n in names.items() if n is not None},
@@ -70,7 +61,7 @@ def _state(store: dist.TCPStore, live: dict[int, str], cleaning: Cleaning) -> St
 class Cleaning:
     """What the sidecar's cleaner keeps in etcd beside torch's keys."""
 
-    evicts: dict[tuple[str, int], EvictRequest] = field(default_factory=dict)
+    evicts: dict[tuple[str, int], cleanup.EvictRequest] = field(default_factory=dict)
     acks: dict[tuple[str, int], set[int]] = field(default_factory=dict)
     waiters: set[str] = field(default_factory=set)
 
@@ -81,30 +72,30 @@ def _clean(store: dist.TCPStore, survivors: dict[tuple[str, int], Proc]) -> None
     live = {r: n for n, r in survivors}
     c = Cleaning()
     for _ in range(20):
-        match plan_cleanup(_state(store, live, c), time.time(), STORE_TIMEOUT):
+        match cleanup.plan_cleanup(_state(store, live, c), time.time(), STORE_TIMEOUT):
             case None:
                 assert not c.evicts
                 return
-            case DeleteStale(names, addrs):
+            case cleanup.DeleteStale(names, addrs):
                 for r, n in names.items():
                     if store.get(tk.name_key(r)).decode() == n:
                         store.delete_key(tk.name_key(r))
                 for a in addrs:
                     store.delete_key(tk.addr_key(a))
-            case TakeToken(holder):
+            case cleanup.TakeToken(holder):
                 store.delete_key(tk.waiter_key(tk.CLEANER_TOKEN))
                 got = store.compare_set(tk.TOKEN_KEY, holder, tk.CLEANER_TOKEN).decode()
                 assert got == tk.CLEANER_TOKEN
                 c.waiters |= {holder} - {""}
-            case Publish(infos, evicts):
+            case cleanup.Publish(infos, evicts):
                 if infos is not None:
                     store.set(tk.ALL_WORKER_INFOS_KEY, infos)
                 for name, rank in evicts:
-                    c.evicts[(name, rank)] = EvictRequest(name, rank, time.time())
+                    c.evicts[(name, rank)] = cleanup.EvictRequest(name, rank, time.time())
                     for (_, r), s in survivors.items():
                         assert s.ask(f"evict {name} {rank}", "EVICTED").split()[1] == name
                         c.acks.setdefault((name, rank), set()).add(r)
-            case Release(done):
+            case cleanup.Release(done):
                 store.set(tk.TOKEN_KEY, "")  # torch's order: the token, then the waiter keys
                 for holder in sorted(c.waiters):
                     store.set(tk.waiter_key(holder), tk.DONE)
