@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rpcjob import contract
@@ -85,9 +86,7 @@ def init_rpc(
     ``rpc_options_overrides`` go to ``TensorPipeRpcBackendOptions`` (e.g. ``_transports``) and
     win over ``spec.rpc.transport`` (env ``RPCJOB_RPC_TRANSPORT``).
     """
-    from rpcjob.devices import agent as dagent
     from rpcjob.worker import join as J
-    from rpcjob.worker.guard_store import GuardStore
 
     with _w.lock:
         if _w.joined:
@@ -99,67 +98,112 @@ def init_rpc(
         J.transport_options(transport, ())  # a bad value fails here, before any Hello
         errors: list[str] = []
         for attempt in range(max(1, join_attempts)):
-            t_hello = time.monotonic()
-            identity = client.hello(fresh_rank=attempt > 0, timeout=timeout)
-            t_store = time.monotonic()
-            contract.validate_worker_name(identity.worker_name)
-            for warning in identity.warnings:
-                log.warning("rpcjob sidecar: %s", warning)
-            J.init_cuda(list(identity.devices))
-            # every member installs them: they fix torch's join/leave device bookkeeping
-            dagent.install_membership_guards(list(identity.devices))
-            inner = _build_store(identity)
-            store = GuardStore(inner, identity.worker_name, identity.rank)
-            session = client.session()
-            session.report(R.JOINING, detail=f"rank={identity.rank} attempt={attempt + 1}")
-            spec = J.JoinSpec(
-                name=identity.worker_name,
-                rank=identity.rank,
-                rpc_timeout=identity.rpc_timeout or contract.DEFAULT_RPC_TIMEOUT,
-                num_worker_threads=identity.num_worker_threads or contract.DEFAULT_RPC_THREADS,
-                devices=list(identity.devices),
-                device_maps={k: dict(v.map) for k, v in identity.device_maps.items()},
-                transport=transport,
-                overrides=rpc_options_overrides,
-            )
-            t_join = time.monotonic()
-            try:
-                J.join(spec, store)
-            except Exception as err:  # torch raises RuntimeError/DistStoreError/ValueError
-                cause = _root_cause(err)
-                errors.append(f"attempt {attempt + 1} (rank {identity.rank}): {cause}")
-                # The token and our half-registered keys stay as they are: the sidecar ends
-                # this incarnation, and its cleaner takes the token over and broadcasts EVICT
-                # for our (name, rank) (a survivor torch already told about us must drop it,
-                # or it keeps our stale address when we rejoin under the same name).
-                session.report(R.JOIN_FAILED, detail=cause[:2000])
-                session.close()
-                if isinstance(err, ValueError | TypeError):
-                    break  # bad options: retrying cannot help
-                time.sleep(min(2.0, 0.2 * 2**attempt))  # backoff while a dead peer is evicted
-                continue
-            t_done = time.monotonic()
-            join_timings.clear()
-            join_timings.update(
-                hello=t_store - t_hello, setup=t_join - t_store, torch_join=t_done - t_join
-            )
-            log.info(
-                "rpcjob: %s joined with rank %d (hello %.3fs, store %.3fs, torch join %.3fs)",
-                identity.worker_name, identity.rank, *join_timings.values(),
-            )  # fmt: skip
-            _w.identity, _w.store, _w.session, _w.joined = identity, store, session, True
-            session.report(R.JOINED, detail=f"rank={identity.rank}")
-            _start_background(identity, session, metrics_interval)
-            if install_sigterm and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, _on_sigterm)
-            sys.excepthook = _excepthook
-            atexit.register(_atexit_leave)
-            return identity
+            result = _join_attempt(client, attempt, timeout, transport, rpc_options_overrides)
+            if isinstance(result, _Joined):
+                _complete_join(result, metrics_interval, install_sigterm)
+                return result.identity
+            errors.append(f"attempt {attempt + 1} (rank {result.rank}): {result.cause}")
+            if isinstance(result.error, ValueError | TypeError):
+                break  # bad options: retrying cannot help
+            time.sleep(min(2.0, 0.2 * 2**attempt))  # backoff while a dead peer is evicted
         raise JoinFailed(
             f"could not join the RPC group after {len(errors)} attempt(s): "
             + "; ".join(errors)
             + " — check that every member's sidecar is running and etcd is reachable"
         )
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """One attempt joined torch's group."""
+
+    identity: pb.Identity
+    store: Any
+    session: Session
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """One attempt failed; the sidecar was told (JOIN_FAILED) and the session closed."""
+
+    rank: int
+    error: Exception
+    cause: str
+
+
+def _join_attempt(
+    client: SidecarClient,
+    attempt: int,
+    timeout: float | None,
+    transport: str,
+    overrides: dict[str, Any],
+) -> _Joined | _Failed:
+    """Hello (a fresh rank after the first attempt), set up devices and store, join torch."""
+    from rpcjob.worker import join as J
+
+    t_hello = time.monotonic()
+    identity = client.hello(fresh_rank=attempt > 0, timeout=timeout)
+    t_store = time.monotonic()
+    store = _prepare_member(identity)
+    session = client.session()
+    session.report(R.JOINING, detail=f"rank={identity.rank} attempt={attempt + 1}")
+    spec = J.JoinSpec(
+        name=identity.worker_name,
+        rank=identity.rank,
+        rpc_timeout=identity.rpc_timeout or contract.DEFAULT_RPC_TIMEOUT,
+        num_worker_threads=identity.num_worker_threads or contract.DEFAULT_RPC_THREADS,
+        devices=list(identity.devices),
+        device_maps={k: dict(v.map) for k, v in identity.device_maps.items()},
+        transport=transport,
+        overrides=overrides,
+    )
+    t_join = time.monotonic()
+    try:
+        J.join(spec, store)
+    except Exception as err:  # torch raises RuntimeError/DistStoreError/ValueError
+        cause = _root_cause(err)
+        # The token and our half-registered keys stay as they are: the sidecar ends
+        # this incarnation, and its cleaner takes the token over and broadcasts EVICT
+        # for our (name, rank) (a survivor torch already told about us must drop it,
+        # or it keeps our stale address when we rejoin under the same name).
+        session.report(R.JOIN_FAILED, detail=cause[:2000])
+        session.close()
+        return _Failed(rank=identity.rank, error=err, cause=cause)
+    t_done = time.monotonic()
+    join_timings.clear()
+    join_timings.update(hello=t_store - t_hello, setup=t_join - t_store, torch_join=t_done - t_join)
+    log.info(
+        "rpcjob: %s joined with rank %d (hello %.3fs, store %.3fs, torch join %.3fs)",
+        identity.worker_name, identity.rank, *join_timings.values(),
+    )  # fmt: skip
+    return _Joined(identity=identity, store=store, session=session)
+
+
+def _prepare_member(identity: pb.Identity) -> Any:
+    """Check the Identity, initialise CUDA and torch's guards; the guarded store to join with."""
+    from rpcjob.devices import agent as dagent
+    from rpcjob.worker import join as J
+    from rpcjob.worker.guard_store import GuardStore
+
+    contract.validate_worker_name(identity.worker_name)
+    for warning in identity.warnings:
+        log.warning("rpcjob sidecar: %s", warning)
+    J.init_cuda(list(identity.devices))
+    # every member installs them: they fix torch's join/leave device bookkeeping
+    dagent.install_membership_guards(list(identity.devices))
+    return GuardStore(_build_store(identity), identity.worker_name, identity.rank)
+
+
+def _complete_join(joined: _Joined, metrics_interval: float, install_sigterm: bool) -> None:
+    """Record the incarnation, tell the sidecar, start the background threads and hooks."""
+    identity, session = joined.identity, joined.session
+    _w.identity, _w.store, _w.session, _w.joined = identity, joined.store, session, True
+    session.report(R.JOINED, detail=f"rank={identity.rank}")
+    _start_background(identity, session, metrics_interval)
+    if install_sigterm and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.excepthook = _excepthook
+    atexit.register(_atexit_leave)
 
 
 def shutdown(graceful: bool = True) -> None:
