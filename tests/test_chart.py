@@ -15,32 +15,17 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-
-# tests/ may or may not be a package (pytest's rootdir import either way).
-try:
-    from .helm_chart import (
-        CHART,
-        CI_VALUES,
-        DEFAULT_NAMESPACE,
-        NON_BUILTIN_KINDS,
-        HelmError,
-        documents,
-        find,
-        run_helm,
-        template,
-    )
-except ImportError:
-    from helm_chart import (
-        CHART,
-        CI_VALUES,
-        DEFAULT_NAMESPACE,
-        NON_BUILTIN_KINDS,
-        HelmError,
-        documents,
-        find,
-        run_helm,
-        template,
-    )  # type: ignore[no-redef]
+from helm_chart import (
+    CHART,
+    CI_VALUES,
+    DEFAULT_NAMESPACE,
+    NON_BUILTIN_KINDS,
+    HelmError,
+    documents,
+    find,
+    run_helm,
+    template,
+)
 
 from rpcjob import contract
 

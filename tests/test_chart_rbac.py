@@ -5,38 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-# tests/ may or may not be a package (pytest's rootdir import either way).
-try:
-    from .helm_chart import (
-        CHART,
-        CI_VALUES,
-        DEFAULT_NAMESPACE,
-        Rule,
-        allows,
-        audit_rule,
-        documents,
-        find,
-        operator_rules,
-        rbac_rules,
-        request_rule,
-        uncovered,
-    )
-except ImportError:
-    from helm_chart import (
-        CHART,
-        CI_VALUES,
-        DEFAULT_NAMESPACE,
-        Rule,
-        allows,
-        audit_rule,
-        documents,
-        find,
-        operator_rules,
-        rbac_rules,
-        request_rule,
-        uncovered,
-    )  # type: ignore[no-redef]
+from helm_chart import (
+    CHART,
+    CI_VALUES,
+    DEFAULT_NAMESPACE,
+    Rule,
+    allows,
+    audit_rule,
+    documents,
+    find,
+    operator_rules,
+    rbac_rules,
+    request_rule,
+    uncovered,
+)
 
 OPERATOR_SA = "rpcjob-operator"
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"

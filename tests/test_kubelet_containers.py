@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -37,6 +38,8 @@ MOUNTS = {
     "/var/run/rpcjob/deep": "/tmp/other",
     "/data": "/tmp/d",
 }
+
+C = TypeVar("C", bound=LocalContainer)
 
 
 @pytest.mark.parametrize(
@@ -199,20 +202,26 @@ def test_exit_codes_follow_container_runtimes(tmp_path: object, code: str, expec
     assert proc.poll() == expected
 
 
+def _started_and_up(kind: type[C], code: str, tmp_path: object) -> C:
+    """Container ``c`` running ``python3 -c code``, once it printed "up" (its handlers are set)."""
+    spec = process_spec(
+        {"name": "c", "command": ["python3", "-c", code]}, POD, {}, pod_root=str(tmp_path)
+    )
+    log = f"{tmp_path}/c.log"
+    proc = kind("c", spec, log)
+    proc.start()
+    deadline = time.monotonic() + 30
+    while "up" not in Path(log).read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a condition with a deadline
+    return proc
+
+
 def test_stop_escalates_to_sigkill_after_grace(tmp_path: object) -> None:
     ignore = (
         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "print('up', flush=True); time.sleep(60)"
     )
-    spec = process_spec(
-        {"name": "c", "command": ["python3", "-c", ignore]}, POD, {}, pod_root=str(tmp_path)
-    )
-    log = f"{tmp_path}/c.log"
-    proc = LocalContainer("c", spec, log)
-    proc.start()
-    deadline = time.monotonic() + 30
-    while "up" not in Path(log).read_text() and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling a condition with a deadline
+    proc = _started_and_up(LocalContainer, ignore, tmp_path)
     assert proc.stop(grace=0.3) == 137
 
 
@@ -234,15 +243,7 @@ def test_terminate_then_stop_sends_sigterm_once(tmp_path: object) -> None:
         "signal.signal(signal.SIGTERM, on_term)\n"
         "print('up', flush=True); time.sleep(60)\n"
     )
-    spec = process_spec(
-        {"name": "c", "command": ["python3", "-c", drain]}, POD, {}, pod_root=str(tmp_path)
-    )
-    log = f"{tmp_path}/c.log"
-    proc = Recording("c", spec, log)
-    proc.start()
-    deadline = time.monotonic() + 30
-    while "up" not in Path(log).read_text() and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling a condition with a deadline
+    proc = _started_and_up(Recording, drain, tmp_path)
     proc.terminate()
     assert proc.stop(grace=10) == 0
     assert sent.count(signal.SIGTERM) == 1, sent
