@@ -219,6 +219,11 @@ class Member:
         self.peers[peer] = (p, rank)
         devagent.reapply(peer, rank, self.p.reverse_map(p))
 
+    def apply_and_announce(self, peer: str) -> None:
+        """apply(peer), then tell the other workers (store key bench/applied/<me>/<peer>)."""
+        self.apply(peer)
+        self.store.set(f"bench/applied/{self.name}/{peer}", "1")
+
     def left(self, peer: str) -> None:
         """LEFT(peer): re-apply for every live peer (a no-op change with the guards installed)."""
         self.peers.pop(peer, None)
@@ -238,8 +243,7 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         # The late joiner checks L->E before we apply anything: torch's own join must suffice.
         store.wait(["bench/L_checked_before_apply"], WAIT)
         out["E_to_L_before_apply"] = roundtrip("worker_1", cuda)
-        m.apply("worker_1")
-        store.set("bench/applied/worker_0/worker_1", "1")
+        m.apply_and_announce("worker_1")
         out["E_to_L_after_join"] = roundtrip("worker_1", cuda)
         store.wait(["bench/L_to_E_checked"], WAIT)
         x = torch.rand(n, device=dev)
@@ -273,8 +277,7 @@ def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
         out["L_to_E_after_join"] = roundtrip("worker_0", cuda)
         store.set("bench/L_to_E_checked", "1")
         store.wait(["bench/T_checked"], WAIT)
-        m.apply("worker_2")
-        store.set("bench/applied/worker_1/worker_2", "1")
+        m.apply_and_announce("worker_2")
         store.wait(["bench/left/worker_2"], WAIT)
         out["L_to_E_right_after_leave"] = roundtrip("worker_0", cuda)
         m.left("worker_2")
@@ -362,6 +365,19 @@ def until_ok(dst: str, deadline_s: float = 20) -> dict[str, Any]:
             return {"result": r, "attempts": n, "first": first, "s": time.monotonic() - t0}
 
 
+def _around_tourist(d: Path, out: FileResults, me: str, other: str, peer: str) -> None:
+    """Reach the tourist (worker_2) once it joined; once it left gracefully, time round trips
+    to ``peer`` straight away: does anything arrive before the LEFT event?"""
+    wait_file(d / "joined_worker_2")
+    out[f"{me}_to_T"] = until_ok("worker_2")
+    (d / f"{me}_T_done").write_text("1")
+    wait_file(d / "left_worker_2")
+    cuda = torch.cuda.is_available()
+    out[f"{me}_to_{other}_right_after_leave"] = [
+        roundtrip(peer, cuda, timeout=30) for _ in range(5)
+    ]
+
+
 def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
     import rpcjob
 
@@ -385,14 +401,7 @@ def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
         log(name, f"sidecar path maps E->L {out['bw_maps']}")
         out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
         (d / "phase1_done").write_text("1")
-        wait_file(d / "joined_worker_2")
-        out["E_to_T"] = until_ok("worker_2")
-        (d / "E_T_done").write_text("1")
-        wait_file(d / "left_worker_2")
-        # straight after the graceful leave: does anything arrive before the LEFT event?
-        out["E_to_L_right_after_leave"] = [
-            roundtrip("worker_1", cuda, timeout=30) for _ in range(5)
-        ]
+        _around_tourist(d, out, "E", "L", "worker_1")
         out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
         log(name, f"sidecar path maps E->L after leave {out['bw_maps_after_leave']}")
         (d / "E_done").write_text("1")
@@ -400,13 +409,7 @@ def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
     elif name == "worker_1":
         out["L_to_E_after_join"] = until_ok("worker_0")
         (d / "L_to_E_done").write_text("1")
-        wait_file(d / "joined_worker_2")
-        out["L_to_T"] = until_ok("worker_2")
-        (d / "L_T_done").write_text("1")
-        wait_file(d / "left_worker_2")
-        out["L_to_E_right_after_leave"] = [
-            roundtrip("worker_0", cuda, timeout=30) for _ in range(5)
-        ]
+        _around_tourist(d, out, "L", "E", "worker_0")
         wait_file(d / "E_done")
         out["L_to_E_after_leave"] = until_ok("worker_0")
         (d / "L_done").write_text("1")

@@ -144,6 +144,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tcp_master() -> tuple[int, Any]:
+    """A TCPStore server on a free loopback port for torch's own group (members use ranks 1..N)."""
+    import torch.distributed as dist
+
+    port = _free_port()
+    master = dist.TCPStore(
+        "127.0.0.1", port, is_master=True, wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=120),
+    )  # fmt: skip
+    return port, master
+
+
 def _rss_mib(pids: list[int]) -> float:
     """Anonymous resident memory of ``pids`` together (MiB): what each member costs on top of
     the shared library pages."""
@@ -158,13 +170,7 @@ def _rss_mib(pids: list[int]) -> float:
 def tcpstore_join(n: int, repeats: int, budget: float = 0.0) -> float | None:
     """Median seconds of the N-th join into torch's own group of N-1 over a TCPStore; None when
     the group of N-1 is not formed within ``budget`` seconds (0: no limit)."""
-    import torch.distributed as dist
-
-    port = _free_port()
-    master = dist.TCPStore(
-        "127.0.0.1", port, is_master=True, wait_for_workers=False,
-        timeout=datetime.timedelta(seconds=120),
-    )  # fmt: skip
+    port, master = _tcp_master()
     members: list[Child] = []
     times: list[float] = []
     t0 = last = time.monotonic()
@@ -320,13 +326,7 @@ def _idle_rate(pids: list[int], window: float) -> float:
 def idle_cpu_plain(n: int, window: float) -> tuple[float, float]:
     """CPU-s/s and anonymous RSS (MiB) per member of an idle torch dynamic group (TCPStore,
     torch's default options)."""
-    import torch.distributed as dist
-
-    port = _free_port()
-    master = dist.TCPStore(
-        "127.0.0.1", port, is_master=True, wait_for_workers=False,
-        timeout=datetime.timedelta(seconds=120),
-    )  # fmt: skip
+    port, master = _tcp_master()
     members: list[Child] = []
     try:
         for lo in range(1, n + 1, BATCH):

@@ -13,33 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from test_gpu_device_maps import gpu_bench
 
 
 @pytest.mark.slow
 def test_guarded_join_and_leave_on_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "res.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gpu_bench.py"),
-            "--cpu",
-            "--scenarios",
-            "rpcjob",
-            "--size-mib",
-            "1",
-            "--iters",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())["rpcjob"]
+    res = gpu_bench(tmp_path / "res.json", "rpcjob", 1, 1, "--cpu", timeout=240)["rpcjob"]
     for worker in ("worker_0", "worker_1", "worker_2"):
         assert res[worker]["rc"] == 0, res
         assert "error" not in res[worker], res[worker]

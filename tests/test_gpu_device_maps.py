@@ -16,12 +16,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.gpu
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpu_bench(out: Path, scenario: str, mib: int, iters: int, *extra: str, timeout: float) -> Any:
+    """bench/gpu_bench.py's results (JSON) for one scenario, the run's output on a failure."""
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), *extra, "--scenarios", scenario,
+           "--size-mib", str(mib), "--iters", str(iters), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
 
 
 def _cuda_gpus() -> int:
@@ -34,26 +44,7 @@ def _cuda_gpus() -> int:
 
 @pytest.mark.skipif(_cuda_gpus() < 2, reason="needs 2 CUDA GPUs (run on the device machine)")
 def test_cuda_tensors_both_directions_across_join_and_leave(tmp_path: Path) -> None:
-    out = tmp_path / "res.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "gpu_bench.py"),
-            "--scenarios",
-            "rpcjob",
-            "--size-mib",
-            "64",
-            "--iters",
-            "2",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())["rpcjob"]
+    res = gpu_bench(tmp_path / "res.json", "rpcjob", 64, 2, timeout=280)["rpcjob"]
     expected = {
         "worker_0": [
             "E_to_L_before_apply",
@@ -102,12 +93,9 @@ def netns_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     why = _netns_why_not()
     if why:
         pytest.skip(f"network namespaces: {why}")
-    out = tmp_path_factory.mktemp("netns") / "res.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--scenarios", "netns",
-           "--size-mib", "64", "--iters", "3", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    res: dict[str, object] = json.loads(out.read_text())
+    res: dict[str, object] = gpu_bench(
+        tmp_path_factory.mktemp("netns") / "res.json", "netns", 64, 3, timeout=900
+    )
     return res
 
 
