@@ -222,21 +222,47 @@ def rpcjob_scale(
             run.wait()
         errlog.close()
     total = max(r["reach"][str(size)] for r in done.values()) - t0
-    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    phases, slowest = split_phases(
+        t0, done, size, {s: {"created": c} for s, c in created.items() if c >= t0}
+    )
+    return total, phases, slowest
+
+
+def split_phases(
+    t0: float,
+    done: dict[str, dict[str, Any]],
+    size: int,
+    stamps: dict[str, dict[str, float]],
+    phases: list[str] = PHASES,
+) -> tuple[dict[str, list[float]], str]:
+    """Per-phase seconds of the new members (those in ``stamps``, which adds the times a member
+    cannot take itself, e.g. "created") from ``t0``, the scale request, and the slowest new
+    member's critical path. bench/cluster_scale_bench.py uses it too."""
+    out: dict[str, list[float]] = {p: [] for p in phases}
     slowest, slowest_end = "", 0.0
     for slot, r in done.items():
-        if slot not in created or created[slot] < t0:
-            continue  # one of the first two
-        t = dict(r["t"], created=created[slot], reach=r["reach"][str(size)])
+        if slot not in stamps:
+            continue  # one of the first members
+        t = dict(r["t"], **stamps[slot], reach=r["reach"][str(size)])
         prev = t0
         path = []
-        for p in PHASES:
-            phases[p].append(t[p] - prev)
+        for p in phases:
+            out[p].append(t[p] - prev)
             path.append(f"{p} {t[p] - prev:.2f}")
             prev = t[p]
         if t["reach"] > slowest_end:
             slowest, slowest_end = f"{slot}: " + ", ".join(path), t["reach"]
-    return total, phases, slowest
+    return out, slowest
+
+
+def phase_summary(all_phases: dict[str, list[float]]) -> dict[str, float]:
+    """Print each phase's median / max over the new members; the medians."""
+    print("phases of the new pods (seconds: median / max):")
+    med = {}
+    for p, v in all_phases.items():
+        med[p] = round(statistics.median(v), 3)
+        print(f"  {p:<9} {statistics.median(v):6.2f} / {max(v):6.2f}")
+    return med
 
 
 def anchor(size: int, workdir: Path) -> float:
@@ -304,12 +330,7 @@ def main() -> None:
                   f"{s:6.2f} s   ({s / a:.2f}x the anchor)", flush=True)  # fmt: skip
             print(f"[{r}] slowest new pod: {slowest}", flush=True)
     total, base = statistics.median(ours), statistics.median(anchors)
-    print("phases of the new pods (seconds: median / max):")
-    med = {}
-    for p in PHASES:
-        v = all_phases[p]
-        med[p] = round(statistics.median(v), 3)
-        print(f"  {p:<8} {statistics.median(v):6.2f} / {max(v):6.2f}")
+    med = phase_summary(all_phases)
     print(f"scale 2 -> {args.size}: {total:.2f} s, anchor {base:.2f} s, ratio "
           f"{total / base:.2f}x (targets: <= 1.2x on 2 cores, <= 3 s on 16 cores)")  # fmt: skip
     print(f"end: {_load()}", flush=True)
