@@ -1,9 +1,10 @@
 """The chart with the real helm on the real API server (the pinned kube-apiserver of e2e/cluster).
 
-* Default values, `helm install` / `upgrade` / `uninstall` on a control plane of its own (no
-  nodes: nothing runs, the API objects are the point): the CRD is established and kept by
-  `helm uninstall`, the operator's Deployment, ServiceAccounts, ClusterRole and cluster peering
-  exist, an example RpcJob is accepted by the CRD the chart installed.
+* Default values, `helm install` / `upgrade` / `uninstall` on this process's private cluster, in
+  a namespace of its own, its nodes cordoned meanwhile (nothing runs, the API objects are the
+  point): the CRD (the cluster's, handed to the release as a user would) is established and
+  kept by `helm uninstall`, the operator's Deployment, ServiceAccounts, ClusterRole and cluster
+  peering exist, an example RpcJob is accepted by the CRD the chart installed.
 * Namespace scope with the bundled etcd's TLS and auth: `helm template | kubectl apply
   --dry-run=server` on this process's private cluster — every object is admitted by the real
   API server (Roles, peerings and worker ServiceAccounts in each watched namespace, the auth Job).
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 from e2e.cluster import build
-from e2e.cluster.cluster import E2ECluster, unavailable
+from e2e.cluster.cluster import unavailable
 from rpcjob import contract
 
 # tests/ may or may not be a package (pytest's rootdir import either way).
@@ -39,12 +40,27 @@ pytestmark = pytest.mark.slow  # a real control plane
 
 
 @pytest.fixture
-def api() -> Iterator[E2ECluster]:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(kubeconfig, namespace): the private cluster, nothing scheduled, the CRD to be owned by a
+    release ``rpcjob`` in the namespace (uninstalled at the end if the test left it)."""
+    from e2e.backends import private
+    from e2e.backends.chart import helm_uninstall
+
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    with E2ECluster(nodes=0) as c:  # the control plane only
-        yield c
+    cluster = private.get()
+    nodes = [k.name for k in cluster.kubelets()]
+    with cluster.namespace("chart") as ns:
+        cluster.hand_crds_to_release("rpcjob", ns)
+        cluster.kubectl("cordon", *nodes)  # the chart's pods stay Pending: nothing runs
+        try:
+            yield cluster.kubeconfig, ns
+        finally:
+            try:
+                helm_uninstall(cluster.kubeconfig, tmp_path_factory.mktemp("helm"), ns, "rpcjob")
+            finally:
+                cluster.kubectl("uncordon", *nodes)
 
 
 def kubectl(kubeconfig: str | Path, *args: str, input: str | None = None) -> str:
@@ -72,9 +88,11 @@ def helm(kubeconfig: str | Path, tmp_path: Path, *args: str) -> subprocess.Compl
                           timeout=300)  # fmt: skip
 
 
-def test_helm_install_default_values_upgrade_uninstall(api: E2ECluster, tmp_path: Path) -> None:
-    kc = api.kubeconfig
-    ns = ["--namespace", "rpcjob-system"]
+def test_helm_install_default_values_upgrade_uninstall(
+    api: tuple[str, str], tmp_path: Path
+) -> None:
+    kc, release_ns = api
+    ns = ["--namespace", release_ns]
     proc = helm(kc, tmp_path, "install", "rpcjob", str(CHART), *ns, "--create-namespace",
                 "--timeout", "60s")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -82,22 +100,22 @@ def test_helm_install_default_values_upgrade_uninstall(api: E2ECluster, tmp_path
     crd = get(kc, "crd", contract.CRD_NAME)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     kubectl(kc, "wait", "--for=condition=Established", f"crd/{contract.CRD_NAME}", "--timeout=60s")
-    deployment = get(kc, "deployment", "rpcjob-operator", "rpcjob-system")
+    deployment = get(kc, "deployment", "rpcjob-operator", release_ns)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rpcjob-operator"
     assert get(kc, "clusterkopfpeering", contract.DEFAULT_PEERING_NAME)
-    assert get(kc, "serviceaccount", "rpcjob-job", "rpcjob-system")
+    assert get(kc, "serviceaccount", "rpcjob-job", release_ns)
     role = get(kc, "clusterrole", "rpcjob-operator")
     assert any("rpcjobs" in r["resources"] for r in role["rules"])
     # The CRD the chart installed serves RpcJobs: an example is accepted.
     example = REPO / "examples" / "parameter_server" / "rpcjob.yaml"
-    out = kubectl(kc, "-n", "rpcjob-system", "apply", "-f", str(example), "-o", "json")
+    out = kubectl(kc, "-n", release_ns, "apply", "-f", str(example), "-o", "json")
     assert json.loads(out)["metadata"]["uid"]
-    kubectl(kc, "-n", "rpcjob-system", "delete", "-f", str(example))
+    kubectl(kc, "-n", release_ns, "delete", "-f", str(example))
 
     proc = helm(kc, tmp_path, "upgrade", "rpcjob", str(CHART), *ns,
                 "--set", "operator.resources.requests.cpu=200m")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    deployment = get(kc, "deployment", "rpcjob-operator", "rpcjob-system")
+    deployment = get(kc, "deployment", "rpcjob-operator", release_ns)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"]["cpu"] == "200m"
     history = json.loads(helm(kc, tmp_path, "history", "rpcjob", *ns, "-o", "json").stdout)
@@ -106,8 +124,8 @@ def test_helm_install_default_values_upgrade_uninstall(api: E2ECluster, tmp_path
     proc = helm(kc, tmp_path, "uninstall", "rpcjob", *ns, "--wait", "--timeout", "120s")
     assert proc.returncode == 0, proc.stderr
     assert "[CustomResourceDefinition] rpcjobs.rpcjob.dev" in proc.stdout  # kept: resource-policy
-    assert get(kc, "deployment", "rpcjob-operator", "rpcjob-system") is None
-    assert not kubectl(kc, "-n", "rpcjob-system", "get", "pods", "-o", "name").strip()
+    assert get(kc, "deployment", "rpcjob-operator", release_ns) is None
+    assert not kubectl(kc, "-n", release_ns, "get", "pods", "-o", "name").strip()
     assert get(kc, "crd", contract.CRD_NAME)
 
 

@@ -7,8 +7,8 @@ install runs as a pod.
   namespace, labelled ``pod-security.kubernetes.io/enforce: restricted`` so rpcjob's pods must
   be admitted by the real PodSecurity admission.
 * etcd for the jobs: a real etcd on the cluster's API address (the pod bridge, so pods reach
-  it), passed as ``etcd.endpoints``. The chart's default bundled etcd needs cluster DNS (its
-  Service name), which this cluster does not run yet (docs/testing.md).
+  it), passed as ``etcd.endpoints`` (the chart's default, its bundled etcd, is tested on the
+  private cluster: e2e/tests/test_bundled_etcd.py).
 * Scenarios that disrupt the operator (a restart, the namespace-scope RBAC check) get their own
   release in namespace scope on this process's private cluster (``OwnReleaseBackend``), so the
   session's shared operator keeps serving the other worker's tests.

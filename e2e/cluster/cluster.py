@@ -78,6 +78,7 @@ class E2ECluster:
     kubelets: list[Any] = field(default_factory=list)
     started_in: float = 0.0
     _own_dir: bool = False
+    _next_index: int = 0  # of the next node: picks its InternalIP (node_ip)
 
     @property
     def kubeconfig(self) -> Path:
@@ -105,24 +106,46 @@ class E2ECluster:
         return self
 
     def _start_nodes(self, deadline: float) -> None:
+        for i in range(self.nodes):
+            self._kubelet(f"node-{i}", self.gpus_per_node).start()
+        for i in range(self.nodes):
+            self._wait_node_ready(f"node-{i}", deadline)
+
+    def _kubelet(self, name: str, gpus: int) -> Any:
+        """A process kubelet for node ``name`` with its own InternalIP, in ``kubelets`` (so
+        ``stop`` stops it), not started yet."""
         from .kubelet import ProcessKubelet
 
         assert self.control is not None and self.work_dir is not None
         assert self.control.slot is not None
-        slot = self.control.slot.index
-        for i in range(self.nodes):
-            name = f"node-{i}"
-            labels = {**gpu_labels(self.gpus_per_node), **self.node_labels}
-            kubelet = ProcessKubelet(
-                self.control.node_kubeconfig(name), name, node_ip(slot, i), None,
-                labels, self.gpus_per_node, self.work_dir / "nodes" / name,
-                cluster_dns=self.net.dns_address if self.net else None,
-                router=self.control.slot.router.netns,
-            )  # fmt: skip
-            self.kubelets.append(kubelet)
+        index, self._next_index = self._next_index, self._next_index + 1
+        kubelet = ProcessKubelet(
+            self.control.node_kubeconfig(name), name, node_ip(self.control.slot.index, index),
+            None, {**gpu_labels(gpus), **self.node_labels}, gpus, self.work_dir / "nodes" / name,
+            cluster_dns=self.net.dns_address if self.net else None,
+            router=self.control.slot.router.netns,
+        )  # fmt: skip
+        self.kubelets.append(kubelet)
+        return kubelet
+
+    def add_node(self, name: str, gpus: int = 0, timeout: float = 120.0) -> Any:
+        """One more node on the running cluster, Ready; its kubelet is returned (stop it with
+        ``remove_node``). A test that needs a node unlike the others (GPUs) adds one here
+        rather than starting a cluster of its own."""
+        kubelet = self._kubelet(name, gpus)
+        try:
             kubelet.start()
-        for i in range(self.nodes):
-            self._wait_node_ready(f"node-{i}", deadline)
+            self._wait_node_ready(name, time.monotonic() + timeout)
+        except BaseException:
+            self.remove_node(kubelet)
+            raise
+        return kubelet
+
+    def remove_node(self, kubelet: Any) -> None:
+        """Stop an added node's kubelet (its pods' processes and namespaces); the caller deletes
+        its Node object (the node's own credentials may not)."""
+        self.kubelets.remove(kubelet)
+        kubelet.stop()
 
     def _wait_node_ready(self, name: str, deadline: float) -> None:
         assert self.control is not None

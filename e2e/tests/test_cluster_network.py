@@ -3,7 +3,8 @@ pods resolve Service names (ClusterIP and headless, the pods' own resolv.conf na
 kube-dns ClusterIP) and connect through ClusterIPs across nodes, a pod reaches itself through a
 Service (hairpin), the host reaches a ClusterIP, kube-proxy's rules live in the cluster's own
 router namespace (not the host's), and a claim of the default StorageClass is provisioned and
-mounted. One cluster for the module: a start costs 15-30 s on a small machine.
+mounted. On this process's private cluster (e2e/backends/private.py), in one namespace for the
+module (its two web servers serve two tests), deleted with its pods at the module's end.
 
 Skips only when the pinned binaries are not built or not root.
 """
@@ -15,17 +16,18 @@ import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from e2e.backends import private
 from e2e.cluster import build
 from e2e.cluster.cluster import E2ECluster, unavailable
 from e2e.cluster.network import HOSTPATH_ROOT
 
-pytestmark = pytest.mark.slow  # starts a whole control plane and two nodes
+pytestmark = pytest.mark.slow  # the private control plane and its nodes
 
-NS = "net-test"
 SERVE = (
     "import http.server, socket, threading\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
@@ -70,25 +72,39 @@ CLIENT = (
 )
 
 
+@dataclass
+class Net:
+    """The private cluster as this module sees it: the cluster and the module's namespace."""
+
+    k8s: E2ECluster
+    ns: str
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.k8s.kubeconfig)
+
+    @property
+    def control(self) -> Any:
+        return self.k8s.control
+
+    @property
+    def net(self) -> Any:
+        return self.k8s.net
+
+
 @pytest.fixture(scope="module")
-def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+def k8s() -> Iterator[Net]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = E2ECluster(tmp_path_factory.mktemp("k8s"), nodes=2).start()
-    assert cluster.control is not None and cluster.control.slot is not None
-    router = cluster.control.slot.router.netns
-    try:
-        kubectl(cluster, "create", "namespace", NS)
-        yield cluster
-    finally:
-        cluster.stop()
-    # The router (bridge, kube-proxy's table, every veth) goes with the cluster.
-    assert router not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    cluster = private.get()
+    assert cluster.k8s is not None
+    with cluster.namespace("net") as ns:
+        yield Net(cluster.k8s, ns)
 
 
 def kubectl(
-    cluster: E2ECluster, *args: str, check: bool = True, stdin: str | None = None
+    cluster: Net, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=240)
@@ -97,9 +113,9 @@ def kubectl(
     return proc
 
 
-def apply(cluster: E2ECluster, *objs: dict[str, Any]) -> None:
+def apply(cluster: Net, *objs: dict[str, Any]) -> None:
     items = {"kind": "List", "apiVersion": "v1", "items": list(objs)}
-    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(items))
+    kubectl(cluster, "apply", "-n", cluster.ns, "-f", "-", stdin=json.dumps(items))
 
 
 def pod(name: str, node: str, script: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
@@ -107,7 +123,7 @@ def pod(name: str, node: str, script: str, labels: dict[str, str], **spec: Any) 
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
             "restartPolicy": "Never",
@@ -123,26 +139,30 @@ def service(name: str, selector: dict[str, str], headless: bool = False) -> dict
     spec: dict[str, Any] = {"selector": selector, "ports": [port]}
     if headless:
         spec["clusterIP"] = "None"
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
             "spec": spec}  # fmt: skip
 
 
-def finished(cluster: E2ECluster, name: str) -> dict[str, Any]:
+def finished(cluster: Net, name: str) -> dict[str, Any]:
     """Wait for the pod to succeed; its last log line as JSON."""
     phase = "--for=jsonpath={.status.phase}=Succeeded"
-    proc = kubectl(cluster, "wait", "-n", NS, phase, f"pod/{name}", "--timeout=240s", check=False)
-    out = kubectl(cluster, "logs", "-n", NS, name).stdout
+    proc = kubectl(
+        cluster, "wait", "-n", cluster.ns, phase, f"pod/{name}", "--timeout=240s", check=False
+    )
+    out = kubectl(cluster, "logs", "-n", cluster.ns, name).stdout
     assert proc.returncode == 0, f"pod {name} did not succeed: {proc.stderr}\nlogs:\n{out}"
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def pod_ip(cluster: E2ECluster, name: str) -> str:
-    out = kubectl(cluster, "get", "pod", "-n", NS, name, "-o", "jsonpath={.status.podIP}").stdout
+def pod_ip(cluster: Net, name: str) -> str:
+    out = kubectl(
+        cluster, "get", "pod", "-n", cluster.ns, name, "-o", "jsonpath={.status.podIP}"
+    ).stdout
     return out.strip()
 
 
 @pytest.fixture(scope="module")
-def web(k8s: E2ECluster) -> dict[str, str]:
+def web(k8s: Net) -> dict[str, str]:
     """Two servers (one per node) behind a ClusterIP Service and a headless one."""
     serve = SERVE + "import time\nwhile True: time.sleep(3600)\n"
     probe = {"httpGet": {"port": 8080, "path": "/"}, "periodSeconds": 1}
@@ -154,12 +174,12 @@ def web(k8s: E2ECluster) -> dict[str, str]:
         s["spec"]["containers"][0]["readinessProbe"] = probe
     apply(k8s, *servers, service("web", {"app": "web"}),
           service("web-headless", {"app": "web"}, headless=True))  # fmt: skip
-    kubectl(k8s, "wait", "-n", NS, "--for=condition=Ready", "pod/web-0", "pod/web-1",
+    kubectl(k8s, "wait", "-n", k8s.ns, "--for=condition=Ready", "pod/web-0", "pod/web-1",
             "--timeout=240s")  # fmt: skip
     return {f"web-{i}": pod_ip(k8s, f"web-{i}") for i in range(2)}
 
 
-def test_kube_proxy_rules_live_in_the_clusters_router_not_the_host(k8s: E2ECluster) -> None:
+def test_kube_proxy_rules_live_in_the_clusters_router_not_the_host(k8s: Net) -> None:
     assert k8s.control is not None and k8s.control.slot is not None and k8s.net is not None
     slot = k8s.control.slot
     argv = slot.router.exec_argv(["nft", "list", "table", "ip", "kube-proxy"])
@@ -171,14 +191,14 @@ def test_kube_proxy_rules_live_in_the_clusters_router_not_the_host(k8s: E2EClust
 
 
 def test_pod_resolves_services_and_connects_through_cluster_ip(
-    k8s: E2ECluster, web: dict[str, str]
+    k8s: Net, web: dict[str, str]
 ) -> None:
     script = CLIENT + (
         "print(json.dumps({\n"
         "  'resolv': open('/etc/resolv.conf').read(),\n"
         "  'hosts': open('/etc/hosts').read(),\n"
         "  'web': addrs('web'),\n"
-        f"  'web_fqdn': addrs('web.{NS}.svc.cluster.local'),\n"
+        f"  'web_fqdn': addrs('web.{k8s.ns}.svc.cluster.local'),\n"
         "  'headless': all_addrs('web-headless', 2),\n"
         "  'web_0': addrs('web-0.web-headless'),\n"
         "  'api': addrs('kubernetes.default'),\n"
@@ -190,9 +210,9 @@ def test_pod_resolves_services_and_connects_through_cluster_ip(
     apply(k8s, pod("client", "node-1", script, {"app": "client"}))
     got = finished(k8s, "client")
     assert k8s.net is not None and k8s.control is not None and k8s.control.slot is not None
-    svc = kubectl(k8s, "get", "svc", "-n", NS, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    svc = kubectl(k8s, "get", "svc", "-n", k8s.ns, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
     assert got["resolv"].splitlines() == [
-        f"search {NS}.svc.cluster.local svc.cluster.local cluster.local",
+        f"search {k8s.ns}.svc.cluster.local svc.cluster.local cluster.local",
         f"nameserver {k8s.net.dns_address}",
         "options ndots:5",
     ]
@@ -207,7 +227,7 @@ def test_pod_resolves_services_and_connects_through_cluster_ip(
     assert got["by_name"] == "web-1"
 
 
-def test_pod_reaches_itself_through_a_service(k8s: E2ECluster) -> None:
+def test_pod_reaches_itself_through_a_service(k8s: Net) -> None:
     """Hairpin: the Service's only endpoint is the pod that dials it. (The pod is not named
     like the Service: its own name resolves to its own IP through /etc/hosts.)"""
     script = SERVE + CLIENT + "print(json.dumps({'self': get('http://hairpin/')}))\n"
@@ -216,16 +236,16 @@ def test_pod_reaches_itself_through_a_service(k8s: E2ECluster) -> None:
     assert finished(k8s, "hairpin-pod") == {"self": "hairpin-pod"}
 
 
-def test_host_reaches_a_cluster_ip(k8s: E2ECluster, web: dict[str, str]) -> None:
-    svc = kubectl(k8s, "get", "svc", "-n", NS, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+def test_host_reaches_a_cluster_ip(k8s: Net, web: dict[str, str]) -> None:
+    svc = kubectl(k8s, "get", "svc", "-n", k8s.ns, "web", "-o", "jsonpath={.spec.clusterIP}").stdout
     with urllib.request.urlopen(f"http://{svc.strip()}/", timeout=10) as r:
         assert r.read().decode() in web
 
 
-def test_claim_of_the_default_storage_class_is_provisioned_and_mounted(k8s: E2ECluster) -> None:
+def test_claim_of_the_default_storage_class_is_provisioned_and_mounted(k8s: Net) -> None:
     claim = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data", "namespace": NS},
+        "metadata": {"name": "data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
     }  # fmt: skip
     script = "import json\nopen('/data/hello', 'w').write('hi')\nprint(json.dumps({}))\n"
@@ -234,7 +254,7 @@ def test_claim_of_the_default_storage_class_is_provisioned_and_mounted(k8s: E2EC
     writer["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
     apply(k8s, claim, writer)
     finished(k8s, "writer")
-    pvc = json.loads(kubectl(k8s, "get", "pvc", "-n", NS, "data", "-o", "json").stdout)
+    pvc = json.loads(kubectl(k8s, "get", "pvc", "-n", k8s.ns, "data", "-o", "json").stdout)
     assert pvc["spec"]["storageClassName"] == "standard" and pvc["status"]["phase"] == "Bound"
     pv = json.loads(kubectl(k8s, "get", "pv", pvc["spec"]["volumeName"], "-o", "json").stdout)
     path = pv["spec"]["hostPath"]["path"]

@@ -3,7 +3,9 @@ network namespaces and IPs, reach each other by pod IP, read the API with their 
 service-account token, and ``kubectl logs`` (the pinned kubectl, through the API server to the
 kubelet API) honours --tail, --timestamps, --previous, --since-time and -f.
 
-Skips only when the pinned binaries are not built or not root.
+On this process's private cluster (e2e/backends/private.py: no operator runs there during these
+tests), each test in a namespace of its own; a node with GPUs joins it for the module. Skips
+only when the pinned binaries are not built or not root.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import select
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from e2e.backends import private
 from e2e.cluster import build
-from e2e.cluster.cluster import E2ECluster, unavailable
+from e2e.cluster.cluster import unavailable
 from rpcjob import contract
 from rpcjob_operator.model import Slot
 from rpcjob_operator.render import OperatorDefaults, render_pod
@@ -29,10 +33,10 @@ from rpcjob_operator.spec import parse_job
 
 from .jobs import ELASTIC_APP
 
-pytestmark = pytest.mark.slow  # starts a whole control plane and two nodes
+pytestmark = pytest.mark.slow  # the private control plane and its nodes
 
-NS = "kubelet-test"
 GPUS = 2
+RBAC_LABEL = "rpcjob.dev/e2e-test-namespace"  # on the cluster-scoped objects a test makes
 SERVE = (
     "import http.server, socket\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
@@ -43,28 +47,50 @@ SERVE = (
 )
 
 
+@dataclass
+class K8s:
+    """The private cluster as one test sees it: its namespace, node-0 and node-1, the GPU node."""
+
+    cluster: private.PrivateCluster
+    ns: str
+    gpu_node: Any  # the GPU node's kubelet
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.cluster.kubeconfig
+
+    def node(self, name: str) -> Any:
+        return next(k for k in self.cluster.kubelets() if k.name == name)
+
+
 @pytest.fixture(scope="module")
-def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+def gpu_node() -> Iterator[Any]:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = E2ECluster(tmp_path_factory.mktemp("k8s"), nodes=2, gpus_per_node=GPUS).start()
-    made: list[str] = []
-    try:
-        kubectl(cluster, "create", "namespace", NS)
-        yield cluster
-        made = [e.net.netns for k in cluster.kubelets for e in k.pods.values() if e.net]
-    finally:
-        cluster.stop()
-    # stop() removed the pods' network namespaces (and with them their veths). With xdist's
-    # worksteal a worker may run only this module's pod-less tests: then there is nothing to
-    # check here (tests/test_process_kubelet_pods.py checks the removal on its own).
+    with private.get().extra_node("gpu", gpus=GPUS) as kubelet:
+        yield kubelet
+
+
+@pytest.fixture
+def k8s(gpu_node: Any) -> Iterator[K8s]:
+    cluster = private.get()
+    with cluster.namespace("kt") as ns:
+        k = K8s(cluster, ns, gpu_node)
+        try:
+            yield k
+        finally:
+            made = [e.net.netns for n in cluster.kubelets() for e in list(n.pods.values())
+                    if e.net and e.pod["metadata"]["namespace"] == ns]  # fmt: skip
+            cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"{RBAC_LABEL}={ns}")
+        # (the namespace goes here, its pods waited for)
+    # Deleting the pods removed their network namespaces (and with them their veths).
     left = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
     assert not [n for n in made if n in left], left
 
 
 def kubectl(
-    cluster: E2ECluster, *args: str, check: bool = True, stdin: str | None = None
+    cluster: K8s, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=180)
@@ -80,7 +106,7 @@ def pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
             "restartPolicy": restart,
@@ -90,21 +116,27 @@ def pod(
     }
 
 
-def apply(cluster: E2ECluster, *objs: dict[str, Any]) -> None:
-    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(objs)}))  # fmt: skip  # noqa: E501
+def apply(cluster: K8s, *objs: dict[str, Any], ns: str | None = None) -> None:
+    """Apply into the test's namespace (or ``ns``); cluster-scoped objects get RBAC_LABEL."""
+    for obj in objs:
+        if obj["kind"].startswith("Cluster"):
+            obj["metadata"].setdefault("labels", {})[RBAC_LABEL] = cluster.ns
+    items = {"kind": "List", "apiVersion": "v1", "items": list(objs)}
+    kubectl(cluster, "apply", "-n", ns or cluster.ns, "-f", "-", stdin=json.dumps(items))
 
 
-def wait(cluster: E2ECluster, name: str, condition: str, timeout: int = 180) -> None:
-    kubectl(cluster, "wait", "-n", NS, f"--for={condition}", f"pod/{name}", f"--timeout={timeout}s")
+def wait(cluster: K8s, name: str, condition: str, timeout: int = 180) -> None:
+    kubectl(cluster, "wait", "-n", cluster.ns, f"--for={condition}", f"pod/{name}",
+            f"--timeout={timeout}s")  # fmt: skip
 
 
-def get(cluster: E2ECluster, name: str) -> dict[str, Any]:
-    out = kubectl(cluster, "get", "pod", name, "-n", NS, "-o", "json").stdout
+def get(cluster: K8s, name: str) -> dict[str, Any]:
+    out = kubectl(cluster, "get", "pod", name, "-n", cluster.ns, "-o", "json").stdout
     return dict(json.loads(out))
 
 
-def logs(cluster: E2ECluster, name: str, *flags: str) -> str:
-    return kubectl(cluster, "logs", "-n", NS, name, *flags).stdout
+def logs(cluster: K8s, name: str, *flags: str) -> str:
+    return kubectl(cluster, "logs", "-n", cluster.ns, name, *flags).stdout
 
 
 def server(name: str, node: str) -> dict[str, Any]:
@@ -112,26 +144,27 @@ def server(name: str, node: str) -> dict[str, Any]:
     return pod(name, node, ["python", "-c", SERVE], "Always", readinessProbe=probe)
 
 
-def test_node_is_registered_with_gpus_labels_and_a_lease(k8s: E2ECluster) -> None:
-    node = json.loads(kubectl(k8s, "get", "node", "node-1", "-o", "json").stdout)
+def test_node_is_registered_with_gpus_labels_and_a_lease(k8s: K8s) -> None:
+    name = k8s.gpu_node.name
+    node = json.loads(kubectl(k8s, "get", "node", name, "-o", "json").stdout)
     assert node["status"]["capacity"]["nvidia.com/gpu"] == str(GPUS)
     assert node["metadata"]["labels"]["nvidia.com/gpu.count"] == str(GPUS)
-    node_ip = k8s.kubelets[1].node_ip
+    node_ip = k8s.gpu_node.node_ip
     assert node["status"]["addresses"] == [{"type": "InternalIP", "address": node_ip}]
     assert node["spec"]["podCIDR"].startswith("10.244.")
     lease = json.loads(
-        kubectl(k8s, "get", "lease", "node-1", "-n", "kube-node-lease", "-o", "json").stdout
+        kubectl(k8s, "get", "lease", name, "-n", "kube-node-lease", "-o", "json").stdout
     )
-    assert lease["spec"]["holderIdentity"] == "node-1"
+    assert lease["spec"]["holderIdentity"] == name
 
 
-def test_two_pods_of_one_node_bind_one_port_and_are_reached_by_pod_ip(k8s: E2ECluster) -> None:
+def test_two_pods_of_one_node_bind_one_port_and_are_reached_by_pod_ip(k8s: K8s) -> None:
     apply(k8s, server("web-a", "node-0"), server("web-b", "node-0"))
     for name in ("web-a", "web-b"):
         wait(k8s, name, "condition=Ready")
     a, b = get(k8s, "web-a"), get(k8s, "web-b")
     assert a["status"]["podIP"] != b["status"]["podIP"]
-    assert a["status"]["hostIP"] == k8s.kubelets[0].node_ip
+    assert a["status"]["hostIP"] == k8s.node("node-0").node_ip
     fetch = f"import urllib.request; print(urllib.request.urlopen('http://{b['status']['podIP']}:8080/', timeout=30).read().decode())"  # noqa: E501
     apply(k8s, pod("client", "node-1", ["python", "-c", fetch]))
     wait(k8s, "client", "jsonpath={.status.phase}=Succeeded")
@@ -141,29 +174,36 @@ def test_two_pods_of_one_node_bind_one_port_and_are_reached_by_pod_ip(k8s: E2ECl
     assert ipaddress.ip_address(get(k8s, "client")["status"]["podIP"]) in cidr
 
 
-def test_projected_token_reads_the_pods_node_through_the_api(k8s: E2ECluster) -> None:
-    rbac = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": NS}},  # noqa: E501
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
-         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubelet-test-nodes"},  # noqa: E501
-         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": NS}]},
-    ]  # fmt: skip
+def test_projected_token_reads_the_pods_node_through_the_api(k8s: K8s) -> None:
+    rbac = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}},
+            *node_reader(k8s.ns, "reader", k8s.ns)]  # fmt: skip
     code = (
         "import os; from kubernetes import client, config; config.load_incluster_config(); "
         "n = client.CoreV1Api().read_node(os.environ['NODE']); "
         "print(n.metadata.name, n.metadata.labels['nvidia.com/gpu.count'])"
     )
     node_env = {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
-    reader = pod("reader", "node-1", ["python", "-c", code], env=[node_env])
+    reader = pod("reader", k8s.gpu_node.name, ["python", "-c", code], env=[node_env])
     reader["spec"]["serviceAccountName"] = "reader"
     apply(k8s, *rbac, reader)
     wait(k8s, "reader", "jsonpath={.status.phase}=Succeeded")
-    assert logs(k8s, "reader").split() == ["node-1", str(GPUS)]
+    assert logs(k8s, "reader").split() == [k8s.gpu_node.name, str(GPUS)]
 
 
-def test_kubectl_logs_tail_timestamps_previous_since_and_follow(k8s: E2ECluster) -> None:
+def node_reader(name: str, account: str, namespace: str) -> list[dict[str, Any]]:
+    """A ClusterRole that may get Nodes, bound to ServiceAccount ``namespace/account``."""
+    role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": name}, "roleRef": role,
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]},
+    ]  # fmt: skip
+
+
+def test_kubectl_logs_tail_timestamps_previous_since_and_follow(k8s: K8s) -> None:
     lines = "echo one; echo two; echo three; sleep 0.5; exit 1"
     apply(k8s, pod("logger", "node-0", ["sh", "-c", lines], "OnFailure"))
     wait(k8s, "logger", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}=1")
@@ -187,7 +227,7 @@ def test_kubectl_logs_tail_timestamps_previous_since_and_follow(k8s: E2ECluster)
         "-f",
         "--tail=1",
         "-n",
-        NS,
+        k8s.ns,
         "ticker",
     ]
     follow = subprocess.Popen(cmd, stdout=subprocess.PIPE)
@@ -216,35 +256,29 @@ def _read_lines(proc: subprocess.Popen[bytes], n: int, deadline: float) -> list[
     return buf.decode().splitlines()[:n]
 
 
-def test_rpcjob_pods_form_a_group_in_a_restricted_namespace(k8s: E2ECluster) -> None:
+def test_rpcjob_pods_form_a_group_in_a_restricted_namespace(k8s: K8s) -> None:
     """Two pods as the operator renders them (native sidecar + worker, hardened for the
     restricted Pod Security level), their etcd a pod on the network: each sidecar reads its
     Node through the API with its projected token, the workers reach each other by pod IP,
     and READY counts the sidecar's readiness (the worker joined)."""
-    kubectl(k8s, "create", "namespace", "kt-etcd")
-    kubectl(k8s, "create", "namespace", "kt-job")
-    kubectl(k8s, "label", "namespace", "kt-job", "pod-security.kubernetes.io/enforce=restricted")
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    with k8s.cluster.namespace("kt-job", restricted) as ns:
+        _form_a_group(k8s, ns)
+
+
+def _form_a_group(k8s: K8s, ns: str) -> None:
     etcd = pod("etcd", "node-0", ["/usr/local/bin/etcd", "--data-dir=/var/lib/etcd-kt",
                "--listen-client-urls=http://0.0.0.0:2379", "--listen-peer-urls=http://127.0.0.1:2380",
                "--advertise-client-urls=http://$(POD_IP):2379"], "Always",
                env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                volumeMounts=[{"name": "data", "mountPath": "/var/lib/etcd-kt"}],
                readinessProbe={"tcpSocket": {"port": 2379}, "periodSeconds": 1})  # fmt: skip
-    etcd["metadata"]["namespace"] = "kt-etcd"
     etcd["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
-    apply(k8s, etcd)
-    kubectl(k8s, "wait", "-n", "kt-etcd", "--for=condition=Ready", "pod/etcd", "--timeout=180s")
-    etcd_ip = json.loads(kubectl(k8s, "get", "pod", "etcd", "-n", "kt-etcd", "-o", "json").stdout)[
-        "status"
-    ]["podIP"]
-    rbac = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "job", "namespace": "kt-job"}},  # noqa: E501
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "kt-job-nodes"},  # noqa: E501
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubelet-test-nodes"},  # noqa: E501
-         "subjects": [{"kind": "ServiceAccount", "name": "job", "namespace": "kt-job"}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kubelet-test-nodes"},  # noqa: E501
-         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
-    ]  # fmt: skip
+    apply(k8s, etcd)  # in the test's own namespace (not restricted)
+    wait(k8s, "etcd", "condition=Ready")
+    etcd_ip = get(k8s, "etcd")["status"]["podIP"]
+    rbac = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "job"}},
+            *node_reader(ns, "job", ns)]  # fmt: skip
     defaults = OperatorDefaults(
         sidecar_image="rpcjob-sidecar:dev",
         etcd_endpoints=(f"{etcd_ip}:2379",),
@@ -254,34 +288,27 @@ def test_rpcjob_pods_form_a_group_in_a_restricted_namespace(k8s: E2ECluster) -> 
               "command": ["python", "-c", ELASTIC_APP]}  # fmt: skip
     job = parse_job({
         "apiVersion": contract.API_VERSION, "kind": contract.KIND,
-        "metadata": {"name": "el", "namespace": "kt-job", "uid": "uid-kt-1", "generation": 1},
+        "metadata": {"name": "el", "namespace": ns, "uid": "uid-kt-1", "generation": 1},
         "spec": {"roles": {"worker": {"replicas": 2, "template": {"spec": {"containers": [worker]}}}},  # noqa: E501
                  "rpc": {"timeoutSeconds": 30}},
     })  # fmt: skip
     pods = [render_pod(job, Slot("worker", i), defaults=defaults) for i in range(2)]
     for p in pods:
         p["metadata"].pop("ownerReferences", None)  # no RpcJob object: the GC would reap them
-    apply(k8s, *rbac, *pods)
+    apply(k8s, *rbac, *pods, ns=ns)
     for i in range(2):
-        kubectl(
-            k8s,
-            "wait",
-            "-n",
-            "kt-job",
-            "--for=condition=Ready",
-            f"pod/el-worker-{i}",
-            "--timeout=300s",
-        )
+        kubectl(k8s, "wait", "-n", ns, "--for=condition=Ready", f"pod/el-worker-{i}",
+                "--timeout=300s")  # fmt: skip
     for i in range(2):
-        out = kubectl(k8s, "logs", "-n", "kt-job", f"el-worker-{i}", "-c", "worker").stdout
+        out = kubectl(k8s, "logs", "-n", ns, f"el-worker-{i}", "-c", "worker").stdout
         assert "reachable: worker_0,worker_1" in out, out
 
 
-def _status(cluster: E2ECluster, name: str) -> dict[str, Any]:
+def _status(cluster: K8s, name: str) -> dict[str, Any]:
     return dict(get(cluster, name).get("status") or {})
 
 
-def _until(cluster: E2ECluster, name: str, pred: Any, what: str) -> dict[str, Any]:
+def _until(cluster: K8s, name: str, pred: Any, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + 180
     while True:
         status = _status(cluster, name)
@@ -292,7 +319,7 @@ def _until(cluster: E2ECluster, name: str, pred: Any, what: str) -> dict[str, An
         time.sleep(0.5)
 
 
-def test_restarts_init_order_and_config_errors_reach_the_pod_status(k8s: E2ECluster) -> None:
+def test_restarts_init_order_and_config_errors_reach_the_pod_status(k8s: K8s) -> None:
     """Container lifecycle through the API: OnFailure restarts counted with the last exit,
     init containers in order before the containers, a failed init fails a Never pod, and an
     image with no known entrypoint is a CreateContainerConfigError naming the fix."""
@@ -351,7 +378,7 @@ def test_restarts_init_order_and_config_errors_reach_the_pod_status(k8s: E2EClus
     ],
 )
 def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
-    k8s: E2ECluster, handler: str, grace: int, exit_code: int
+    k8s: K8s, handler: str, grace: int, exit_code: int
 ) -> None:
     name = f"grace-{exit_code}"
     code = f"import signal, sys, time\n{handler}\nprint('up', flush=True)\ntime.sleep(600)\n"
@@ -366,14 +393,14 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     # Watch the pod from now on: its last status before it is gone carries the exit code.
     watch = subprocess.Popen(
         [str(build.binary("kubectl")), "--kubeconfig", str(k8s.kubeconfig), "get", "pod", name,
-         "-n", NS, "-w", "-o", "json", "--output-watch-events"],
+         "-n", k8s.ns, "-w", "-o", "json", "--output-watch-events"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         events = _watch_events(watch, deadline=time.monotonic() + 180)
         first = next(events)  # the watch has the pod: only now can the delete not outrun it
         assert first["object"]["metadata"]["name"] == name
-        kubectl(k8s, "delete", "pod", name, "-n", NS, "--wait=false")
+        kubectl(k8s, "delete", "pod", name, "-n", k8s.ns, "--wait=false")
         graces: list[int] = []
         term: dict[str, Any] = {}
         for ev in events:
