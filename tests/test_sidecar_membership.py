@@ -59,6 +59,13 @@ def start(job: Job, index: int, **env: str) -> tuple[Pod, FakeWorker, int]:
     return pod, w, int(w.identity()["rank"])
 
 
+def start_pair(job: Job) -> tuple[tuple[Pod, FakeWorker, int], tuple[Pod, FakeWorker, int]]:
+    """Slots 0 and 1, once worker_0 has seen worker_1 join."""
+    first, second = start(job, 0), start(job, 1)
+    joined(first[1], "worker_1")
+    return first, second
+
+
 def test_member_lifecycle_snapshot_join_leave(job: Job, client: Client) -> None:
     a, wa, ra = start(job, 0)
     wait_for(lambda: a.http("/readyz")[0] == 200, 30, "A ready")
@@ -81,39 +88,37 @@ def test_member_lifecycle_snapshot_join_leave(job: Job, client: Client) -> None:
 
 
 def test_leave_whose_left_report_is_lost_is_still_a_leave(job: Job, client: Client) -> None:
-    _, wa, _ = start(job, 0)
-    _, wb, rb = start(job, 1)
-    joined(wa, "worker_1")
+    (_, wa, _), (_, wb, rb) = start_pair(job)
     wb.send("leave-exit")  # torch's leave completed; the process exits before LEFT is sent
     wa.wait_for(lambda e: e["kind"] == "LEFT" and e["peer"]["name"] == "worker_1", 30)
     wait_for(lambda: client.get(job.keys.rank(rb)) is None, 30, "rank released")
     assert not any(e["kind"] == "EVICT" for e in wa.events())
 
 
+def _rejoins_with_a_fresh_rank(pod: Pod, survivor: FakeWorker, used: tuple[int, ...]) -> None:
+    """The slot's replacement worker keeps the name, gets a fresh rank, and the survivor sees
+    it join."""
+    rank = int(pod.fake_worker().identity()["rank"])
+    assert rank not in used
+    survivor.wait_for(lambda e: e["kind"] == "JOINED" and e["peer"]["rank"] == rank, 30)
+
+
 def test_worker_crash_revokes_lease_at_once(etcd_endpoint: str, tmp_path: Path) -> None:
     # A 30 s TTL: the eviction must not wait for it (the sidecar sees the stream close).
     job = Job(etcd_endpoint, tmp_path, lease_ttl=30)
     try:
-        _, wa, ra = start(job, 0)
-        b, wb, rb = start(job, 1)
-        joined(wa, "worker_1")
+        (_, wa, ra), (b, wb, rb) = start_pair(job)
         t0 = time.monotonic()
         wb.kill()
         evicted(wa, "worker_1", rb, timeout=20)
         assert time.monotonic() - t0 < 10, "eviction waited for the lease TTL"
-        # the replacement keeps the name, gets a fresh rank, and is seen by the survivor
-        w2 = b.fake_worker()
-        r2 = int(w2.identity()["rank"])
-        assert r2 not in (ra, rb)
-        wa.wait_for(lambda e: e["kind"] == "JOINED" and e["peer"]["rank"] == r2, 30)
+        _rejoins_with_a_fresh_rank(b, wa, (ra, rb))
     finally:
         job.close()
 
 
 def test_sidecar_sigkill_evicts_within_ttl_plus_1s(job: Job, client: Client) -> None:
-    _, wa, _ = start(job, 0)
-    b, wb, rb = start(job, 1)
-    joined(wa, "worker_1")
+    (_, wa, _), (b, wb, rb) = start_pair(job)
     t0 = time.monotonic()
     b.kill_sidecar()
     wb.kill()  # the worker dies with its pod
@@ -130,18 +135,13 @@ def test_slot_replacement_evicts_its_dead_predecessor_without_the_ttl(
     join waits for the (here 60 s) TTL."""
     job = Job(etcd_endpoint, tmp_path, lease_ttl=60)
     try:
-        _, wa, ra = start(job, 0)
-        b, wb, rb = start(job, 1)
-        joined(wa, "worker_1")
+        (_, wa, ra), (b, wb, rb) = start_pair(job)
         b.kill_sidecar()
         wb.kill()  # the worker dies with its sidecar
         b2 = job.pod("worker", 1)  # the slot's replacement pod
         evicted(wa, "worker_1", rb, timeout=30)
         assert "revoking the lease of an earlier incarnation" in b2.sidecar_log.read_text()
-        w2 = b2.fake_worker()
-        r2 = int(w2.identity(timeout=30)["rank"])
-        assert r2 not in (ra, rb)
-        wa.wait_for(lambda e: e["kind"] == "JOINED" and e["peer"]["rank"] == r2, 30)
+        _rejoins_with_a_fresh_rank(b2, wa, (ra, rb))
     finally:
         job.close()
 
@@ -258,9 +258,7 @@ def test_join_failed_and_rehello_get_fresh_ranks(job: Job, client: Client) -> No
 
 
 def test_sigterm_drains_worker_and_exits_0(job: Job, client: Client) -> None:
-    _, wa, _ = start(job, 0)
-    b, wb, _ = start(job, 1)
-    joined(wa, "worker_1")
+    (_, wa, _), (b, wb, _) = start_pair(job)
     assert b.stop_sidecar() == 0
     assert any(e["kind"] == "DRAIN" for e in wb.events())
     wa.wait_for(lambda e: e["kind"] == "LEFT" and e["peer"]["name"] == "worker_1", 30)
@@ -293,9 +291,7 @@ def test_etcd_restart_evicts_no_live_member(etcd: EmbeddedEtcd, tmp_path: Path) 
     # tight on 2 busy cores.
     job = Job(etcd.endpoint, tmp_path, lease_ttl=10)
     try:
-        _, wa, _ = start(job, 0)
-        _, wb, _ = start(job, 1)
-        joined(wa, "worker_1")
+        (_, wa, _), (_, wb, _) = start_pair(job)
         etcd.restart()
         _, wc, _ = start(job, 2)  # the watch and leases came back: a new join is seen
         joined(wa, "worker_2")
@@ -318,9 +314,7 @@ def test_tls_and_auth_etcd(
     }  # fmt: skip
     job = Job(etcd_tls_auth.endpoint, tmp_path, lease_ttl=3, env=env)
     try:
-        a, wa, _ = start(job, 0)
-        b, wb, rb = start(job, 1)
-        joined(wa, "worker_1")
+        (a, wa, _), (b, wb, rb) = start_pair(job)
         wb.kill()
         evicted(wa, "worker_1", rb)
         for p in (a, b):
