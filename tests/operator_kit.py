@@ -71,12 +71,12 @@ def job_manifest(
         "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
     }
     role: dict[str, Any] = {"replicas": replicas, "template": {"spec": {"containers": [container]}}}
-    if max_replicas is not None:
-        role["maxReplicas"] = max_replicas
-    if min_replicas is not None:
-        role["minReplicas"] = min_replicas
-    if restart_policy is not None:
-        role["restartPolicy"] = restart_policy
+    opt = {
+        "maxReplicas": max_replicas,
+        "minReplicas": min_replicas,
+        "restartPolicy": restart_policy,
+    }
+    role |= {k: v for k, v in opt.items() if v is not None}
     return {
         "apiVersion": contract.API_VERSION,
         "kind": contract.KIND,
@@ -370,6 +370,13 @@ def operator_env(etcd_endpoint: str | None = None, *, start: bool = True) -> Ite
             _stop(proc, 10)
         view.operator = None
         view.clean()
+
+
+def running_operator(etcd_endpoint: str) -> Iterator[OperatorEnv]:
+    """A started operator for one test; a module uses it as its ``env`` fixture with
+    ``env = pytest.fixture(running_operator, name="env")``."""
+    with operator_env(etcd_endpoint) as e:
+        yield e
 
 
 def joined(env: OperatorEnv, name: str, n: int) -> bool:

@@ -4,14 +4,12 @@ with live join/leave; a crashed worker is replaced and counted (restarts, exit c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from operator_kit import (
     OperatorEnv,
     job_manifest,
     joined,
-    operator_env,
+    running_operator,
     running_pods,
     unique,
 )
@@ -21,10 +19,7 @@ from rpcjob import contract
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # whole jobs under the operator
 
 
-@pytest.fixture
-def env(etcd_endpoint: str) -> Iterator[OperatorEnv]:
-    with operator_env(etcd_endpoint) as e:
-        yield e
+env = pytest.fixture(running_operator, name="env")
 
 
 def test_apply_join_scale_and_replace(env: OperatorEnv) -> None:

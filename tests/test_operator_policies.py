@@ -5,19 +5,15 @@ exit codes recorded; suspend deletes the pods and resume recreates them."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
-from operator_kit import SLEEPER, OperatorEnv, job_manifest, operator_env, running_pods, unique
+from operator_kit import SLEEPER, OperatorEnv, job_manifest, running_operator, running_pods, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # whole jobs under the operator
 EXIT = [sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['CODE']))"]
 
 
-@pytest.fixture
-def env(etcd_endpoint: str) -> Iterator[OperatorEnv]:
-    with operator_env(etcd_endpoint) as e:
-        yield e
+env = pytest.fixture(running_operator, name="env")
 
 
 def test_success_then_ttl_deletes_the_job(env: OperatorEnv) -> None:
