@@ -114,7 +114,7 @@ class _Interrupts:
 @click.option("-v", "--verbose", is_flag=True, help="Also show sidecar logs and status events.")
 @click.option(
     "--fork-server/--no-fork-server",
-    default=False,
+    default=True,
     show_default=True,
     envvar=ENV_FORK_SERVER,
     show_envvar=True,

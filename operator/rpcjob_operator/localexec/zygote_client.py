@@ -48,7 +48,10 @@ class ForkedProcess:
         ready, _, _ = select.select([self._conn], [], [], timeout)
         if not ready:
             return
-        data = self._conn.recv(256)
+        try:
+            data = self._conn.recv(256)
+        except OSError:
+            data = b""  # as a closed connection: the server is gone
         self._conn.close()
         if data.startswith(b"exit "):
             self.returncode = os.waitstatus_to_exitcode(int(data.split()[1]))
