@@ -48,14 +48,24 @@ def mem_available_mb() -> int:
     return 0
 
 
-def job(name: str, n: int) -> dict[str, Any]:
-    container = {"name": contract.WORKER_CONTAINER, "image": "ghcr.io/rpcjob/e2e-worker:bench",
-                 "command": ["python", "-c", WORKLOAD]}  # fmt: skip
+def job(
+    name: str,
+    n: int,
+    max_replicas: int | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An RpcJob of ``n`` workers running ``command`` (default: join and wait)."""
+    container: dict[str, Any] = {
+        "name": contract.WORKER_CONTAINER, "image": "ghcr.io/rpcjob/e2e-worker:bench",
+        "command": command or ["python", "-c", WORKLOAD],
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+    }  # fmt: skip
     return {
         "apiVersion": contract.API_VERSION,
         "kind": contract.KIND,
         "metadata": {"name": name},
-        "spec": {"roles": {"worker": {"replicas": n, "maxReplicas": n,
+        "spec": {"roles": {"worker": {"replicas": n, "maxReplicas": max_replicas or n,
                                       "template": {"spec": {"containers": [container]}}}}},
     }  # fmt: skip
 
