@@ -11,8 +11,9 @@ server's answer to the scale request, from its audit log):
 
     created    -> the operator's create of the pod (audit log)
     scheduled  -> the scheduler's binding of the pod (audit log)
-    started    -> the worker process exists (/proc start time; the kubelet starts the pod's
-                  network namespace and its sidecar first)
+    sandbox    -> the pod's first process exists (its sidecar's; /proc start time): the
+                  kubelet's pod watch, network namespace and volumes
+    started    -> the worker process exists (/proc start time)
     imports, sidecar, rank, setup, join, reach: as in bench/scale_bench.py
 
 and the operator's calls between the request and its last pod create (audit log: read the job,
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -57,7 +59,7 @@ from rpcjob import contract
 MB_PER_POD = 540  # torch worker ~490 MB RSS + sidecar ~52 MB (docs/benchmarks.md)
 HEADROOM_MB = 2048
 NAMESPACE, JOB = "scale-bench", "bench"
-PHASES = ["created", "scheduled", *scale_bench.PHASES[1:]]
+PHASES = ["created", "scheduled", "sandbox", *scale_bench.PHASES[1:]]
 
 
 def job_manifest(size: int, workdir: Path, out: Path) -> dict[str, Any]:
@@ -93,8 +95,28 @@ def audit_stamps(
     return t0, created, bound, calls
 
 
+def first_processes() -> dict[str, float]:
+    """Worker name -> when the first process of its pod started. The process kubelet runs
+    containers as host processes whose environment names the slot; the sidecar starts first."""
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text(errors="replace")
+                       .split("\0") if "=" in kv)  # fmt: skip
+            stat = (proc / "stat").read_text()
+        except OSError:  # not a process, or it ended
+            continue
+        worker = env.get(contract.ENV_WORKER_NAME)
+        if env.get(contract.ENV_NAMESPACE) != NAMESPACE or not worker:
+            continue
+        start = boot + int(stat[stat.rindex(")") + 2 :].split()[19]) / os.sysconf("SC_CLK_TCK")
+        out[worker] = min(start, out.get(worker, start))
+    return out
+
+
 def new_pod_stamps(
-    api: Api, created: dict[str, float], bound: dict[str, float]
+    api: Api, created: dict[str, float], bound: dict[str, float], first: dict[str, float]
 ) -> dict[str, dict[str, float]]:
     """Worker name -> the stamps a member cannot take itself, for the pods created by the scale."""
     out = {}
@@ -102,7 +124,9 @@ def new_pod_stamps(
         name = pod["metadata"]["name"]
         worker = pod["metadata"]["labels"].get(contract.LABEL_WORKER_NAME)
         if name in created and worker:
-            out[worker] = {"created": created[name], "scheduled": bound.get(name, created[name])}
+            scheduled = bound.get(name, created[name])
+            out[worker] = {"created": created[name], "scheduled": scheduled,
+                           "sandbox": first.get(worker, scheduled)}  # fmt: skip
     return out
 
 
@@ -137,11 +161,12 @@ def scale_up(backend: real.ClusterBackend, size: int, workdir: Path) -> dict[str
     backend._kubectl("-n", NAMESPACE, "scale", f"rpj/{JOB}", f"--replicas={size}")
     done = scale_bench._wait(lambda: scale_bench._reached(out, size), 900,
                              f"all {size} members to reach each other")  # fmt: skip
+    first = first_processes()  # while the pods run
     t0, created, bound, calls = audit_stamps(backend, t_req - 1.0)
     if t0 is None or not created:
         raise RuntimeError(f"the audit log {backend.audit_log} has no scale request or pod "
                            "create after it: cannot split the phases")  # fmt: skip
-    stamps = new_pod_stamps(Api(backend.kubeconfig), created, bound)
+    stamps = new_pod_stamps(Api(backend.kubeconfig), created, bound, first)
     phases, slowest = scale_bench.split_phases(t0, done, size, stamps, PHASES)
     total = max(r["reach"][str(size)] for r in done.values()) - t0
     creates = [round(min(created.values()) - t0, 3), round(max(created.values()) - t0, 3)]
