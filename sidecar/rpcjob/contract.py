@@ -227,6 +227,16 @@ def socket_bind_path(path: str) -> str:
 
 
 # --- etcd key layout -----------------------------------------------------------------------
+class _Under:
+    """A key (or key prefix) under a job's root, read as an attribute of :class:`JobKeys`."""
+
+    def __init__(self, rel: str) -> None:
+        self.rel = rel
+
+    def __get__(self, keys: JobKeys, owner: type[JobKeys]) -> str:
+        return keys.root + self.rel
+
+
 @dataclass(frozen=True)
 class JobKeys:
     """Every etcd key of one job lives under ``/rpcjob/<namespace>/<name>/<uid>/``.
@@ -250,62 +260,36 @@ class JobKeys:
     def root(self) -> str:
         return f"/rpcjob/{self.namespace}/{self.name}/{self.uid}/"
 
-    @property
-    def store(self) -> str:
-        return self.root + "store/"
-
-    @property
-    def members(self) -> str:
-        return self.root + "members/"
+    store = _Under("store/")
+    members = _Under("members/")
+    ranks = _Under("ranks/")
+    retired_ranks = _Under("ranks-retired/")
+    left = _Under("left/")
+    election = _Under("election/cleanup")
+    # Crash eviction (sidecar): the elected cleaner publishes one request per dead torch
+    # identity ``<worker>-<rank>``; every live incarnation acks under it (bound to its lease).
+    evicts = _Under("evict/")
+    evict_acks = _Under("evicted/")
+    # Token values the cleaner took over from dead holders; their waiter keys get "Done".
+    token_waiters = _Under("cleanup-waiters/")
 
     def member(self, worker: str) -> str:
         return self.members + worker
 
-    @property
-    def ranks(self) -> str:
-        return self.root + "ranks/"
-
     def rank(self, rank: int) -> str:
         return f"{self.ranks}{rank}"
-
-    @property
-    def retired_ranks(self) -> str:
-        return self.root + "ranks-retired/"
 
     def retired_rank(self, rank: int) -> str:
         return f"{self.retired_ranks}{rank}"
 
-    @property
-    def left(self) -> str:
-        return self.root + "left/"
-
     def left_marker(self, worker: str) -> str:
         return self.left + worker
-
-    @property
-    def election(self) -> str:
-        return self.root + "election/cleanup"
-
-    # Crash eviction (sidecar): the elected cleaner publishes one request per dead torch
-    # identity ``<worker>-<rank>``; every live incarnation acks under it (bound to its lease).
-    @property
-    def evicts(self) -> str:
-        return self.root + "evict/"
 
     def evict(self, worker: str, rank: int) -> str:
         return f"{self.evicts}{worker}-{rank}"
 
-    @property
-    def evict_acks(self) -> str:
-        return self.root + "evicted/"
-
     def evict_ack(self, worker: str, rank: int, acker_rank: int) -> str:
         return f"{self.evict_acks}{worker}-{rank}/{acker_rank}"
-
-    # Token values the cleaner took over from dead holders; their waiter keys get "Done".
-    @property
-    def token_waiters(self) -> str:
-        return self.root + "cleanup-waiters/"
 
 
 def local_control_prefix(name: str) -> str:
