@@ -67,16 +67,11 @@ def test_parse_full_spec() -> None:
     j = parse_job(obj)
     assert list(j.roles) == ["ps", "worker"]
     w = j.roles["worker"]
-    assert (w.replicas, w.min_replicas, w.max_replicas, w.scalable) == (3, 2, 8, True)
+    assert (w.replicas, w.min_replicas, w.max_replicas) == (3, 2, 8)
     assert (w.restart_policy, w.gpus, w.worker_container) == ("Always", 1, "worker")
     ps = j.roles["ps"]
     # fixed-size role: max = replicas, min defaults to 1, restartPolicy OnFailure
-    assert (ps.max_replicas, ps.min_replicas, ps.scalable, ps.restart_policy) == (
-        1,
-        1,
-        False,
-        "OnFailure",
-    )
+    assert (ps.max_replicas, ps.min_replicas, ps.restart_policy) == (1, 1, "OnFailure")
     assert j.slots() == {"ps": 1, "worker": 8}
     assert (j.etcd.endpoints, j.etcd.tls_secret, j.etcd.auth_secret) == (("e:2379",), "t", "a")
     assert (j.rpc.timeout_seconds, j.rpc.num_worker_threads, j.rpc.device_maps) == (12.5, 4, "off")
@@ -95,7 +90,6 @@ def test_parse_full_spec() -> None:
         "u-1",
         3,
     )
-    assert j.meta.creation_timestamp == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def test_defaults() -> None:

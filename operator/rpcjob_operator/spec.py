@@ -34,7 +34,6 @@ class RoleSpec:
     min_replicas: int
     # Effective upper bound: the declared maxReplicas, or replicas for a fixed-size role.
     max_replicas: int
-    scalable: bool  # maxReplicas was declared
     restart_policy: str  # OnFailure | Never | Always
     gpus: int | None  # the worker container's nvidia.com/gpu (from `gpus` or the template)
     template: dict[str, Any]  # PodTemplateSpec as written (deep copy)
@@ -78,7 +77,6 @@ class JobMeta:
     namespace: str
     uid: str
     generation: int = 1
-    creation_timestamp: dt.datetime | None = None
     deletion_timestamp: dt.datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -114,7 +112,6 @@ def parse_meta(obj: dict[str, Any]) -> JobMeta:
         namespace=str(md.get("namespace") or "default"),
         uid=str(md.get("uid", "")),
         generation=int(md.get("generation") or 1),
-        creation_timestamp=parse_time(md.get("creationTimestamp")),
         deletion_timestamp=parse_time(md.get("deletionTimestamp")),
         labels=dict(md.get("labels") or {}),
     )
@@ -147,7 +144,6 @@ def _parse_role(job: str, name: str, raw: dict[str, Any], errs: list[FieldError]
         replicas=replicas,
         min_replicas=int(raw.get("minReplicas", min(1, replicas))),
         max_replicas=max_replicas,
-        scalable=declared_max is not None,
         restart_policy=str(raw.get("restartPolicy", "OnFailure")),
         gpus=gpus if gpus is not None else tmpl_gpus,
         template=copy.deepcopy(template),
