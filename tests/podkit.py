@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from forked import ForkedPopen
+
 from rpcjob import contract as c
 from rpcjob_operator.localexec import lifeline, ports
 
@@ -202,6 +204,16 @@ class Pod:
         popen.setdefault("stderr", log)
         cmd, fds = lifeline.wrap(list(argv))
         p = subprocess.Popen(cmd, env=full, start_new_session=True, pass_fds=fds, **popen)
+        self.workers.append(p)
+        return p
+
+    def start_forked_worker(
+        self, script: str, args: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> ForkedPopen:
+        """``python script *args`` in the pod, forked from the torch-preloaded server
+        (tests/forked.py): a torch worker without a torch import of its own."""
+        full = dict(os.environ, **self.env, **(env or {}))
+        p = ForkedPopen(script, args, full)
         self.workers.append(p)
         return p
 

@@ -1,10 +1,10 @@
 """Worker processes for the etcd3:// dynamic RPC tests: each joins torch's dynamic RPC group
 (``world_size=None``) through ``init_method="etcd3://…"`` and then obeys commands from the test
-over a queue. Started with the spawn start method (never fork a process that uses gRPC)."""
+over a queue. Forked from the torch-preloaded server of tests/forked.py, which has imported
+torch and nothing else (never fork a process that uses gRPC)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import queue
 import time
@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-CTX = mp.get_context("spawn")
+from forked import CTX, die_with_parent
 
 
 def echo(caller: str) -> str:
@@ -21,25 +21,8 @@ def echo(caller: str) -> str:
     return f"{rpc.get_worker_info().name}<-{caller}"
 
 
-def _die_with_parent() -> None:
-    """A worker must not outlive its test process (a pytest-timeout kill included): the
-    parent's sentinel becomes readable when it exits, however it exits."""
-    import multiprocessing.connection
-    import threading
-
-    parent = mp.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
-
-
 def worker_main(name: str, rank: int, url: str, env: dict[str, str], cmds: Any, out: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     os.environ.update(env)
     try:
         import torch.distributed.rpc as rpc

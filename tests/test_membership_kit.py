@@ -7,12 +7,11 @@ in mode ``rpcjob`` (it joins through ``rpcjob.init_rpc()``).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
 from podkit import Job, Pod, wait_for
-from test_worker_kit import Proc, child_argv
+from test_worker_kit import Proc, child_script
 
 from rpcjob.etcd import Client
 
@@ -61,15 +60,9 @@ class Worker:
 
 
 def start_worker(pod: Pod, env: Mapping[str, str] | None = None) -> Worker:
-    popen = pod.start_worker(
-        child_argv("rpcjob"),
-        env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return Worker(pod, Proc(popen))
+    """The pod's torch worker, forked from the torch-preloaded server (tests/forked.py)."""
+    popen = pod.start_forked_worker(child_script(), ["rpcjob"], env)
+    return Worker(pod, Proc(popen))  # Popen's calls that Proc makes
 
 
 def start_pods(job: Job, indexes: Sequence[int], **env: str) -> list[Worker]:

@@ -94,8 +94,9 @@ def test_no_comment_cites_the_design_notes_outside_the_repository() -> None:
 # the helpers and fixtures of its own module; a new kit that starts such things belongs here.
 SLOW_STARTERS = {
     "test_membership_kit": {"start_pods", "start_worker"},  # sidecar + torch worker pods
-    "test_worker_kit": {"Proc", "child_argv"},  # a torch RPC worker process
+    "test_worker_kit": {"Proc", "child_argv", "child_script"},  # a torch RPC worker process
     "rpc_procs": {"Group", "CTX"},  # torch workers joining through etcd3://
+    "forked": {"ForkedPopen", "CTX"},  # torch workers forked from a torch-preloaded server
     "localrun": {"LocalRun"},  # an `rpcjob run` job
     "operator_kit": {"operator_env", "OperatorEnv", "ClusterView"},  # a control plane
     "e2e.backends": {"private", "shared"},  # a control plane

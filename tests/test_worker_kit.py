@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from forked import ForkedPopen
+
 CHILD = r"""
 import os, sys, time, datetime, json, traceback
 mode = sys.argv[1]
@@ -122,12 +124,17 @@ for line in sys.stdin:
 """
 
 
-def child_argv(*args: str) -> list[str]:
-    """argv of the scriptable child worker (written once per test process)."""
+def child_script() -> str:
+    """The scriptable child worker's file (written once per test process)."""
     script = Path(os.environ.get("TMPDIR", "/tmp")) / f"rpcjob_kit_child_{os.getpid()}.py"
     if not script.exists() or script.read_text() != CHILD:
         script.write_text(CHILD)
-    return [sys.executable, str(script), *args]
+    return str(script)
+
+
+def child_argv(*args: str) -> list[str]:
+    """argv of the scriptable child worker in a fresh interpreter."""
+    return [sys.executable, child_script(), *args]
 
 
 class Proc:
@@ -142,15 +149,9 @@ class Proc:
 
     @classmethod
     def spawn(cls, args: list[str], env: Mapping[str, str] | None = None) -> Proc:
-        popen = subprocess.Popen(
-            child_argv(*args),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(os.environ if env is None else env),
-        )
-        return cls(popen)
+        """The child worker, forked from the torch-preloaded server (tests/forked.py)."""
+        popen = ForkedPopen(child_script(), args, dict(os.environ if env is None else env))
+        return cls(popen)  # Popen's calls that Proc makes
 
     def _read(self) -> None:
         assert self.p.stdout is not None
