@@ -8,12 +8,12 @@ node or a network fault breaks it, and traffic flows again on the client's next 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import Literal, TypeVar
 
 from etcd_waits import wait_until
@@ -22,7 +22,7 @@ Direction = Literal["replies", "requests"]
 T = TypeVar("T")
 
 
-class FaultProxy:
+class FaultProxy(contextlib.AbstractContextManager["FaultProxy"]):
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
@@ -49,12 +49,7 @@ class FaultProxy:
         self.cut()
         self._listener.close()
 
-    def __enter__(self) -> FaultProxy:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _accept(self) -> None:

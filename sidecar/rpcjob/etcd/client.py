@@ -66,10 +66,6 @@ class Client:
         return list(self._conn.endpoints)
 
     @property
-    def timeout(self) -> float:
-        return self._conn.timeout
-
-    @property
     def revision(self) -> int:
         """The highest etcd revision seen in any response of this client (0 before the
         first). Read before a write, it bounds what etcd held before the write was sent: a
