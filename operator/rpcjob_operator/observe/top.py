@@ -15,21 +15,6 @@ from rich.table import Table
 
 from rpcjob_operator.observe.targets import Answer, Job, Target
 
-COLUMNS = (
-    "rank",
-    "member",
-    "pod",
-    "node",
-    "devices",
-    "state",
-    "pending_out",
-    "serving",
-    "pool_busy",
-    "rpcs_in",
-    "rpcs_out",
-    "last_error",
-)
-
 
 def poll(job: Job, path: str = "/debug/rpc/top", timeout: float = 5.0) -> dict[str, Answer]:
     """Every target's answer, asked in parallel (a slow sidecar delays only its own row)."""
