@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -112,8 +113,11 @@ def test_etcd_down_calls_fail_within_the_store_timeout_naming_the_endpoint(
         "wait": lambda: store.wait(["missing"]),
         "num_keys": store.num_keys,
     }
-    for name, call in calls.items():
-        err = _raises_within(call, 2.0 + SLACK_S)
+    # all at once (the store is thread-safe): each still fails within its own timeout
+    with ThreadPoolExecutor(len(calls)) as pool:
+        failed = pool.map(lambda call: _raises_within(call, 2.0 + SLACK_S), calls.values())
+        errors = dict(zip(calls, failed, strict=True))
+    for name, err in errors.items():
         assert isinstance(err, D.DistNetworkError) and isinstance(err, EtcdUnavailable), err
         assert etcd.endpoint in str(err) and f"EtcdStore.{name}" in str(err), err
     store.close()
@@ -168,16 +172,24 @@ def test_bad_certificate_and_wrong_ca(
         "server not signed by the given CA": (m.other_ca, m.client_cert, m.client_key),
         "no client certificate": (m.ca, None, None),
     }
-    for why, (ca, cert, key) in cases.items():
+
+    def failure(case: tuple[str, str | None, str | None]) -> BaseException:
+        ca, cert, key = case
         store = EtcdStore(
             etcd_tls.endpoint, prefix="/x/", timeout=timedelta(seconds=2), ca=ca, cert=cert,
             key=key,
         )  # fmt: skip
-        err = _raises_within(lambda store=store: store.get("k"), 2.0 + SLACK_S)
+        try:
+            return _raises_within(lambda: store.get("k"), 2.0 + SLACK_S)
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(len(cases)) as pool:  # independent stores: all at once
+        errors = dict(zip(cases, pool.map(failure, cases.values()), strict=True))
+    for why, err in errors.items():
         assert isinstance(err, D.DistNetworkError), (why, err)
         assert isinstance(err, EtcdTLSError | EtcdUnavailable), (why, err)
         assert etcd_tls.endpoint in str(err), (why, err)
-        store.close()
     good = EtcdStore(
         etcd_tls.endpoint, prefix="/x/", timeout=timedelta(seconds=10), ca=m.ca,
         cert=m.client_cert, key=m.client_key,
