@@ -44,6 +44,7 @@ def test_fresh_job_creates_every_slot_and_the_networking() -> None:
     assert creates(p) == [("ps", 0), ("worker", 0), ("worker", 1)]
     assert not any(a.replacement for a in p.of(CreatePod))
     assert events(p).count("SuccessfulCreate") == 3
+    assert [type(a) for a in p.actions[4:6]] == [CreatePod, CreatePod]  # the workers at once
     st = p.status.to_dict()
     assert st["roles"]["worker"] == {
         "desired": 2,
@@ -172,6 +173,11 @@ def test_scale(
     assert len(p.status.to_dict()["roles"]["worker"]["indices"]) == replicas
     if want_creates:
         assert "ScaledUp" in events(p) and EnsureService() in p.actions
+        # A role's creates are consecutive: the executor sends a run of creates at once, and an
+        # event between two of them would make every create a round trip of its own.
+        kinds = [type(a) for a in p.actions]
+        first = kinds.index(CreatePod)
+        assert kinds[first : first + len(want_creates)] == [CreatePod] * len(want_creates)
     if want_deletes:
         msg = event(p, "ScaledDown").message
         assert f"-> {replicas} replicas" in msg and "drain and leave" in msg

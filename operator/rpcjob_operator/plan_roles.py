@@ -148,6 +148,7 @@ def reconcile_role(c: Cycle, role: RoleSpec) -> None:
             slots = ", ".join(f"{role.name}_{i}" for i in sorted(added))
             msg = f"{role.name}: adding slots {slots} toward {role.replicas} replicas"
             c.event("Normal", "ScaledUp", msg)
+    created: list[str] = []
     for idx in sorted(active):
         q = pods.get(idx)
         if q is None:
@@ -155,9 +156,13 @@ def reconcile_role(c: Cycle, role: RoleSpec) -> None:
                 continue  # a replacement while the job is finishing: nothing is refilled
             slot = Slot(role.name, idx)
             c.actions.append(CreatePod(slot, replacement=idx in c.prev_active[role.name]))
-            c.event("Normal", "SuccessfulCreate", f"created pod {slot.pod_name(name)}")
+            created.append(slot.pod_name(name))
         elif q.deleting:
             c.requeue.append(WAIT_TERMINATING_S)
+    # The events follow all of the role's creates: the executor sends consecutive creates at
+    # once, and an event between two of them would make each create a round trip of its own.
+    for pod_name in created:
+        c.event("Normal", "SuccessfulCreate", f"created pod {pod_name}")
 
 
 def _dead(role: RoleSpec, p: PodView | None) -> bool:
