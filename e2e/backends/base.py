@@ -167,8 +167,12 @@ class Cluster:
         return list(json.loads(self.kubectl(*args).stdout)["items"])
 
     @staticmethod
-    def wait_for(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-        return wait_for(predicate, timeout, what)
+    def wait_for(
+        predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+    ) -> T:
+        """``wait_for``; a predicate that runs a Python CLI (a second of CPU) polls at a longer
+        ``interval``, leaving the 2-core machine to what it waits for."""
+        return wait_for(predicate, timeout, what, interval)
 
     # --- jobs and pods ------------------------------------------------------------------------
     def pods(self, job: str, role: str | None = None) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from e2e.backends import Cluster
 from rpcjob import contract
 from rpcjob_operator.observe.cluster import cluster_job
 from tests.localrun import worker_pid
+
+from .jobs import wait_group
 
 # A cluster with the chart, whole jobs: a job alone takes 1-3 minutes to form on a loaded
 # 2-core machine, so the 300 s default is too short for a scenario.
@@ -68,6 +71,18 @@ def cli(
     )  # fmt: skip
 
 
+def clis(c: Cluster, *calls: Sequence[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent CLI calls at once: each is a Python start-up and a few API round trips,
+    which overlap."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda args: cli(c, *args), calls))
+
+
+# A CLI call costs about a second of CPU: waits on one poll once a second (POLL), and a job's
+# formation is first awaited in its status (a kubectl read), leaving the CPU to the job.
+POLL = 1.0
+
+
 def top(c: Cluster, kubeconfig: str | None = None) -> dict[str, dict[str, Any]]:
     res = cli(c, "top", JOB, "--json", kubeconfig=kubeconfig)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -91,13 +106,15 @@ def running(cluster: Cluster, hold: Path) -> Cluster:
     if cluster.backend.name != "cluster":
         pytest.skip("the observe scenarios run the repository's app: cluster backend only")
     cluster.apply(observe_job(str(hold)))
+    wait_group(cluster, JOB, MEMBERS)
 
     def busy() -> bool:
         rows = top(cluster)
         return sorted(rows) == MEMBERS and all(r["state"] == "JOINED" for r in rows.values()) \
             and bool(rows["server_0"]["rpcs_in"])  # fmt: skip
 
-    cluster.wait_for(busy, cluster.backend.job_timeout, "every member JOINED, server_0 busy")
+    cluster.wait_for(busy, cluster.backend.job_timeout, "every member JOINED, server_0 busy",
+                     interval=POLL)  # fmt: skip
     return cluster
 
 
@@ -114,16 +131,15 @@ def test_top_debug_profile_and_rbac_via_the_pod_proxy(running: Cluster, tmp_path
     assert sorted(r["rank"] for r in rows.values()) == [0, 1, 2]
     assert rows["server_0"]["pool_size"] == 16 and rows["worker_0"]["rpcs_out"] > 0
 
-    res = cli(c, "debug", JOB)
+    res, one = clis(c, ["debug", JOB], ["debug", JOB, "worker_1", "--json"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "consistent: every member's agent lists etcd's membership" in res.stdout
     agents = [line for line in res.stdout.splitlines() if "agent workers:" in line]
     assert len(agents) == 3 and all(all(f"{m}(" in a for m in MEMBERS) for a in agents)
-    one = cli(c, "debug", JOB, "worker_1", "--json")
     assert one.returncode == 0 and json.loads(one.stdout)["consistent"], one.stdout + one.stderr
 
     out = tmp_path / "trace.json"
-    res = cli(c, "profile", JOB, "--seconds", "3", "-o", str(out))
+    res = cli(c, "profile", JOB, "--seconds", "3", "-o", str(out))  # alone: it times the job
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     srv = lines.index(next(line for line in lines if line.startswith("server_0:")))
@@ -142,12 +158,13 @@ def test_top_debug_profile_and_rbac_via_the_pod_proxy(running: Cluster, tmp_path
     assert set(starts.values()) == {pid["worker_0"], pid["worker_1"]}
     assert set(ends.values()) == {pid["server_0"]}
 
-    for args in (["top", "nosuchjob", "--json"], ["debug", "nosuchjob"],
-                 ["profile", "nosuchjob", "--seconds", "1"]):  # fmt: skip
-        res = cli(c, *args)
+    errors = clis(c, ["top", "nosuchjob", "--json"], ["debug", "nosuchjob"],
+                  ["profile", "nosuchjob", "--seconds", "1"],
+                  ["debug", JOB, "worker_9"])  # fmt: skip
+    for res in errors[:3]:
         assert res.returncode == 2, res
         assert f"no RpcJob named 'nosuchjob' in namespace '{c.namespace}'" in res.stderr
-    res = cli(c, "debug", JOB, "worker_9")
+    res = errors[3]
     assert res.returncode == 2
     assert f"job '{JOB}' has no member 'worker_9' (members: {', '.join(MEMBERS)})" in res.stderr
     check_debugger_role(c, tmp_path)
@@ -188,7 +205,7 @@ def check_debugger_role(c: Cluster, tmp_path: Path) -> None:
     })  # fmt: skip
     c.kubectl("create", "rolebinding", "alice-reader", "--role=pod-reader",
               f"--serviceaccount={ns}:alice")  # fmt: skip
-    rows = c.wait_for(lambda: top(c, alice), 60, "alice to read pods")
+    rows = c.wait_for(lambda: top(c, alice), 60, "alice to read pods", interval=POLL)
     assert sorted(rows) == MEMBERS
     for row in rows.values():
         assert 'cannot get resource "pods/proxy"' in row["last_error"], row
@@ -200,7 +217,7 @@ def check_debugger_role(c: Cluster, tmp_path: Path) -> None:
     def joined() -> bool:
         return all(r["state"] == "JOINED" for r in top(c, alice).values())
 
-    c.wait_for(joined, 60, "alice's rpcjob top to show every member")
+    c.wait_for(joined, 60, "alice's rpcjob top to show every member", interval=POLL)
     res = cli(c, "profile", JOB, "--seconds", "1", "-o", str(tmp_path / "t.json"), kubeconfig=alice)
     assert res.returncode == 0, res.stdout + res.stderr  # pods/proxy create: the POST
 
@@ -243,12 +260,14 @@ def test_member_dies_mid_profile_and_the_group_is_inconsistent(
 
     # The replacement pod's sidecar is up, its worker held before joining.
     c.wait_for(lambda: top(c)["worker_1"]["state"] == "NO_WORKER", c.backend.job_timeout,
-               "worker_1's new sidecar to report no worker")  # fmt: skip
+               "worker_1's new sidecar to report no worker", interval=POLL)  # fmt: skip
     res = cli(c, "debug", JOB)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "INCONSISTENT:" in res.stdout and "worker_1 has no running worker" in res.stdout
     assert "  - worker_1 did not answer: its view cannot be checked" in res.stdout
 
     hold.unlink()
+    wait_group(c, JOB, MEMBERS)  # worker_1 back in the job's status
     c.wait_for(lambda: cli(c, "debug", JOB).returncode == 0, c.backend.job_timeout,
-               "the restarted worker_1 to rejoin and the group to agree again")  # fmt: skip
+               "the restarted worker_1 to rejoin and the group to agree again",
+               interval=POLL)  # fmt: skip
