@@ -112,6 +112,17 @@ class LocalRun:
     def logs(self, slot: str) -> list[str]:
         return [e["line"] for e in self.events if e.get("type") == "log" and e["slot"] == slot]
 
+    def story(self, n: int = 300) -> str:
+        """The last ``n`` lines but the status snapshots (each is huge): logs, pods, events."""
+
+        def status(line: str) -> bool:
+            try:
+                return bool(json.loads(line).get("type") == "status")
+            except (ValueError, AttributeError):
+                return False
+
+        return "".join([line for line in self.raw if not status(line)][-n:])
+
 
 def processes_with_env(key: str, value: str) -> list[int]:
     """Pids whose environment has key=value (how a test finds a job's local containers)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -13,43 +12,10 @@ from etcd_waits import wait_until
 from localrun import LocalRun, base_env, cmdline, processes_with_env, rpcjob, worker_pid
 
 from rpcjob import contract
-from rpcjob.etcd import Client
-from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 pytestmark = pytest.mark.slow
 PS = "examples/parameter_server/rpcjob.yaml"
 AL = "examples/actor_learner/rpcjob.yaml"
-
-
-def _result(run: LocalRun) -> dict[str, object]:
-    return run.wait_event(lambda e: e.get("type") == "result", 30, "the result line")
-
-
-@pytest.mark.parametrize(
-    ("job", "env", "leader", "done"),
-    [
-        (PS, {"EXAMPLE_STEPS": "200"}, "ps_0", "ps: done after 200 updates"),
-        (AL, {"EXAMPLE_UPDATES": "100"}, "learner_0", "learner: done at version 100"),
-    ],
-    ids=["parameter_server", "actor_learner"],
-)
-def test_cpu_examples_run_to_success(
-    tmp_path: Path, job: str, env: dict[str, str], leader: str, done: str
-) -> None:
-    run = LocalRun(job, "--set", "roles.worker.replicas=2", env=base_env(tmp_path, env))
-    try:
-        assert run.wait(240) == 0, run.tail()
-    finally:
-        run.kill()
-    assert _result(run)["state"] == "Succeeded"
-    assert any(done in line for line in run.logs(leader)), run.tail()
-    # Every worker really joined the group.
-    joined = {m["name"] for e in run.events if e.get("type") == "status"
-              for m in e["status"].get("members") or []}  # fmt: skip
-    # A worker that finishes between two status writes is in no snapshot; its own log line
-    # ("...; leaving", printed after its RPCs to the leader) shows it was in the group.
-    left = {w for w in ("worker_0", "worker_1") if any("leaving" in ln for ln in run.logs(w))}
-    assert {leader, "worker_0", "worker_1"} <= joined | left, run.tail()
 
 
 def test_gpu_example_cpu_fallback(tmp_path: Path) -> None:
@@ -68,8 +34,10 @@ def test_gpu_example_cpu_fallback(tmp_path: Path) -> None:
 
 
 def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
+    # Paced actors (the example's default rollout time): after the kill at version >= 50 the
+    # learner needs 150 more updates, seconds in which the replacement must be created.
     run = LocalRun(AL, "--set", "roles.worker.replicas=2",
-                   env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1500"}))  # fmt: skip
+                   env=base_env(tmp_path, {"EXAMPLE_UPDATES": "200"}))  # fmt: skip
     try:
         job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
         run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group to form")
@@ -86,71 +54,9 @@ def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
         assert run.wait(300) == 0, run.tail()
     finally:
         run.kill()
-    assert _result(run)["state"] == "Succeeded"
+    assert [e["state"] for e in run.events if e.get("type") == "result"] == ["Succeeded"]
     restarts = [e["status"].get("restarts", 0) for e in run.events if e.get("type") == "status"]
     assert max(restarts) >= 1
-
-
-def test_scale_up_and_down_then_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    with EmbeddedEtcd() as etcd:
-        env = base_env(tmp_path, {"EXAMPLE_UPDATES": "1000000"})
-        run = LocalRun(AL, "--set", "roles.worker.replicas=1", "--etcd", etcd.endpoint, env=env)
-        try:
-            job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
-            run.wait_event(lambda e: e.get("reason") == "GroupFormed", 120, "the group")
-            wait_until(lambda: run.members() == 2, 120, "learner + 1 actor joined")
-
-            mark = len(run.events)
-            out = rpcjob("scale", "actor-learner", "worker=3", env=env)
-            assert out.returncode == 0, out.stderr
-            run.wait_event(lambda e: e.get("type") == "status"
-                           and len(e["status"].get("members") or []) == 4,
-                           180, "4 members after scaling up", since=mark)  # fmt: skip
-            status = rpcjob("status", "actor-learner", "--json", env=env)
-            assert '"worker_2"' in status.stdout
-
-            mark = len(run.events)
-            out = rpcjob("scale", "actor-learner", "worker=1", env=env)
-            assert out.returncode == 0, out.stderr
-            run.wait_event(lambda e: e.get("type") == "status"
-                           and len(e["status"].get("members") or []) == 2,
-                           180, "2 members after scaling down", since=mark)  # fmt: skip
-            left = [e for e in run.events if e.get("type") == "pod" and e["action"] == "deleted"]
-            victims = {"actor-learner-worker-1", "actor-learner-worker-2"}
-            # The victims go as ScaleDown (drained, never as a failed pod's Restart).
-            assert {e["pod"] for e in left if e["reason"] == "ScaleDown"} >= victims, left
-            # Nobody else restarted; the run's logs and events say why if somebody did.
-            if {e["reason"] for e in left} != {"ScaleDown"}:
-                pytest.fail(f"a member was restarted: {left}\n{_story(run)}", pytrace=False)
-
-            run.interrupt()
-            assert run.wait(120) == 130, run.tail()
-        finally:
-            run.kill()
-        # Nothing left behind: processes, keys, temp dirs, the state file.
-        wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 30,
-                   "the job's processes to exit")  # fmt: skip
-        with Client(etcd.endpoint) as c:
-            assert c.get_prefix("/rpcjob/") == []
-            assert c.get_prefix("/rpcjob-local/") == []
-        assert not Path(job["root"]).exists()
-        # (torch itself leaves a torchinductor cache dir in TMPDIR: not ours)
-        assert list((tmp_path / "tmp").glob("rpj-*")) == []
-        assert not (tmp_path / "state" / "actor-learner.json").exists()
-    # The drained actors left gracefully (exit 0), not by SIGKILL.
-    assert "Traceback" not in run.tail(400)
-
-
-def _story(run: LocalRun) -> str:
-    """Everything but the status snapshots, the last 300 lines (the status line is huge)."""
-
-    def status(line: str) -> bool:
-        try:
-            return bool(json.loads(line).get("type") == "status")
-        except (ValueError, AttributeError):
-            return False
-
-    return "".join([line for line in run.raw if not status(line)][-300:])
 
 
 def _etcd_of(root: str) -> list[int]:
@@ -162,14 +68,14 @@ def _etcd_of(root: str) -> list[int]:
 def test_sigkill_of_rpcjob_run_leaves_no_process(tmp_path: Path) -> None:
     """Ctrl-C drains; SIGKILL cannot, but the pods' processes and the embedded etcd still go
     (each is tied to the rpcjob process by the lifeline launcher)."""
-    run = LocalRun(AL, "--set", "roles.worker.replicas=2",
+    run = LocalRun(AL, "--set", "roles.worker.replicas=1",
                    env=base_env(tmp_path, {"EXAMPLE_UPDATES": "1000000"}))  # fmt: skip
     try:
         job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
-        wait_until(lambda: run.members() == 3, 180, "learner + 2 actors joined")
+        wait_until(lambda: run.members() == 2, 180, "learner + 1 actor joined")
         pids = processes_with_env(contract.ENV_JOB_UID, job["uid"])
         etcd = _etcd_of(job["root"])
-        assert len(pids) >= 6 and len(etcd) == 1, (pids, etcd)  # 3 pods x (sidecar, worker)
+        assert len(pids) >= 4 and len(etcd) == 1, (pids, etcd)  # 2 pods x (sidecar, worker)
         run.proc.kill()
         run.proc.wait(30)
         wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 60,

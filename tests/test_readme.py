@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 from etcd_waits import wait_until
-from localrun import REPO, LocalRun, base_env, rpcjob
+from localrun import REPO, LocalRun, base_env, processes_with_env, rpcjob
+
+from rpcjob import contract
+from rpcjob_operator.localexec import jobfile
 
 README = (REPO / "README.md").read_text()
 
@@ -58,31 +61,59 @@ def test_main_job_runs_in_a_fresh_checkout(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_local_quickstart_as_written(tmp_path: Path) -> None:
+    """The README's local quickstart, line by line (``--json`` and ``-v`` only add machine-
+    readable output and the sidecars' logs). Every scale reaches its member count; a scale-down
+    drains exactly the removed slots (ScaleDown) and nobody is ever restarted; status names
+    every member; Ctrl-C exits 130 and leaves no process, temp dir, state file or traceback.
+    (That an external etcd keeps none of the job's keys: tests/test_run_success.py.)"""
     run_line, *others = LOCAL
     env_part, _, cmd = run_line.partition(" rpcjob ")
     name, _, value = env_part.partition("=")
     argv = shlex.split(cmd)
-    assert argv[0] == "run"
+    assert argv[0] == "run" and others, LOCAL
+    sets = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
+    workers = int(jobfile.load(REPO / argv[1], sets)[0]["spec"]["roles"]["worker"]["replicas"])
     env = base_env(tmp_path, {name: value})
-    run = LocalRun(argv[1], *argv[2:], env=env)
+    run = LocalRun(argv[1], *argv[2:], "-v", env=env)
+    victims: set[str] = set()
     try:
-        run.wait_event(lambda e: e.get("reason") == "GroupFormed", 180, "the group to form")
+        job = run.wait_event(lambda e: e.get("type") == "job", 60, "the job line")
+        wait_until(lambda: run.members() == workers + 1, 240, "every slot to join")
         for line in others:
             words = shlex.split(line)
             assert words[0] == "rpcjob", line
             out = rpcjob(*words[1:], env=env)
             assert out.returncode == 0, (line, out.stderr)
             if words[1] == "scale":
-                want = int(words[3].partition("=")[2]) + 1  # the learner is a member too
-                wait_until(
-                    lambda want=want: run.members() == want, 240, f"{want} members after {line}"
-                )
-            else:
-                assert "actor-learner" in out.stdout
+                wanted = int(words[3].partition("=")[2])
+                victims |= {f"{job['name']}-worker-{i}" for i in range(wanted, workers)}
+                workers = wanted
+                wait_until(lambda n=workers + 1: run.members() == n, 240,
+                           f"{workers + 1} members after {line}")  # fmt: skip
+            else:  # status: the job and every member
+                slots = ["learner_0", *(f"worker_{i}" for i in range(workers))]
+                assert all(s in out.stdout for s in [job["name"], *slots]), out.stdout
         run.interrupt()
-        assert run.wait(120) == 130
+        assert run.wait(120) == 130, run.story()
     finally:
         run.kill()
+    assert victims, "the quickstart scales down"
+    deleted = [(e["pod"], e["reason"]) for e in run.events
+               if e.get("type") == "pod" and e["action"] == "deleted"]  # fmt: skip
+    replaced = [e["pod"] for e in run.events if e.get("type") == "pod" and e.get("replacement")]
+    restarts = [e["status"].get("restarts", 0) for e in run.events if e.get("type") == "status"]
+    if sorted(deleted) != sorted((v, "ScaleDown") for v in victims) or replaced or max(restarts):
+        pytest.fail(f"deleted {deleted}, replaced {replaced}, restarts {max(restarts)}; "
+                    f"only {sorted(victims)} should go (ScaleDown)\n{run.story()}",
+                    pytrace=False)  # fmt: skip
+    # Nothing left behind: processes, temp dirs, the state file; no worker or sidecar crashed.
+    wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 30,
+               "the job's processes to exit")  # fmt: skip
+    assert not Path(job["root"]).exists()
+    # (torch itself leaves a torchinductor cache dir in TMPDIR: not ours)
+    assert list((tmp_path / "tmp").glob("rpj-*")) == []
+    assert not (tmp_path / "state" / f"{job['name']}.json").exists()
+    assert not any("Traceback" in line for line in run.raw), run.story()
 
 
 def test_cluster_quickstart_names_real_files() -> None:

@@ -7,6 +7,8 @@ on every batch it receives, bumps the policy version, and finishes after
 ``EXAMPLE_UPDATES`` updates; the job succeeds when the learner does. Actors can be
 scaled up and down at any time (``rpcjob scale`` / ``kubectl scale``): a drained actor hands in
 its last batch and leaves; a crashed one is evicted by rpcjob and the learner never notices.
+A rollout takes ``EXAMPLE_ROLLOUT_MS`` (default 100), standing in for a simulator's steps;
+0 makes the actors submit as fast as the learner takes batches (every core busy).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch.distributed.rpc as rpc
 import rpcjob
 
 OBS, ACT = 8, 4
-UPDATES = int(os.environ.get("EXAMPLE_UPDATES", "200"))
+UPDATES = int(os.environ.get("EXAMPLE_UPDATES", "100"))
+ROLLOUT_S = int(os.environ.get("EXAMPLE_ROLLOUT_MS", "100")) / 1000
 LEARNER = "learner_0"
 
 
@@ -120,6 +123,7 @@ def run_actor(name: str) -> int:
             obs = torch.randn(64, OBS, generator=gen)
             with torch.no_grad():
                 target = policy(obs) + 0.1 * obs[:, :ACT]  # a "better" action to imitate
+            time.sleep(ROLLOUT_S)  # the environment's time (a real rollout steps a simulator)
             inflight.append(rpc.rpc_async(LEARNER, submit, args=(name, obs, target)))
             if len(inflight) >= 2:
                 done = inflight.pop(0).wait()
