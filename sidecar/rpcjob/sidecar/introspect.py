@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 
 ASK_TIMEOUT_S = 10.0
 MAX_PROFILE_S = 300.0
-STATE_NAMES = {
-    0: "STARTING",
-    1: "JOINING",
-    2: "JOINED",
-    3: "JOINED",
-    4: "LEAVING",
-    5: "LEFT",
-    6: "JOIN_FAILED",
-    7: "JOINED",
-}
 
 
 class Unavailable(RuntimeError):
@@ -100,7 +90,8 @@ class Introspection:
     def _state(self, inc: Incarnation | None) -> str:
         if inc is None or inc.ended.is_set():
             return "NO_WORKER"
-        return STATE_NAMES.get(int(inc.state), str(inc.state))
+        # the worker's last state report (acks, metrics and answers do not change it)
+        return Report.State.Name(inc.state) if inc.state else "STARTING"
 
     def member(self) -> dict[str, Any]:
         cfg, inc = self.sc.cfg, self.sc.inc
