@@ -104,6 +104,21 @@ def built(version: str | None = None) -> Path | None:
     return out
 
 
+def kubectl(
+    kubeconfig: str | Path,
+    *args: str,
+    check: bool = True,
+    stdin: str | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """The built kubectl against ``kubeconfig``; AssertionError with its stderr if ``check``."""
+    cmd = [str(binary("kubectl")), "--kubeconfig", str(kubeconfig), *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
 def binary(name: str) -> Path:
     """The path of one built binary; BuildError naming the build command if it is missing."""
     out = built()

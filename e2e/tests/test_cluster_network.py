@@ -106,11 +106,7 @@ def k8s() -> Iterator[Net]:
 def kubectl(
     cluster: Net, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=240)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
+    return build.kubectl(cluster.kubeconfig, *args, check=check, stdin=stdin)
 
 
 def apply(cluster: Net, *objs: dict[str, Any]) -> None:

@@ -92,11 +92,7 @@ def k8s(gpu_node: Any) -> Iterator[K8s]:
 def kubectl(
     cluster: K8s, *args: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args]
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=180)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc
+    return build.kubectl(cluster.kubeconfig, *args, check=check, stdin=stdin, timeout=180)
 
 
 def pod(
