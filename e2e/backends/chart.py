@@ -60,6 +60,27 @@ def helm_uninstall(kubeconfig: str, workdir: Path, namespace: str, release: str)
                                        "--ignore-not-found", "--timeout", "120s"])  # fmt: skip
 
 
+class JobAccount:
+    """The job ServiceAccount in each job namespace and its `get nodes` grant, for the backends
+    whose chart serves the cluster scope (cluster, kind)."""
+
+    if TYPE_CHECKING:
+
+        def _kubectl(self, *args: str, timeout: float = 300) -> str: ...
+
+    def prepare_namespace(self, namespace: str) -> None:
+        """The job ServiceAccount (the chart creates it only in the namespaces it is told) and
+        its `get nodes` grant, as `jobs.serviceAccount.namespaces` would."""
+        self._kubectl("-n", namespace, "create", "serviceaccount", "rpcjob-job")
+        self._kubectl("create", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
+                      f"--clusterrole={RELEASE}-node-reader",
+                      f"--serviceaccount={namespace}:rpcjob-job")  # fmt: skip
+
+    def cleanup_namespace(self, namespace: str) -> None:
+        self._kubectl("delete", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
+                      "--ignore-not-found")  # fmt: skip
+
+
 class ChartOperator:
     """The operator as the chart installs it (a Deployment), reached with kubectl: shared by
     the backends that install the chart (cluster, kind)."""

@@ -31,7 +31,7 @@ from rpcjob.etcd import Client
 
 from . import chart
 from .base import Backend
-from .chart import ChartOperator
+from .chart import ChartOperator, JobAccount
 
 RELEASE = chart.RELEASE
 PSA_LEVEL = "restricted"
@@ -66,6 +66,14 @@ def kubectl_run(kubeconfig: str, *args: str, timeout: float = 300) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
     return proc.stdout
+
+
+def stop_cluster(k8s: E2ECluster | None, etcd: Any) -> None:
+    """Stop a control plane and the jobs' etcd beside it (either may be None: not started)."""
+    if k8s is not None:
+        k8s.stop()
+    if etcd is not None:
+        etcd.close()
 
 
 class _RealCluster(ChartOperator, Backend):
@@ -112,7 +120,7 @@ class _RealCluster(ChartOperator, Backend):
                             ignore=shutil.ignore_patterns("audit.log*"))  # fmt: skip
 
 
-class ClusterBackend(_RealCluster):
+class ClusterBackend(JobAccount, _RealCluster):
     name = "cluster"
     job_timeout = 240.0
 
@@ -170,27 +178,15 @@ class ClusterBackend(_RealCluster):
         return self
 
     def stop(self) -> None:
-        if self.k8s is not None:
-            self.k8s.stop()
-            self.k8s = None
-        if self.etcd is not None:
-            self.etcd.close()
-            self.etcd = None
+        stop_cluster(self.k8s, self.etcd)
+        self.k8s = self.etcd = None
 
     # --- namespaces ---------------------------------------------------------------------
     def prepare_namespace(self, namespace: str) -> None:
-        """Pod Security ``restricted`` on the job namespace; the job ServiceAccount and its
-        `get nodes` grant, as `jobs.serviceAccount.namespaces` would."""
+        """Pod Security ``restricted`` on the job namespace, then the chart's job account."""
         self._kubectl("label", "namespace", namespace, "--overwrite",
                       f"pod-security.kubernetes.io/enforce={PSA_LEVEL}")  # fmt: skip
-        self._kubectl("-n", namespace, "create", "serviceaccount", "rpcjob-job")
-        self._kubectl("create", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
-                      f"--clusterrole={RELEASE}-node-reader",
-                      f"--serviceaccount={namespace}:rpcjob-job")  # fmt: skip
-
-    def cleanup_namespace(self, namespace: str) -> None:
-        self._kubectl("delete", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
-                      "--ignore-not-found")  # fmt: skip
+        super().prepare_namespace(namespace)
 
 
 class OwnReleaseBackend(_RealCluster):

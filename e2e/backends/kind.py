@@ -28,7 +28,7 @@ from rpcjob.etcd import Client
 from tests.helm_chart import CHART, helm_binary
 
 from .base import REPO, Backend, wait_for
-from .chart import ChartOperator
+from .chart import ChartOperator, JobAccount
 
 KIND_CONFIG = REPO / "e2e" / "kind" / "kind-config.yaml"
 TAG = "e2e"
@@ -75,7 +75,7 @@ def unavailable() -> str | None:
     return None
 
 
-class KindBackend(ChartOperator, Backend):
+class KindBackend(JobAccount, ChartOperator, Backend):
     name = "kind"
     job_timeout = 600.0  # first pulls of the torch image are slow
 
@@ -149,19 +149,6 @@ class KindBackend(ChartOperator, Backend):
 
     def _kubectl(self, *args: str, timeout: float = 300) -> str:
         return _run(*self.kubectl_base(), *args, timeout=timeout)
-
-    # --- namespaces ---------------------------------------------------------------------
-    def prepare_namespace(self, namespace: str) -> None:
-        """The job ServiceAccount (the chart creates it only in the namespaces it is told) and
-        its `get nodes` grant, as `jobs.serviceAccount.namespaces` would."""
-        self._kubectl("-n", namespace, "create", "serviceaccount", "rpcjob-job")
-        self._kubectl("create", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
-                      f"--clusterrole={RELEASE}-node-reader",
-                      f"--serviceaccount={namespace}:rpcjob-job")  # fmt: skip
-
-    def cleanup_namespace(self, namespace: str) -> None:
-        self._kubectl("delete", "clusterrolebinding", f"rpcjob-e2e-{namespace}",
-                      "--ignore-not-found")  # fmt: skip
 
     # --- operator -----------------------------------------------------------------------
     # --- etcd (the bundled one, through a port-forward) --------------------------------

@@ -171,12 +171,10 @@ class PrivateCluster:
             self.kubectl("delete", "lease", name, "-n", "kube-node-lease", "--ignore-not-found")
 
     def stop(self) -> None:
-        if self.k8s is not None:
-            self.k8s.stop()
-            self.k8s = None
-        if self.etcd is not None:
-            self.etcd.close()
-            self.etcd = None
+        from .cluster import stop_cluster
+
+        stop_cluster(self.k8s, self.etcd)
+        self.k8s = self.etcd = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
