@@ -31,6 +31,7 @@ import pytest
 
 from e2e.backends import private
 from e2e.backends.api import Api
+from e2e.backends.base import wait_for
 from e2e.cluster import audit, build
 from e2e.cluster.cluster import unavailable
 from rpcjob import contract
@@ -181,22 +182,8 @@ class ClusterView:
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll until truthy (returned); exceptions count as not yet and end up in the error."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
-            )
-        time.sleep(interval)
+    """e2e's wait_for, polling every 0.1 s (its WaitTimeout is an AssertionError)."""
+    return wait_for(predicate, timeout, what, interval)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
