@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(build())
     except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise SystemExit(f"error: {exc}") from None  # the message on stderr, exit status 1
     return 0
 
 
