@@ -44,12 +44,18 @@ class WaitTimeout(AssertionError):
 
 
 def wait_for(
-    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+    predicate: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    *,
+    fatal: tuple[type[Exception], ...] = (),
 ) -> T:
     """Poll ``predicate`` until it returns something truthy (returned) or the deadline passes.
 
-    Exceptions from the predicate count as "not yet"; the last one is part of the timeout error,
-    as is the last falsy value (so a failure says what the cluster looked like).
+    Exceptions from the predicate count as "not yet" (but ``fatal`` ones end the wait); the last
+    one is part of the timeout error, as is the last falsy value (so a failure says what the
+    cluster looked like).
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -59,6 +65,8 @@ def wait_for(
             if value:
                 return value
             last = value
+        except fatal:
+            raise
         except Exception as exc:  # not there yet
             last = exc
         if time.monotonic() >= deadline:
@@ -208,27 +216,9 @@ class Cluster:
                 raise AssertionError(f"job {name} ended {status['state']}: {json.dumps(status)}")
             return status if status.get("state") == state else None
 
-        return self._wait_final(check, timeout or self.backend.job_timeout, f"{name} {state}")
-
-    @staticmethod
-    def _wait_final(check: Callable[[], T | None], timeout: float, what: str) -> T:
-        # Like wait_for, but an AssertionError from ``check`` ends the wait immediately.
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while True:
-            try:
-                value = check()
-                if value:
-                    return value
-                last = value
-            except AssertionError:
-                raise
-            except Exception as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}; "
-                                  f"last: {last!r}")  # fmt: skip
-            time.sleep(0.3)
+        # an AssertionError from check (the job ended otherwise) ends the wait at once
+        return wait_for(check, timeout or self.backend.job_timeout, f"{name} {state}", 0.3,
+                        fatal=(AssertionError,))  # fmt: skip
 
     def logs(self, pod: str, container: str = contract.WORKER_CONTAINER) -> str:
         return self.kubectl("logs", pod, "-c", container, check=False).stdout
