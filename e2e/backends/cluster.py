@@ -17,7 +17,6 @@ install runs as a pod.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from e2e.cluster import audit, build
 from e2e.cluster.cluster import E2ECluster
+from e2e.cluster.cluster import unavailable as unavailable  # the skip reason, as before
 from rpcjob.etcd import Client
 
 from . import chart
@@ -35,20 +35,6 @@ from .chart import ChartOperator, JobAccount
 
 RELEASE = chart.RELEASE
 PSA_LEVEL = "restricted"
-
-
-def unavailable() -> str | None:
-    if build.built() is None:
-        return (
-            f"the pinned Kubernetes binaries are not built: run 'python3 -m e2e.cluster.build' "
-            f"({build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
-        )
-    if os.geteuid() != 0:
-        return (
-            "the real e2e cluster needs root (pod network and mount namespaces): run pytest as "
-            "root, as CI does"
-        )
-    return None
 
 
 def local_gpus() -> int:

@@ -40,11 +40,14 @@ def unavailable() -> str | None:
     """Why a cluster cannot start here (the reason tests skip with), or None."""
     if build.built() is None:
         return (
-            f"the pinned Kubernetes binaries are not built (python3 -m e2e.cluster.build builds "
-            f"{build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
+            f"the pinned Kubernetes binaries are not built: run 'python3 -m e2e.cluster.build' "
+            f"({build.pinned_version()} into {build.bin_dir()}; .ci/install runs it)"
         )
     if os.geteuid() != 0:
-        return "the e2e cluster needs root (pod network namespaces, the API server's address)"
+        return (
+            "the real e2e cluster needs root (pod network and mount namespaces): run pytest as "
+            "root, as CI does"
+        )
     return None
 
 
