@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .http import Route
@@ -31,10 +32,12 @@ class Unavailable(RuntimeError):
     """The worker cannot answer (not joined, gone, or an old worker that ignores the ask)."""
 
 
+@dataclass
 class _Waiter:
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.body: dict[str, Any] = {}
+    """One ask's answer, set by on_reply."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 class Introspection:
