@@ -58,8 +58,10 @@ def test_cancel_stops_callbacks_and_other_watches_continue(etcd_endpoint: str) -
     with Client(etcd_endpoint) as c:
         a, b = Collector(), Collector()
         wa = c.watch(p + "a", callback=a)
-        c.watch(p + "b", callback=b)
-        assert wa.created.wait(10)
+        wb = c.watch(p + "b", callback=b)
+        # Both watches start at etcd's revision when it creates them: b's put must come after
+        # b is created, or b rightly never sees it (seen once under load: b got nothing).
+        assert wa.created.wait(30) and wb.created.wait(30)
         wa.cancel()
         c.put(p + "a", "x")
         c.put(p + "b", "y")
