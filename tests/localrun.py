@@ -149,6 +149,11 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line holds ``text`` (a run's etcd and fork server name its root)."""
+    return [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if text in cmdline(p)]
+
+
 def worker_pid(pod: str, job_uid: str) -> int:
     """The worker (not the sidecar) process of a local pod of one job run (tests running in
     parallel may run jobs of the same name)."""

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 from etcd_waits import wait_until
-from localrun import LocalRun, base_env, cmdline, processes_with_env, rpcjob, worker_pid
+from localrun import (
+    LocalRun,
+    base_env,
+    processes_mentioning,
+    processes_with_env,
+    rpcjob,
+    worker_pid,
+)
 
 from rpcjob import contract
 
@@ -61,8 +68,7 @@ def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
 
 def _etcd_of(root: str) -> list[int]:
     """The embedded etcd of a run: its data dir lives below the run's root."""
-    return [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if f"--data-dir {root}/" in cmdline(p)]  # fmt: skip
+    return processes_mentioning(f"--data-dir {root}/")
 
 
 def test_sigkill_of_rpcjob_run_leaves_no_process(tmp_path: Path) -> None:

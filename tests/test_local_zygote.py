@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 from etcd_waits import wait_until
-from localrun import LocalRun, base_env, cmdline, processes_with_env, rpcjob
+from localrun import (
+    LocalRun,
+    base_env,
+    processes_mentioning,
+    processes_with_env,
+    rpcjob,
+)
 
 from rpcjob import contract
 from rpcjob_operator.localexec.containers import LocalContainer, ProcessSpec, base_environment
@@ -174,8 +180,7 @@ spec:
 
 def _servers(root: str) -> list[int]:
     """The fork server of a run: its socket lives below the run's root."""
-    return [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if f"{root}/p/fs.sock" in cmdline(p)]  # fmt: skip
+    return processes_mentioning(f"{root}/p/fs.sock")
 
 
 def _job(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> LocalRun:
