@@ -18,11 +18,13 @@ import json
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 
 from rpcjob import torchkeys as tk
+from rpcjob._store_wait import wait_for_keys
 from rpcjob.etcd import Client, Compare, Op
 from rpcjob.worker.client import SidecarClient, pb
 
@@ -68,11 +70,9 @@ class TorchStoreEmulation:
             self._wait_key(self.p + tk.waiter_key(holder))
 
     def _wait_key(self, key: str) -> None:
-        done = threading.Event()
-        w = self.c.watch(key, callback=lambda evs: done.set())
-        if self.c.get(key) is None:
-            done.wait(60)
-        w.cancel()
+        # torch's wait on the holder's waiter key, as our Store does it: read, then watch from
+        # the read's revision (a watch "from now" misses a put made before etcd created it).
+        wait_for_keys(self.c, [key.encode()], time.monotonic() + 60)
 
     def _release(self, mine: str) -> None:
         self.c.put(self.p + tk.TOKEN_KEY, "")
