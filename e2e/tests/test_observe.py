@@ -118,10 +118,17 @@ def running(cluster: Cluster, hold: Path) -> Cluster:
     return cluster
 
 
-def test_top_debug_profile_and_rbac_via_the_pod_proxy(running: Cluster, tmp_path: Path) -> None:
-    """As the admin (client certificate), then as a ServiceAccount without and with the
-    debugger role (one job for both: a job takes a minute or more to form here)."""
-    c = running
+def test_observe_via_the_pod_proxy_then_a_member_dies_mid_profile(
+    running: Cluster, hold: Path, tmp_path: Path
+) -> None:
+    """One job for every scenario (a job takes a minute or more to form here): the read-only
+    views as the admin (client certificate), then as a ServiceAccount without and with the
+    debugger role; last, a member killed mid-profile."""
+    views_and_rbac(running, tmp_path)
+    member_dies_mid_profile(running, hold, tmp_path)
+
+
+def views_and_rbac(c: Cluster, tmp_path: Path) -> None:
     rows = top(c)
     pods = {p["metadata"]["name"]: p for p in c.pods(JOB)}
     for name, row in rows.items():
@@ -222,13 +229,12 @@ def check_debugger_role(c: Cluster, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr  # pods/proxy create: the POST
 
 
-def test_member_dies_mid_profile_and_the_group_is_inconsistent(
-    running: Cluster, hold: Path, tmp_path: Path
-) -> None:
-    c = running
+def member_dies_mid_profile(c: Cluster, hold: Path, tmp_path: Path) -> None:
+    """The profile is partial, ``debug`` reports the group inconsistent while the replacement
+    is held, and consistent once it rejoins."""
     uid = c.job(JOB)["metadata"]["uid"]  # type: ignore[index]
     victim = cluster_job(JOB, c.namespace, c.backend.kubeconfig, None).select("worker_1")[0]
-    out = tmp_path / "trace.json"
+    out = tmp_path / "partial.json"
     prof = subprocess.Popen(
         [sys.executable, "-m", "rpcjob_operator.cli", "profile", JOB, "--seconds", "30",
          "-o", str(out), "--kubeconfig", c.backend.kubeconfig, "-n", c.namespace],
