@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import pytest
 
@@ -121,8 +122,25 @@ def test_schema_is_structural_and_only_templates_preserve_unknown_fields(
     assert preserving == [".spec.roles[*].template"]
 
 
+def _compile_errors(schema: dict[str, Any], path: str = "") -> list[str]:
+    """Rules that do not compile (a CRD bug the API server would reject at install)."""
+    env, out = celpy.Environment(), []
+    for rule in schema.get("x-kubernetes-validations", []):
+        for key in [k for k in ("rule", "messageExpression") if k in rule]:
+            try:
+                env.program(env.compile(rule[key]))
+            except Exception as e:  # celpy raises several parse error types
+                out.append(f"{path or '<root>'}: {key} {rule[key]!r} does not compile: {e}")
+    for key, sub in schema.get("properties", {}).items():
+        out += _compile_errors(sub, f"{path}.{key}" if path else key)
+    for key in ("additionalProperties", "items"):
+        if isinstance(schema.get(key), dict):
+            out += _compile_errors(schema[key], f"{path}[*]")
+    return out
+
+
 def test_every_cel_rule_compiles(crd: dict[str, Any]) -> None:
-    assert crdcel.compile_errors(crdschema.schema_for(crd)) == []
+    assert _compile_errors(crdschema.schema_for(crd)) == []
 
 
 def test_load_crd_errors_name_the_file(tmp_path: Path) -> None:
