@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 import grpc
@@ -100,27 +99,19 @@ def credentials(
     )
 
 
-@dataclass
 class Endpoint:
-    """One endpoint's channel and stubs, valid in the process ``pid`` only."""
+    """One endpoint's channel and stubs, valid in the process that built them (see Conn)."""
 
-    address: str
-    channel: grpc.Channel
-    pid: int
-    kv: pbg.KVStub = field(init=False)
-    watch: pbg.WatchStub = field(init=False)
-    lease: pbg.LeaseStub = field(init=False)
-    auth: pbg.AuthStub = field(init=False)
-    maintenance: pbg.MaintenanceStub = field(init=False)
-    token: str | None = field(default=None, repr=False)  # a credential: never printed
-    metadata: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.kv = pbg.KVStub(self.channel)
-        self.watch = pbg.WatchStub(self.channel)
-        self.lease = pbg.LeaseStub(self.channel)
-        self.auth = pbg.AuthStub(self.channel)
-        self.maintenance = pbg.MaintenanceStub(self.channel)
+    def __init__(self, address: str, channel: grpc.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.kv = pbg.KVStub(channel)
+        self.watch = pbg.WatchStub(channel)
+        self.lease = pbg.LeaseStub(channel)
+        self.auth = pbg.AuthStub(channel)
+        self.maintenance = pbg.MaintenanceStub(channel)
+        self.token: str | None = None  # a credential: never printed
+        self.metadata: tuple[tuple[str, str], ...] | None = None
 
     def keepalive_once(
         self,
@@ -218,7 +209,7 @@ class Conn:
             ch = grpc.secure_channel(addr, self._creds, options=CHANNEL_OPTIONS)
         else:
             ch = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-        return Endpoint(addr, ch, os.getpid())
+        return Endpoint(addr, ch)
 
     def current(self) -> Endpoint:
         if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)

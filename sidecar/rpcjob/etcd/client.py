@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from types import TracebackType
@@ -59,7 +58,6 @@ class Client:
         self._mux = WatchMux(self._conn)
         self._keepalives: list[KeepAlive] = []
         self._ka_lock = threading.Lock()
-        self._pid = os.getpid()
 
     @property
     def endpoints(self) -> list[str]:
