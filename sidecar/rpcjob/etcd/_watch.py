@@ -73,7 +73,11 @@ class Watch:
         self._mux.cancel(self)
 
     def _create_request(self) -> pb.WatchRequest:
-        return cv.watch_create(self.key, self.range_end, self.next_revision, self.prev_kv)
+        create = pb.WatchCreateRequest(
+            key=self.key, range_end=self.range_end, start_revision=self.next_revision,
+            prev_kv=self.prev_kv,
+        )  # fmt: skip
+        return pb.WatchRequest(create_request=create)
 
 
 class WatchMux:

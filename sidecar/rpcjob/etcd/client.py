@@ -92,10 +92,10 @@ class Client:
     ) -> values.RangeResult:
         """Keys ``key`` (or with ``prefix``, or in ``[key, range_end)``), at ``revision``
         (0 = latest)."""
-        req = cv.range_request(
-            to_bytes(key),
-            prefix=prefix,
-            range_end=to_bytes(range_end) if range_end is not None else None,
+        k = to_bytes(key)
+        req = pb.RangeRequest(
+            key=k,
+            range_end=cv.range_end(k, prefix, range_end),
             keys_only=keys_only,
             count_only=count_only,
             limit=limit,
@@ -135,7 +135,7 @@ class Client:
     ) -> values.DeleteResult:
         """Delete ``key`` (or the prefix); never re-sent once it may have reached etcd."""
         k = to_bytes(key)
-        req = cv.delete_request(k, prefix, prev_kv)
+        req = pb.DeleteRangeRequest(key=k, range_end=cv.range_end(k, prefix), prev_kv=prev_kv)
         what = f"prefix {k.decode(errors='replace')!r}" if prefix else describe_keys([k])
         r: pb.DeleteRangeResponse = self._conn.call(
             "kv", "DeleteRange", req, repeatable=False, op="delete", keys=what, timeout=timeout
@@ -233,7 +233,7 @@ class Client:
         ends: ``on_error`` is called once, ``Watch.error`` is set and ``Watch.done`` fires.
         A fork child that uses the client resumes the inherited watches in the child."""
         k = to_bytes(key)
-        end = cv.prefix_end(k) if prefix else (to_bytes(range_end) if range_end else b"")
+        end = cv.range_end(k, prefix, range_end)
         w = Watch(self._mux, k, end, start_revision, prev_kv, callback, on_error)
         self._mux.add(w)
         return w
@@ -246,7 +246,15 @@ class Client:
             "maintenance", "Status", pb.StatusRequest(), repeatable=True, op="status",
             timeout=timeout,
         )  # fmt: skip
-        return cv.status_dict(self._conn.current().address, r)
+        return {
+            "endpoint": self._conn.current().address,
+            "leader": r.leader,
+            "member_id": r.header.member_id,
+            "revision": r.header.revision,
+            "raft_term": r.raftTerm,
+            "version": r.version,
+            "db_size": r.dbSize,
+        }
 
     def compact(self, revision: int, *, physical: bool = True) -> None:
         """Compact the history up to ``revision`` (tests and maintenance)."""
