@@ -245,6 +245,13 @@ class Conn:
                     ep.channel.close()
 
     # --- errors -------------------------------------------------------------------------------
+    def error(self, f: Failure, details: str, endpoint: str, op: str, budget: float) -> EtcdError:
+        """Failure ``f`` as the EtcdError naming this client's endpoints and settings."""
+        return fl.error_for(
+            f, details, endpoint=endpoint, endpoints=self.endpoints, op=op, timeout=budget,
+            user=self.user, names=self.names,
+        )  # fmt: skip
+
     def _timeout_error(
         self,
         last: tuple[Failure, str, str] | None,
@@ -253,25 +260,14 @@ class Conn:
         budget: float,
         details: str = "deadline passed before the call could be sent",
     ) -> EtcdError:
-        if last is not None:  # say why earlier attempts failed, not just "timed out"
-            f, details, address = last
-            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
-        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
-
-    def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:
-        return {
-            "endpoint": ep.address,
-            "endpoints": self.endpoints,
-            "op": op,
-            "timeout": budget,
-            "user": self.user,
-            "names": self.names,
-        }
+        # After earlier failed attempts, say why they failed, not just "timed out".
+        f, details, address = last or (Failure.DEADLINE, details, ep.address)
+        return self.error(f, details, address, op, budget)
 
     # --- auth ---------------------------------------------------------------------------------
     def authenticate(self, ep: Endpoint, deadline: float) -> None:
-        """Get a token for ``ep`` (simple tokens are per member, so per endpoint)."""
-        if not self.user:
+        """Get ``ep`` a token unless it has one (simple tokens are per member: per endpoint)."""
+        if not self.user or ep.token is not None:
             return
         req = pb.AuthenticateRequest(name=self.user, password=self._password or "")
         resp = ep.auth.Authenticate(req, timeout=max(deadline - time.monotonic(), 0.001))
@@ -315,8 +311,7 @@ class Conn:
                 raise EtcdError(f"{op}: the etcd client is closed")
             ep = self.current()
             try:
-                if self.user and ep.token is None:
-                    self.authenticate(ep, deadline)
+                self.authenticate(ep, deadline)
                 fn = getattr(getattr(ep, stub) if stub else ep, method)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -353,4 +348,4 @@ class Conn:
                     continue
             if f is Failure.DEADLINE:
                 raise self._timeout_error(last, ep, op, budget, details) from err
-            raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+            raise self.error(f, details, ep.address, op, budget) from err

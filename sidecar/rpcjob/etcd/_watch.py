@@ -171,8 +171,7 @@ class WatchMux:
             q: queue.SimpleQueue[pb.WatchRequest | object] = queue.SimpleQueue()
             try:
                 ep = self._conn.current()
-                if self._conn.user and ep.token is None:
-                    self._conn.authenticate(ep, self._conn.timeout + time.monotonic())
+                self._conn.authenticate(ep, self._conn.timeout + time.monotonic())
                 with self._lock:
                     self._out = q
                     self._by_id = {}
@@ -276,16 +275,7 @@ class WatchMux:
                 self._call.cancel()
             return _RETRY
         f = Failure.PERMISSION if "permission denied" in reason else Failure.OTHER
-        return fl.error_for(
-            f,
-            reason,
-            endpoint=ep.address,
-            endpoints=self._conn.endpoints,
-            op=f"watch {w.key!r}",
-            timeout=self._conn.timeout,
-            user=self._conn.user,
-            names=self._conn.names,
-        )
+        return self._conn.error(f, reason, ep.address, f"watch {w.key!r}", self._conn.timeout)
 
     def _end(self, w: Watch, err: BaseException) -> None:
         with self._lock:
