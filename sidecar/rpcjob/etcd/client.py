@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Unpack
 
 import grpc
@@ -31,6 +30,9 @@ from rpcjob.etcd.values import (
 )
 
 __all__ = ["Client", "ClientSettings", "KeepAlive", "Watch"]
+
+# Auth methods that only read, so may be sent again; admin writes are not re-sent.
+_AUTH_READS = ("Authenticate", "AuthStatus", "UserGet", "UserList", "RoleGet", "RoleList")
 
 
 class Client:
@@ -179,7 +181,11 @@ class Client:
                 "lease", "LeaseRevoke", req, repeatable=True, op="lease revoke", timeout=timeout
             )
         except EtcdError as e:
-            if not lease_not_found(e):
+            cause = e.__cause__
+            if not isinstance(cause, grpc.RpcError) or (
+                classify(cause.code(), cause.details() or "", have_user=False)
+                is not Failure.LEASE_NOT_FOUND
+            ):
                 raise
 
     def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
@@ -264,15 +270,7 @@ class Client:
 
     def auth_call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
-        repeatable = method in (
-            "Authenticate",
-            "AuthStatus",
-            "UserGet",
-            "UserList",
-            "RoleGet",
-            "RoleList",
-        )  # reads; admin writes are not re-sent
-        return self._conn.call("auth", method, request, repeatable=repeatable,
+        return self._conn.call("auth", method, request, repeatable=method in _AUTH_READS,
                                op=f"auth {method}", keys="auth settings",
                                timeout=timeout)  # fmt: skip
 
@@ -288,15 +286,5 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def lease_not_found(e: EtcdError) -> bool:
-    cause = e.__cause__
-    if not isinstance(cause, grpc.RpcError):
-        return False
-    details = cause.details() or ""
-    return classify(cause.code(), details, have_user=False) is Failure.LEASE_NOT_FOUND
