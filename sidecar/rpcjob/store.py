@@ -50,6 +50,7 @@ from rpcjob._store_errors import (
     translate,
 )
 from rpcjob._store_wait import wait_for_keys
+from rpcjob._store_writes import MAX_TXN_OPS
 from rpcjob.etcd import Client, ClientSettings, Compare, EtcdError, Op, prefix_end
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
     "keep_alive",
 ]
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: multi_get/multi_set chunk above it
 NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
 _CACHE_MAX = 4096
 
@@ -158,7 +158,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     # --- c10d API -----------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
         with self._etcd("set", key):
-            writes.put_all(self._client, [(self._k(key), as_bytes(value))], self._budget())
+            writes.write(self._client, [(self._k(key), as_bytes(value))], self._budget())
 
     def get(self, key: str) -> bytes:
         k = self._k(key)
@@ -227,7 +227,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         k = self._k(key)
         self._cache.pop(k, None)
         with self._etcd("delete_key", key):
-            return writes.delete_one(self._client, k, self._budget())
+            return writes.write(self._client, [(k, None)], self._budget())
 
     def num_keys(self) -> int:
         with self._etcd("num_keys", ""):  # no prefix: every key, from "\0" (etcd needs a key)
@@ -239,10 +239,11 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         seconds = self.timeout.total_seconds()
         deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
         while True:
-            values = self._read_many(ks, keys)
-            missing = [k for k, v in zip(ks, values, strict=True) if v is None]
+            with self._etcd("multi_get", keys):
+                kvs = writes.read(self._client, ks, self._budget())
+            missing = [k for k, kv in zip(ks, kvs, strict=True) if kv is None]
             if not missing:
-                return values  # type: ignore[return-value]
+                return [kv.value for kv in kvs if kv]
             self._wait(missing, deadline, seconds, [m[len(self._prefix) :] for m in missing])
 
     def multi_set(self, keys: list[str], values: list[Any]) -> None:
@@ -254,7 +255,7 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         pairs = [(self._k(k), as_bytes(v)) for k, v in zip(keys, values, strict=True)]
         for i in range(0, len(pairs), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
             with self._etcd("multi_set", keys):
-                writes.put_all(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())
+                writes.write(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())
 
     def has_extended_api(self) -> bool:
         return True
@@ -290,14 +291,6 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
                 return new
             kvs = r.responses[0].kvs
             cur, rev = (kvs[0].value, kvs[0].mod_revision) if kvs else (missing, 0)
-
-    def _read_many(self, ks: list[bytes], keys: list[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for i in range(0, len(ks), MAX_TXN_OPS):  # a read-only txn: the client re-sends it
-            gets = [Op.get(k) for k in ks[i : i + MAX_TXN_OPS]]
-            r = self._txn("multi_get", keys, [], gets, [])
-            out.extend(resp.kvs[0].value if resp.kvs else None for resp in r.responses)
-        return out
 
     def _wait(self, ks: list[bytes], deadline: float, seconds: float, keys: Sequence[Any]) -> None:
         with self._etcd("wait", list(keys)):
