@@ -39,33 +39,72 @@ from typing import Any, Unpack
 import torch.distributed as dist
 
 from rpcjob import _store_writes as writes
-from rpcjob._store_errors import (
-    DistStoreError,
-    StoreAuthError,
-    StoreEtcdError,
-    StoreTimeout,
-    StoreTLSError,
-    StoreUnavailable,
-    keep_alive,
-    translate,
-)
 from rpcjob._store_wait import wait_for_keys
 from rpcjob._store_writes import MAX_TXN_OPS
-from rpcjob.etcd import Client, ClientSettings, Compare, EtcdError, Op, prefix_end
-
-__all__ = [
-    "EtcdStore",
-    "StoreAuthError",
-    "StoreEtcdError",
-    "StoreTLSError",
-    "StoreTimeout",
-    "StoreUnavailable",
-    "as_bytes",
-    "keep_alive",
-]
+from rpcjob.etcd import (
+    Client,
+    ClientSettings,
+    Compare,
+    EtcdAuthError,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+    Op,
+    prefix_end,
+)
 
 NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
 _CACHE_MAX = 4096
+_STORES: list[Any] = []  # stores handed to torch (incl. clones): alive for the process
+
+_d: Any = dist
+DistStoreError: type[Exception] = _d.DistStoreError
+DistNetworkError: type[Exception] = _d.DistNetworkError
+
+
+def keep_alive(store: Any) -> Any:
+    """Keep ``store`` alive for the process lifetime (torch drops the Python half of a Python
+    store it holds; its next call would then die with an INTERNAL ASSERT)."""
+    _STORES.append(store)  # atomic: no lock needed
+    return store
+
+
+# Each store error is torch's DistNetworkError/DistStoreError *and* the matching rpcjob.etcd
+# error, so both ``except`` styles work (torch's RPC code catches RuntimeError, which both are).
+class StoreUnavailable(DistNetworkError, EtcdUnavailable):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreTLSError(DistNetworkError, EtcdTLSError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreTimeout(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
+    """The etcd call ran out of time; for add/append/compare_set the outcome is unknown."""
+
+
+class StoreOutcomeUnknown(StoreTimeout, EtcdOutcomeUnknown):
+    """A write cut off after it may have reached etcd that the store could not settle."""
+
+
+class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type]
+    pass
+
+
+_TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
+    (EtcdTLSError, StoreTLSError),
+    (EtcdOutcomeUnknown, StoreOutcomeUnknown),
+    (EtcdUnavailable, StoreUnavailable),
+    (EtcdTimeout, StoreTimeout),
+    (EtcdAuthError, StoreAuthError),
+    (EtcdError, StoreEtcdError),
+)
 
 
 def as_bytes(v: Any) -> bytes:
@@ -142,7 +181,8 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         try:
             yield
         except EtcdError as e:
-            raise translate(e, f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}") from e
+            store_cls = next(s for c, s in _TRANSLATE if isinstance(e, c))
+            raise store_cls(f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}: {e}") from e
 
     def close(self) -> None:
         """Close the etcd client if this store created it."""
