@@ -28,9 +28,7 @@ class _Waiter:
         # A key set since the read counts even if deleted again at once (TCPStore wakes its
         # waiters on the set): torch's token waiter key may be set "Done" and then deleted by
         # the next holder in the same watch batch.
-        for ev in events:
-            if ev.type == "PUT":
-                self.missing.discard(ev.kv.key)
+        self.missing.difference_update(ev.kv.key for ev in events if ev.type == "PUT")
         if not self.missing:
             self.done.set()
 

@@ -146,15 +146,13 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         seconds = _seconds(timeout)
         if seconds < 0:
             raise ValueError(f"EtcdStore timeout must be >= 0 seconds (0 = none), got {seconds}")
+        self._owns_client = client is None
         if client is None:
             if not endpoints:
                 raise ValueError(
                     "EtcdStore needs etcd endpoints (host:port, comma-separated) or a client"
                 )
             client = Client(endpoints, timeout=seconds or NO_TIMEOUT_S, **settings)
-            self._owns_client = True
-        else:
-            self._owns_client = False
         self._client = client
         self._prefix = as_bytes(prefix)
         self._cache: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, mod_revision) seen

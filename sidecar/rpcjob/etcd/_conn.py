@@ -54,10 +54,7 @@ def parse_endpoints(
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = []
     for raw in items:
-        ep = raw.strip()
-        for scheme in ("http://", "https://"):
-            ep = ep.removeprefix(scheme)
-        ep = ep.rstrip("/")
+        ep = raw.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
         if not ep:
             continue
         try:

@@ -152,11 +152,8 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> values.TxnResult:
-        """Atomically: if every ``compare`` holds, run ``success``, else ``failure``.
-
-        A txn that writes is never re-sent once it may have reached etcd: on a timeout or a
-        connection lost mid-call :class:`EtcdOutcomeUnknown` says its outcome is unknown. A
-        read-only txn is re-sent like a range."""
+        """Atomically: if every ``compare`` holds, run ``success``, else ``failure``. Re-sent
+        like a range only when it only reads (else see EtcdOutcomeUnknown)."""
         ops = [*success, *failure]
         req = cv.txn_request(compare, success, failure)
         r: pb.TxnResponse = self._conn.call("kv", "Txn", req, repeatable=read_only(ops), op="txn",
