@@ -90,8 +90,8 @@ def decide(f: Failure, *, repeatable: bool, reauthed: bool) -> Action:
 
     As etcd's Go client: a call that may have reached etcd is sent again only when it is
     repeatable (reads, lease and status calls); a write (put, delete, txn with a write,
-    compact) whose outcome is unknown is never re-sent, since a late copy could undo a later
-    write of another client."""
+    auth admin call) whose outcome is unknown is never re-sent, since a late copy could undo
+    a later write of another client."""
     if f is Failure.REAUTH and not reauthed:
         return Action.REAUTH
     if f is Failure.AUTH_DISABLED:

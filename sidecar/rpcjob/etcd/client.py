@@ -41,7 +41,7 @@ class Client:
     ``endpoints``: ``"host:port"`` items or one comma-separated string; on a connection failure
     the next endpoint is tried. Reads (range, read-only txn), lease and status calls are retried
     across endpoints within ``timeout`` seconds (or the call's ``timeout=``); a write (put,
-    delete, txn that writes, compact) is sent again only when it certainly never reached etcd,
+    delete, txn that writes) is sent again only when it certainly never reached etcd,
     otherwise :class:`EtcdOutcomeUnknown` says its outcome is unknown (as etcd's Go client).
     TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user`` +
     ``password``; the token is renewed when etcd rejects it. Settings come only as arguments
@@ -258,12 +258,6 @@ class Client:
             "version": r.version,
             "db_size": r.dbSize,
         }
-
-    def compact(self, revision: int, *, physical: bool = True) -> None:
-        """Compact the history up to ``revision`` (tests and maintenance)."""
-        req = pb.CompactionRequest(revision=revision, physical=physical)
-        self._conn.call("kv", "Compact", req, repeatable=False, op="compact",
-                        keys=f"revision {revision}")  # fmt: skip
 
     def auth_call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
