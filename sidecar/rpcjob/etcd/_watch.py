@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -32,7 +32,7 @@ log = logging.getLogger("rpcjob.etcd")
 WatchCallback = Callable[[list[WatchEvent]], None]
 WatchErrorCallback = Callable[[BaseException], None]
 
-_END = object()
+_END = object()  # on a request queue: the stream is over (ends its iter(q.get, _END))
 
 
 class Watch:
@@ -156,15 +156,6 @@ class WatchMux:
         self._thread.start()
 
     # --- the stream thread --------------------------------------------------------------------
-    def _requests(
-        self, q: queue.SimpleQueue[pb.WatchRequest | object]
-    ) -> Iterator[pb.WatchRequest]:
-        while True:
-            item = q.get()
-            if not isinstance(item, pb.WatchRequest):  # _END: the stream is over
-                return
-            yield item
-
     def _run(self) -> None:
         backoff = RETRY_BACKOFF[0]
         while not self._stop.is_set():
@@ -180,7 +171,7 @@ class WatchMux:
                         w.server_id = None
                         self._pending.append(w)
                         q.put(w._create_request())
-                    call = ep.watch.Watch(self._requests(q), metadata=ep.metadata)
+                    call = ep.watch.Watch(iter(q.get, _END), metadata=ep.metadata)
                     self._call = call
                 for resp in call:
                     backoff = RETRY_BACKOFF[0]
