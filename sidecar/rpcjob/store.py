@@ -5,9 +5,8 @@ dynamic RPC cannot run on it (docs/architecture.md#etcd-client). Semantics are p
 HashStore/TCPStore by one contract suite (tests/store_contract.py); notable points:
 
 * ``get``/``wait``/``multi_get`` block until the keys exist or the store timeout passes, then
-  raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore). A wait reads
-  each key, then watches it from the read revision + 1: no polling, no lost wake-up, and the
-  client's watch stream resumes from its last revision after an etcd restart.
+  raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore); they read, then
+  watch, without polling (:mod:`rpcjob._store_wait`).
 * ``compare_set``: a missing key and an empty value are equal for ``expected == ""`` (nested
   txn, one round trip); a missing key with a non-empty ``expected`` returns ``expected``.
 * ``add``/``append`` are optimistic CAS txns on ``mod_revision``; the last value this process
@@ -22,10 +21,9 @@ HashStore/TCPStore by one contract suite (tests/store_contract.py); notable poin
   ``compare_set`` raise: their outcome is unknown and the error says so.
 
 Called from torch's C++ RPC threads through the pybind trampoline: the etcd client is
-thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). The
-trampoline looks overrides up by C++ name for some methods (``deleteKey``, ``getNumKeys``):
-both spellings are defined. Keep a Python reference to any store handed to torch (see
-:func:`keep_alive`): torch holds only the C++ half.
+thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). Keep a
+Python reference to any store handed to torch (see :func:`keep_alive`): torch holds only the
+C++ half.
 """
 
 from __future__ import annotations
@@ -71,8 +69,7 @@ def keep_alive(store: Any) -> Any:
     return store
 
 
-# Each store error is torch's DistNetworkError/DistStoreError *and* the matching rpcjob.etcd
-# error, so both ``except`` styles work (torch's RPC code catches RuntimeError, which both are).
+# Store errors are torch's and rpcjob.etcd's at once, so both ``except`` styles catch them.
 class StoreUnavailable(DistNetworkError, EtcdUnavailable):  # type: ignore[misc,valid-type]
     pass
 
@@ -125,12 +122,9 @@ def _seconds(t: timedelta | float | int | None) -> float:
 class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     """A c10d Store whose keys live in etcd under ``prefix`` (e.g. ``JobKeys(...).store``).
 
-    ``endpoints``: ``"host:port"`` items or one comma-separated string; TLS (``ca``, ``cert``,
-    ``key``: PEM paths) and auth (``user``, ``password``; ``names`` for messages) as for
-    :class:`rpcjob.etcd.Client`.
-    Or pass an existing ``client`` (shared, not closed by the store). ``timeout``: the store
-    timeout (``get``/``wait`` and every etcd call; 0 = none); torch resets it via
-    ``set_timeout``.
+    ``endpoints`` and the TLS/auth ``settings`` as for :class:`rpcjob.etcd.Client`, or an
+    existing ``client`` (shared, not closed by the store). ``timeout``: the store timeout
+    (``get``/``wait`` and every etcd call; 0 = none); torch resets it via ``set_timeout``.
     """
 
     def __init__(
