@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,6 +36,7 @@ WatchErrorCallback = Callable[[BaseException], None]
 _END = object()  # on a request queue: the stream is over (ends its iter(q.get, _END))
 
 
+@dataclass(eq=False)
 class Watch:
     """A handle on one watch of the client's shared watch stream.
 
@@ -44,29 +46,19 @@ class Watch:
     then holds the reason when it was not a plain cancel.
     """
 
-    def __init__(
-        self,
-        mux: WatchMux,
-        key: bytes,
-        range_end: bytes,
-        start_revision: int,
-        prev_kv: bool,
-        callback: WatchCallback,
-        on_error: WatchErrorCallback | None,
-    ) -> None:
-        self._mux = mux
-        self.key = key
-        self.range_end = range_end
-        self.prev_kv = prev_kv
-        self.next_revision = start_revision  # 0 until etcd tells us "now"
-        self.callback = callback
-        self.on_error = on_error
-        self.server_id: int | None = None
-        self.cancelled = False
-        self.auth_retried = False
-        self.created = threading.Event()  # etcd confirmed the watch (first time)
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+    _mux: WatchMux
+    key: bytes
+    range_end: bytes
+    next_revision: int  # the start revision; 0 until etcd tells us "now"
+    prev_kv: bool
+    callback: WatchCallback
+    on_error: WatchErrorCallback | None
+    server_id: int | None = None
+    cancelled: bool = False
+    auth_retried: bool = False
+    created: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
     def cancel(self) -> None:
         """Stop the watch; no callback starts after this returns (one running may finish)."""
