@@ -1,8 +1,8 @@
-"""Worker-process side of bench/gpu_bench.py: remote functions, measurements, and each
-scenario's worker body (hand-set static maps, store-driven rpcjob path, real sidecar path).
+"""Worker-process side of bench/gpu_bench.py: each scenario's worker body (hand-set static
+maps, store-driven rpcjob path, namespaced pairs, real sidecar path).
 
-Run only through bench/gpu_bench.py (``--worker <scenario>``); this module is also imported by
-the callee processes, which is how torch finds the remote functions.
+Run only through bench/gpu_bench.py (``--worker <scenario>``); the measurements themselves are
+in gpu_bench_measure.
 """
 
 from __future__ import annotations
@@ -11,108 +11,28 @@ import argparse
 import json
 import os
 import socket
-import statistics
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
+from gpu_bench_measure import (
+    STORE_HOST,
+    WAIT,
+    FileResults,
+    Results,
+    bandwidth,
+    client,
+    log,
+    roundtrip,
+    staging_bandwidth,
+    until_ok,
+    wait_file,
+)
 
 from rpcjob.devices import Peer, RoleShape, parse_node_labels, plan_devices, visible_gpus
 from rpcjob.devices import agent as devagent
-
-WARMUP = 5  # calls before timing: channel setup, allocator caching, clocks
-WAIT = timedelta(seconds=float(os.environ.get("BENCH_WAIT_S", "120")))
-
-
-# --- functions run remotely -----------------------------------------------------------------
-def _consume(t: torch.Tensor) -> int:
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)  # the copy into this process is complete
-    return int(t.numel())
-
-
-def _stage_in(t: torch.Tensor) -> int:
-    dev = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    g = t.to(dev)
-    if g.is_cuda:
-        torch.cuda.synchronize(g.device)
-    return int(g.numel())
-
-
-def _double(t: torch.Tensor) -> torch.Tensor:
-    return t * 2
-
-
-def _make(n: int, on_cuda: bool) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.float32, device="cuda:0" if on_cuda else "cpu")
-
-
-# --- helpers --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# Where the parent's TCPStore is reached: 127.0.0.1, or the bridge address when each worker runs
-# in its own network namespace (bench/gpu_netns.py).
-STORE_HOST = os.environ.get("BENCH_STORE_HOST", "127.0.0.1")
-
-
-def client(port: int) -> dist.TCPStore:
-    return dist.TCPStore(STORE_HOST, port, is_master=False, timeout=WAIT)
-
-
-def bandwidth(
-    dst: str, t: torch.Tensor, iters: int, fn: Any = _consume, prep: Any = None
-) -> dict[str, float]:
-    nbytes = t.numel() * t.element_size()
-    times = []
-    for i in range(iters + WARMUP):
-        if t.is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        arg = prep(t) if prep is not None else t
-        rpc.rpc_sync(dst, fn, args=(arg,), timeout=300)
-        dt = time.perf_counter() - t0
-        if i >= WARMUP:
-            times.append(dt)
-    med = statistics.median(times)
-    return {"gbps": nbytes / med / 1e9, "median_s": med, "best_gbps": nbytes / min(times) / 1e9}
-
-
-def roundtrip(dst: str, cuda: bool, timeout: float = 60) -> str:
-    """A CUDA tensor there and a CUDA tensor back; "ok" or the error."""
-    try:
-        x = _make(1 << 20, cuda)
-        y = rpc.rpc_sync(dst, _double, args=(x,), timeout=timeout)
-        if cuda and not y.is_cuda:
-            return f"reply on {y.device}, expected cuda"
-        if not torch.equal(y.cpu(), (x * 2).cpu()):
-            return "wrong values"
-        return "ok"
-    except Exception as e:  # recorded, not fatal: negative controls expect failures
-        return f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-
-
-class Results(dict[str, Any]):
-    """A worker's results, saved to the store on every write: a crash keeps what was measured."""
-
-    def __init__(self, store: dist.TCPStore, name: str) -> None:
-        super().__init__()
-        self.store, self.key = store, f"bench/result/{name}"
-
-    def __setitem__(self, k: str, v: Any) -> None:
-        super().__setitem__(k, v)
-        self.store.set(self.key, json.dumps(dict(self)))
-
-
-def log(name: str, msg: str) -> None:
-    print(f"[{name}] {msg}", flush=True)
 
 
 # --- worker: hand-written static maps -------------------------------------------------------
@@ -230,77 +150,96 @@ class Member:
         for other in list(self.peers):
             self.apply(other)
 
+    def goodbye(self) -> None:
+        """Leave once both long-lived workers are done (the one that stops first waits)."""
+        self.store.set(f"bench/bye/{self.name}", "1")
+        self.store.wait(["bench/bye/worker_0", "bench/bye/worker_1"], WAIT)
+        rpc.shutdown()
+
+
+def _early_joiner(m: Member, out: Results) -> None:
+    """worker_0: first in; checks and times E -> L around worker_2's join and leave."""
+    store, cuda = m.store, m.cuda
+    m.join(1, [])
+    # The late joiner checks L->E before we apply anything: torch's own join must suffice.
+    store.wait(["bench/L_checked_before_apply"], WAIT)
+    out["E_to_L_before_apply"] = roundtrip("worker_1", cuda)
+    m.apply_and_announce("worker_1")
+    out["E_to_L_after_join"] = roundtrip("worker_1", cuda)
+    store.wait(["bench/L_to_E_checked"], WAIT)
+    x = torch.rand(m.a.size_mib << 18, device="cuda:0" if cuda else "cpu")
+    out["bw_maps"] = bandwidth("worker_1", x, m.a.iters)
+    log(m.name, f"maps E->L {out['bw_maps']}")
+    out["bw_cpu_staging"] = staging_bandwidth("worker_1", x)
+    log(m.name, f"staging E->L {out['bw_cpu_staging']}")
+    store.set("bench/phase1_done", "1")
+    store.wait(["bench/T_checked"], WAIT)
+    out["E_to_T_before_apply"] = roundtrip("worker_2", cuda)
+    m.apply("worker_2")
+    out["E_to_T"] = roundtrip("worker_2", cuda)
+    store.set("bench/E_to_T_checked", "1")
+    store.wait(["bench/left/worker_2"], WAIT)
+    # Right after the graceful leave, before any re-application (the leave race of
+    # docs/devices.md).
+    out["E_to_L_right_after_leave"] = roundtrip("worker_1", cuda)
+    out["reverse_maps_after_leave"] = json.dumps(devagent.reverse_maps())
+    m.left("worker_2")
+    out["E_to_L_after_leave"] = roundtrip("worker_1", cuda)
+    store.set("bench/reapplied/worker_0", "1")
+    store.wait(["bench/reapplied/worker_1"], WAIT)
+    out["bw_maps_after_leave"] = bandwidth("worker_1", x, m.a.iters)
+    log(m.name, f"maps E->L after leave {out['bw_maps_after_leave']}")
+    store.set("bench/E_done", "1")
+
+
+def _late_joiner(m: Member, out: Results) -> None:
+    """worker_1: joins second; checks L -> E before and after the early joiner applies."""
+    store, cuda = m.store, m.cuda
+    m.join(2, ["worker_0"])
+    out["L_to_E_before_apply"] = roundtrip("worker_0", cuda, timeout=30)
+    store.set("bench/L_checked_before_apply", "1")
+    store.wait(["bench/applied/worker_0/worker_1"], WAIT)
+    out["L_to_E_after_join"] = roundtrip("worker_0", cuda)
+    store.set("bench/L_to_E_checked", "1")
+    store.wait(["bench/T_checked"], WAIT)
+    m.apply_and_announce("worker_2")
+    store.wait(["bench/left/worker_2"], WAIT)
+    out["L_to_E_right_after_leave"] = roundtrip("worker_0", cuda)
+    m.left("worker_2")
+    store.set("bench/reapplied/worker_1", "1")
+    out["L_to_E_after_leave"] = roundtrip("worker_0", cuda)
+    store.wait(["bench/E_done"], WAIT)
+    if cuda:
+        y = torch.rand(m.a.size_mib << 18, device="cuda:0")
+        out["bw_maps_L_to_E"] = bandwidth("worker_0", y, m.a.iters)
+        log(m.name, f"maps L->E {out['bw_maps_L_to_E']}")
+
+
+def _tourist(m: Member, out: Results) -> None:
+    """worker_2: joins third, checks both others, then leaves gracefully."""
+    store, cuda = m.store, m.cuda
+    store.wait(["bench/phase1_done"], WAIT)
+    m.join(3, ["worker_0", "worker_1"])
+    out["T_to_E"] = roundtrip("worker_0", cuda)
+    out["T_to_L"] = roundtrip("worker_1", cuda)
+    store.set("bench/T_checked", "1")
+    store.wait(["bench/E_to_T_checked", "bench/applied/worker_1/worker_2"], WAIT)
+    rpc.shutdown()
+    store.set("bench/left/worker_2", "1")
+
 
 def worker_rpcjob(a: argparse.Namespace) -> dict[str, Any]:
-    cuda = not a.cpu
     store = client(a.port)
-    m = Member(a, store, cuda)
+    m = Member(a, store, not a.cpu)
     out = Results(store, a.name)
-    n = a.size_mib << 18
-    dev = "cuda:0" if cuda else "cpu"
-    if a.name == "worker_0":  # early joiner
-        m.join(1, [])
-        # The late joiner checks L->E before we apply anything: torch's own join must suffice.
-        store.wait(["bench/L_checked_before_apply"], WAIT)
-        out["E_to_L_before_apply"] = roundtrip("worker_1", cuda)
-        m.apply_and_announce("worker_1")
-        out["E_to_L_after_join"] = roundtrip("worker_1", cuda)
-        store.wait(["bench/L_to_E_checked"], WAIT)
-        x = torch.rand(n, device=dev)
-        out["bw_maps"] = bandwidth("worker_1", x, a.iters)
-        log(a.name, f"maps E->L {out['bw_maps']}")
-        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
-        log(a.name, f"staging E->L {out['bw_cpu_staging']}")
-        store.set("bench/phase1_done", "1")
-        store.wait(["bench/T_checked"], WAIT)
-        out["E_to_T_before_apply"] = roundtrip("worker_2", cuda)
-        m.apply("worker_2")
-        out["E_to_T"] = roundtrip("worker_2", cuda)
-        store.set("bench/E_to_T_checked", "1")
-        store.wait(["bench/left/worker_2"], WAIT)
-        # Right after the graceful leave, before any re-application (the leave race of
-        # docs/devices.md).
-        out["E_to_L_right_after_leave"] = roundtrip("worker_1", cuda)
-        out["reverse_maps_after_leave"] = json.dumps(devagent.reverse_maps())
-        m.left("worker_2")
-        out["E_to_L_after_leave"] = roundtrip("worker_1", cuda)
-        store.set("bench/reapplied/worker_0", "1")
-        store.wait(["bench/reapplied/worker_1"], WAIT)
-        out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
-        log(a.name, f"maps E->L after leave {out['bw_maps_after_leave']}")
-        store.set("bench/E_done", "1")
-    elif a.name == "worker_1":  # late joiner
-        m.join(2, ["worker_0"])
-        out["L_to_E_before_apply"] = roundtrip("worker_0", cuda, timeout=30)
-        store.set("bench/L_checked_before_apply", "1")
-        store.wait(["bench/applied/worker_0/worker_1"], WAIT)
-        out["L_to_E_after_join"] = roundtrip("worker_0", cuda)
-        store.set("bench/L_to_E_checked", "1")
-        store.wait(["bench/T_checked"], WAIT)
-        m.apply_and_announce("worker_2")
-        store.wait(["bench/left/worker_2"], WAIT)
-        out["L_to_E_right_after_leave"] = roundtrip("worker_0", cuda)
-        m.left("worker_2")
-        store.set("bench/reapplied/worker_1", "1")
-        out["L_to_E_after_leave"] = roundtrip("worker_0", cuda)
-        store.wait(["bench/E_done"], WAIT)
-        if cuda:
-            y = torch.rand(n, device=dev)
-            out["bw_maps_L_to_E"] = bandwidth("worker_0", y, a.iters)
-            log(a.name, f"maps L->E {out['bw_maps_L_to_E']}")
-    else:  # worker_2: joins third, then leaves gracefully
-        store.wait(["bench/phase1_done"], WAIT)
-        m.join(3, ["worker_0", "worker_1"])
-        out["T_to_E"] = roundtrip("worker_0", cuda)
-        out["T_to_L"] = roundtrip("worker_1", cuda)
-        store.set("bench/T_checked", "1")
-        store.wait(["bench/E_to_T_checked", "bench/applied/worker_1/worker_2"], WAIT)
-        rpc.shutdown()
-        store.set("bench/left/worker_2", "1")
+    if a.name == "worker_0":
+        _early_joiner(m, out)
+    elif a.name == "worker_1":
+        _late_joiner(m, out)
+    else:
+        _tourist(m, out)
         return out
-    store.set(f"bench/bye/{a.name}", "1")
-    store.wait(["bench/bye/worker_0", "bench/bye/worker_1"], WAIT)
-    rpc.shutdown()
+    m.goodbye()
     return out
 
 
@@ -318,9 +257,7 @@ def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
             x = torch.rand(a.size_mib << 18, device="cuda:0")
             out["bw_maps"] = bandwidth("worker_1", x, 5)
             if channel_overrides():  # the cross-machine comparison: staging by hand
-                out["bw_cpu_staging"] = bandwidth(
-                    "worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu()
-                )
+                out["bw_cpu_staging"] = staging_bandwidth("worker_1", x)
         log(a.name, f"pidns {out}")
         store.set("bench/E_done", "1")
     else:
@@ -328,43 +265,11 @@ def worker_pidns(a: argparse.Namespace) -> dict[str, Any]:
         store.wait(["bench/applied"], WAIT)
         out["L_to_E"] = roundtrip("worker_0", True, timeout=60)
         store.wait(["bench/E_done"], WAIT)
-    store.set(f"bench/bye/{a.name}", "1")
-    store.wait(["bench/bye/worker_0", "bench/bye/worker_1"], WAIT)
-    rpc.shutdown()
+    m.goodbye()
     return out
 
 
 # --- the real sidecar path: rpcjob-sidecar + rpcjob.init_rpc() per "pod", a real etcd ---------
-class FileResults(dict[str, Any]):
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-
-    def __setitem__(self, k: str, v: Any) -> None:
-        super().__setitem__(k, v)
-        self.path.write_text(json.dumps(dict(self)))
-
-
-def wait_file(path: Path, timeout: float = 120) -> None:
-    """Wait for a flag file written by another worker (a condition with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {path.name}")
-        time.sleep(0.005)
-
-
-def until_ok(dst: str, deadline_s: float = 20) -> dict[str, Any]:
-    """Round trips until one succeeds (the sidecar's JOINED event may still be on its way)."""
-    first, n, t0 = "", 0, time.monotonic()
-    while True:
-        n += 1
-        r = roundtrip(dst, torch.cuda.is_available(), timeout=30)
-        first = first or r
-        if r == "ok" or time.monotonic() - t0 > deadline_s:
-            return {"result": r, "attempts": n, "first": first, "s": time.monotonic() - t0}
-
-
 def _around_tourist(d: Path, out: FileResults, me: str, other: str, peer: str) -> None:
     """Reach the tourist (worker_2) once it joined; once it left gracefully, time round trips
     to ``peer`` straight away: does anything arrive before the LEFT event?"""
@@ -378,6 +283,31 @@ def _around_tourist(d: Path, out: FileResults, me: str, other: str, peer: str) -
     ]
 
 
+def _sidecar_early(a: argparse.Namespace, d: Path, out: FileResults, name: str) -> None:
+    wait_file(d / "joined_worker_1")
+    out["E_to_L_after_join"] = until_ok("worker_1")
+    wait_file(d / "L_to_E_done")
+    x = torch.rand(a.size_mib << 18, device="cuda:0" if torch.cuda.is_available() else "cpu")
+    out["bw_maps"] = bandwidth("worker_1", x, a.iters)
+    log(name, f"sidecar path maps E->L {out['bw_maps']}")
+    out["bw_cpu_staging"] = staging_bandwidth("worker_1", x)
+    (d / "phase1_done").write_text("1")
+    _around_tourist(d, out, "E", "L", "worker_1")
+    out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
+    log(name, f"sidecar path maps E->L after leave {out['bw_maps_after_leave']}")
+    (d / "E_done").write_text("1")
+    wait_file(d / "L_done")
+
+
+def _sidecar_late(d: Path, out: FileResults) -> None:
+    out["L_to_E_after_join"] = until_ok("worker_0")
+    (d / "L_to_E_done").write_text("1")
+    _around_tourist(d, out, "L", "E", "worker_0")
+    wait_file(d / "E_done")
+    out["L_to_E_after_leave"] = until_ok("worker_0")
+    (d / "L_done").write_text("1")
+
+
 def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
     import rpcjob
 
@@ -389,31 +319,11 @@ def worker_sidecar(a: argparse.Namespace) -> dict[str, Any]:
     out["maps"] = {k: dict(v.map) for k, v in ident.device_maps.items()}
     out["rank"] = ident.rank
     (d / f"joined_{name}").write_text("1")
-    n = a.size_mib << 18
-    cuda = torch.cuda.is_available()
-    dev = "cuda:0" if cuda else "cpu"
     if name == "worker_0":
-        wait_file(d / "joined_worker_1")
-        out["E_to_L_after_join"] = until_ok("worker_1")
-        wait_file(d / "L_to_E_done")
-        x = torch.rand(n, device=dev)
-        out["bw_maps"] = bandwidth("worker_1", x, a.iters)
-        log(name, f"sidecar path maps E->L {out['bw_maps']}")
-        out["bw_cpu_staging"] = bandwidth("worker_1", x, 3, fn=_stage_in, prep=lambda t: t.cpu())
-        (d / "phase1_done").write_text("1")
-        _around_tourist(d, out, "E", "L", "worker_1")
-        out["bw_maps_after_leave"] = bandwidth("worker_1", x, a.iters)
-        log(name, f"sidecar path maps E->L after leave {out['bw_maps_after_leave']}")
-        (d / "E_done").write_text("1")
-        wait_file(d / "L_done")
+        _sidecar_early(a, d, out, name)
     elif name == "worker_1":
-        out["L_to_E_after_join"] = until_ok("worker_0")
-        (d / "L_to_E_done").write_text("1")
-        _around_tourist(d, out, "L", "E", "worker_0")
-        wait_file(d / "E_done")
-        out["L_to_E_after_leave"] = until_ok("worker_0")
-        (d / "L_done").write_text("1")
-    else:
+        _sidecar_late(d, out)
+    else:  # worker_2: reaches both, then leaves gracefully
         out["T_to_E"] = until_ok("worker_0")
         out["T_to_L"] = until_ok("worker_1")
         wait_file(d / "E_T_done")

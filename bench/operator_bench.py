@@ -31,7 +31,6 @@ import asyncio
 import copy
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_host import cpu_s, free_port, rss_mb  # noqa: E402
 
 from e2e.backends.api import Api  # noqa: E402
 from e2e.cluster import audit, build  # noqa: E402
@@ -61,12 +62,6 @@ from rpcjob_operator.spec import parse_job  # noqa: E402
 
 SLEEPER = [sys.executable, "-c", "import signal; signal.sigwait([signal.SIGTERM])"]
 JOBS_PATH = f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{{ns}}/{contract.PLURAL}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def manifest(name: str, ns: str, replicas: int) -> dict[str, Any]:
@@ -89,24 +84,6 @@ def manifest(name: str, ns: str, replicas: int) -> dict[str, Any]:
 
 def fmt(xs: list[float]) -> str:
     return "/".join(f"{x:.2f}" for x in xs)
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return float(psutil.Process(pid).memory_info().rss) / 2**20
-    except ImportError:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:
@@ -182,29 +159,65 @@ class Bench:
         await asyncio.gather(*(one(o) for o in objs))
         return time.monotonic() - t0
 
+    async def apply_rounds(self, rounds: range, workers: int) -> tuple[list[float], list[float]]:
+        """apply -> all pods of a 32-worker job, per round (alternating with the anchor)."""
+        apply_s, anchor_pods_s = [], []
+        for i in rounds:
+            anchor_pods_s.append(await self.anchor_pods(f"anchor-pods-{i}", workers))
+            ns = f"bench-pods-{i}"
+            t0 = time.monotonic()
+            await self.post_job(manifest("big", ns, workers))
+            t1 = await self.until(lambda ns=ns: self.pods_in(ns) >= workers, 120, "32 pods")
+            apply_s.append(t1 - t0)
+        return apply_s, anchor_pods_s
+
+    async def job_rounds(self, rounds: range, jobs: int) -> dict[str, Any]:
+        """100 jobs back to back -> every one reconciled (pod + status for its generation), per
+        round (alternating with the anchor)."""
+        jobs_s, posted_s, anchor_jobs_s = [], [], []
+        pods_ok = True
+        for i in rounds:
+            anchor_jobs_s.append(await self.anchor_jobs(f"anchor-jobs-{i}", jobs))
+            ns = f"bench-jobs-{i}"
+            t0 = time.monotonic()
+            for k in range(jobs):
+                await self.post_job(manifest(f"j{k}", ns, 1))
+            posted_s.append(time.monotonic() - t0)
+            t1 = await self.until(
+                lambda ns=ns: self.done_jobs(ns) >= jobs, 600, "100 jobs reconciled", every=0.1
+            )
+            jobs_s.append(t1 - t0)
+            pods_ok = pods_ok and self.pods_in(ns) == jobs  # no duplicates, none missing
+        return {
+            "jobs_s": jobs_s,
+            "jobs_posted_s": posted_s,
+            "anchor_jobs_s": anchor_jobs_s,
+            "pods_ok": pods_ok,
+        }
+
 
 def kubectl(cluster: E2ECluster, *args: str) -> None:
     subprocess.run([str(build.binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *args],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
 
 
-async def run(args: argparse.Namespace, cluster: E2ECluster, etcd: EmbeddedEtcd,
-              workdir: str) -> dict[str, Any]:  # fmt: skip
+def connect(cluster: E2ECluster) -> Kube:
+    """The operator's own client, under a user agent of its own (not counted as the operator's
+    calls)."""
     from kubernetes import client, config
 
     cfg = client.Configuration()
     config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
     kube = Kube(cfg, threads=16)
-    kube._api.user_agent = "rpcjob-bench"  # not counted as the operator's calls
-    b = Bench(cluster, kube)
-    # The operator serves only the bench-* namespaces: the anchors' objects stay unseen, so
-    # anchor and operator rounds can alternate (this machine's load changes minute to minute).
-    pod_rounds, job_rounds = range(args.rounds), range(args.job_rounds)
-    served = [f"bench-pods-{i}" for i in pod_rounds] + [f"bench-jobs-{i}" for i in job_rounds]
-    anchors = [f"anchor-pods-{i}" for i in pod_rounds] + [f"anchor-jobs-{i}" for i in job_rounds]
-    for ns in served + anchors:
-        kubectl(cluster, "create", "namespace", ns)
-    health, metrics_port = free_port(), free_port()
+    kube._api.user_agent = "rpcjob-bench"
+    return kube
+
+
+def start_operator(
+    cluster: E2ECluster, etcd: EmbeddedEtcd, workdir: str, served: list[str], health: int,
+    metrics_port: int,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """The real ``rpcjob-operator`` process, serving only the ``served`` namespaces."""
     op_args = [
         *(f"--namespace={ns}" for ns in served),
         "--standalone",
@@ -214,67 +227,65 @@ async def run(args: argparse.Namespace, cluster: E2ECluster, etcd: EmbeddedEtcd,
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
            contract.ENV_DEFAULT_ETCD_ENDPOINTS: etcd.endpoint}  # fmt: skip
     with open(Path(workdir) / "operator.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rpcjob_operator.main", *op_args], env=env,
+        return subprocess.Popen([sys.executable, "-m", "rpcjob_operator.main", *op_args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
 
-    await b.until(healthy, 60, "the operator's liveness endpoint")
-    rss_idle = rss_mb(proc.pid)
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
-    # 1. apply -> all pods of a 32-worker job (alternating with the anchor)
-    apply_s, anchor_pods_s = [], []
-    for i in pod_rounds:
-        anchor_pods_s.append(await b.anchor_pods(f"anchor-pods-{i}", args.workers))
-        ns = f"bench-pods-{i}"
-        t0 = time.monotonic()
-        await b.post_job(manifest("big", ns, args.workers))
-        t1 = await b.until(lambda ns=ns: b.pods_in(ns) >= args.workers, 120, "32 pods")
-        apply_s.append(t1 - t0)
 
-    # 2. 100 jobs back to back -> every one reconciled (pod + status for its generation)
-    jobs_s, posted_s, anchor_jobs_s = [], [], []
-    cpu0, wall0, pods_ok = cpu_s(proc.pid), time.time(), True
-    for i in job_rounds:
-        anchor_jobs_s.append(await b.anchor_jobs(f"anchor-jobs-{i}", args.jobs))
-        ns = f"bench-jobs-{i}"
-        t0 = time.monotonic()
-        for k in range(args.jobs):
-            await b.post_job(manifest(f"j{k}", ns, 1))
-        posted_s.append(time.monotonic() - t0)
-        t1 = await b.until(
-            lambda ns=ns: b.done_jobs(ns) >= args.jobs, 600, "100 jobs reconciled", every=0.1
-        )
-        jobs_s.append(t1 - t0)
-        pods_ok = pods_ok and b.pods_in(ns) == args.jobs  # no duplicates, none missing
-    jobs_cpu = cpu_s(proc.pid) - cpu0
-    calls = sum(
+def operator_calls(cluster: E2ECluster, since: float) -> int:
+    """API requests by the operator and kopf since ``since`` (wall clock), from the audit log."""
+    return sum(
         1
         for rec in audit.read(cluster.control.audit_log)  # type: ignore[union-attr]
-        if rec.time >= wall0 and rec.user_agent.startswith(("rpcjob-operator", "kopf"))
+        if rec.time >= since and rec.user_agent.startswith(("rpcjob-operator", "kopf"))
     )
-    rss = rss_mb(proc.pid)
+
+
+def reconciles_total(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-    reconciles = sum(
+    return sum(
         float(line.split()[-1])
         for line in text.splitlines()
         if line.startswith("rpcjob_operator_reconciles_total{")
     )
+
+
+async def run(args: argparse.Namespace, cluster: E2ECluster, etcd: EmbeddedEtcd,
+              workdir: str) -> dict[str, Any]:  # fmt: skip
+    kube = connect(cluster)
+    b = Bench(cluster, kube)
+    # The operator serves only the bench-* namespaces: the anchors' objects stay unseen, so
+    # anchor and operator rounds can alternate (this machine's load changes minute to minute).
+    pod_rounds, job_rounds = range(args.rounds), range(args.job_rounds)
+    served = [f"bench-pods-{i}" for i in pod_rounds] + [f"bench-jobs-{i}" for i in job_rounds]
+    anchors = [f"anchor-pods-{i}" for i in pod_rounds] + [f"anchor-jobs-{i}" for i in job_rounds]
+    for ns in served + anchors:
+        kubectl(cluster, "create", "namespace", ns)
+    health, metrics_port = free_port(), free_port()
+    proc = start_operator(cluster, etcd, workdir, served, health, metrics_port)
+    await b.until(lambda: healthy(health), 60, "the operator's liveness endpoint")
+    rss_idle = rss_mb(proc.pid)
+    apply_s, anchor_pods_s = await b.apply_rounds(pod_rounds, args.workers)
+    cpu0, wall0 = cpu_s(proc.pid), time.time()
+    jobs = await b.job_rounds(job_rounds, args.jobs)
+    jobs_cpu = cpu_s(proc.pid) - cpu0
+    calls = operator_calls(cluster, wall0)
+    rss = rss_mb(proc.pid)
+    reconciles = reconciles_total(metrics_port)
     proc.terminate()
     proc.wait(30)
     kube.close()
     return {
         "apply_s": apply_s,
         "anchor_pods_s": anchor_pods_s,
-        "jobs_s": jobs_s,
-        "jobs_posted_s": posted_s,
-        "anchor_jobs_s": anchor_jobs_s,
-        "pods_ok": pods_ok,
+        **jobs,
         "rss": rss,
         "rss_idle": rss_idle,
         "reconciles": reconciles,
@@ -283,25 +294,7 @@ async def run(args: argparse.Namespace, cluster: E2ECluster, etcd: EmbeddedEtcd,
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workers", type=int, default=32)
-    p.add_argument("--jobs", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=5, help="32-pod rounds (median reported)")
-    p.add_argument("--job-rounds", type=int, default=2, help="100-job rounds (median)")
-    p.add_argument("--nodes", type=int, default=0, help="process kubelets that run the pods")
-    args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="rpjbench-", dir="/tmp")
-    etcd = EmbeddedEtcd()
-    etcd.start()
-    cluster = E2ECluster(nodes=args.nodes).start()
-    try:
-        kubectl(cluster, "apply", "--server-side", "-f", str(ROOT / "crds"))
-        kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all")
-        r = asyncio.run(run(args, cluster, etcd, workdir))
-    finally:
-        cluster.stop()
-        etcd.close()
+def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     w, j = args.workers, args.jobs
     med = statistics.median
     ratios = [x / y for x, y in zip(r["apply_s"], r["anchor_pods_s"], strict=True)]
@@ -330,6 +323,28 @@ def main() -> int:
         "jobs_100_reconcile_s": round(med(r["jobs_s"]), 3),
         "operator_rss_mb": round(r["rss"], 1),
     }))  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workers", type=int, default=32)
+    p.add_argument("--jobs", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=5, help="32-pod rounds (median reported)")
+    p.add_argument("--job-rounds", type=int, default=2, help="100-job rounds (median)")
+    p.add_argument("--nodes", type=int, default=0, help="process kubelets that run the pods")
+    args = p.parse_args()
+    workdir = tempfile.mkdtemp(prefix="rpjbench-", dir="/tmp")
+    etcd = EmbeddedEtcd()
+    etcd.start()
+    cluster = E2ECluster(nodes=args.nodes).start()
+    try:
+        kubectl(cluster, "apply", "--server-side", "-f", str(ROOT / "crds"))
+        kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all")
+        r = asyncio.run(run(args, cluster, etcd, workdir))
+    finally:
+        cluster.stop()
+        etcd.close()
+    report(args, r)
     return 0 if r["pods_ok"] else 1
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_host import free_port
 
 CHILD = r"""
 import json, os, sys, time
@@ -76,12 +77,6 @@ else:
     finished.wait()  # serve until the caller is done
 rpc.shutdown()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float:

@@ -105,7 +105,9 @@ while True:
     time.sleep(0.02)
 """
 
-JOB_YAML = """\
+# A job of two workers ({name} for str.format); what follows it describes the worker
+# container: its command first. tests/test_local_zygote.py runs one too.
+JOB_HEAD = """\
 apiVersion: rpcjob.dev/v1alpha1
 kind: RpcJob
 metadata:
@@ -114,17 +116,22 @@ spec:
   roles:
     worker:
       replicas: 2
-      maxReplicas: {size}
       template:
         spec:
           containers:
             - name: worker
               image: python:3.11
+"""
+JOB_YAML = (
+    JOB_HEAD
+    + """\
               command: ["python3", "member.py"]
               env:
                 - {{name: SCALE_MODE, value: rpcjob}}
                 - {{name: SCALE_OUT, value: "{out}"}}
+      maxReplicas: {size}
 """
+)
 
 PHASES = ["created", "started", "imports", "sidecar", "rank", "setup", "join", "reach"]
 

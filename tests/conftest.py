@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from etcd_tls import TLSMaterial, make_tls
+from etcd_tls import EtcdServer, TLSFiles, TLSMaterial, make_tls
 
 from e2e.backends import session as _session_hooks
-from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, TLSFiles
+from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,17 +50,17 @@ def etcd_tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
 
 
 @pytest.fixture
-def etcd_tls(etcd_tls_material: TLSMaterial) -> Iterator[EmbeddedEtcd]:
+def etcd_tls(etcd_tls_material: TLSMaterial) -> Iterator[EtcdServer]:
     """A fresh real etcd serving TLS and requiring a client certificate (--client-cert-auth).
     Connect with ``Client(server.endpoint, **server.client_kwargs(etcd_tls_material.client))``."""
     m = etcd_tls_material
     tls = TLSFiles(ca=m.ca, cert=m.server_cert, key=m.server_key, client_cert_auth=True)
-    with EmbeddedEtcd(tls=tls) as server:
+    with EtcdServer(tls=tls) as server:
         yield server
 
 
 @pytest.fixture
-def etcd_tls_auth(etcd_tls: EmbeddedEtcd, etcd_tls_material: TLSMaterial) -> EmbeddedEtcd:
+def etcd_tls_auth(etcd_tls: EtcdServer, etcd_tls_material: TLSMaterial) -> EtcdServer:
     """``etcd_tls`` with authentication on: user ``root`` / ETCD_TEST_ROOT_PASSWORD
     (``server.auth``; ``server.client_kwargs(etcd_tls_material.client)`` includes them)."""
     etcd_tls.enable_auth(ETCD_TEST_ROOT_PASSWORD, client_tls=etcd_tls_material.client)

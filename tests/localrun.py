@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# as tests.etcd_waits: e2e/tests imports this module as tests.localrun
+from tests.etcd_waits import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
 
@@ -95,6 +98,20 @@ class LocalRun:
 
     def interrupt(self) -> None:
         self.proc.send_signal(signal.SIGINT)
+
+    def sigkill_and_wait_gone(
+        self, job_uid: str, helper: Callable[[], list[int]], what: str
+    ) -> None:
+        """SIGKILL ``rpcjob run`` (it cannot drain), then wait until the job's processes and
+        ``what`` (the pids ``helper`` finds) are gone: the lifeline launcher ties each to it."""
+        self.proc.kill()
+        self.proc.wait(30)
+        wait_until(
+            lambda: not processes_with_env("RPCJOB_JOB_UID", job_uid),
+            60,
+            "the job's processes to die with rpcjob run",
+        )
+        wait_until(lambda: not helper(), 60, f"{what} to die")
 
     def kill(self) -> None:
         """Teardown: Ctrl-C first (rpcjob run then stops its pods), SIGKILL as a last resort."""

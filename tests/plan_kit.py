@@ -81,8 +81,21 @@ def member(role: str, idx: int, rank: int) -> MemberRecord:
     )
 
 
-def status(indices: dict[str, list[int]] | None = None, **extra: Any) -> dict[str, Any]:
+def status(
+    indices: dict[str, list[int]] | None = None, formed: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """A job's status dict; ``formed``: its group formed at T0 and has been Running since."""
     st: dict[str, Any] = {"startTime": T0, "conditions": []}
+    if formed:
+        st["conditions"] = [
+            {
+                "type": "Running",
+                "status": "True",
+                "reason": "GroupFormed",
+                "message": "",
+                "lastTransitionTime": T0,
+            }
+        ]
     if indices is not None:
         st["roles"] = {r: {"indices": i} for r, i in indices.items()}
     st.update(extra)

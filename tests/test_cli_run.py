@@ -82,11 +82,7 @@ def test_sigkill_of_rpcjob_run_leaves_no_process(tmp_path: Path) -> None:
         pids = processes_with_env(contract.ENV_JOB_UID, job["uid"])
         etcd = _etcd_of(job["root"])
         assert len(pids) >= 4 and len(etcd) == 1, (pids, etcd)  # 2 pods x (sidecar, worker)
-        run.proc.kill()
-        run.proc.wait(30)
-        wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 60,
-                   "the job's processes to die with rpcjob run")  # fmt: skip
-        wait_until(lambda: not _etcd_of(job["root"]), 60, "the embedded etcd to die")
+        run.sigkill_and_wait_gone(job["uid"], lambda: _etcd_of(job["root"]), "the embedded etcd")
     finally:
         run.kill()
 

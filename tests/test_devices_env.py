@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rpcjob import contract
-from rpcjob.devices import DeviceMapError, RoleShape, parse_slots, verify_visible, visible_gpus
+from rpcjob.devices import DeviceMapError, RoleShape, parse_slots, visible_gpus
 
 
 @pytest.mark.parametrize(
@@ -76,16 +76,3 @@ def test_parse_slots_errors(slots_json: str, gpus_json: str, message: str) -> No
 def test_parse_slots_rejects_bad_role_names() -> None:
     with pytest.raises(contract.InvalidName):
         parse_slots('{"my-role": 1}')
-
-
-def test_verify_visible() -> None:
-    verify_visible(("cuda:0",), 1)
-    verify_visible(("cuda:0",), None)
-    verify_visible((), 0)
-    with pytest.raises(DeviceMapError) as err:
-        verify_visible(("cuda:0", "cuda:1"), ("GPU-a",), "worker_3")
-    assert str(err.value) == (
-        "the sidecar planned devices ['cuda:0', 'cuda:1'] but the worker container worker_3 "
-        "sees 1 GPU(s); rpcjob will not fall back to CPU silently: check the pod's "
-        "nvidia.com/gpu limit, CUDA_VISIBLE_DEVICES and the NVIDIA device plugin"
-    )

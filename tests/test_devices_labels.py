@@ -107,21 +107,19 @@ def test_fixture_node(node: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("node", "is_mig", "is_shared", "has_gpus"),
+    ("node", "is_mig", "is_shared"),
     [
-        ("dgx-h100", False, False, True),
-        ("a100-mig-single", True, False, True),
-        ("a100-mig-mixed", False, False, True),  # nvidia.com/gpu still names whole GPUs
-        ("t4-time-sliced", False, True, True),
-        ("cpu-only", False, False, None),  # labels silent: the container decides
-        ("bad-count-word", False, False, None),
+        ("dgx-h100", False, False),
+        ("a100-mig-single", True, False),
+        ("a100-mig-mixed", False, False),  # nvidia.com/gpu still names whole GPUs
+        ("t4-time-sliced", False, True),
+        ("cpu-only", False, False),
+        ("bad-count-word", False, False),
     ],
 )
-def test_derived_properties(
-    node: str, is_mig: bool, is_shared: bool, has_gpus: bool | None
-) -> None:
+def test_derived_properties(node: str, is_mig: bool, is_shared: bool) -> None:
     got = parse_node_labels(NODES[node], node)
-    assert (got.is_mig, got.is_shared, got.has_gpus) == (is_mig, is_shared, has_gpus)
+    assert (got.is_mig, got.is_shared) == (is_mig, is_shared)
 
 
 @pytest.mark.parametrize(

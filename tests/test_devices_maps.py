@@ -13,6 +13,7 @@ import yaml
 from rpcjob import contract
 from rpcjob.devices import (
     DeviceMapError,
+    DevicePlan,
     Peer,
     RoleShape,
     forward_map,
@@ -35,6 +36,16 @@ def slots(
 
 def ident(n: int) -> dict[str, str]:
     return {f"cuda:{i}": f"cuda:{i}" for i in range(n)}
+
+
+def plan_on(node: str = "", worker: str = "worker_0", gpus: int = 1, **kw: Any) -> DevicePlan:
+    """plan_devices for ``worker`` requesting ``gpus`` on fixture node ``node`` (none: node "n"
+    without labels); the job's slots are slots() and the container sees ``gpus`` GPUs unless
+    ``kw`` says otherwise."""
+    labels = parse_node_labels(NODES[node], node) if node else parse_node_labels({}, "n")
+    kw.setdefault("slots", slots())
+    kw.setdefault("visible", gpus)
+    return plan_devices(worker=worker, node=labels, requested_gpus=gpus, **kw)
 
 
 # node, requested, visible -> mode, devices, map to worker_1 (None: no assertion), warning parts
@@ -71,13 +82,7 @@ def test_fixture_node_plan(
     to_w1: dict[str, str] | None,
     warns: list[str],
 ) -> None:
-    plan = plan_devices(
-        worker="worker_0",
-        node=parse_node_labels(NODES[node], node),
-        requested_gpus=req,
-        slots=slots(worker_gpus=req),
-        visible=visible,
-    )
+    plan = plan_on(node, gpus=req, slots=slots(worker_gpus=req), visible=visible)
     assert plan.mode == mode
     assert plan.devices == tuple(f"cuda:{i}" for i in range(ndev))
     # maps are pre-declared for every other slot name the job can ever have
@@ -131,13 +136,7 @@ def test_fixture_node_plan(
 )
 def test_gpu_mismatch_is_a_clear_error(node: str, req: int, visible: Any, message: str) -> None:
     with pytest.raises(DeviceMapError) as err:
-        plan_devices(
-            worker="worker_0",
-            node=parse_node_labels(NODES[node], node),
-            requested_gpus=req,
-            slots=slots(worker_gpus=req),
-            visible=visible,
-        )
+        plan_on(node, gpus=req, slots=slots(worker_gpus=req), visible=visible)
     assert str(err.value) == message
 
 
@@ -152,13 +151,7 @@ def test_labels_say_fewer_gpus_than_the_container_sees_is_a_warning() -> None:
 
 
 def test_cpu_role_on_a_gpu_node_runs_cpu_only_with_a_warning() -> None:
-    plan = plan_devices(
-        worker="driver_0",
-        node=parse_node_labels(NODES["dgx-h100"], "dgx-h100"),
-        requested_gpus=0,
-        slots=slots(),
-        visible=8,
-    )
+    plan = plan_on("dgx-h100", worker="driver_0", gpus=0, visible=8)
     assert (plan.mode, plan.devices) == ("cpu", ())
     assert all(m == {} for m in plan.device_maps.values())
     assert sorted(plan.device_maps) == ["worker_0", "worker_1", "worker_2", "worker_3"]
@@ -170,14 +163,8 @@ def test_cpu_role_on_a_gpu_node_runs_cpu_only_with_a_warning() -> None:
 
 
 def test_device_maps_off() -> None:
-    plan = plan_devices(
-        worker="worker_0",
-        node=parse_node_labels(NODES["dgx-h100"], "dgx-h100"),
-        requested_gpus=1,
-        slots=slots(),
-        visible=1,
-        device_maps="off",
-        peers=[Peer("worker_1", "dgx-h100", "", ("cuda:0",))],
+    plan = plan_on(
+        "dgx-h100", device_maps="off", peers=[Peer("worker_1", "dgx-h100", "", ("cuda:0",))]
     )
     assert (plan.mode, plan.devices) == ("off", ())
     assert all(m == {} for m in plan.device_maps.values())
@@ -187,12 +174,11 @@ def test_device_maps_off() -> None:
 def test_maps_between_unequal_roles_are_one_to_one() -> None:
     # 4-GPU trainers, 2-GPU servers, 1 CPU driver; maps target only GPUs the peer role has.
     job = {"trainer": RoleShape(2, 4), "server": RoleShape(3, 2), "driver": RoleShape(1, 0)}
-    node = parse_node_labels(NODES["dgx-h100"], "dgx-h100")
-    t = plan_devices(worker="trainer_0", node=node, requested_gpus=4, slots=job, visible=4)
+    t = plan_on("dgx-h100", "trainer_0", 4, slots=job)
     assert t.device_maps["trainer_1"] == ident(4)
     assert t.device_maps["server_2"] == ident(2)
     assert t.device_maps["driver_0"] == {}
-    s = plan_devices(worker="server_0", node=node, requested_gpus=2, slots=job, visible=2)
+    s = plan_on("dgx-h100", "server_0", 2, slots=job)
     assert s.device_maps["trainer_0"] == ident(2)
 
 
@@ -250,29 +236,14 @@ def test_present_peers_get_maps_from_their_records_and_reverse_maps() -> None:
 
 
 def test_cross_node_peer_still_gets_maps() -> None:
-    node = parse_node_labels(NODES["dgx-h100"], "dgx-h100")
-    plan = plan_devices(
-        worker="worker_0",
-        node=node,
-        requested_gpus=1,
-        slots=slots(),
-        visible=1,
-        peers=[Peer("worker_1", "hgx-h200-a", "", ("cuda:0",))],
-    )
+    plan = plan_on("dgx-h100", peers=[Peer("worker_1", "hgx-h200-a", "", ("cuda:0",))])
     assert plan.device_maps["worker_1"] == ident(1)
     assert plan.links == {"worker_1": "network"}
     assert plan.warnings == ()
 
 
 def test_peer_record_with_bad_devices_gets_no_map() -> None:
-    plan = plan_devices(
-        worker="worker_0",
-        node=parse_node_labels({}, "n"),
-        requested_gpus=1,
-        slots=slots(),
-        visible=1,
-        peers=[Peer("worker_1", "n", "", ("gpu0",))],
-    )
+    plan = plan_on(peers=[Peer("worker_1", "n", "", ("gpu0",))])
     assert plan.device_maps["worker_1"] == {}
     assert plan.warnings == (
         "member record of worker_1 lists devices ['gpu0'] that are not 'cuda:<n>'; rpcjob "
@@ -281,12 +252,8 @@ def test_peer_record_with_bad_devices_gets_no_map() -> None:
 
 
 def test_unknown_role_gpus_maps_only_live_members() -> None:
-    plan = plan_devices(
-        worker="worker_0",
-        node=parse_node_labels({}, "n"),
-        requested_gpus=1,
+    plan = plan_on(
         slots=slots(worker_gpus=None, driver_gpus=None),
-        visible=1,
         peers=[Peer("worker_2", "n", "", ("cuda:0",))],
     )
     assert plan.device_maps == {
@@ -311,20 +278,12 @@ def test_unknown_role_gpus_maps_only_live_members() -> None:
             "do not list: ['driver', 'worker']",
         ),
         (dict(device_maps="on"), "rpc.deviceMaps='on' is not valid: use 'auto' or 'off'"),
-        (dict(requested_gpus=-1), "role 'worker' requests -1 GPUs: must be >= 0"),
+        (dict(gpus=-1, visible=1), "role 'worker' requests -1 GPUs: must be >= 0"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
-    args: dict[str, Any] = dict(
-        worker="worker_0",
-        node=parse_node_labels({}, "n"),
-        requested_gpus=1,
-        slots=slots(),
-        visible=1,
-    )
-    args.update(kwargs)
     with pytest.raises(DeviceMapError) as err:
-        plan_devices(**args)
+        plan_on(**kwargs)
     assert str(err.value) == message
 
 
@@ -347,15 +306,14 @@ def test_devices_package_is_torch_free() -> None:
 
 
 def test_inconsistent_role_gpus_env() -> None:
-    node = parse_node_labels({}, "n")
     with pytest.raises(DeviceMapError) as err:
-        plan_devices(worker="worker_0", node=node, requested_gpus=1, slots=slots(2), visible=2)
+        plan_on(slots=slots(2), visible=2)
     assert str(err.value) == (
         "RPCJOB_GPUS=1 but RPCJOB_ROLE_GPUS says role 'worker' requests 2 GPUs: the pod's "
         "environment is inconsistent (peers would map to GPUs this worker does not have); "
         "re-render the pod from the job spec"
     )
-    plan = plan_devices(worker="worker_0", node=node, requested_gpus=2, slots=slots(1), visible=2)
+    plan = plan_on(gpus=2, slots=slots(1))
     assert plan.devices == ("cuda:0", "cuda:1")
     assert plan.warnings == (
         "RPCJOB_GPUS=2 but RPCJOB_ROLE_GPUS says role 'worker' requests 1: peers send CUDA "

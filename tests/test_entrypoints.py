@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from rpcjob import contract, entrypoints
-from rpcjob_operator import cli, envhelp
+from rpcjob_operator import cli, main
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 # script -> (a phrase of its description, the environment it documents)
 EXPECTED: dict[str, tuple[str, entrypoints.EnvHelp]] = {
     "rpcjob": ("run an RpcJob on this machine", cli.CLI_ENV),
-    "rpcjob-operator": ("Run the rpcjob operator", envhelp.OPERATOR_ENV),
+    "rpcjob-operator": ("Run the rpcjob operator", main.OPERATOR_ENV),
     "rpcjob-sidecar": ("The rpcjob sidecar: runs next to the worker", entrypoints.SIDECAR_ENV),
     "rpcjob-worker": ("Run a workload (CMD) under the rpcjob runtime", entrypoints.WORKER_ENV),
 }

@@ -30,39 +30,50 @@ C = grpc.StatusCode
 REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused"  # noqa: E501
 
 
+# Each Failure and the gRPC errors (code, details, whether a user is configured) that mean it.
+CLASSIFY = {
+    Failure.CONNECT: [
+        (C.UNAVAILABLE, REFUSED, False),
+        (C.UNAVAILABLE, "failed to connect to all addresses; last error: x: Socket closed", False),
+        (C.UNKNOWN, "ipv4:x: connection attempt timed out before receiving SETTINGS frame", False),
+    ],
+    Failure.BROKEN: [
+        (C.UNAVAILABLE, "Socket closed", False),
+        (C.UNAVAILABLE, "Connection reset by peer", False),
+        (C.UNAVAILABLE, "etcdserver: request timed out", False),
+    ],
+    Failure.REAUTH: [
+        (C.UNKNOWN, "etcdserver: invalid auth token", True),
+        (C.UNAUTHENTICATED, "etcdserver: invalid auth token", True),
+        (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True),
+        (C.INVALID_ARGUMENT, "etcdserver: user name is empty", True),
+    ],
+    Failure.TLS: [
+        (C.UNAVAILABLE, "ipv4:127.0.0.1:1: Handshake read failed (Socket closed)", False),
+        (C.UNAVAILABLE, "ipv4:x: Unwrap failed (TSI_DATA_CORRUPTED)", False),
+    ],
+    Failure.AUTH_REQUIRED: [(C.INVALID_ARGUMENT, "etcdserver: user name is empty", False)],
+    Failure.AUTH_FAILED: [
+        (C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password", True)
+    ],
+    Failure.AUTH_DISABLED: [
+        (C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled", True)
+    ],
+    Failure.PERMISSION: [(C.PERMISSION_DENIED, "etcdserver: permission denied", True)],
+    Failure.COMPACTED: [
+        (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted", False)
+    ],
+    Failure.LEASE_NOT_FOUND: [(C.NOT_FOUND, "etcdserver: requested lease not found", False)],
+    Failure.DEADLINE: [(C.DEADLINE_EXCEEDED, "Deadline Exceeded", False)],
+    Failure.CANCELLED: [(C.CANCELLED, "Channel closed!", False)],
+    Failure.OTHER: [(C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request", False)],
+}
+
+
 @pytest.mark.parametrize(
     ("code", "details", "have_user", "expected"),
-    [
-        (C.UNAVAILABLE, REFUSED, False, Failure.CONNECT),
-        (C.UNAVAILABLE, "failed to connect to all addresses; last error: x: Socket closed", False,
-         Failure.CONNECT),
-        (C.UNAVAILABLE, "Socket closed", False, Failure.BROKEN),
-        (C.UNKNOWN, "ipv4:x: connection attempt timed out before receiving SETTINGS frame",
-         False, Failure.CONNECT),
-        (C.UNAVAILABLE, "Connection reset by peer", False, Failure.BROKEN),
-        (C.UNAVAILABLE, "etcdserver: request timed out", False, Failure.BROKEN),
-        (C.UNAVAILABLE, "ipv4:127.0.0.1:1: Handshake read failed (Socket closed)", False,
-         Failure.TLS),
-        (C.UNAVAILABLE, "ipv4:x: Unwrap failed (TSI_DATA_CORRUPTED)", False, Failure.TLS),
-        (C.UNKNOWN, "etcdserver: invalid auth token", True, Failure.REAUTH),
-        (C.UNAUTHENTICATED, "etcdserver: invalid auth token", True, Failure.REAUTH),
-        (C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old", True, Failure.REAUTH),
-        (C.INVALID_ARGUMENT, "etcdserver: user name is empty", True, Failure.REAUTH),
-        (C.INVALID_ARGUMENT, "etcdserver: user name is empty", False, Failure.AUTH_REQUIRED),
-        (C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password",
-         True, Failure.AUTH_FAILED),
-        (C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled", True,
-         Failure.AUTH_DISABLED),
-        (C.PERMISSION_DENIED, "etcdserver: permission denied", True, Failure.PERMISSION),
-        (C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted", False,
-         Failure.COMPACTED),
-        (C.NOT_FOUND, "etcdserver: requested lease not found", False, Failure.LEASE_NOT_FOUND),
-        (C.DEADLINE_EXCEEDED, "Deadline Exceeded", False, Failure.DEADLINE),
-        (C.CANCELLED, "Channel closed!", False, Failure.CANCELLED),
-        (C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request", False,
-         Failure.OTHER),
-    ],
-)  # fmt: skip
+    [(*error, failure) for failure, errors in CLASSIFY.items() for error in errors],
+)
 def test_classify(code: grpc.StatusCode, details: str, have_user: bool, expected: Failure) -> None:
     assert classify(code, details, have_user=have_user) is expected
 

@@ -9,21 +9,18 @@ from typing import Any
 import grpc
 import pytest
 from conftest import ETCD_TEST_ROOT_PASSWORD
-from etcd_tls import TLSMaterial
+from etcd_tls import EtcdServer, TLSMaterial
 from etcd_waits import Collector
 
 from rpcjob.etcd import Client, EtcdAuthError, EtcdTLSError, EtcdUnavailable, Op
 from rpcjob.etcd._pb import rpc_pb2, rpc_pb2_grpc
 from rpcjob.etcd_env import ENV_NAMES
-from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd
 
 pb: Any = rpc_pb2
 pbg: Any = rpc_pb2_grpc
 
 
-def test_tls_with_client_certificate(
-    etcd_tls: EmbeddedEtcd, etcd_tls_material: TLSMaterial
-) -> None:
+def test_tls_with_client_certificate(etcd_tls: EtcdServer, etcd_tls_material: TLSMaterial) -> None:
     kw = etcd_tls.client_kwargs(etcd_tls_material.client)
     with Client(etcd_tls.endpoint, **kw) as c:
         c.put("k", "v")
@@ -36,7 +33,7 @@ def test_tls_with_client_certificate(
 
 
 def test_bad_tls_setups_give_clear_errors(
-    etcd_tls: EmbeddedEtcd, etcd_tls_material: TLSMaterial
+    etcd_tls: EtcdServer, etcd_tls_material: TLSMaterial
 ) -> None:
     m, ep = etcd_tls_material, etcd_tls.endpoint
     cases: list[tuple[dict[str, str], type[Exception], str]] = [
@@ -79,7 +76,7 @@ def test_tls_client_against_plain_etcd(etcd_endpoint: str, etcd_tls_material: TL
         c.get("k")
 
 
-def test_tls_and_auth(etcd_tls_auth: EmbeddedEtcd, etcd_tls_material: TLSMaterial) -> None:
+def test_tls_and_auth(etcd_tls_auth: EtcdServer, etcd_tls_material: TLSMaterial) -> None:
     kw = etcd_tls_auth.client_kwargs(etcd_tls_material.client)
     assert kw["user"] == "root" and kw["password"] == ETCD_TEST_ROOT_PASSWORD
     with Client(etcd_tls_auth.endpoint, **kw) as c:
@@ -94,14 +91,14 @@ def test_tls_and_auth(etcd_tls_auth: EmbeddedEtcd, etcd_tls_material: TLSMateria
 
 
 @pytest.fixture
-def etcd_auth() -> Iterator[EmbeddedEtcd]:
+def etcd_auth() -> Iterator[EtcdServer]:
     """Plain-HTTP etcd with auth on; user 'app' owns /app/."""
-    with EmbeddedEtcd() as server:
+    with EtcdServer() as server:
         server.enable_auth("root-pw", users=[("app", "app-pw", "/app/")])
         yield server
 
 
-def test_wrong_password_and_missing_credentials(etcd_auth: EmbeddedEtcd) -> None:
+def test_wrong_password_and_missing_credentials(etcd_auth: EtcdServer) -> None:
     ep = etcd_auth.endpoint
     with (
         Client(ep, user="app", password="not-the-password") as c,
@@ -121,7 +118,7 @@ def test_wrong_password_and_missing_credentials(etcd_auth: EmbeddedEtcd) -> None
         c.put("/elsewhere", "x")
 
 
-def test_reauthenticates_when_etcd_drops_the_token(etcd_auth: EmbeddedEtcd) -> None:
+def test_reauthenticates_when_etcd_drops_the_token(etcd_auth: EtcdServer) -> None:
     """etcd invalidates a user's simple tokens when the password is set again (and when they
     expire, --auth-token-ttl); the client must authenticate again and retry, txn included."""
     with Client(etcd_auth.endpoint, user="app", password="app-pw") as c:
@@ -150,7 +147,7 @@ def test_reauthenticates_when_etcd_drops_the_token(etcd_auth: EmbeddedEtcd) -> N
         assert c.get("/app/k").value == b"2"  # type: ignore[union-attr]
 
 
-def test_auth_survives_etcd_restart(etcd_auth: EmbeddedEtcd) -> None:
+def test_auth_survives_etcd_restart(etcd_auth: EtcdServer) -> None:
     """Simple tokens live in etcd's memory: after a restart every token is invalid."""
     got = Collector()
     with Client(etcd_auth.endpoint, user="app", password="app-pw", timeout=10) as c:

@@ -14,15 +14,8 @@ from typing import TypeVar
 import pytest
 
 from rpcjob import contract
-from rpcjob_operator.localexec.containers import (
-    ContainerConfigError,
-    LocalContainer,
-    PodInfo,
-    expand,
-    process_spec,
-    resolve_env,
-    rewrite_paths,
-)
+from rpcjob_operator.localexec.containers import LocalContainer, process_spec, rewrite_paths
+from rpcjob_operator.localexec.podenv import ContainerConfigError, PodInfo, expand, resolve_env
 
 POD = PodInfo(
     name="job-worker-0",
@@ -267,7 +260,8 @@ def test_image_workdirs_stand_in_for_the_images_workdir(tmp_path: Path) -> None:
 STARTER = """
 import sys, time
 from pathlib import Path
-from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, process_spec
+from rpcjob_operator.localexec.containers import LocalContainer, process_spec
+from rpcjob_operator.localexec.podenv import PodInfo
 pod = PodInfo(name="p", namespace="ns", uid="u", node_name="n", pod_ip="127.0.0.1")
 log = sys.argv[1]
 spec = process_spec({"name": "c", "command": ["bash", "-c", "sleep 600 & echo $!; wait"]},

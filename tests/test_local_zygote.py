@@ -22,6 +22,7 @@ from localrun import (
     rpcjob,
 )
 
+from bench.scale_bench import JOB_HEAD
 from rpcjob import contract
 from rpcjob_operator.localexec.containers import LocalContainer, ProcessSpec, base_environment
 from rpcjob_operator.localexec.zygote_client import ForkedProcess, ForkServer
@@ -160,22 +161,17 @@ def test_a_server_that_cannot_start_falls_back(tmp_path: Path) -> None:
     assert "ImportError: a broken torch for this test" in warned[0]
 
 
-JOB = """\
-apiVersion: rpcjob.dev/v1alpha1
-kind: RpcJob
-metadata:
-  name: {name}
-spec:
-  roles:
-    worker:
-      replicas: 2
-      template:
-        spec:
-          containers:
-            - name: worker
-              image: python:3.11
-              command: ["python3", "-c", "import sys, time; print('preloaded', 'torch' in sys.modules, flush=True); time.sleep(600)"]
-"""  # noqa: E501
+JOB = (
+    JOB_HEAD
+    + """\
+              command:
+                - python3
+                - -c
+                - >-
+                  import sys, time;
+                  print('preloaded', 'torch' in sys.modules, flush=True); time.sleep(600)
+"""
+)
 
 
 def _servers(root: str) -> list[int]:
@@ -202,11 +198,7 @@ def test_sigkill_of_rpcjob_run_leaves_no_forked_process(tmp_path: Path) -> None:
         assert _preloaded(run) == ["preloaded True"] * 2, run.tail()
         pids = processes_with_env(contract.ENV_JOB_UID, job["uid"])  # /proc/<pid>/environ
         assert len(pids) == 4 and len(_servers(job["root"])) == 1, (pids, run.tail())
-        run.proc.kill()
-        run.proc.wait(30)
-        wait_until(lambda: not processes_with_env(contract.ENV_JOB_UID, job["uid"]), 60,
-                   "the job's processes to die with rpcjob run")  # fmt: skip
-        wait_until(lambda: not _servers(job["root"]), 60, "the fork server to die")
+        run.sigkill_and_wait_gone(job["uid"], lambda: _servers(job["root"]), "the fork server")
     finally:
         run.kill()
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rpcjob.records import MemberRecord
 from rpcjob_operator.observe import cluster, commands, debug, top, trace
 from rpcjob_operator.observe.targets import Target, merge_targets
 
@@ -120,7 +121,7 @@ def test_top_rates_from_call_counters() -> None:
 
 def test_targets_merge_pods_and_members() -> None:
     pods = {"j-w-0": {"phase": "Running", "ip": "127.0.0.2"}, "j-w-1": {"phase": "Pending"}}
-    recs = {"w_0": {"rank": 3, "pod": "j-w-0", "node": "n", "ip": "127.0.0.2"}}
+    recs = [MemberRecord("w_0", 3, pod="j-w-0", node="n", ip="127.0.0.2")]
     got = merge_targets(pods, recs)
     assert [(t.pod, t.name, t.rank) for t in got] == [("j-w-0", "w_0", 3), ("j-w-1", "", -1)]
     # A cluster pod that is not a member (yet) keeps its worker-name label and node.

@@ -310,9 +310,8 @@ def test_pod_view_from_a_pod_dict() -> None:
         3,
         "Failed",
     )
-    assert (v.exit_code, v.reason, v.message, v.node) == (137, "OOMKilled", "oom", "gpu-1")
+    assert (v.exit_code, v.reason, v.message) == (137, "OOMKilled", "oom")
     assert v.deleting and v.delete_first and not v.ready and not v.live and v.finished
-    assert v.created == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def test_member_view_from_record() -> None:

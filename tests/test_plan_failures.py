@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from plan_kit import (
-    T0,
-    J,
-    cond,
-    creates,
-    deletes,
-    event,
-    events,
-    pod,
-    run,
-    running,
-    status,
-)
+from plan_kit import J, cond, creates, deletes, event, events, pod, run, running, status
 
 from rpcjob_operator.model import CreatePod, Slot
 
@@ -108,20 +96,7 @@ def test_external_deletion_counts_a_restart_once() -> None:
 
 def test_backoff_limit_exceeded_fails_the_job() -> None:
     job = J(worker=2, ps=1, run={"backoffLimit": 1})
-    st = status(
-        {"worker": [0, 1], "ps": [0]},
-        failedPods=1,
-        restarts=1,
-        conditions=[
-            {
-                "type": "Running",
-                "status": "True",
-                "reason": "GroupFormed",
-                "message": "",
-                "lastTransitionTime": T0,
-            }
-        ],
-    )
+    st = status({"worker": [0, 1], "ps": [0]}, failedPods=1, restarts=1, formed=True)
     failed = pod("worker", 1, phase="Failed", exit_code=137, reason="OOMKilled")
     p = run(job, [*running(0), failed, pod("ps", 0), pod("worker", 2, deleting=True)], None, st)
     assert sorted(deletes(p)) == [

@@ -6,24 +6,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from plan_kit import (
-    NOW,
-    T0,
-    J,
-    cond,
-    creates,
-    deletes,
-    event,
-    events,
-    job_obj,
-    pod,
-    run,
-    running,
-    status,
-)
+from plan_kit import NOW, T0, J, cond, creates, deletes, event, events, pod, run, running, status
 
 from rpcjob_operator.model import DeleteJob
-from rpcjob_operator.spec import parse_job
 
 
 # --- deadline, suspend, TTL -----------------------------------------------------------------
@@ -42,18 +27,7 @@ def test_deadline_pending_requeues_for_the_remainder() -> None:
 
 def test_suspend_deletes_pods_and_resume_recreates() -> None:
     job = J(worker=2, run={"suspend": True})
-    st = status(
-        {"worker": [0, 1]},
-        conditions=[
-            {
-                "type": "Running",
-                "status": "True",
-                "reason": "GroupFormed",
-                "message": "",
-                "lastTransitionTime": T0,
-            }
-        ],
-    )
+    st = status({"worker": [0, 1]}, formed=True)
     p = run(job, running(0, 1), None, st)
     assert deletes(p) == [("demo-worker-0", "Suspend", None), ("demo-worker-1", "Suspend", None)]
     assert creates(p) == [] and p.status.to_dict()["state"] == "Suspended"
@@ -112,6 +86,6 @@ def test_finished_job_cleans_up_leftover_pods_only() -> None:
 
 
 def test_deleted_job_plans_nothing() -> None:
-    job = parse_job(job_obj(deletionTimestamp=T0))
+    job = J(deletionTimestamp=T0)
     p = run(job, running(0), None, status({"worker": [0]}))
     assert p.actions == ()

@@ -25,46 +25,26 @@ from rpcjob_operator.model import PodView, RecordEvent
 from rpcjob_operator.plan_finish import CLEAN_EXIT_HOLD_S, LEFT_GRACE_S
 
 # --- success ----------------------------------------------------------------------------------
+# success policy, the ps pod's and the two workers' phases (R: Running, S: Succeeded), and
+# whether the job succeeds
+PHASES = {"R": "Running", "S": "Succeeded"}
 SUCCESS = [
-    pytest.param(
-        {"role": "ps"}, {"ps": ["Succeeded"], "worker": ["Running", "Running"]}, "ok", id="role-all"
-    ),
-    pytest.param(
-        {"role": "ps"},
-        {"ps": ["Running"], "worker": ["Succeeded", "Succeeded"]},
-        None,
-        id="role-not-yet",
-    ),
-    pytest.param(
-        {"role": "worker", "operator": "Any"},
-        {"ps": ["Running"], "worker": ["Running", "Succeeded"]},
-        "ok",
-        id="any",
-    ),
-    pytest.param(
-        {"role": "worker"},
-        {"ps": ["Running"], "worker": ["Running", "Succeeded"]},
-        None,
-        id="all-partial",
-    ),
-    pytest.param(
-        None,
-        {"ps": ["Succeeded"], "worker": ["Succeeded", "Succeeded"]},
-        "ok",
-        id="default-all-pods",
-    ),
-    pytest.param(
-        None, {"ps": ["Succeeded"], "worker": ["Succeeded", "Running"]}, None, id="default-partial"
-    ),
+    pytest.param({"role": "ps"}, "S", "RR", True, id="role-all"),
+    pytest.param({"role": "ps"}, "R", "SS", False, id="role-not-yet"),
+    pytest.param({"role": "worker", "operator": "Any"}, "R", "RS", True, id="any"),
+    pytest.param({"role": "worker"}, "R", "RS", False, id="all-partial"),
+    pytest.param(None, "S", "SS", True, id="default-all-pods"),
+    pytest.param(None, "S", "SR", False, id="default-partial"),
 ]
 
 
-@pytest.mark.parametrize(("policy", "phases", "outcome"), SUCCESS)
-def test_success_policy(policy: Any, phases: dict[str, list[str]], outcome: str | None) -> None:
+@pytest.mark.parametrize(("policy", "ps", "workers", "succeeds"), SUCCESS)
+def test_success_policy(policy: Any, ps: str, workers: str, succeeds: bool) -> None:
     job = J(worker=2, ps=1, success=policy)
-    pods = [pod(r, i, phase=ph) for r, lst in phases.items() for i, ph in enumerate(lst)]
+    phases = {"ps": ps, "worker": workers}
+    pods = [pod(r, i, phase=PHASES[ph]) for r, lst in phases.items() for i, ph in enumerate(lst)]
     p = run(job, pods, None, status({"worker": [0, 1], "ps": [0]}))
-    if outcome is None:
+    if not succeeds:
         assert p.status.to_dict()["state"] != "Succeeded" and cond(p, "Succeeded") is None
         return
     assert p.status.to_dict()["state"] == "Succeeded"

@@ -29,7 +29,7 @@ from e2e.cluster.mounts import (
     start_script,
     wrap_argv,
 )
-from rpcjob_operator.localexec.containers import PodInfo
+from rpcjob_operator.localexec.podenv import PodInfo
 
 # --- pod IPs ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from e2e.cluster.network import _answers, corefile, kube_proxy_args, objects
 
 
 def test_each_slot_has_its_own_router_addresses_and_routes() -> None:
-    a, b = Slot(0).router, Slot(3).router
+    a, b = Slot.of(0).router, Slot.of(3).router
     assert (a.netns, a.host_veth, a.address) == ("rpj-router-0", "rpjup0", "10.243.0.2")
     assert (b.netns, b.host_veth, b.address) == ("rpj-router-3", "rpjup3", "10.243.3.2")
     flat = [" ".join(c) for c in router.setup_commands(b)]
@@ -25,14 +25,14 @@ def test_each_slot_has_its_own_router_addresses_and_routes() -> None:
     assert "route add 10.99.0.0/16 via 10.243.3.2 dev rpjup3" in flat
     assert "-n rpj-router-3 route add default via 10.243.3.1" in flat
     assert f"-n rpj-router-3 link add {netns.BRIDGE} type bridge" in flat
-    assert Slot(3).dns_address == "10.99.0.10" and Slot(3).service_ip == "10.99.0.1"
+    assert Slot.of(3).dns_address == "10.99.0.10" and Slot.of(3).service_ip == "10.99.0.1"
     # The API server binds the host's uplink address, never a ClusterIP (kube-proxy rejects
     # forwarded traffic still bound for a ClusterIP after DNAT).
-    assert Slot(3).api_address == "10.243.3.1"
+    assert Slot.of(3).api_address == "10.243.3.1"
 
 
 def test_router_processes_run_in_its_namespace_by_exec() -> None:
-    argv = Slot(1).router.exec_argv(["kube-proxy", "--v=2"])
+    argv = Slot.of(1).router.exec_argv(["kube-proxy", "--v=2"])
     assert argv == ["nsenter", "--net=/run/netns/rpj-router-1", "--", "kube-proxy", "--v=2"]
 
 

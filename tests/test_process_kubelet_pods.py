@@ -200,11 +200,10 @@ def test_a_pod_runs_with_its_volumes_mounted_in_its_own_namespaces(tmp_path: Pat
             Path(runner.volumes["sock"], "seen-ready").touch()
 
     try:
-        sandbox = PodSandbox(net.path, net.ip, "10.96.0.10")
+        sandbox = PodSandbox(net.path, Objects(), mountpoints, "10.96.0.10")
         runner = ClusterPodRunner(
-            _pod(), sandbox, cfg, lambda _u, s: record(s),
-            lambda: None, {}, Objects(), mountpoints,
-        )  # fmt: skip
+            _pod(), net.ip, cfg, lambda _u, s: record(s), lambda: None, {}, sandbox=sandbox
+        )
         runner.start()
         runner.join(120)
         assert not runner.is_alive()
@@ -297,8 +296,8 @@ def test_a_sidecars_startup_probe_holds_the_containers_back(tmp_path: Path) -> N
     statuses: list[dict[str, Any]] = []
     try:
         runner = ClusterPodRunner(
-            pod, PodSandbox(net.path, net.ip), cfg, lambda _u, s: statuses.append(s),
-            lambda: None, {}, Objects(), mountpoints,
+            pod, net.ip, cfg, lambda _u, s: statuses.append(s), lambda: None, {},
+            sandbox=PodSandbox(net.path, Objects(), mountpoints),
         )  # fmt: skip
         runner.start()
         runner.join(120)

@@ -11,7 +11,7 @@ import pytest
 
 from rpcjob import contract
 from rpcjob_operator import names
-from rpcjob_operator.localexec.containers import ContainerConfigError, PodInfo, resolve_env
+from rpcjob_operator.localexec.podenv import ContainerConfigError, PodInfo, resolve_env
 from rpcjob_operator.model import Slot
 from rpcjob_operator.render import (
     OperatorDefaults,

@@ -24,7 +24,6 @@ from rpcjob.sidecar.cleanup import (
     name_is_clean,
     plan_cleanup,
 )
-from rpcjob.sidecar.members import MembershipView
 from rpcjob.sidecar.ranks import (
     RankChoice,
     choose_rank,
@@ -32,6 +31,7 @@ from rpcjob.sidecar.ranks import (
     predecessor_leases,
     to_stamp,
 )
+from rpcjob.sidecar.watcher import GroupState
 
 # --- ranks ------------------------------------------------------------------------------------
 # retired: rank -> (retired revision (0 = in use / not stamped), mod revision of the key)
@@ -194,7 +194,7 @@ def rec(name: str, rank: int, inc: int) -> str:
 
 
 def test_member_events_joined_left_and_crash() -> None:
-    view = MembershipView(KEYS)
+    view = GroupState(KEYS)
     out = view.apply([WatchEvent("PUT", kv(KEYS.member("a_0"), rec("a_0", 0, 5), 6, 6), None)])
     assert [(e.kind, e.member.name) for e in out] == [("JOINED", "a_0")]
     # an update of the same incarnation is not a new join

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rpcjob import contract
+from rpcjob_operator.localexec.jobfile import apply_set
 from rpcjob_operator.spec import InvalidSpec, parse_job, parse_time
 
 
@@ -138,200 +139,207 @@ def _with(obj: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
     return out
 
 
+def job_with(assignment: str) -> dict[str, Any]:
+    """job() with one field set as `rpcjob run --set` sets it: ``rpc.transport=ibv``."""
+    return apply_set(job(), assignment)
+
+
 W = ["spec", "roles", "worker"]
 C0 = [*W, "template", "spec", "containers", 0]
 INVALID = [
-    pytest.param(
+    (
+        "role-name",
         job(roles={"Worker": role()}),
         "spec.roles: role names must be lowercase letters and digits, start with a letter and "
         "be at most 20 characters (torch RPC worker names cannot contain '-' or ','): 'Worker'",
-        id="role-name",
     ),
-    pytest.param(
-        job(roles={"ps": role(1)}), "spec.roles: a role named 'worker' is required", id="no-worker"
+    (
+        "no-worker",
+        job(roles={"ps": role(1)}),
+        "spec.roles: a role named 'worker' is required",
     ),
-    pytest.param(
-        _with(job(), [*W, "minReplicas"], 3),
+    (
+        "min",
+        job_with("roles.worker.minReplicas=3"),
         "spec.roles.worker.minReplicas: minReplicas must be <= replicas: lower minReplicas or "
         "raise replicas",
-        id="min",
     ),
-    pytest.param(
-        _with(job(), [*W, "replicas"], 5),
+    (
+        "max",
+        job_with("roles.worker.replicas=5"),
         "spec.roles.worker.replicas: replicas must be <= maxReplicas (slots and device maps",
-        id="max",
     ),
-    pytest.param(
+    (
+        "replicas-type",
         _with(job(), [*W, "replicas"], "2"),
         'spec.roles.worker.replicas: must be of type integer: "string"',
-        id="replicas-type",
     ),
-    pytest.param(
-        _with(job(), [*W, "restartPolicy"], "Sometimes"),
+    (
+        "restart-policy",
+        job_with("roles.worker.restartPolicy=Sometimes"),
         'spec.roles.worker.restartPolicy: Unsupported value: "Sometimes": supported values: '
         '"OnFailure", "Never", "Always"',
-        id="restart-policy",
     ),
-    pytest.param(
+    (
+        "pod-name-too-long",
         job(name="x" * 56),
         "would be 65 characters; a pod hostname is at most 63: shorten the job name (56 chars)",
-        id="pod-name-too-long",
     ),
-    pytest.param(
+    (
+        "job-name-dns",
         job(name="9lives"),
         "metadata.name: '9lives' cannot name the job's headless Service",
-        id="job-name-dns",
     ),
-    pytest.param(
+    (
+        "rank-space",
         job(roles={"worker": role(1, maxReplicas=20000), "ps": role(1, maxReplicas=20000)}),
         "maxReplicas add up to 40000, more than torch's int16 rank space (32768)",
-        id="rank-space",
     ),
-    pytest.param(
+    (
+        "no-command",
         _with(job(), [*C0, "command"], None),
         "spec.roles.worker.template.spec."
         "containers[0].command: Required value: the worker needs an explicit command",
-        id="no-command",
     ),
-    pytest.param(
+    (
+        "command-string",
         _with(job(), [*C0, "command"], "python app.py"),
         "containers[0].command: Required value",
-        id="command-string",
     ),
-    pytest.param(
-        _with(job(), [*C0, "image"], None), "containers[0].image: Required value", id="no-image"
+    (
+        "no-image",
+        _with(job(), [*C0, "image"], None),
+        "containers[0].image: Required value",
     ),
-    pytest.param(
+    (
+        "which-worker",
         _with(
             job(),
             [*W, "template", "spec", "containers"],
             [container(name="a"), container(name="b")],
         ),
         "the template has 2 containers and none is named 'worker'",
-        id="which-worker",
     ),
-    pytest.param(
-        _with(job(), [*W, "template"], None),
+    (
+        "no-template",
+        job_with("roles.worker.template=null"),
         'spec.roles.worker.template: must be of type object: "null"',
-        id="no-template",
     ),
-    pytest.param(
+    (
+        "no-containers",
         _with(job(), [*W, "template"], {"spec": {"containers": []}}),
         "spec.roles.worker.template.spec.containers: should have at least 1 items",
-        id="no-containers",
     ),
-    pytest.param(
+    (
+        "gpu-mismatch",
         _with(_with(job(), [*W, "gpus"], 2), [*C0, "resources"], {"limits": {"nvidia.com/gpu": 1}}),
         "the template asks for 1 GPUs but the role's gpus is 2",
-        id="gpu-mismatch",
     ),
-    pytest.param(
+    (
+        "gpu-requests-limits",
         _with(
             job(),
             [*C0, "resources"],
             {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 2}},
         ),
         "requests (2) and limits (1) differ",
-        id="gpu-requests-limits",
     ),
-    pytest.param(
+    (
+        "gpu-fraction",
         _with(job(), [*C0, "resources"], {"limits": {"nvidia.com/gpu": "1.5"}}),
         "must be a whole number of GPUs",
-        id="gpu-fraction",
     ),
-    pytest.param(
+    (
+        "reserved-env",
         _with(job(), [*C0, "env"], [{"name": contract.ENV_ETCD_ENDPOINTS, "value": "x"}]),
         "containers[0].env[0].name: 'RPCJOB_ETCD_ENDPOINTS' is set by rpcjob",
-        id="reserved-env",
     ),
-    pytest.param(
+    (
+        "volume",
         _with(job(), [*W, "template"], _tmpl(volumes=[{"name": "rpcjob-socket"}])),
         "volumes[0].name: 'rpcjob-socket' is a volume rpcjob injects",
-        id="volume",
     ),
-    pytest.param(
+    (
+        "mount",
         _with(
             job(), [*C0, "volumeMounts"], [{"name": "v", "mountPath": contract.SOCKET_DIR + "/"}]
         ),
         "volumeMounts[0].mountPath: /var/run/rpcjob is where rpcjob mounts",
-        id="mount",
     ),
-    pytest.param(
+    (
+        "sidecar-name",
         _with(
             job(),
             [*W, "template"],
             _tmpl(initContainers=[{"name": contract.SIDECAR_CONTAINER, "image": "x"}]),
         ),
         "initContainers[0].name: 'rpcjob-sidecar' is the container rpcjob injects",
-        id="sidecar-name",
     ),
-    pytest.param(
+    (
+        "pod-restart",
         _with(job(), [*W, "template"], _tmpl(restartPolicy="OnFailure")),
         "template.spec.restartPolicy: rpcjob replaces pods itself",
-        id="pod-restart",
     ),
-    pytest.param(
+    (
+        "reserved-label",
         _with(job(), [*W, "template", "metadata"], {"labels": {contract.LABEL_ROLE: "x"}}),
         "labels under rpcjob.dev/ are set by rpcjob",
-        id="reserved-label",
     ),
-    pytest.param(
+    (
+        "always-needs-success-role",
         job(roles={"worker": role(2, maxReplicas=4, restartPolicy="Always")}),
         "spec.successPolicy.role: role 'worker' has restartPolicy Always and never finishes",
-        id="always-needs-success-role",
     ),
-    pytest.param(
+    (
+        "success-role-always",
         job(
             roles={"worker": role(2, maxReplicas=4, restartPolicy="Always")},
             successPolicy={"role": "worker"},
         ),
         "role 'worker' has restartPolicy Always, so its pods never finish",
-        id="success-role-always",
     ),
-    pytest.param(
-        job(successPolicy={"role": "driver"}),
+    (
+        "success-role-missing",
+        job_with("successPolicy.role=driver"),
         "spec.successPolicy.role: spec.successPolicy.role must name a role in spec.roles (there is "
         "no role 'driver')",
-        id="success-role-missing",
     ),
-    pytest.param(
-        job(successPolicy={"operator": "Some"}),
+    (
+        "success-operator",
+        job_with("successPolicy.operator=Some"),
         'spec.successPolicy.operator: Unsupported value: "Some": supported values: "All", "Any"',
-        id="success-operator",
     ),
-    pytest.param(
-        job(rpc={"deviceMaps": "on"}),
+    (
+        "device-maps",
+        job_with("rpc.deviceMaps=on"),
         'spec.rpc.deviceMaps: Unsupported value: "on"',
-        id="device-maps",
     ),
-    pytest.param(
-        job(rpc={"transport": "ibv"}),
+    (
+        "transport",
+        job_with("rpc.transport=ibv"),
         'spec.rpc.transport: Unsupported value: "ibv"',
-        id="transport",
     ),
-    pytest.param(
-        job(etcd={"endpoints": "e:2379"}),
+    (
+        "etcd-endpoints",
+        job_with("etcd.endpoints=e:2379"),
         'spec.etcd.endpoints: must be of type array: "string"',
-        id="etcd-endpoints",
     ),
-    pytest.param(
+    (
+        "etcd-tls-ref",
         job(etcd={"tlsSecretRef": {}}),
         "spec.etcd.tlsSecretRef.name: Required value",
-        id="etcd-tls-ref",
     ),
-    pytest.param(
-        job(runPolicy={"backoffLimit": -2}),
+    (
+        "backoff",
+        job_with("runPolicy.backoffLimit=-2"),
         "spec.runPolicy.backoffLimit: should be greater than or equal to 0, got -2",
-        id="backoff",
     ),
-    pytest.param({"metadata": {"name": "x"}}, "spec: Required value", id="no-spec"),
-    pytest.param(
-        job(roles={}), "spec.roles: should have at least 1 properties, got 0", id="no-roles"
-    ),
+    ("no-spec", {"metadata": {"name": "x"}}, "spec: Required value"),
+    ("no-roles", job(roles={}), "spec.roles: should have at least 1 properties, got 0"),
 ]
 
 
-@pytest.mark.parametrize(("obj", "expected"), INVALID)
+@pytest.mark.parametrize(("obj", "expected"), [pytest.param(o, e, id=i) for i, o, e in INVALID])
 def test_invalid_specs_name_the_field_and_fix(obj: dict[str, Any], expected: str) -> None:
     with pytest.raises(InvalidSpec) as info:
         parse_job(obj)

@@ -23,7 +23,7 @@ class Recorder:
     def evict(self, name: str, rank: int) -> None:
         self.calls.append(("evict", name, rank))
 
-    def joined(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None:
+    def reapply(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None:
         self.calls.append(("joined", name, rank, dict(reverse_map)))
 
 

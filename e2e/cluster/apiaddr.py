@@ -34,34 +34,26 @@ _held: dict[str, tuple[IO[str], Slot]] = {}
 
 @dataclass(frozen=True)
 class Slot:
-    index: int
+    """One cluster's share of the host's addresses (the layout is above)."""
 
-    @property
-    def service_cidr(self) -> str:
-        return f"10.{96 + self.index}.0.0/16"
+    index: int
+    service_cidr: str
+    service_ip: str  # the ``kubernetes`` Service's ClusterIP: the service CIDR's first address
+    dns_address: str  # the ``kube-dns`` Service's ClusterIP: the tenth, as kubeadm picks
+    cluster_cidr: str  # the slot's share of the pod network
+    router: _router.Router
+
+    @classmethod
+    def of(cls, index: int) -> Slot:
+        services, pods = f"10.{96 + index}.0", f"10.244.{32 * index}.0/19"
+        cidr = f"{services}.0/16"
+        router = _router.Router.of(index, pods, cidr)
+        return cls(index, cidr, f"{services}.1", f"{services}.10", pods, router)
 
     @property
     def api_address(self) -> str:
         """The host's address on the router uplink: the API server binds it; pods reach it."""
         return self.router.host_address
-
-    @property
-    def service_ip(self) -> str:
-        """The ``kubernetes`` Service's ClusterIP (the service CIDR's first address)."""
-        return f"10.{96 + self.index}.0.1"
-
-    @property
-    def cluster_cidr(self) -> str:
-        return f"10.244.{32 * self.index}.0/19"
-
-    @property
-    def dns_address(self) -> str:
-        """The ``kube-dns`` Service's ClusterIP (the tenth address, as kubeadm picks)."""
-        return f"10.{96 + self.index}.0.10"
-
-    @property
-    def router(self) -> _router.Router:
-        return _router.Router(self.index, self.cluster_cidr, self.service_cidr)
 
 
 class ClusterBusy(RuntimeError):
@@ -95,7 +87,7 @@ def claim(deadline: float | None = None) -> Slot:
         for index in range(SLOTS):
             lock = _try_lock(index)
             if lock is not None:
-                slot = Slot(index)
+                slot = Slot.of(index)
                 _held[slot.api_address] = (lock, slot)
                 break
         else:

@@ -52,23 +52,15 @@ class ControlPlane:
     procs: dict[str, Proc] = field(default_factory=dict)
 
     @property
-    def bind_address(self) -> str:
+    def addresses(self) -> apiaddr.Slot:
+        """The addresses of the slot start() claimed (apiaddr.py): the API server's, the
+        service CIDR, the pod network."""
         assert self.slot is not None, "the control plane is not started"
-        return self.slot.api_address
-
-    @property
-    def service_cidr(self) -> str:
-        assert self.slot is not None, "the control plane is not started"
-        return self.slot.service_cidr
-
-    @property
-    def cluster_cidr(self) -> str:
-        assert self.slot is not None, "the control plane is not started"
-        return self.slot.cluster_cidr
+        return self.slot
 
     @property
     def server(self) -> str:
-        return f"https://{self.bind_address}:{self.port}"
+        return f"https://{self.addresses.api_address}:{self.port}"
 
     @property
     def pki_dir(self) -> Path:
@@ -118,8 +110,7 @@ class ControlPlane:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ca = pki.CA(self.pki_dir)
         self.sa_keys = pki.service_account_keys(self.pki_dir)
-        assert self.slot is not None
-        ips = sorted({self.bind_address, self.slot.service_ip, "127.0.0.1"})
+        ips = sorted({self.addresses.api_address, self.addresses.service_ip, "127.0.0.1"})
         self.serving = self.ca.issue("apiserver", "kube-apiserver", server=True, client=False,
                                      dns=API_DNS, ips=ips)  # fmt: skip
         # The aggregation layer's CA and client (kubeadm's front-proxy): requests the API server
@@ -147,17 +138,17 @@ class ControlPlane:
     # --- components ---------------------------------------------------------------------
     def _start_apiserver(self) -> None:
         assert self.etcd is not None
-        p = self.pki_dir
+        p, addrs = self.pki_dir, self.addresses
         args = [
             f"--etcd-servers=http://{self.etcd.endpoint}",
-            f"--bind-address={self.bind_address}", f"--secure-port={self.port}",
-            f"--advertise-address={self.bind_address}",
+            f"--bind-address={addrs.api_address}", f"--secure-port={self.port}",
+            f"--advertise-address={addrs.api_address}",
             f"--tls-cert-file={self.serving.cert}", f"--tls-private-key-file={self.serving.key}",
             f"--client-ca-file={self.ca.cert}",
             f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={self.sa_keys.cert}",
             f"--service-account-signing-key-file={self.sa_keys.key}",
-            f"--service-cluster-ip-range={self.service_cidr}",
+            f"--service-cluster-ip-range={addrs.service_cidr}",
             "--authorization-mode=Node,RBAC",
             # Added to the defaults (which include PodSecurity); kubeadm enables it too.
             "--enable-admission-plugins=NodeRestriction",
@@ -212,8 +203,8 @@ class ControlPlane:
             f"--root-ca-file={self.ca.cert}",
             f"--cluster-signing-cert-file={self.ca.cert}",
             f"--cluster-signing-key-file={self.pki_dir / 'ca.key'}",
-            "--allocate-node-cidrs=true", f"--cluster-cidr={self.cluster_cidr}",
-            "--node-cidr-mask-size=24", f"--service-cluster-ip-range={self.service_cidr}",
+            "--allocate-node-cidrs=true", f"--cluster-cidr={self.addresses.cluster_cidr}",
+            "--node-cidr-mask-size=24", f"--service-cluster-ip-range={self.addresses.service_cidr}",
             # The default StorageClass's provisioner (network.py): a claim gets a directory
             # under /tmp/hostpath_pv that the process kubelet mounts into the pod.
             "--enable-hostpath-provisioner",

@@ -324,17 +324,15 @@ class ProcessKubelet:
         assert self.pool is not None
         meta = pod["metadata"]
         uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
-        net = None
-        if pod["spec"].get("hostNetwork"):
-            sandbox = PodSandbox(None, self.node_ip, *self.dns)
-        else:
+        net, netns_path, ip = None, None, self.node_ip
+        if not pod["spec"].get("hostNetwork"):
             addr = self.pool.take()
             try:
                 net = netns.create_pod_net(uid, addr, self.pool.gateway, router=self.router)
             except netns.NetworkError:
                 self.pool.release(addr)
                 raise
-            sandbox = PodSandbox(net.path, net.ip, *self.dns)
+            netns_path, ip = net.path, net.ip
         gpu_env = {}
         need = pod_gpus(pod)
         if need:
@@ -343,13 +341,12 @@ class ProcessKubelet:
             gpu_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpu_used[uid]))
         runner = ClusterPodRunner(
             pod,
-            sandbox,
+            ip,
             self.cfg,
             write_status=lambda u, st: self._write_status(ns, name, u, st),
             finalize=lambda: self.api.finalize_pod(ns, name, uid),
             gpu_env=gpu_env,
-            source=PodSource(self.api, pod),
-            mountpoints=self.mountpoints,
+            sandbox=PodSandbox(netns_path, PodSource(self.api, pod), self.mountpoints, *self.dns),
         )
         self.pods[uid] = PodEntry(pod, runner, net)
         runner.start()

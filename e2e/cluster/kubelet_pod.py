@@ -8,12 +8,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rpcjob_operator.localexec.containers import LocalContainer, PodInfo, ProcessSpec
-from rpcjob_operator.localexec.podrunner import TICK, PodRunner, RunnerConfig, Slot
+from rpcjob_operator.localexec.containers import LocalContainer, ProcessSpec
+from rpcjob_operator.localexec.podenv import PodInfo
+from rpcjob_operator.localexec.podrunner import TICK, PodRunner, Slot
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
 from .kubelet_api import LogsUnavailable
@@ -43,10 +44,12 @@ def local_argv(argv: list[str], env: Mapping[str, str]) -> list[str]:
 
 @dataclass
 class PodSandbox:
-    """What the kubelet prepared for the pod: its netns (None: hostNetwork) and IP."""
+    """What the kubelet prepared for the pod besides its IP: its netns (None: hostNetwork),
+    where its volumes' objects come from, the node's mount points and the pod's DNS."""
 
     netns_path: str | None
-    pod_ip: str
+    source: Source
+    mountpoints: HostMountpoints
     cluster_dns: str | None = None  # the kubelet's --cluster-dns
     domain: str = "cluster.local"  # its --cluster-domain
 
@@ -78,21 +81,10 @@ class NsContainer(LocalContainer):
 
 
 class ClusterPodRunner(PodRunner):
-    def __init__(
-        self,
-        pod: dict[str, Any],
-        sandbox: PodSandbox,
-        cfg: RunnerConfig,
-        write_status: Callable[[str, dict[str, Any]], None],
-        finalize: Callable[[], None],
-        gpu_env: Mapping[str, str],
-        source: Source,
-        mountpoints: HostMountpoints,
-    ) -> None:
-        super().__init__(pod, sandbox.pod_ip, cfg, write_status, finalize, gpu_env)
+    def __init__(self, *runner_args: Any, sandbox: PodSandbox, **runner_kwargs: Any) -> None:
+        """PodRunner's arguments (the pod, its IP, ...) and what the kubelet prepared for it."""
+        super().__init__(*runner_args, **runner_kwargs)
         self.sandbox = sandbox
-        self.source = source
-        self.mountpoints = mountpoints
         self.logs = ContainerLogs(self.dir)
         # container -> (its startupProbe's state, its readiness state once started)
         self.startup: dict[str, tuple[ProbeState, ProbeState | None]] = {}
@@ -109,8 +101,8 @@ class ClusterPodRunner(PodRunner):
         while pending and self.stop_grace is None:
             vol = pending[0]
             try:
-                path = volume_dir(vol, root, self.source)
-                write_files(path, volume_files(vol, info, self.pod["spec"], self.source))
+                path = volume_dir(vol, root, self.sandbox.source)
+                write_files(path, volume_files(vol, info, self.pod["spec"], self.sandbox.source))
             except VolumeNotReady as exc:
                 self.message = f"MountVolume.SetUp failed for volume {vol['name']!r}: {exc}"
                 for s in self.inits + self.mains:
@@ -138,7 +130,7 @@ class ClusterPodRunner(PodRunner):
     def _container(self, slot: Slot, spec: ProcessSpec) -> LocalContainer:
         mounts = plan_mounts(slot.spec, self.volumes)
         for m in mounts:
-            self.mountpoints.ensure(m.target, os.path.isfile(m.source))
+            self.sandbox.mountpoints.ensure(m.target, os.path.isfile(m.source))
         own = {e["name"] for e in slot.spec.get("env") or []}
         for var in ("KUBECONFIG",):  # the kubelet's own, never a pod's
             if var not in own:

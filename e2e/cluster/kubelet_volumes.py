@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rpcjob_operator.localexec.containers import PodInfo, field_ref, resource_field_ref
+from rpcjob_operator.localexec.podenv import PodInfo, field_ref, resource_field_ref
 
 
 class VolumeNotReady(RuntimeError):

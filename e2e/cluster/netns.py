@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rpcjob_operator.localexec.lifeline import alive
+
 POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 BRIDGE = "rpjbr0"
 # Which kubelet process made which pod network (next to the cluster slot locks, apiaddr.py).
@@ -202,20 +204,10 @@ def reap_orphans(registry: Path = REGISTRY) -> list[str]:
     """Delete the pod networks whose kubelet process died without stopping (SIGKILL, a killed
     test run): its pods died with it (pdeathsig), their namespaces and veths did not."""
     with _registry(registry) as table:
-        dead = {n: v for n, v in table.items() if not _alive(int(v[0]))}
+        dead = {n: v for n, v in table.items() if not alive(int(v[0]))}
     for name, (_pid, veth, addr, *router) in dead.items():
         delete_pod_net(PodNet(name, veth, addr, (router or [""])[0] or None), registry)
     return sorted(dead)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

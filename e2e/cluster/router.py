@@ -38,26 +38,26 @@ SYSCTLS = {
 
 @dataclass(frozen=True)
 class Router:
-    slot: int
+    """A slot's router namespace and the two ends of its uplink (the layout is above)."""
+
+    netns: str
+    host_veth: str  # the host's end of the uplink (the router's end is UPLINK)
+    host_address: str  # on host_veth: the API server binds it (apiaddr.py)
+    address: str  # the router's uplink address: where CoreDNS listens (the kube-dns endpoint)
     pod_network: str  # the slot's share of the pod network (routed from the host)
     service_cidr: str
 
-    @property
-    def netns(self) -> str:
-        return f"{PREFIX}{self.slot}"
-
-    @property
-    def host_veth(self) -> str:
-        return f"rpjup{self.slot}"
-
-    @property
-    def host_address(self) -> str:
-        return f"10.243.{self.slot}.1"
-
-    @property
-    def address(self) -> str:
-        """The router's uplink address: where CoreDNS listens (the kube-dns endpoint)."""
-        return f"10.243.{self.slot}.2"
+    @classmethod
+    def of(cls, slot: int, pod_network: str, service_cidr: str) -> Router:
+        transit = f"10.243.{slot}"  # a /30: the host's end is .1, the router's .2
+        return cls(
+            f"{PREFIX}{slot}",
+            f"rpjup{slot}",
+            f"{transit}.1",
+            f"{transit}.2",
+            pod_network,
+            service_cidr,
+        )
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the router's network namespace (nsenter execs it: same pid)."""

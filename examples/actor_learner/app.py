@@ -54,57 +54,34 @@ class Learner:
                 self.version += 1
                 self.actors.add(actor)
                 if self.version % 50 == 0:
-                    print(
-                        f"learner: version {self.version}, loss {float(loss):.4f}, "
-                        f"actors so far: {sorted(self.actors)}",
-                        flush=True,
-                    )
+                    print(f"learner: version {self.version}, loss {float(loss):.4f}", flush=True)
             if self.version >= UPDATES:
                 self.finished.set()
             return self.finished.is_set()
 
 
-_LEARNER: Learner | None = None
+# The learner's state: made at import, because it must exist before learner_0 joins (an actor
+# may call it at once). The actors' processes never use theirs.
+LEARNER_STATE = Learner()
 
 
 def policy_state() -> tuple[int, dict[str, torch.Tensor]]:
-    assert _LEARNER is not None
-    return _LEARNER.policy_state()
+    return LEARNER_STATE.policy_state()
 
 
 def submit(actor: str, obs: torch.Tensor, target: torch.Tensor) -> bool:
-    assert _LEARNER is not None
-    return _LEARNER.submit(actor, obs, target)
+    return LEARNER_STATE.submit(actor, obs, target)
 
 
-def _learner_present() -> bool:
-    try:
-        rpc.get_worker_info(LEARNER)
-        return True
-    except RuntimeError:
-        return False
-
-
-def run_learner() -> int:
-    global _LEARNER
-    _LEARNER = Learner()
-    rpcjob.init_rpc()
-    _LEARNER.finished.wait()
-    print(
-        f"learner: done at version {_LEARNER.version} with actors {sorted(_LEARNER.actors)}",
-        flush=True,
-    )
-    rpcjob.shutdown()
+def learn(_name: str) -> int:
+    LEARNER_STATE.finished.wait()
+    actors = sorted(LEARNER_STATE.actors)
+    print(f"learner: done at version {LEARNER_STATE.version} with actors {actors}", flush=True)
     return 0
 
 
-def run_actor(name: str) -> int:
-    rpcjob.init_rpc()
-    deadline = time.monotonic() + 120
-    while not _learner_present():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{LEARNER} did not join within 120s")
-        time.sleep(0.1)
+def act(name: str) -> int:
+    rpcjob.wait_for_member("learner")
     policy = torch.nn.Linear(OBS, ACT)
     gen = torch.Generator().manual_seed(hash(name) % 2**31)
     inflight: list[torch.futures.Future[bool]] = []
@@ -128,17 +105,11 @@ def run_actor(name: str) -> int:
             if len(inflight) >= 2:
                 done = inflight.pop(0).wait()
     except RuntimeError:
-        if _learner_present():
-            raise
+        if rpcjob.members("learner"):
+            raise  # the learner is still there: a real error
     print(f"{name}: learner finished; leaving", flush=True)
-    rpcjob.shutdown()
     return 0
 
 
-def main() -> int:
-    name = os.environ.get("RPCJOB_WORKER_NAME", "")
-    return run_learner() if name == LEARNER else run_actor(name)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(rpcjob.run_role({"learner": learn, "worker": act}))

@@ -10,6 +10,7 @@ hand-written ``set_device_map``. Without GPUs (``rpcjob run`` on a laptop, or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -20,7 +21,6 @@ import rpcjob
 
 ROUNDS = int(os.environ.get("EXAMPLE_ROUNDS", "20"))
 MIB = int(os.environ.get("EXAMPLE_MIB", "64"))
-DRIVER = "driver_0"
 
 
 def device() -> torch.device:
@@ -32,25 +32,15 @@ def transform(x: torch.Tensor) -> torch.Tensor:
     return x * 2 + 1
 
 
-def live_workers() -> list[str]:
-    agent = rpc.api._get_current_rpc_agent()
-    return sorted(w.name for w in agent.get_worker_infos() if w.name.startswith("worker_"))
-
-
-def run_driver() -> int:
-    rpcjob.init_rpc()
+def drive(_name: str) -> int:
     dev = device()
     n = MIB * 2**20 // 4
-    deadline = time.monotonic() + 120
-    while not live_workers():
-        if time.monotonic() > deadline:
-            raise TimeoutError("no worker joined within 120s")
-        time.sleep(0.1)
+    rpcjob.wait_for_member("worker")
     moved = 0
     start = time.perf_counter()
     for r in range(ROUNDS):
         x = torch.full((n,), float(r), device=dev)
-        futs = {w: rpc.rpc_async(w, transform, args=(x,)) for w in live_workers()}
+        futs = {w: rpc.rpc_async(w, transform, args=(x,)) for w in rpcjob.members("worker")}
         for w, fut in futs.items():
             y = fut.wait()
             if y.device != dev or not torch.equal(y, x * 2 + 1):
@@ -58,30 +48,18 @@ def run_driver() -> int:
             moved += 2 * x.numel() * 4
     secs = time.perf_counter() - start
     print(f"driver: {ROUNDS} rounds on {dev}, {moved / secs / 1e9:.2f} GB/s", flush=True)
-    rpcjob.shutdown()
     return 0
 
 
-def run_worker(name: str) -> int:
-    rpcjob.init_rpc()
-    # Serve until the driver has come, finished and left.
-    seen, deadline = False, time.monotonic() + 120
-    while seen or time.monotonic() < deadline:
-        try:
-            rpc.get_worker_info(DRIVER)
-            seen = True
-        except RuntimeError:
-            if seen:
-                break
-        time.sleep(0.2)
-    rpcjob.shutdown()
+def serve(_name: str) -> int:
+    # Until the driver has come, finished and left. It may have finished before this worker
+    # joined (it needs only one worker): then stop waiting for it after two minutes.
+    with contextlib.suppress(TimeoutError):
+        rpcjob.wait_for_member("driver")
+        while rpcjob.members("driver"):
+            time.sleep(0.2)
     return 0
-
-
-def main() -> int:
-    name = os.environ.get("RPCJOB_WORKER_NAME", "")
-    return run_driver() if name == DRIVER else run_worker(name)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(rpcjob.run_role({"driver": drive, "worker": serve}))

@@ -59,13 +59,14 @@ class ParameterServer:
             return self.finished.is_set()
 
 
-_PS: ParameterServer | None = None
+# The server's state: made at import, because it must exist before ps_0 joins (a trainer may
+# call at once). The trainers' processes never use theirs.
+PS = ParameterServer()
 
 
 def ps_rref() -> rpc.RRef[ParameterServer]:
     """Runs on the server: hands trainers an RRef to the one ParameterServer."""
-    assert _PS is not None
-    return rpc.RRef(_PS)
+    return rpc.RRef(PS)
 
 
 def _call_get_params(rref: rpc.RRef[ParameterServer]) -> torch.Tensor:
@@ -76,55 +77,25 @@ def _call_push(rref: rpc.RRef[ParameterServer], trainer: str, grad: torch.Tensor
     return rref.local_value().push(trainer, grad)
 
 
-def wait_for_peer(name: str, timeout: float = 120.0) -> None:
-    """Trainers may start before the server has joined: wait until it is a member."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            rpc.get_worker_info(name)
-            return
-        except RuntimeError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{name} did not join within {timeout}s")
-
-
-def _trainers_present() -> bool:
-    agent = rpc.api._get_current_rpc_agent()
-    return any(w.name.startswith("worker_") for w in agent.get_worker_infos())
-
-
-def _server_gone() -> bool:
-    try:
-        rpc.get_worker_info(PS_NAME)
-        return False
-    except RuntimeError:
-        return True
-
-
-def run_ps() -> int:
-    global _PS
-    _PS = ParameterServer()
-    rpcjob.init_rpc()
-    _PS.finished.wait()
-    loss = float(((_PS.w - TRUE_W) ** 2).sum())
-    print(f"ps: done after {_PS.updates} updates, final |w - w*|^2 = {loss:.5f}", flush=True)
+def serve(_name: str) -> int:
+    PS.finished.wait()
+    loss = float(((PS.w - TRUE_W) ** 2).sum())
+    print(f"ps: done after {PS.updates} updates, final |w - w*|^2 = {loss:.5f}", flush=True)
     # Trainers see `done` on their next push and leave; give them a moment to release their
     # RRefs first (leaving is graceful either way).
     deadline = time.monotonic() + 30
-    while _trainers_present() and time.monotonic() < deadline:
+    while rpcjob.members("worker") and time.monotonic() < deadline:
         time.sleep(0.1)
-    rpcjob.shutdown()
     return 0 if loss < 0.5 else 1
 
 
-def run_trainer(name: str) -> int:
+def train(name: str) -> int:
     gen = torch.Generator().manual_seed(hash(name) % 2**31)
     pending: list[torch.Tensor] = []
     lock = threading.Lock()
     state = {"done": False}
 
-    rpcjob.init_rpc()
-    wait_for_peer(PS_NAME)
+    rpcjob.wait_for_member("ps")  # trainers may start before the server has joined
     refs = [rpc.rpc_sync(PS_NAME, ps_rref)]  # a list: released before leaving
 
     def flush() -> None:
@@ -146,21 +117,15 @@ def run_trainer(name: str) -> int:
             flush()
     except RuntimeError as exc:
         # The server finished and left between our pushes: training is over.
-        if not _server_gone():
+        if rpcjob.members("ps"):
             raise
         print(f"{name}: server has left ({exc.__class__.__name__}); leaving", flush=True)
     else:
         print(f"{name}: server reports done; leaving", flush=True)
     refs.clear()  # release our RRef fork before leaving, so the owner sees no leak
     gc.collect()
-    rpcjob.shutdown()
     return 0
 
 
-def main() -> int:
-    name = os.environ.get("RPCJOB_WORKER_NAME", "")
-    return run_ps() if name == PS_NAME else run_trainer(name)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(rpcjob.run_role({"ps": serve, "worker": train}))

@@ -10,7 +10,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import yaml
@@ -18,23 +18,17 @@ from rich.console import Console
 from rich.table import Table
 
 from rpcjob.contract import ENV_FORK_SERVER
-from rpcjob_operator.envhelp import click_epilog
 from rpcjob_operator.localexec import control, jobfile
 from rpcjob_operator.localexec.display import Display
 from rpcjob_operator.localexec.etcd_server import EmbeddedEtcd, EtcdNotFound, EtcdStartError
 from rpcjob_operator.localexec.executor import LocalJob, RunOptions
+from rpcjob_operator.main import click_epilog
 from rpcjob_operator.observe import commands as observe_commands
+from rpcjob_operator.observe.commands import fail
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERRUPTED = 130
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"rpcjob: error: {message}", err=True)
-    raise SystemExit(code)
-
 
 # What `rpcjob` itself reads (the job's containers get this environment too, minus RPCJOB_*).
 CLI_ENV = (
@@ -207,12 +201,7 @@ def _run(
             )
             state = job.run(interrupts.graceful)
             if state == "Interrupted":
-                display.emit(
-                    {
-                        "type": "warning",
-                        "message": "interrupted: draining (Ctrl-C again to stop now)",
-                    }
-                )
+                job.warn("interrupted: draining (Ctrl-C again to stop now)")
                 threading.Thread(target=_force_watch, args=(interrupts, job), daemon=True).start()
                 job.stop_all()
             job.cleanup_keys()

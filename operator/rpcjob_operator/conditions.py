@@ -20,15 +20,6 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def find(conditions: list[Condition], ctype: str) -> Condition | None:
-    return next((c for c in conditions if c.type == ctype), None)
-
-
-def is_true(conditions: list[Condition], ctype: str) -> bool:
-    c = find(conditions, ctype)
-    return c is not None and c.true
-
-
 def set_condition(
     conditions: list[Condition],
     ctype: str,
@@ -41,7 +32,7 @@ def set_condition(
 ) -> bool:
     """Set a condition in place; return True when its status flipped (or it is new)."""
     value = "True" if status else "False"
-    old = find(conditions, ctype)
+    old = next((c for c in conditions if c.type == ctype), None)
     new = Condition(
         type=ctype,
         status=value,

@@ -29,23 +29,11 @@ def _program(rule: str) -> Any:
     return _ENV.program(_ENV.compile(rule))
 
 
-def compile_errors(schema: Schema, path: str = "") -> list[str]:
-    """Rules that do not compile (a CRD bug the API server would reject at install)."""
-    out: list[str] = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        for key in ("rule", "messageExpression"):
-            if key not in rule:
-                continue
-            try:
-                _program(rule[key])
-            except Exception as e:  # celpy raises several parse error types
-                out.append(f"{path or '<root>'}: {key} {rule[key]!r} does not compile: {e}")
-    for key, sub in schema.get("properties", {}).items():
-        out += compile_errors(sub, f"{path}.{key}" if path else key)
-    for key in ("additionalProperties", "items"):
-        if isinstance(schema.get(key), dict):
-            out += compile_errors(schema[key], f"{path}[*]")
-    return out
+def child(schema: Schema, key: str) -> Schema | None:
+    """The schema of an object's ``key``: its property's, else additionalProperties'."""
+    props: dict[str, Schema] = schema.get("properties", {})
+    addl = schema.get("additionalProperties")
+    return props.get(key, addl if isinstance(addl, dict) else None)
 
 
 def to_cel(schema: Schema | None, value: Any) -> Any:
@@ -55,22 +43,14 @@ def to_cel(schema: Schema | None, value: Any) -> Any:
     ):
         return json_to_cel(value)
     if isinstance(value, dict):
-        props: dict[str, Schema] = (schema or {}).get("properties", {})
-        addl = (schema or {}).get("additionalProperties")
-        return celtypes.MapType(
-            {
-                celtypes.StringType(k): to_cel(
-                    props.get(k, addl if isinstance(addl, dict) else None), v
-                )
-                for k, v in value.items()
-            }
-        )
+        cel = {celtypes.StringType(k): to_cel(child(schema, k), v) for k, v in value.items()}
+        return celtypes.MapType(cel)
     if isinstance(value, list):
-        items = (schema or {}).get("items")
+        items = schema.get("items")
         return celtypes.ListType(
             [to_cel(items if isinstance(items, dict) else None, v) for v in value]
         )
-    if (schema or {}).get("type") == "number" and isinstance(value, int):
+    if schema.get("type") == "number" and isinstance(value, int):
         return celtypes.DoubleType(float(value))
     return json_to_cel(value)
 
@@ -125,10 +105,8 @@ def evaluate_rules(schema: Schema, value: Any, old: Any = None, path: str = "") 
         if err:
             errs.append(err)
     if isinstance(value, dict):
-        props: dict[str, Schema] = schema.get("properties", {})
-        addl = schema.get("additionalProperties")
         for key, item in value.items():
-            sub = props.get(key, addl if isinstance(addl, dict) else None)
+            sub = child(schema, key)
             if sub is None:
                 continue
             prior = old.get(key) if isinstance(old, dict) else None

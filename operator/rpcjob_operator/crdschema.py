@@ -100,14 +100,11 @@ def _preserves(schema: Schema) -> bool:
 # --- pruning and defaulting -------------------------------------------------------------------
 def _walk_unknown(schema: Schema, value: Any, path: str, out: list[str], drop: bool) -> None:
     if isinstance(value, dict) and schema.get("type", "object") == "object":
-        props: dict[str, Schema] = schema.get("properties", {})
         addl = schema.get("additionalProperties")
         for key in list(value):
             if path == "" and key == "metadata":
                 continue  # ObjectMeta is validated by the API machinery, not the schema
-            sub = props.get(key)
-            if sub is None and isinstance(addl, dict):
-                sub = addl
+            sub = crdcel.child(schema, key)
             if sub is None:
                 if _preserves(schema) or addl is True:
                     continue
@@ -162,43 +159,30 @@ def apply_defaults(crd: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
 # --- structural validation --------------------------------------------------------------------
 def _check_scalar(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
     shown = path or "<root>"
+
+    def invalid(rule: str) -> None:
+        errs.append(f"{shown}: Invalid value: {_fmt(value)}: {shown} in body {rule}")
+
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(json.dumps(v) for v in schema["enum"])
         errs.append(f"{shown}: Unsupported value: {_fmt(value)}: supported values: {supported}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body should be greater than "
-                f"or equal to {schema['minimum']}"
-            )
+            invalid(f"should be greater than or equal to {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body should be less than or "
-                f"equal to {schema['maximum']}"
-            )
+            invalid(f"should be less than or equal to {schema['maximum']}")
         lo_hi = _INT_BOUNDS.get(schema.get("format", ""))
         if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body must be of type "
-                f"{schema['format']}"
-            )
+            invalid(f"must be of type {schema['format']}")
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body should be at least "
-                f"{schema['minLength']} chars long"
-            )
+            invalid(f"should be at least {schema['minLength']} chars long")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errs.append(f"{shown}: Too long: may not be more than {schema['maxLength']} bytes")
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body should match "
-                f"'{schema['pattern']}'"
-            )
+            invalid(f"should match '{schema['pattern']}'")
         if schema.get("format") == "date-time" and not _is_datetime(value):
-            errs.append(
-                f"{shown}: Invalid value: {_fmt(value)}: {shown} in body must be of type date-time"
-            )
+            invalid("must be of type date-time")
 
 
 def _is_datetime(value: str) -> bool:
@@ -245,12 +229,10 @@ def _structural(schema: Schema, value: Any, path: str, errs: list[str]) -> None:
         for req in schema.get("required", []):
             if req not in value:
                 errs.append(f"{_child(path, req)}: Required value")
-        props: dict[str, Schema] = schema.get("properties", {})
-        addl = schema.get("additionalProperties")
         for key, item in value.items():
             if path == "" and key == "metadata":
                 continue
-            sub = props.get(key, addl if isinstance(addl, dict) else None)
+            sub = crdcel.child(schema, key)
             if sub is not None:
                 _structural(sub, item, _child(path, key), errs)
     elif isinstance(value, list):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rpcjob_operator.conditions import rfc3339
-from rpcjob_operator.model import Action, Observed, PodView, RecordEvent
+from rpcjob_operator.model import Action, EventType, Observed, PodView, RecordEvent
 from rpcjob_operator.spec import RpcJob
 from rpcjob_operator.status import Failure, JobStatus, LeftWorker
 
@@ -68,9 +68,8 @@ class Cycle:
     def generation(self) -> int:
         return self.job.meta.generation
 
-    def event(self, etype: str, reason: str, message: str) -> None:
-        assert etype in ("Normal", "Warning")
-        self.actions.append(RecordEvent(etype, reason, message))  # type: ignore[arg-type]
+    def event(self, etype: EventType, reason: str, message: str) -> None:
+        self.actions.append(RecordEvent(etype, reason, message))
 
     def role_pods(self, role: str) -> dict[int, PodView]:
         return self.pods.get(role, {})

@@ -16,15 +16,44 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-from rpcjob import contract
-from rpcjob_operator import envhelp
+from rpcjob import contract as c
+from rpcjob.entrypoints import K8S_IN_CLUSTER, EnvHelp, env_help
+from rpcjob_operator.render.defaults import (
+    DEFAULT_SIDECAR_IMAGE,
+    ENV_METRICS_NAMESPACE_SELECTOR,
+    ENV_METRICS_POD_SELECTOR,
+)
 
 DEFAULT_PEERING_LIFETIME = 10
 MAX_PRIORITY = 900_000
 _START_SLOTS = 10**13  # milliseconds since the epoch stay below this until the year 2286
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# The environment rpcjob-operator reads, for its --help (names from the contract).
+OPERATOR_ENV: EnvHelp = (
+    (c.ENV_DEFAULT_ETCD_ENDPOINTS, "etcd host:port,... for jobs without spec.etcd"),
+    (c.ENV_DEFAULT_ETCD_TLS_SECRET, "Secret (in the job's namespace) with etcd TLS files"),
+    (c.ENV_DEFAULT_ETCD_AUTH_SECRET, "Secret (in the job's namespace) with etcd user/password"),
+    (c.ENV_SIDECAR_IMAGE, f"the injected sidecar's image; default {DEFAULT_SIDECAR_IMAGE}"),
+    (c.ENV_SIDECAR_IMAGE_PULL_POLICY, "its imagePullPolicy; default IfNotPresent"),
+    (c.ENV_JOB_SERVICE_ACCOUNT, "ServiceAccount of job pods whose template names none"),
+    (ENV_METRICS_NAMESPACE_SELECTOR, "JSON labels: namespaces that may scrape sidecar metrics"),
+    (ENV_METRICS_POD_SELECTOR, "JSON labels: pods that may scrape sidecar metrics"),
+    (K8S_IN_CLUSTER[0], "in a pod: the API server (service account credentials)"),
+    (K8S_IN_CLUSTER[1], "(its port)"),
+    ("KUBECONFIG", "outside a pod: the kubeconfig to use"),
+)
+
+
+def click_epilog(entries: EnvHelp) -> str:
+    """``env_help`` for a click command (``\\b`` keeps click from rewrapping the lines)."""
+    return "\b\n" + env_help(entries)
 
 
 def peering_priority(priority: int, started_ms: int) -> int:
@@ -37,14 +66,16 @@ def peering_priority(priority: int, started_ms: int) -> int:
     return priority * _START_SLOTS + started_ms % _START_SLOTS
 
 
-DEFAULT_LIVENESS = (
-    f"http://0.0.0.0:{contract.OPERATOR_HEALTH_PORT}{contract.OPERATOR_LIVENESS_PATH}"
-)
+DEFAULT_LIVENESS = f"http://0.0.0.0:{c.OPERATOR_HEALTH_PORT}{c.OPERATOR_LIVENESS_PATH}"
+
+
+def _seconds(flag: str, default: float, help: str) -> Callable[[F], F]:
+    return click.option(flag, type=float, default=default, show_default=True, help=help)
 
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=envhelp.click_epilog(envhelp.OPERATOR_ENV),
+    epilog=click_epilog(OPERATOR_ENV),
 )
 @click.version_option(
     package_name="rpcjob", prog_name="rpcjob-operator", message="%(prog)s %(version)s"
@@ -71,7 +102,7 @@ DEFAULT_LIVENESS = (
     metavar="NAME",
     help="kopf peering for HA: operators of one peering pause while a peer of higher "
     "priority runs. Naming it makes the peering object mandatory (the chart "
-    f"creates it). Default: '{contract.DEFAULT_PEERING_NAME}' if it exists.",
+    f"creates it). Default: '{c.DEFAULT_PEERING_NAME}' if it exists.",
 )
 @click.option("--standalone", is_flag=True, help="No peering at all (one operator only).")
 @click.option(
@@ -101,40 +132,23 @@ DEFAULT_LIVENESS = (
 @click.option(
     "--metrics",
     "metrics_addr",
-    default=f"0.0.0.0:{contract.OPERATOR_METRICS_PORT}",
+    default=f"0.0.0.0:{c.OPERATOR_METRICS_PORT}",
     show_default=True,
     metavar="HOST:PORT",
     help="Prometheus /metrics address; '' disables it.",
 )
-@click.option(
-    "--resync",
-    "resync",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Seconds between reconciles of a job when nothing happens.",
-)
-@click.option(
+@_seconds("--resync", 60.0, "Seconds between reconciles of a job when nothing happens.")
+@_seconds(
     "--watch-server-timeout",
-    type=float,
-    default=300.0,
-    show_default=True,
-    help="The API server ends each watch after this many seconds (it is re-opened).",
+    300.0,
+    "The API server ends each watch after this many seconds (it is re-opened).",
 )
-@click.option(
+@_seconds(
     "--watch-client-timeout",
-    type=float,
-    default=330.0,
-    show_default=True,
-    help="Drop a watch connection that has been silent for this many seconds.",
+    330.0,
+    "Drop a watch connection that has been silent for this many seconds.",
 )
-@click.option(
-    "--watch-connect-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Timeout for opening a watch connection.",
-)
+@_seconds("--watch-connect-timeout", 30.0, "Timeout for opening a watch connection.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.option("-d", "--debug", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)

@@ -51,9 +51,7 @@ class PodView:
     reason: str = ""  # e.g. Error, OOMKilled, Evicted
     message: str = ""
     ready: bool = False  # the sidecar's /readyz: the worker joined the group
-    node: str = ""
     delete_first: bool = False  # annotated contract.ANNOTATION_DELETE_FIRST
-    created: dt.datetime | None = None
     finished_at: dt.datetime | None = None  # when the worker container terminated
     # A container the kubelet cannot start (CANNOT_START): its waiting reason and message.
     blocked_reason: str = ""
@@ -107,10 +105,8 @@ class PodView:
             reason=reason,
             message=message,
             ready=ready,
-            node=str((pod.get("spec") or {}).get("nodeName") or ""),
             delete_first=str(annotations.get(contract.ANNOTATION_DELETE_FIRST, "")).lower()
             in ("true", "1", "yes"),
-            created=parse_time(md.get("creationTimestamp")),
             finished_at=finished_at,
             blocked_reason=blocked_reason,
             blocked_message=blocked_message,

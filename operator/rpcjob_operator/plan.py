@@ -41,15 +41,9 @@ def _done(c: Cycle) -> Plan:
     return Plan(tuple(c.actions), c.status, min(c.requeue) if c.requeue else None)
 
 
-def _delete_live(c: Cycle, reason: str) -> None:
-    for p in c.obs.pods:
-        if p.live:
-            c.actions.append(DeletePod(p.name, p.uid, None, reason))
-
-
 def _stop_all(c: Cycle, reason: str) -> None:
     """Delete every live pod and give up every slot (counts kept up to date)."""
-    _delete_live(c, reason)
+    c.actions += [DeletePod(p.name, p.uid, None, reason) for p in c.obs.pods if p.live]
     for role in c.active:
         c.active[role] = set()
     fill_counts(c)
@@ -100,10 +94,9 @@ def _suspend(c: Cycle) -> Plan:
     _stop_all(c, "Suspend")
     if set_cond(c, cond.SUSPENDED, True, "Suspended", "spec.runPolicy.suspend is true"):
         c.event("Normal", "Suspended", "job suspended: deleting its pods gracefully")
-    if c.status.condition(cond.RUNNING) is not None:
-        set_cond(c, cond.RUNNING, False, "Suspended", "the job is suspended")
-    if c.status.condition(cond.DEGRADED) is not None:
-        set_cond(c, cond.DEGRADED, False, "Suspended", "the job is suspended")
+    for ctype in (cond.RUNNING, cond.DEGRADED):
+        if c.status.condition(ctype) is not None:
+            set_cond(c, ctype, False, "Suspended", "the job is suspended")
     c.status.state = "Suspended"
     return _done(c)
 
@@ -133,12 +126,8 @@ def plan(job: RpcJob, observed: Observed) -> Plan:
     failed = int(c.status.failed_pods or 0)
     limit = job.run_policy.backoff_limit
     if failed > limit:
-        return _finish(
-            c,
-            False,
-            "BackoffLimitExceeded",
-            f"{failed} pods failed, more than backoffLimit {limit}",
-        )
+        msg = f"{failed} pods failed, more than backoffLimit {limit}"
+        return _finish(c, False, "BackoffLimitExceeded", msg)
     ok, unreachable, why = success_state(c)
     if ok:
         return _finish(c, True, "Succeeded", why)

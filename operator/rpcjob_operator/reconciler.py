@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +37,6 @@ from rpcjob_operator.render import (
     render_pod,
     render_service,
 )
-from rpcjob_operator.render.common import job_selector
 from rpcjob_operator.spec import RpcJob, parse_job
 from rpcjob_operator.status import JobStatus
 
@@ -151,8 +151,6 @@ class Reconciler:
         except InvalidSpec:
             job = None
         selector = {contract.LABEL_JOB_NAME: md["name"], contract.LABEL_JOB_UID: md["uid"]}
-        if job is not None:
-            selector = job_selector(job)
         raw_pods, members = await asyncio.gather(
             self.kube.list_pods(md["namespace"], selector), self._members(obj, job)
         )
@@ -224,19 +222,12 @@ class Reconciler:
     async def _apply(
         self, obj: dict[str, Any], job: RpcJob | None, actions: Sequence[model.Action]
     ) -> None:
-        batch: list[Awaitable[None]] = []
-        kind: type | None = None
-        for action in [*actions, None]:
-            if batch and (action is None or type(action) is not kind):
-                await _bounded(batch)
-                batch = []
-            if action is None:
-                break
-            kind = type(action)
-            if isinstance(action, model.CreatePod | model.DeletePod):
-                batch.append(self._one(obj, job, action))
+        for kind, group in itertools.groupby(actions, type):
+            if kind in (model.CreatePod, model.DeletePod):  # consecutive ones run at once
+                await _bounded([self._one(obj, job, a) for a in group])
             else:
-                await self._one(obj, job, action)
+                for action in group:
+                    await self._one(obj, job, action)
 
     async def _one(self, obj: dict[str, Any], job: RpcJob | None, action: model.Action) -> None:
         md = obj["metadata"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rpcjob import contract
@@ -78,7 +78,6 @@ class JobMeta:
     uid: str
     generation: int = 1
     deletion_timestamp: dt.datetime | None = None
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,6 @@ def parse_meta(obj: dict[str, Any]) -> JobMeta:
         uid=str(md.get("uid", "")),
         generation=int(md.get("generation") or 1),
         deletion_timestamp=parse_time(md.get("deletionTimestamp")),
-        labels=dict(md.get("labels") or {}),
     )
 
 
@@ -129,11 +127,9 @@ def _parse_role(job: str, name: str, raw: dict[str, Any], errs: list[FieldError]
         errs.append(
             FieldError(
                 path,
-                (
-                    f"pod name {longest!r} would be {len(longest)} characters; a pod hostname "
-                    f"is at most 63: shorten the job name ({len(job)} chars) or the role name "
-                    f"({len(name)} chars)"
-                ),
+                f"pod name {longest!r} would be {len(longest)} characters; a pod hostname "
+                f"is at most 63: shorten the job name ({len(job)} chars) or the role name "
+                f"({len(name)} chars)",
             )
         )
     gpus = raw.get("gpus")
@@ -177,10 +173,8 @@ def _success_policy(
         errs.append(
             FieldError(
                 "spec.successPolicy.role",
-                (
-                    f"role {sp.role!r} has restartPolicy Always, so its pods never finish: "
-                    "pick a role with restartPolicy OnFailure or Never"
-                ),
+                f"role {sp.role!r} has restartPolicy Always, so its pods never finish: "
+                "pick a role with restartPolicy OnFailure or Never",
             )
         )
     always = [r.name for r in roles.values() if r.restart_policy == "Always"]
@@ -188,11 +182,9 @@ def _success_policy(
         errs.append(
             FieldError(
                 "spec.successPolicy.role",
-                (
-                    f"role {always[0]!r} has restartPolicy Always and never finishes, so the "
-                    "default success policy (every pod exits 0) can never be met: set "
-                    "spec.successPolicy.role to the role whose completion ends the job"
-                ),
+                f"role {always[0]!r} has restartPolicy Always and never finishes, so the "
+                "default success policy (every pod exits 0) can never be met: set "
+                "spec.successPolicy.role to the role whose completion ends the job",
             )
         )
     return sp
@@ -215,10 +207,8 @@ def _check_name(meta: JobMeta, errs: list[FieldError]) -> None:
         errs.append(
             FieldError(
                 "metadata.name",
-                (
-                    f"{meta.name!r} cannot name the job's headless Service (a DNS-1035 label): use "
-                    "lowercase letters, digits and '-', starting with a letter"
-                ),
+                f"{meta.name!r} cannot name the job's headless Service (a DNS-1035 label): use "
+                "lowercase letters, digits and '-', starting with a letter",
             )
         )
 
@@ -243,10 +233,8 @@ def parse_job(obj: dict[str, Any]) -> RpcJob:
         errs.append(
             FieldError(
                 "spec.roles",
-                (
-                    f"the roles' maxReplicas add up to {total}, more than torch's int16 rank space "
-                    f"({contract.DEFAULT_RANK_SPACE}): lower maxReplicas"
-                ),
+                f"the roles' maxReplicas add up to {total}, more than torch's int16 rank space "
+                f"({contract.DEFAULT_RANK_SPACE}): lower maxReplicas",
             )
         )
     sp = _success_policy(spec.get("successPolicy") or {}, roles, errs)

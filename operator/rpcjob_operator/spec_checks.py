@@ -35,10 +35,8 @@ def _gpu_quantity(container: dict[str, Any], path: str, errs: list[FieldError]) 
         errs.append(
             FieldError(
                 f"{path}.resources",
-                (
-                    f"{names.GPU_RESOURCE} requests ({found['requests']}) and limits "
-                    f"({found['limits']}) differ; Kubernetes requires them equal: set only limits"
-                ),
+                f"{names.GPU_RESOURCE} requests ({found['requests']}) and limits "
+                f"({found['limits']}) differ; Kubernetes requires them equal: set only limits",
             )
         )
         return None
@@ -58,11 +56,9 @@ def _find_worker(containers: list[Any], path: str, errs: list[FieldError]) -> in
     errs.append(
         FieldError(
             f"{path}.containers",
-            (
-                f"the template has {len(containers)} containers and none is named "
-                f"{contract.WORKER_CONTAINER!r}: name the container that runs your RPC code "
-                f"{contract.WORKER_CONTAINER!r}"
-            ),
+            f"the template has {len(containers)} containers and none is named "
+            f"{contract.WORKER_CONTAINER!r}: name the container that runs your RPC code "
+            f"{contract.WORKER_CONTAINER!r}",
         )
     )
     return None
@@ -78,7 +74,7 @@ def _check_reserved(pod: dict[str, Any], path: str, errs: list[FieldError]) -> N
                 errs.append(
                     FieldError(
                         f"{cpath}.name",
-                        (f"{c['name']!r} is the container rpcjob injects: rename yours"),
+                        f"{c['name']!r} is the container rpcjob injects: rename yours",
                     )
                 )
             for j, env in enumerate(c.get("env") or []):
@@ -87,10 +83,8 @@ def _check_reserved(pod: dict[str, Any], path: str, errs: list[FieldError]) -> N
                     errs.append(
                         FieldError(
                             f"{cpath}.env[{j}].name",
-                            (
-                                f"{name!r} is set by rpcjob (see rpcjob.contract); use spec.rpc / "
-                                "spec.etcd instead, or rename the variable"
-                            ),
+                            f"{name!r} is set by rpcjob (see rpcjob.contract); use spec.rpc / "
+                            "spec.etcd instead, or rename the variable",
                         )
                     )
             for j, mount in enumerate(c.get("volumeMounts") or []):
@@ -99,7 +93,7 @@ def _check_reserved(pod: dict[str, Any], path: str, errs: list[FieldError]) -> N
                     errs.append(
                         FieldError(
                             f"{cpath}.volumeMounts[{j}].mountPath",
-                            (f"{mpath} is where rpcjob mounts its own volume: choose another path"),
+                            f"{mpath} is where rpcjob mounts its own volume: choose another path",
                         )
                     )
     for i, vol in enumerate(pod.get("volumes") or []):
@@ -107,17 +101,15 @@ def _check_reserved(pod: dict[str, Any], path: str, errs: list[FieldError]) -> N
             errs.append(
                 FieldError(
                     f"{path}.volumes[{i}].name",
-                    (f"{vol['name']!r} is a volume rpcjob injects: rename yours"),
+                    f"{vol['name']!r} is a volume rpcjob injects: rename yours",
                 )
             )
     if pod.get("restartPolicy") not in (None, "Never"):
         errs.append(
             FieldError(
                 f"{path}.restartPolicy",
-                (
-                    "rpcjob replaces pods itself (so it can record exit codes and count restarts): "
-                    "remove the pod's restartPolicy and set spec.roles.<role>.restartPolicy instead"
-                ),
+                "rpcjob replaces pods itself (so it can record exit codes and count restarts): "
+                "remove the pod's restartPolicy and set spec.roles.<role>.restartPolicy instead",
             )
         )
 
@@ -137,7 +129,7 @@ def check_template(
             errs.append(
                 FieldError(
                     f"{path}.metadata.labels[{key}]",
-                    (f"labels under {names.RESERVED_LABEL_PREFIX} are set by rpcjob: remove it"),
+                    f"labels under {names.RESERVED_LABEL_PREFIX} are set by rpcjob: remove it",
                 )
             )
     idx = _find_worker(containers, spath, errs)
@@ -150,11 +142,9 @@ def check_template(
         errs.append(
             FieldError(
                 f"{wpath}.command",
-                (
-                    "Required value: the worker needs an explicit command, e.g. "
-                    '["python", "-m", "app"] (or ["rpcjob-worker", "--", "python", "-m", "app"]); '
-                    "`rpcjob run` starts exactly this command, so an image ENTRYPOINT is not enough"
-                ),
+                "Required value: the worker needs an explicit command, e.g. "
+                '["python", "-m", "app"] (or ["rpcjob-worker", "--", "python", "-m", "app"]); '
+                "`rpcjob run` starts exactly this command, so an image ENTRYPOINT is not enough",
             )
         )
     if not worker.get("image"):
@@ -164,10 +154,8 @@ def check_template(
         errs.append(
             FieldError(
                 f"{wpath}.resources.limits[{names.GPU_RESOURCE}]",
-                (
-                    f"the template asks for {tmpl_gpus} GPUs but the role's gpus is {gpus}: "
-                    "set one of them (gpus is copied into the worker's limits)"
-                ),
+                f"the template asks for {tmpl_gpus} GPUs but the role's gpus is {gpus}: "
+                "set one of them (gpus is copied into the worker's limits)",
             )
         )
     return str(worker.get("name", contract.WORKER_CONTAINER)), tmpl_gpus

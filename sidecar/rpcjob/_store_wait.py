@@ -9,28 +9,25 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 
 from rpcjob.etcd import Client, EtcdCompacted, EtcdError, WatchEvent
 
 
+@dataclass(slots=True, eq=False)
 class _Waiter:
     """Watch callback state of one ``wait``: the keys still missing (all callbacks run on the
     client's single watch thread, in revision order, so no lock is needed)."""
 
-    __slots__ = ("done", "error", "missing")
-
-    def __init__(self, missing: set[bytes]) -> None:
-        self.missing = missing
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+    missing: set[bytes]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
     def on_events(self, events: list[WatchEvent]) -> None:
         # A key set since the read counts even if deleted again at once (TCPStore wakes its
         # waiters on the set): torch's token waiter key may be set "Done" and then deleted by
         # the next holder in the same watch batch.
-        for ev in events:
-            if ev.type == "PUT":
-                self.missing.discard(ev.kv.key)
+        self.missing.difference_update(ev.kv.key for ev in events if ev.type == "PUT")
         if not self.missing:
             self.done.set()
 

@@ -19,72 +19,55 @@ later; etcd's own clients share that limit.)
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from rpcjob.etcd import KV, Client, Compare, EtcdOutcomeUnknown, Op, RangeResult
 
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: reads and writes of more keys are chunked
 
-def put_all(client: Client, pairs: list[tuple[bytes, bytes]], budget: float) -> None:
-    """Set every key of ``pairs`` atomically (one put, or one txn for several keys)."""
+
+def write(client: Client, pairs: Sequence[tuple[bytes, bytes | None]], budget: float) -> bool:
+    """Set each key of ``pairs`` to its value, or delete it for ``None``, atomically (one put or
+    delete, or one txn for several keys). For a single delete: whether the key existed (after an
+    unknown outcome, a key found gone counts as deleted by this call); otherwise True."""
     deadline = time.monotonic() + budget
     before = client.revision
-    puts = [Op.put(k, v) for k, v in pairs]
+    ops = [Op.put(k, v) if v is not None else Op.delete(k) for k, v in pairs]
     try:
-        if len(pairs) == 1:
-            client.put(pairs[0][0], pairs[0][1], timeout=budget)
+        if len(pairs) > 1:
+            client.txn([], ops, timeout=budget)
+        elif (value := pairs[0][1]) is None:
+            return client.delete(pairs[0][0], timeout=budget).deleted > 0
         else:
-            client.txn([], puts, timeout=budget)
-        return
+            client.put(pairs[0][0], value, timeout=budget)
+        return True
     except EtcdOutcomeUnknown as e:
         unknown = e
     while time.monotonic() < deadline:
-        kvs = _read(client, [k for k, _ in pairs], deadline)
-        pending = [(kv, v) for kv, (_, v) in zip(kvs, pairs, strict=True) if _differs(kv, v)]
+        kvs = read(client, [k for k, _ in pairs], _left(deadline))
+        got = [kv.value if kv else None for kv in kvs]
+        pending = [kv for kv, g, (_, v) in zip(kvs, got, pairs, strict=True) if g != v]
         if not pending:
-            return  # every key holds its value: the write took effect
-        if any(kv is None or kv.mod_revision > before for kv, _ in pending):
+            return True  # every key holds its value (or is gone): the write took effect
+        if any(kv is None or kv.mod_revision > before for kv in pending):
             raise unknown  # written since ours was sent (or gone): never overwrite that
         compare = [Compare.mod_revision(kv.key, "=", kv.mod_revision) for kv in kvs if kv]
-        if _conditional(client, compare, puts, deadline):
-            return
-    raise unknown
-
-
-def delete_one(client: Client, key: bytes, budget: float) -> bool:
-    """Delete ``key``; whether it existed. After an unknown outcome a key found gone counts as
-    deleted by this call."""
-    deadline = time.monotonic() + budget
-    before = client.revision
-    try:
-        return client.delete(key, timeout=budget).deleted > 0
-    except EtcdOutcomeUnknown as e:
-        unknown = e
-    while time.monotonic() < deadline:
-        kv = client.get(key, timeout=_left(deadline))
-        if kv is None:
-            return True
-        if kv.mod_revision > before:
-            raise unknown  # set again after our delete may have run: never delete that
-        compare = [Compare.mod_revision(key, "=", kv.mod_revision)]
-        if _conditional(client, compare, [Op.delete(key)], deadline):
+        if _conditional(client, compare, ops, deadline):
             return True
     raise unknown
 
 
-def _differs(kv: KV | None, value: bytes) -> bool:
-    return kv is None or kv.value != value
+def read(client: Client, keys: list[bytes], timeout: float) -> list[KV | None]:
+    """Each key's KV (None when missing), by read-only txns, which the client re-sends."""
+    out: list[KV | None] = []
+    for i in range(0, len(keys), MAX_TXN_OPS):
+        r = client.txn([], [Op.get(k) for k in keys[i : i + MAX_TXN_OPS]], timeout=timeout)
+        out += [x.kvs[0] if isinstance(x, RangeResult) and x.kvs else None for x in r.responses]
+    return out
 
 
 def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.001)
-
-
-def _read(client: Client, keys: list[bytes], deadline: float) -> list[KV | None]:
-    r = client.txn([], [Op.get(k) for k in keys], timeout=_left(deadline))  # read-only: re-sent
-    return [_first(resp) for resp in r.responses]
-
-
-def _first(resp: object) -> KV | None:
-    return resp.kvs[0] if isinstance(resp, RangeResult) and resp.kvs else None
 
 
 def _conditional(client: Client, compare: list[Compare], ops: list[Op], deadline: float) -> bool:

@@ -301,9 +301,3 @@ def local_control_prefix(name: str) -> str:
 def job_prefix(namespace: str, name: str) -> str:
     """All incarnations (uids) of a job: used to clean up after deletion."""
     return f"/rpcjob/{namespace}/{name}/"
-
-
-# torch's own keys inside the c10d store (rpc/__init__ wraps the store in this prefix).
-TORCH_RPC_PREFIX = "rpc_prefix_0/"
-TORCH_TOKEN_KEY = "RpcGroupManagementToken"
-TORCH_ALL_WORKER_INFOS = "_ALL_WORKER_INFOS"

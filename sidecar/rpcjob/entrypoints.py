@@ -15,15 +15,12 @@ EnvHelp = Sequence[tuple[str, str]]
 K8S_IN_CLUSTER = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 
 
-def package_version() -> str:
-    try:
-        return metadata.version("rpcjob")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
-
-
 def version_line(prog: str) -> str:
-    return f"{prog} {package_version()}"
+    try:
+        version = metadata.version("rpcjob")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        version = "0+unknown"
+    return f"{prog} {version}"
 
 
 def env_help(entries: EnvHelp) -> str:
@@ -74,12 +71,10 @@ WORKER_ENV: EnvHelp = (
 )
 
 
-def parser(
-    prog: str, description: str, env: EnvHelp, usage: str | None = None
-) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, env: EnvHelp) -> argparse.ArgumentParser:
     """An argparse parser with --help (description + environment) and --version."""
     p = argparse.ArgumentParser(
-        prog=prog, usage=usage, description=description, epilog=env_help(env),
+        prog=prog, description=description, epilog=env_help(env),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--version", action="version", version=version_line(prog))

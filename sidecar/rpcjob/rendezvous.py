@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
@@ -66,13 +66,7 @@ class Etcd3Target:
     cert: str | None
     key: str | None
     user: str | None
-    password: str | None
-
-    def __repr__(self) -> str:  # never show the password
-        return (
-            f"Etcd3Target(endpoints={self.endpoints}, prefix={self.prefix!r}, "
-            f"timeout={self.timeout}, rank={self.rank}, user={self.user!r})"
-        )
+    password: str | None = field(repr=False)  # never printed
 
 
 def _error(msg: str) -> Etcd3URLError:

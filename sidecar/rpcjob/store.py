@@ -5,9 +5,8 @@ dynamic RPC cannot run on it (docs/architecture.md#etcd-client). Semantics are p
 HashStore/TCPStore by one contract suite (tests/store_contract.py); notable points:
 
 * ``get``/``wait``/``multi_get`` block until the keys exist or the store timeout passes, then
-  raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore). A wait reads
-  each key, then watches it from the read revision + 1: no polling, no lost wake-up, and the
-  client's watch stream resumes from its last revision after an etcd restart.
+  raise ``DistStoreError`` ("wait timeout after …ms, keys: …", like TCPStore); they read, then
+  watch, without polling (:mod:`rpcjob._store_wait`).
 * ``compare_set``: a missing key and an empty value are equal for ``expected == ""`` (nested
   txn, one round trip); a missing key with a non-empty ``expected`` returns ``expected``.
 * ``add``/``append`` are optimistic CAS txns on ``mod_revision``; the last value this process
@@ -22,49 +21,87 @@ HashStore/TCPStore by one contract suite (tests/store_contract.py); notable poin
   ``compare_set`` raise: their outcome is unknown and the error says so.
 
 Called from torch's C++ RPC threads through the pybind trampoline: the etcd client is
-thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). The
-trampoline looks overrides up by C++ name for some methods (``deleteKey``, ``getNumKeys``):
-both spellings are defined. Keep a Python reference to any store handed to torch (see
-:func:`keep_alive`): torch holds only the C++ half.
+thread-safe and blocks with the GIL released (grpc waits in C, ``Event.wait`` too). Keep a
+Python reference to any store handed to torch (see :func:`keep_alive`): torch holds only the
+C++ half.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Unpack
 
 import torch.distributed as dist
 
 from rpcjob import _store_writes as writes
-from rpcjob._store_errors import (
-    DistStoreError,
-    StoreAuthError,
-    StoreEtcdError,
-    StoreTimeout,
-    StoreTLSError,
-    StoreUnavailable,
-    keep_alive,
-    translate,
-)
 from rpcjob._store_wait import wait_for_keys
-from rpcjob.etcd import Client, ClientSettings, Compare, EtcdError, Op
+from rpcjob._store_writes import MAX_TXN_OPS
+from rpcjob.etcd import (
+    Client,
+    ClientSettings,
+    Compare,
+    EtcdAuthError,
+    EtcdError,
+    EtcdOutcomeUnknown,
+    EtcdTimeout,
+    EtcdTLSError,
+    EtcdUnavailable,
+    Op,
+    prefix_end,
+)
 
-__all__ = [
-    "EtcdStore",
-    "StoreAuthError",
-    "StoreEtcdError",
-    "StoreTLSError",
-    "StoreTimeout",
-    "StoreUnavailable",
-    "as_bytes",
-    "keep_alive",
-]
-
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: multi_get/multi_set chunk above it
 NO_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # c10d's kNoTimeout (0) as an etcd call budget
 _CACHE_MAX = 4096
+_STORES: list[Any] = []  # stores handed to torch (incl. clones): alive for the process
+
+_d: Any = dist
+DistStoreError: type[Exception] = _d.DistStoreError
+DistNetworkError: type[Exception] = _d.DistNetworkError
+
+
+def keep_alive(store: Any) -> Any:
+    """Keep ``store`` alive for the process lifetime (torch drops the Python half of a Python
+    store it holds; its next call would then die with an INTERNAL ASSERT)."""
+    _STORES.append(store)  # atomic: no lock needed
+    return store
+
+
+# Store errors are torch's and rpcjob.etcd's at once, so both ``except`` styles catch them.
+class StoreUnavailable(DistNetworkError, EtcdUnavailable):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreTLSError(DistNetworkError, EtcdTLSError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreTimeout(DistNetworkError, EtcdTimeout):  # type: ignore[misc,valid-type]
+    """The etcd call ran out of time; for add/append/compare_set the outcome is unknown."""
+
+
+class StoreOutcomeUnknown(StoreTimeout, EtcdOutcomeUnknown):
+    """A write cut off after it may have reached etcd that the store could not settle."""
+
+
+class StoreAuthError(DistStoreError, EtcdAuthError):  # type: ignore[misc,valid-type]
+    pass
+
+
+class StoreEtcdError(DistStoreError, EtcdError):  # type: ignore[misc,valid-type]
+    pass
+
+
+_TRANSLATE: tuple[tuple[type[EtcdError], type[Exception]], ...] = (
+    (EtcdTLSError, StoreTLSError),
+    (EtcdOutcomeUnknown, StoreOutcomeUnknown),
+    (EtcdUnavailable, StoreUnavailable),
+    (EtcdTimeout, StoreTimeout),
+    (EtcdAuthError, StoreAuthError),
+    (EtcdError, StoreEtcdError),
+)
 
 
 def as_bytes(v: Any) -> bytes:
@@ -85,12 +122,9 @@ def _seconds(t: timedelta | float | int | None) -> float:
 class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     """A c10d Store whose keys live in etcd under ``prefix`` (e.g. ``JobKeys(...).store``).
 
-    ``endpoints``: ``"host:port"`` items or one comma-separated string; TLS (``ca``, ``cert``,
-    ``key``: PEM paths) and auth (``user``, ``password``; ``names`` for messages) as for
-    :class:`rpcjob.etcd.Client`.
-    Or pass an existing ``client`` (shared, not closed by the store). ``timeout``: the store
-    timeout (``get``/``wait`` and every etcd call; 0 = none); torch resets it via
-    ``set_timeout``.
+    ``endpoints`` and the TLS/auth ``settings`` as for :class:`rpcjob.etcd.Client`, or an
+    existing ``client`` (shared, not closed by the store). ``timeout``: the store timeout
+    (``get``/``wait`` and every etcd call; 0 = none); torch resets it via ``set_timeout``.
     """
 
     def __init__(
@@ -106,15 +140,13 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         seconds = _seconds(timeout)
         if seconds < 0:
             raise ValueError(f"EtcdStore timeout must be >= 0 seconds (0 = none), got {seconds}")
+        self._owns_client = client is None
         if client is None:
             if not endpoints:
                 raise ValueError(
                     "EtcdStore needs etcd endpoints (host:port, comma-separated) or a client"
                 )
             client = Client(endpoints, timeout=seconds or NO_TIMEOUT_S, **settings)
-            self._owns_client = True
-        else:
-            self._owns_client = False
         self._client = client
         self._prefix = as_bytes(prefix)
         self._cache: dict[bytes, tuple[bytes, int]] = {}  # key -> (value, mod_revision) seen
@@ -135,20 +167,14 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     def _budget(self) -> float:
         return self.timeout.total_seconds() or NO_TIMEOUT_S
 
-    def _fail(self, op: str, key: Any, e: EtcdError) -> Exception:
-        return translate(e, f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}")
-
-    def _timeout_error(self, keys: Sequence[Any], seconds: float) -> Exception:
-        names = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else k for k in keys)
-        return DistStoreError(
-            f"wait timeout after {round(seconds * 1000)}ms, keys: {names} (EtcdStore on etcd "
-            f"{','.join(self._client.endpoints)}, prefix {self.prefix!r})"
-        )
-
-    def _remember(self, k: bytes, value: bytes, revision: int) -> None:
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[k] = (value, revision)
+    @contextmanager
+    def _etcd(self, op: str, key: Any) -> Iterator[None]:
+        """Raise the block's etcd failures as the store's errors, naming the call."""
+        try:
+            yield
+        except EtcdError as e:
+            store_cls = next(s for c, s in _TRANSLATE if isinstance(e, c))
+            raise store_cls(f"EtcdStore.{op}({key!r}) under prefix {self.prefix!r}: {e}") from e
 
     def close(self) -> None:
         """Close the etcd client if this store created it."""
@@ -163,20 +189,16 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
 
     # --- c10d API -----------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> None:
-        try:
-            writes.put_all(self._client, [(self._k(key), as_bytes(value))], self._budget())
-        except EtcdError as e:
-            raise self._fail("set", key, e) from e
+        with self._etcd("set", key):
+            writes.write(self._client, [(self._k(key), as_bytes(value))], self._budget())
 
     def get(self, key: str) -> bytes:
         k = self._k(key)
         seconds = self.timeout.total_seconds()
         deadline: float | None = None  # set at the first miss
         while True:  # the key may be deleted again between the wake-up and the read
-            try:
+            with self._etcd("get", key):
                 kv = self._client.get(k, timeout=self._budget())
-            except EtcdError as e:
-                raise self._fail("get", key, e) from e
             if kv is not None:
                 return kv.value
             if deadline is None:
@@ -203,36 +225,28 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
 
     def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
         k, exp, des = self._k(key), as_bytes(expected), as_bytes(desired)
+        put, get = [Op.put(k, des)], [Op.get(k)]
         if exp:
-            r = self._txn("compare_set", key, [Compare.value(k, "=", exp)], [Op.put(k, des)], k)
+            r = self._txn("compare_set", key, [Compare.value(k, "=", exp)], put, get)
             if r.succeeded:
                 return des
             kvs = r.responses[0].kvs
             return kvs[0].value if kvs else exp  # missing key: c10d returns expected
         # expected "": a missing key and an empty value both match (value compares on a
         # missing key always fail in etcd, hence the nested txn).
-        inner = Op.txn([Compare.value(k, "=", b"")], [Op.put(k, des)], [Op.get(k)])
-        try:
-            r = self._client.txn(
-                [Compare.version(k, "=", 0)], [Op.put(k, des)], [inner], timeout=self._budget()
-            )
-        except EtcdError as e:
-            raise self._fail("compare_set", key, e) from e
+        inner = Op.txn([Compare.value(k, "=", b"")], put, get)
+        r = self._txn("compare_set", key, [Compare.version(k, "=", 0)], put, [inner])
         if r.succeeded:
             return des
-        nested: Any = r.responses[0]
+        nested = r.responses[0]
         return des if nested.succeeded else nested.responses[0].kvs[0].value
 
     def check(self, keys: list[str]) -> bool:
-        try:
-            for key in keys:
-                if not self._client.range(
-                    self._k(key), count_only=True, timeout=self._budget()
-                ).count:
-                    return False
-        except EtcdError as e:
-            raise self._fail("check", keys, e) from e
-        return True
+        with self._etcd("check", keys):
+            return all(
+                self._client.range(self._k(key), count_only=True, timeout=self._budget()).count
+                for key in keys
+            )
 
     def wait(self, keys: list[str], timeout: timedelta | float | None = None) -> None:
         if not keys:
@@ -244,30 +258,24 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     def delete_key(self, key: str) -> bool:
         k = self._k(key)
         self._cache.pop(k, None)
-        try:
-            return writes.delete_one(self._client, k, self._budget())
-        except EtcdError as e:
-            raise self._fail("delete_key", key, e) from e
+        with self._etcd("delete_key", key):
+            return writes.write(self._client, [(k, None)], self._budget())
 
     def num_keys(self) -> int:
-        try:
-            if self._prefix:
-                return self._client.range(self._prefix, prefix=True, count_only=True,
-                                          timeout=self._budget()).count  # fmt: skip
-            return self._client.range(b"\0", range_end=b"\0", count_only=True,
-                                      timeout=self._budget()).count  # fmt: skip
-        except EtcdError as e:
-            raise self._fail("num_keys", "", e) from e
+        with self._etcd("num_keys", ""):  # no prefix: every key, from "\0" (etcd needs a key)
+            return self._client.range(self._prefix or b"\0", range_end=prefix_end(self._prefix),
+                                      count_only=True, timeout=self._budget()).count  # fmt: skip
 
     def multi_get(self, keys: list[str]) -> list[bytes]:
         ks = [self._k(k) for k in keys]
         seconds = self.timeout.total_seconds()
         deadline = time.monotonic() + (seconds or NO_TIMEOUT_S)
         while True:
-            values = self._read_many(ks, keys)
-            missing = [k for k, v in zip(ks, values, strict=True) if v is None]
+            with self._etcd("multi_get", keys):
+                kvs = writes.read(self._client, ks, self._budget())
+            missing = [k for k, kv in zip(ks, kvs, strict=True) if kv is None]
             if not missing:
-                return values  # type: ignore[return-value]
+                return [kv.value for kv in kvs if kv]
             self._wait(missing, deadline, seconds, [m[len(self._prefix) :] for m in missing])
 
     def multi_set(self, keys: list[str], values: list[Any]) -> None:
@@ -278,10 +286,8 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
             )
         pairs = [(self._k(k), as_bytes(v)) for k, v in zip(keys, values, strict=True)]
         for i in range(0, len(pairs), MAX_TXN_OPS):  # atomic per chunk of etcd's txn op limit
-            try:
-                writes.put_all(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())
-            except EtcdError as e:
-                raise self._fail("multi_set", keys, e) from e
+            with self._etcd("multi_set", keys):
+                writes.write(self._client, pairs[i : i + MAX_TXN_OPS], self._budget())
 
     def has_extended_api(self) -> bool:
         return True
@@ -296,11 +302,9 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
     getNumKeys = num_keys
 
     # --- helpers ------------------------------------------------------------------------------
-    def _txn(self, op: str, key: Any, compare: list[Compare], success: list[Op], k: bytes) -> Any:
-        try:
-            return self._client.txn(compare, success, [Op.get(k)], timeout=self._budget())
-        except EtcdError as e:
-            raise self._fail(op, key, e) from e
+    def _txn(self, op: str, key: Any, compare: list[Compare], *branches: list[Op]) -> Any:
+        with self._etcd(op, key):
+            return self._client.txn(compare, *branches, timeout=self._budget())
 
     def _cas(self, op: str, key: str, missing: bytes, update: Callable[[bytes], bytes]) -> bytes:
         """Read-modify-write as an optimistic txn on mod_revision, starting from the value this
@@ -309,32 +313,23 @@ class EtcdStore(dist.Store):  # type: ignore[misc,name-defined]
         cur, rev = self._cache.get(k, (missing, 0))
         while True:
             new = update(cur)
-            r = self._txn(op, key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], k)
+            r = self._txn(
+                op, key, [Compare.mod_revision(k, "=", rev)], [Op.put(k, new)], [Op.get(k)]
+            )
             if r.succeeded:
-                self._remember(k, new, r.revision)
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[k] = (new, r.revision)
                 return new
-            cur, rev = self._current(r.responses[0], missing)
-
-    @staticmethod
-    def _current(resp: Any, missing: bytes) -> tuple[bytes, int]:
-        kvs = resp.kvs
-        return (kvs[0].value, kvs[0].mod_revision) if kvs else (missing, 0)
-
-    def _read_many(self, ks: list[bytes], keys: list[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for i in range(0, len(ks), MAX_TXN_OPS):  # a read-only txn: the client re-sends it
-            gets = [Op.get(k) for k in ks[i : i + MAX_TXN_OPS]]
-            try:
-                r: Any = self._client.txn([], gets, timeout=self._budget())
-            except EtcdError as e:
-                raise self._fail("multi_get", keys, e) from e
-            out.extend(resp.kvs[0].value if resp.kvs else None for resp in r.responses)
-        return out
+            kvs = r.responses[0].kvs
+            cur, rev = (kvs[0].value, kvs[0].mod_revision) if kvs else (missing, 0)
 
     def _wait(self, ks: list[bytes], deadline: float, seconds: float, keys: Sequence[Any]) -> None:
-        try:
+        with self._etcd("wait", list(keys)):
             if wait_for_keys(self._client, ks, deadline):
                 return
-        except EtcdError as e:
-            raise self._fail("wait", list(keys), e) from e
-        raise self._timeout_error(keys, seconds)
+        names = ", ".join(k.decode(errors="replace") if isinstance(k, bytes) else k for k in keys)
+        raise DistStoreError(
+            f"wait timeout after {round(seconds * 1000)}ms, keys: {names} (EtcdStore on etcd "
+            f"{','.join(self._client.endpoints)}, prefix {self.prefix!r})"
+        )

@@ -21,11 +21,10 @@ leaves ``names/<rank>`` and ``addrs/<name>`` behind. What to repair is decided i
 
 from __future__ import annotations
 
-from rpcjob.contract import TORCH_ALL_WORKER_INFOS, TORCH_RPC_PREFIX, TORCH_TOKEN_KEY
-
-RPC_PREFIX = TORCH_RPC_PREFIX
-TOKEN_KEY = RPC_PREFIX + TORCH_TOKEN_KEY
-ALL_WORKER_INFOS_KEY = RPC_PREFIX + "names/" + TORCH_ALL_WORKER_INFOS
+RPC_PREFIX = "rpc_prefix_0/"  # torch.distributed.rpc wraps the store in this prefix
+TOKEN_NAME = "RpcGroupManagementToken"
+TOKEN_KEY = RPC_PREFIX + TOKEN_NAME
+ALL_WORKER_INFOS_KEY = RPC_PREFIX + "names/_ALL_WORKER_INFOS"
 TOKEN_PREFIX = "Token_for_"
 # The token value the cleaner holds while it edits torch's keys. Torch parses no token value, it
 # only waits on the key named by it; the name cannot collide with a worker's token because

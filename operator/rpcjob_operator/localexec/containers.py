@@ -44,7 +44,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -57,9 +56,7 @@ from rpcjob_operator.localexec.podenv import (
     LookupAll,
     PodInfo,
     expand,
-    field_ref,
     resolve_env,
-    resource_field_ref,
 )
 
 PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
@@ -132,7 +129,8 @@ def process_spec(
     parent_env: Mapping[str, str] | None = None,
     rewrite_mounts: bool = True,
 ) -> ProcessSpec:
-    name = str(container.get("name", ""))
+    name, image = str(container.get("name", "")), str(container.get("image", ""))
+    full, short = _image_key(image)
     own = resolve_env(container, pod, lookup, lookup_all)
     mounts = mount_table(container, volume_dirs)
     # Without rewriting (volumes really mounted at their paths) the table stays for the caller.
@@ -141,8 +139,6 @@ def process_spec(
     command = [expand(str(c), own) for c in container.get("command") or []]
     args = [expand(str(a), own) for a in container.get("args") or []]
     if not command:
-        image = str(container.get("image", ""))
-        full, short = _image_key(image)
         entries = image_entrypoints or {}
         entry = entries.get(full) or entries.get(short)
         if entry is None:
@@ -161,7 +157,6 @@ def process_spec(
     env[ENV_LOCAL_POD_IP] = pod.pod_ip
     if rewrite_mounts:
         env[ENV_LOCAL_MOUNTS] = json.dumps(mounts, sort_keys=True)
-    full, short = _image_key(str(container.get("image", "")))
     workdirs = image_workdirs or {}
     cwd = workdirs.get(full) or workdirs.get(short) or default_cwd or os.getcwd()
     if container.get("workingDir") and not rewrite_mounts:
@@ -219,7 +214,6 @@ class LocalContainer:
         self.log_path = log_path
         self.spawner = spawner
         self.proc: Proc | None = None
-        self.started_at: float | None = None
         self._log: IO[bytes] | None = None
         # A kubelet sends SIGTERM once: a second one can land while the process is already
         # exiting (Python restores the default handler at shutdown) and turn exit 0 into 143.
@@ -235,7 +229,6 @@ class LocalContainer:
             forked = self.spawner.spawn(self.spec, self._log.fileno())
             if forked is not None:
                 self.proc = forked
-                self.started_at = time.time()
                 return
         # Through the lifeline launcher: the process group dies with this process even when
         # it is SIGKILLed (the pid, env and exit code stay the command's own).
@@ -250,7 +243,6 @@ class LocalContainer:
             start_new_session=True,
             pass_fds=fds,
         )
-        self.started_at = time.time()
 
     @property
     def pid(self) -> int | None:
@@ -297,25 +289,3 @@ class LocalContainer:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-# The environment half moved to podenv.py; its names stay importable from here.
-__all__ = [
-    "ContainerConfigError",
-    "LocalContainer",
-    "Lookup",
-    "LookupAll",
-    "PodInfo",
-    "Proc",
-    "ProcessSpec",
-    "Spawner",
-    "base_environment",
-    "exit_code",
-    "expand",
-    "field_ref",
-    "mount_table",
-    "process_spec",
-    "resolve_env",
-    "resource_field_ref",
-    "rewrite_paths",
-]

@@ -17,7 +17,7 @@ from typing import Any
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
-from rpcjob_operator import crdschema
+from rpcjob_operator import crdschema, spec_schema
 from rpcjob_operator.localexec import jobfile, lifeline
 
 ENV_STATE_DIR = "RPCJOB_STATE_DIR"
@@ -114,7 +114,7 @@ def scale(name: str, replicas: dict[str, int]) -> dict[str, Any]:
                         f"job {name!r} has no role {role!r} (roles: {', '.join(sorted(roles))})"
                     )
                 roles[role]["replicas"] = n
-            errs = crdschema.validate(jobfile.load_crd(), new, old)
+            errs = crdschema.validate(spec_schema.crd(), new, old)
             if errs:
                 raise ControlError("scale rejected:\n" + "\n".join(f"  - {e}" for e in errs))
             jobfile.validate(new, source=name)
@@ -131,7 +131,6 @@ def status(name: str) -> dict[str, Any]:
     reg = find(name)
     with Client(reg.etcd, timeout=5.0) as client:
         try:
-            summary: dict[str, Any] = read_json(client, keys(name)[1])
-            return summary
+            return read_json(client, keys(name)[1])
         except EtcdError as exc:
             raise ControlError(f"cannot reach local job {name!r}: {exc}") from exc

@@ -37,7 +37,6 @@ class Display:
         self.status: dict[str, Any] = {}
         self.job = ""
         self.started = time.monotonic()
-        self.pods: dict[str, dict[str, Any]] = {}
         self._tails: list[_Tail] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,7 +55,6 @@ class Display:
         if kind == "status":
             self.status = ev["status"]
         if kind == "pod" and ev.get("action") == "created":
-            self.pods[ev["pod"]] = ev
             self._tails.append(_Tail(ev["slot"], ev["log"]))
             if self.verbose:
                 self._tails.append(_Tail(ev["slot"] + "/sidecar", ev["sidecar_log"]))

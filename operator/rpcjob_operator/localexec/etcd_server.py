@@ -1,7 +1,7 @@
 """An etcd server owned by this process: free loopback port, temporary data dir.
 
-Used by ``rpcjob run`` (embedded etcd) and by the test fixtures. Needs the ``etcd`` binary on
-PATH (Debian: ``apt-get install etcd-server``).
+Used by ``rpcjob run`` (embedded etcd) and by the test fixtures (tests/etcd_tls.py adds TLS and
+auth). Needs the ``etcd`` binary on PATH (Debian: ``apt-get install etcd-server``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rpcjob_operator.localexec import lifeline, ports
 
@@ -26,12 +24,6 @@ INSTALL_HINT = (
     "'brew install etcd' (macOS), or download a release from https://etcd.io and put 'etcd' "
     "on PATH"
 )
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    from rpcjob.etcd._convert import prefix_end
-
-    return prefix_end(prefix)
 
 
 class EtcdNotFound(RuntimeError):
@@ -48,27 +40,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
-class TLSFiles:
-    """Server-side TLS material (PEM file paths)."""
-
-    ca: str
-    cert: str
-    key: str
-    client_cert_auth: bool = False
-
-
-@dataclass
 class EmbeddedEtcd:
     host: str = "127.0.0.1"
-    tls: TLSFiles | None = None
-    binary: str | None = None
     data_dir: str | None = None
     port: int = 0
     peer_port: int = 0
-    # Extra etcd flags, e.g. ["--auth-token-ttl", "2"] (tests of token expiry).
-    extra_args: list[str] = field(default_factory=list)
-    # Set by enable_auth(): how clients authenticate (user, password); never logged.
-    auth: tuple[str, str] | None = field(default=None, repr=False)
+    extra_args: list[str] = field(default_factory=list)  # more etcd flags (e.g. TLS files)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
     _log: Path | None = field(default=None, repr=False)
@@ -79,10 +56,10 @@ class EmbeddedEtcd:
 
     @property
     def scheme(self) -> str:
-        return "https" if self.tls else "http"
+        return "http"
 
     def start(self, timeout: float = 20.0) -> EmbeddedEtcd:
-        binary = self.binary or shutil.which("etcd")
+        binary = shutil.which("etcd")
         if not binary:
             raise EtcdNotFound(INSTALL_HINT)
         if self.data_dir is None:
@@ -90,12 +67,6 @@ class EmbeddedEtcd:
             self._own_dir = True
         self.port = self.port or free_port(self.host)
         self.peer_port = self.peer_port or free_port(self.host)
-        self._spawn(binary)
-        self.wait_ready(timeout)
-        return self
-
-    def _spawn(self, binary: str) -> None:
-        assert self.data_dir is not None
         client_url = f"{self.scheme}://{self.endpoint}"
         peer_url = f"http://{self.host}:{self.peer_port}"
         args = [
@@ -109,13 +80,8 @@ class EmbeddedEtcd:
             "--initial-cluster", f"rpcjob={peer_url}",
             "--log-level", "error",
             "--logger", "zap",
+            *self.extra_args,
         ]  # fmt: skip
-        if self.tls:
-            args += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
-            args += ["--trusted-ca-file", self.tls.ca]
-            if self.tls.client_cert_auth:
-                args += ["--client-cert-auth"]
-        args += self.extra_args
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
         self._log = Path(self.data_dir) / "etcd.log"
         # Tied to this process (lifeline.py): etcd dies with it, even on SIGKILL; same pid.
@@ -125,6 +91,8 @@ class EmbeddedEtcd:
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 pass_fds=fds,
             )  # fmt: skip
+        self.wait_ready(timeout)
+        return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the client port accepts connections (the process may have died)."""
@@ -138,9 +106,8 @@ class EmbeddedEtcd:
             except OSError:
                 time.sleep(0.02)
                 continue
-            # etcd accepts connections before it serves them (until it has become leader):
-            # over plain HTTP wait for /health too (TLS clients retry until served).
-            if self.tls is not None or self._healthy():
+            # etcd accepts connections before it serves them (until it has become leader).
+            if self._healthy():
                 return
             time.sleep(0.02)
         raise EtcdStartError(f"etcd did not listen on {self.endpoint} within {timeout}s")
@@ -170,10 +137,7 @@ class EmbeddedEtcd:
 
     def restart(self, timeout: float = 20.0) -> None:
         self.stop()
-        binary = self.binary or shutil.which("etcd")
-        assert binary
-        self._spawn(binary)
-        self.wait_ready(timeout)
+        self.start(timeout)  # the same port and data dir
 
     def close(self) -> None:
         self.stop()
@@ -181,50 +145,6 @@ class EmbeddedEtcd:
         ports.release_port(self.peer_port)
         if self._own_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def client_kwargs(self, client_tls: tuple[str, str] | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``rpcjob.etcd.Client`` (CA, the client certificate and key
-        given as ``client_tls``, user/password once auth is enabled)."""
-        kw: dict[str, Any] = {}
-        if self.tls:
-            kw["ca"] = self.tls.ca
-        if client_tls:
-            kw["cert"], kw["key"] = client_tls
-        if self.auth:
-            kw["user"], kw["password"] = self.auth
-        return kw
-
-    def enable_auth(
-        self,
-        root_password: str,
-        *,
-        users: Sequence[tuple[str, str, str]] = (),
-        client_tls: tuple[str, str] | None = None,
-    ) -> None:
-        """Turn on etcd authentication: user ``root`` (role root) with ``root_password``, plus
-        ``users`` as (name, password, key prefix) with read-write access to their prefix.
-        Clients then need ``user``/``password`` (see client_kwargs)."""
-        from rpcjob.etcd import Client
-        from rpcjob.etcd._pb import auth_pb2 as authpb
-        from rpcjob.etcd._pb import rpc_pb2 as pb
-
-        with Client(self.endpoint, **self.client_kwargs(client_tls)) as c:
-            c.auth_call("UserAdd", pb.AuthUserAddRequest(name="root", password=root_password))
-            c.auth_call("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root"))
-            for name, password, prefix in users:
-                perm = authpb.Permission(
-                    permType=authpb.Permission.READWRITE,
-                    key=prefix.encode(),
-                    range_end=_prefix_end(prefix.encode()),
-                )
-                c.auth_call("RoleAdd", pb.AuthRoleAddRequest(name=name))
-                c.auth_call(
-                    "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(name=name, perm=perm)
-                )
-                c.auth_call("UserAdd", pb.AuthUserAddRequest(name=name, password=password))
-                c.auth_call("UserGrantRole", pb.AuthUserGrantRoleRequest(user=name, role=name))
-            c.auth_call("AuthEnable", pb.AuthEnableRequest())
-        self.auth = ("root", root_password)
 
     @property
     def pid(self) -> int | None:

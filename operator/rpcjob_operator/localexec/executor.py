@@ -11,7 +11,6 @@ command, each pod on its own loopback IP. Services and NetworkPolicies have no l
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import threading
 import time
@@ -26,7 +25,7 @@ from rpcjob.records import MemberRecord, read_members
 from rpcjob_operator import model
 from rpcjob_operator.localexec.control import keys
 from rpcjob_operator.localexec.loopback import LoopbackPool
-from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig
+from rpcjob_operator.localexec.podrunner import PodRunner, RunnerConfig, now_iso
 from rpcjob_operator.localexec.zygote_client import ForkServer
 from rpcjob_operator.plan import reconcile
 from rpcjob_operator.render import OperatorDefaults, render_pod
@@ -37,10 +36,6 @@ TICK = 0.2
 NODE = "local"
 FINISHED = ("Succeeded", "Failed")
 Emit = Callable[[dict[str, Any]], None]
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def node_gpu_count(labels: dict[str, str]) -> int:
@@ -82,14 +77,12 @@ class RunOptions:
     etcd_endpoint: str
     node_labels: dict[str, str] = field(default_factory=dict)
     lease_ttl: int = 3
-    extra_env: dict[str, str] = field(default_factory=dict)
     # Fork worker containers from a process that has imported torch (zygote_client.py)
     fork_server: bool = False
 
 
 class LocalJob:
     def __init__(self, obj: dict[str, Any], opts: RunOptions, emit: Emit) -> None:
-        self.opts = opts
         self.emit = emit
         self.obj = copy.deepcopy(obj)
         md = self.obj.setdefault("metadata", {})
@@ -109,11 +102,7 @@ class LocalJob:
             sidecar_image="local", etcd_endpoints=(opts.etcd_endpoint,), lease_ttl=opts.lease_ttl
         )
         self.client = Client(opts.etcd_endpoint, timeout=5.0)
-        self.fork_server = (
-            ForkServer(opts.root, lambda m: self.emit({"type": "warning", "message": m}))
-            if opts.fork_server
-            else None
-        )
+        self.fork_server = ForkServer(opts.root, self.warn) if opts.fork_server else None
         self.runner_cfg = RunnerConfig(
             root=opts.root,
             default_cwd=opts.workdir,
@@ -122,7 +111,6 @@ class LocalJob:
             extra_env={
                 contract.ENV_NODE_LABELS: json.dumps(opts.node_labels),
                 contract.ENV_LEASE_TTL: str(opts.lease_ttl),
-                **opts.extra_env,
             },
             backoff_base=0.5,
             spawner=self.fork_server,
@@ -133,12 +121,15 @@ class LocalJob:
         self.gpus_used: dict[str, tuple[int, ...]] = {}  # pod name -> GPU indices
         self.gpu_waiting: set[str] = set()
 
+    def warn(self, message: str) -> None:
+        self.emit({"type": "warning", "message": message})
+
     # --- observe ----------------------------------------------------------------------------
     def _read_members(self) -> tuple[MemberRecord, ...] | None:
         try:
             return read_members(self.client, self.keys)
         except EtcdError as exc:
-            self.emit({"type": "warning", "message": f"etcd: {exc}"})
+            self.warn(f"etcd: {exc}")
             return None
 
     def observe(self) -> model.Observed:
@@ -202,12 +193,9 @@ class LocalJob:
         if len(free) < need:
             if pod not in self.gpu_waiting:
                 self.gpu_waiting.add(pod)
-                self.emit(
-                    {
-                        "type": "warning",
-                        "message": f"pod {pod} waits for {need} GPU(s): "
-                        f"{len(free)} of {self.gpu_total} free (--node-labels sets the count)",
-                    }
+                self.warn(
+                    f"pod {pod} waits for {need} GPU(s): {len(free)} of {self.gpu_total} free "
+                    "(--node-labels sets the count)"
                 )
             return None
         self.gpu_waiting.discard(pod)
@@ -272,7 +260,7 @@ class LocalJob:
             }
             self.client.put(status_key, json.dumps(summary, default=list))
         except EtcdError as exc:
-            self.emit({"type": "warning", "message": f"etcd: {exc}"})
+            self.warn(f"etcd: {exc}")
 
     def cycle(self) -> None:
         self.apply_scale_requests()
@@ -344,12 +332,12 @@ class LocalJob:
         self.publish()
         return self.state
 
-    def stop_all(self, grace: float | None = None, timeout: float = 60.0) -> None:
+    def stop_all(self, timeout: float = 60.0) -> None:
         """Ctrl-C: every worker drains and leaves (SIGTERM), then sidecars stop."""
         self.stopping = True
         for pod in list(self.pods.values()):
             pod.obj["metadata"].setdefault("deletionTimestamp", now_iso())
-            pod.runner.request_stop(pod.grace if grace is None else grace)
+            pod.runner.request_stop(pod.grace)
         deadline = time.monotonic() + timeout
         for pod in list(self.pods.values()):
             pod.runner.join(max(0.0, deadline - time.monotonic()))

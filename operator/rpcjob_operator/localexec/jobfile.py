@@ -13,19 +13,13 @@ from typing import Any
 import yaml
 
 from rpcjob import contract
-from rpcjob_operator import crdschema
+from rpcjob_operator import crdschema, spec_schema
 from rpcjob_operator.errors import InvalidSpec
 from rpcjob_operator.spec import RpcJob, parse_job
-
-CRD_PATH = Path(__file__).resolve().parent.parent / "crd" / "rpcjob.dev_rpcjobs.yaml"
 
 
 class JobFileError(ValueError):
     """A job file that cannot run; the message names the file, the field and the fix."""
-
-
-def load_crd() -> dict[str, Any]:
-    return crdschema.load_crd(CRD_PATH)
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -90,14 +84,14 @@ def apply_set(obj: dict[str, Any], assignment: str) -> dict[str, Any]:
 
 def validate(obj: dict[str, Any], *, source: str = "job") -> RpcJob:
     """Schema + CEL, then the operator's checks; raises JobFileError listing every problem."""
-    errs = crdschema.validate(load_crd(), obj)
+    errs = crdschema.validate(spec_schema.crd(), obj)
     if errs:
         raise JobFileError(
             f"{source}: the RpcJob is invalid (as a cluster would reject it):\n"
             + "\n".join(f"  - {e}" for e in errs)
         )
     try:
-        return parse_job(crdschema.apply_defaults(load_crd(), obj))
+        return parse_job(obj)
     except InvalidSpec as exc:
         raise JobFileError(
             f"{source}: the RpcJob is invalid:\n" + "\n".join(f"  - {e}" for e in exc.errors)

@@ -89,18 +89,8 @@ def field_ref(path: str, pod: PodInfo, container: str = "") -> str:
 
 
 _QUANTITY_RE = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": 1.0,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "Ki": 1024.0,
-    "Mi": 1024.0**2,
-    "Gi": 1024.0**3,
-    "Ti": 1024.0**4,
-}
+_SUFFIX = {"": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_SUFFIX |= {f"{p}i": 1024.0**i for i, p in enumerate("KMGT", start=1)}
 
 
 def parse_quantity(q: str | int | float) -> float:

@@ -13,13 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rpcjob.contract import WORKER_CONTAINER
-from rpcjob_operator.localexec.containers import (
-    ContainerConfigError,
-    LocalContainer,
-    PodInfo,
-    ProcessSpec,
-    process_spec,
-)
+from rpcjob_operator.localexec.containers import LocalContainer, ProcessSpec, process_spec
+from rpcjob_operator.localexec.podenv import ContainerConfigError, PodInfo
 from rpcjob_operator.localexec.podstate import RunnerConfig, Slot
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
 
@@ -113,7 +108,8 @@ class PodRunner(threading.Thread):
 
     # --- volumes ----------------------------------------------------------------------------
     def _make_volumes(self) -> None:
-        ns = self.pod["metadata"]["namespace"]
+        """A directory per volume (``rpcjob run`` has no Secrets or ConfigMaps to project: the
+        cluster kubelet's ClusterPodRunner writes those)."""
         for vol in self.pod["spec"].get("volumes") or []:
             name = vol["name"]
             if "hostPath" in vol:
@@ -122,19 +118,6 @@ class PodRunner(threading.Thread):
             path = os.path.join(self.dir, "volumes", name)
             os.makedirs(path, exist_ok=True)
             self.volumes[name] = path
-            for kind, key in (("secret", "secret"), ("configmap", "configMap")):
-                src = vol.get(key)
-                if src is None or self.cfg.lookup_all is None:
-                    continue
-                ref = src.get("secretName") or src.get("name")
-                data = self.cfg.lookup_all(ns, kind, ref) or {}
-                items = src.get("items") or [{"key": k, "path": k} for k in data]
-                for item in items:
-                    if item["key"] in data:
-                        target = os.path.join(path, item["path"])
-                        os.makedirs(os.path.dirname(target), exist_ok=True)
-                        with open(target, "w") as f:
-                            f.write(data[item["key"]])
 
     # --- containers -----------------------------------------------------------------------
     def _start(self, slot: Slot) -> None:

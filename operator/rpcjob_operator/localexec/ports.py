@@ -41,7 +41,7 @@ def port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> range:
     return range(high + 1, 65536)
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # as servers bind (etcd, grpc and aiohttp set SO_REUSEADDR): TIME_WAIT is no conflict
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,7 +79,7 @@ def reserve_port(host: str = "127.0.0.1") -> int:
             fd = _claim(port)
             if fd is None:
                 continue
-            if _bindable(host, port):
+            if bindable(host, port):
                 _held[port] = fd
                 return port
             os.close(fd)

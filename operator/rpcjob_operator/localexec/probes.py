@@ -94,14 +94,13 @@ class ProbeState:
     def record(self, result: tuple[bool, str], now: float) -> None:
         success, why = result
         self.next_at = now + float(self.probe.get("periodSeconds", 10))
-        if not success:
-            self.last_error = why
         if success:
             self.successes += 1
             self.failures = 0
             if self.successes >= int(self.probe.get("successThreshold", 1)):
                 self.ok = True
         else:
+            self.last_error = why
             self.failures += 1
             self.successes = 0
             if self.failures >= int(self.probe.get("failureThreshold", 3)):

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from rpcjob import contract
+from rpcjob.records import MemberRecord
 from rpcjob_operator.observe.targets import (
     Answer,
     Job,
@@ -96,8 +97,8 @@ def cluster_job(
         }
         for p in pods.items
     }
-    records = {str(m["name"]): dict(m) for m in status.get("members") or [] if m.get("name")}
-    targets = merge_targets(by_pod, records)
+    members = [MemberRecord.from_dict(m) for m in status.get("members") or [] if m.get("name")]
+    targets = merge_targets(by_pod, members)
 
     def fetch(t: Target, method: str, path: str, timeout: float) -> Answer:
         return proxy(api, ns, t, method, path, timeout)

@@ -7,7 +7,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -26,7 +25,7 @@ EXIT_USAGE = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"rpcjob: error: {message}", err=True)
     raise SystemExit(code)
 
@@ -64,7 +63,7 @@ def _job(name: str, opts: dict[str, Any]) -> Job:
             )
         return local_job(name)
     except TargetError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @click.command()
@@ -122,8 +121,8 @@ def debug(job: str, member: str | None, json_mode: bool, **opts: Any) -> None:
     try:
         chosen = j.select(member)
     except TargetError as exc:
-        _fail(str(exc))
-    answers = _ask_all(j, chosen, "GET", "/debug/rpc/info", 15.0)
+        fail(str(exc))
+    answers = j.ask(chosen, "GET", "/debug/rpc/info", 15.0)
     for t in chosen:  # a sidecar that did not answer: what the pod list and status say
         _code, body = answers[t.pod]
         body.setdefault("member", _unanswered(t))
@@ -183,16 +182,6 @@ def _etcd_from_sidecars(answers: dict[str, tuple[int, dict[str, Any]]]) -> dict[
     return joined
 
 
-def _ask_all(
-    j: Job, targets: list[Any], method: str, path: str, timeout: float
-) -> dict[str, tuple[int, dict[str, Any]]]:
-    if not targets:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(64, len(targets))) as pool:
-        futs = {t.pod: pool.submit(j.fetch, t, method, path, timeout) for t in targets}
-        return {pod: f.result() for pod, f in futs.items()}
-
-
 @click.command()
 @click.argument("job")
 @_seconds_option("--seconds", 5.0, 0.1, 300, "How long the profiler runs on every member.")
@@ -214,10 +203,10 @@ def profile(job: str, seconds: float, output: str, interval_ms: float, **opts: A
     j = _job(job, opts)
     members = j.members()
     if not members:
-        _fail(f"job {job!r} has no joined member to profile (see 'rpcjob top {job}')", 1)
+        fail(f"job {job!r} has no joined member to profile (see 'rpcjob top {job}')", 1)
     path = f"/debug/rpc/profile?seconds={seconds:g}&interval_ms={interval_ms:g}"
     click.echo(f"profiling {len(members)} member(s) of {job} for {seconds:g}s ...", err=True)
-    answers = _ask_all(j, members, "POST", path, seconds + 60.0)
+    answers = j.ask(members, "POST", path, seconds + 60.0)
     results: dict[str, dict[str, Any]] = {}
     for t in members:
         code, body = answers[t.pod]

@@ -60,13 +60,8 @@ def report(
     job: str, etcd: dict[str, int], answers: dict[str, dict[str, Any]], result: Consistency
 ) -> str:
     """The readable report: one block per member, then the verdict."""
-    lines = [
-        f"job {job}: {len(etcd)} member(s) in etcd: "
-        + (
-            ", ".join(f"{n}(rank {r})" for n, r in sorted(etcd.items(), key=lambda x: x[1]))
-            or "none"
-        )
-    ]
+    members = ", ".join(f"{n}(rank {r})" for n, r in sorted(etcd.items(), key=lambda x: x[1]))
+    lines = [f"job {job}: {len(etcd)} member(s) in etcd: {members or 'none'}"]
     for pod, body in answers.items():
         member, w = body.get("member") or {}, body.get("worker") or {}
         lines.append("")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from rpcjob import contract
 from rpcjob.etcd import Client, EtcdError
+from rpcjob.records import MemberRecord, read_members
 from rpcjob_operator.localexec import control
 
 
@@ -49,7 +51,14 @@ class Job:
     fetch: Fetch
     etcd_members: dict[str, int] | None = None  # name -> rank from etcd (None: not readable)
     where: str = "local"
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ask(self, targets: list[Target], method: str, path: str, wait: float) -> dict[str, Answer]:
+        """Each target's answer by pod, asked in parallel (a slow sidecar delays only its own)."""
+        if not targets:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(64, len(targets))) as pool:
+            futs = {t.pod: pool.submit(self.fetch, t, method, path, wait) for t in targets}
+            return {pod: f.result() for pod, f in futs.items()}
 
     def members(self) -> list[Target]:
         return [t for t in self.targets if t.rank >= 0]
@@ -98,38 +107,30 @@ def local_job(name: str) -> Job:
             status = control.read_json(client, status_key)
             spec = control.read_json(client, spec_key)
             ns = str(spec.get("metadata", {}).get("namespace") or "default")
-            keys = contract.JobKeys(ns, name, reg.uid)
-            records = {
-                kv.key.decode()[len(keys.members) :]: json.loads(kv.value)
-                for kv in client.get_prefix(keys.members)
-            }
+            members = read_members(client, contract.JobKeys(ns, name, reg.uid))
     except (EtcdError, control.ControlError) as exc:
         raise TargetError(f"cannot read local job {name!r}: {exc}") from None
-    return Job(
-        name,
-        merge_targets(status.get("pods") or {}, records),
-        http_fetch,
-        {n: int(r.get("rank", -1)) for n, r in records.items()},
-    )
+    targets = merge_targets(status.get("pods") or {}, members)
+    return Job(name, targets, http_fetch, {m.name: m.rank for m in members})
 
 
-def merge_targets(pods: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[Target]:
-    """One target per pod; members carry their etcd record (rank, node, devices). ``pods``:
+def merge_targets(pods: dict[str, Any], members: Iterable[MemberRecord]) -> list[Target]:
+    """One target per pod; members carry their record (rank, node, devices). ``pods``:
     pod -> {ip, phase, and in a cluster node and the pod's worker-name label}."""
-    by_pod = {str(r.get("pod", "")): (n, r) for n, r in records.items()}
+    by_pod = {m.pod: m for m in members}
     out = []
     for pod in sorted(set(pods) | set(by_pod)):
         info = pods.get(pod) or {}
-        name, rec = by_pod.get(pod, ("", {}))
+        m = by_pod.get(pod)
         out.append(
             Target(
                 pod=pod,
-                name=name or str(info.get("name") or ""),
-                rank=int(rec.get("rank", -1)),
-                node=str(rec.get("node") or info.get("node") or ""),
-                ip=str(rec.get("ip") or info.get("ip") or ""),
-                devices=tuple(rec.get("devices") or ()),
-                phase=str(info.get("phase") or ("Running" if rec else "")),
+                name=(m.name if m else "") or str(info.get("name") or ""),
+                rank=m.rank if m else -1,
+                node=(m.node if m else "") or str(info.get("node") or ""),
+                ip=(m.ip if m else "") or str(info.get("ip") or ""),
+                devices=m.devices if m else (),
+                phase=str(info.get("phase") or ("Running" if m else "")),
             )
         )
     return sorted(out, key=lambda t: (t.rank < 0, t.rank, t.pod))

@@ -8,7 +8,6 @@ towards me (``rpc_sync``/``rpc_async``; ``remote()`` calls are not counted).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.table import Table
@@ -16,13 +15,8 @@ from rich.table import Table
 from rpcjob_operator.observe.targets import Answer, Job, Target
 
 
-def poll(job: Job, path: str = "/debug/rpc/top", timeout: float = 5.0) -> dict[str, Answer]:
-    """Every target's answer, asked in parallel (a slow sidecar delays only its own row)."""
-    if not job.targets:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(32, len(job.targets))) as pool:
-        futs = {t.pod: pool.submit(job.fetch, t, "GET", path, timeout) for t in job.targets}
-        return {pod: f.result() for pod, f in futs.items()}
+def poll(job: Job) -> dict[str, Answer]:
+    return job.ask(job.targets, "GET", "/debug/rpc/top", 5.0)
 
 
 def _num(d: dict[str, Any], key: str) -> float | None:
@@ -106,28 +100,9 @@ def table(job: Job, data: list[dict[str, Any]]) -> Table:
         title_justify="left",
         expand=False,
     )
-    heads = (
-        "RANK",
-        "MEMBER",
-        "POD",
-        "NODE",
-        "DEVICES",
-        "STATE",
-        "PENDING OUT",
-        "SERVING",
-        "POOL BUSY",
-        "RPC/s IN",
-        "RPC/s OUT",
-        "LAST ERROR",
-    )
-    for h in heads:
-        t.add_column(
-            h,
-            justify="right"
-            if h in ("RANK", "PENDING OUT", "SERVING", "POOL BUSY", "RPC/s IN", "RPC/s OUT")
-            else "left",
-            overflow="fold",
-        )
+    numbers = ("PENDING OUT", "SERVING", "POOL BUSY", "RPC/s IN", "RPC/s OUT")
+    for h in ("RANK", "MEMBER", "POD", "NODE", "DEVICES", "STATE", *numbers, "LAST ERROR"):
+        t.add_column(h, justify="right" if h in ("RANK", *numbers) else "left", overflow="fold")
     for r in data:
         busy = "-" if r["pool_busy"] is None else f"{r['pool_busy']}/{int(r['pool_size'])}"
         state = r["state"]

@@ -29,17 +29,8 @@ def merge(job: str, results: dict[str, dict[str, Any]], seconds: float) -> dict[
         label = f"{n} (rank {member.get('rank', '?')}, pod {member.get('pod', '?')})"
         if not results[n].get("complete"):
             label += " PARTIAL"
-        events.append(
-            {"ph": "M", "name": "process_name", "pid": pid_of[n], "args": {"name": label}}
-        )
-        events.append(
-            {
-                "ph": "M",
-                "name": "process_sort_index",
-                "pid": pid_of[n],
-                "args": {"sort_index": pid_of[n]},
-            }
-        )
+        events.append(_meta(pid_of[n], "process_name", {"name": label}))
+        events.append(_meta(pid_of[n], "process_sort_index", {"sort_index": pid_of[n]}))
     for n in names:
         events.extend(_member_events(pid_of[n], profiles[n], t0))
     events.extend(_flows(profiles, pid_of, t0))
@@ -62,26 +53,16 @@ def merge(job: str, results: dict[str, dict[str, Any]], seconds: float) -> dict[
     }
 
 
-def _x(
-    pid: int,
-    tid: int,
-    name: str,
-    cat: str,
-    start: float,
-    end: float,
-    t0: float,
-    args: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "ph": "X",
-        "pid": pid,
-        "tid": tid,
-        "name": name,
-        "cat": cat,
-        "ts": start - t0,
-        "dur": max(0.0, end - start),
-        "args": args or {},
-    }
+def _meta(pid: int, name: str, args: dict[str, Any], **ids: int) -> dict[str, Any]:
+    return {"ph": "M", "name": name, "pid": pid, **ids, "args": args}
+
+
+def _x(pid: int, tid: int, name: str, cat: str, span: dict[str, Any], t0: float,
+       args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A complete event over ``span``'s ``start_us`` .. ``end_us``."""
+    start, end = span["start_us"], span["end_us"]
+    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "cat": cat, "ts": start - t0,
+            "dur": max(0.0, end - start), "args": args or {}}  # fmt: skip
 
 
 def _member_events(pid: int, p: dict[str, Any], t0: float) -> list[dict[str, Any]]:
@@ -91,46 +72,16 @@ def _member_events(pid: int, p: dict[str, Any], t0: float) -> list[dict[str, Any
         tid = int(s["thread"])
         threads.add((tid, "rpc server thread" if s["kind"] == "callee" else "caller thread"))
         name = s["name"] if s["kind"] == "callee" else f"rpc_sync {s['name']} -> {s['peer']}"
-        out.append(
-            _x(
-                pid,
-                tid,
-                name,
-                f"rpc.{s['kind']}",
-                s["start_us"],
-                s["end_us"],
-                t0,
-                {"function": s["name"], "peer": s.get("peer", "")},
-            )
-        )
+        args = {"function": s["name"], "peer": s.get("peer", "")}
+        out.append(_x(pid, tid, name, f"rpc.{s['kind']}", s, t0, args))
     for r in p.get("requests", []):
         tid = TORCH_TID_BASE + int(r["thread"])
         threads.add((tid, "torch profiler"))
-        out.append(
-            _x(
-                pid,
-                tid,
-                "rpc request",
-                "torch.request",
-                r["start_us"],
-                r["end_us"],
-                t0,
-                {"ops": r["ops"]},
-            )
-        )
+        out.append(_x(pid, tid, "rpc request", "torch.request", r, t0, {"ops": r["ops"]}))
     for o in p.get("ops", []):
-        tid = TORCH_TID_BASE + int(o["thread"])
-        out.append(_x(pid, tid, o["name"], "torch.op", o["start_us"], o["end_us"], t0))
+        out.append(_x(pid, TORCH_TID_BASE + int(o["thread"]), o["name"], "torch.op", o, t0))
     for tid, label in sorted(threads):
-        out.append(
-            {
-                "ph": "M",
-                "name": "thread_name",
-                "pid": pid,
-                "tid": tid,
-                "args": {"name": f"{label} {tid % TORCH_TID_BASE}"},
-            }
-        )
+        out.append(_meta(pid, "thread_name", {"name": f"{label} {tid % TORCH_TID_BASE}"}, tid=tid))
     return out
 
 
@@ -161,31 +112,12 @@ def _flows(
                 continue
             used.add(id(match))
             match.setdefault("caller", n)
-            fid = len(out) // 2 + 1
+            flow: dict[str, Any] = {"id": len(out) // 2 + 1, "name": "rpc", "cat": "rpc.flow"}
             ts = match["start_us"] - t0
-            out.append(
-                {
-                    "ph": "s",
-                    "id": fid,
-                    "pid": pid_of[n],
-                    "tid": int(s["thread"]),
-                    "name": "rpc",
-                    "cat": "rpc.flow",
-                    "ts": max(s["start_us"] - t0, ts),
-                }
-            )
-            out.append(
-                {
-                    "ph": "f",
-                    "bp": "e",
-                    "id": fid,
-                    "pid": pid_of[s["peer"]],
-                    "tid": int(match["thread"]),
-                    "name": "rpc",
-                    "cat": "rpc.flow",
-                    "ts": ts,
-                }
-            )
+            out.append({"ph": "s", **flow, "pid": pid_of[n], "tid": int(s["thread"]),
+                        "ts": max(s["start_us"] - t0, ts)})  # fmt: skip
+            out.append({"ph": "f", "bp": "e", **flow, "pid": pid_of[s["peer"]],
+                        "tid": int(match["thread"]), "ts": ts})  # fmt: skip
     return out
 
 

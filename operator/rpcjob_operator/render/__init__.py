@@ -1,7 +1,6 @@
 """Pure renderers: RpcJob + slot -> Kubernetes objects as plain dicts (no API access)."""
 
 from rpcjob_operator.render.defaults import OperatorDefaults
-from rpcjob_operator.render.env import slot_env
 from rpcjob_operator.render.pod import render_pod
 from rpcjob_operator.render.service import render_network_policy, render_service
 
@@ -10,5 +9,4 @@ __all__ = [
     "render_network_policy",
     "render_pod",
     "render_service",
-    "slot_env",
 ]

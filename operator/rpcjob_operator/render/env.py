@@ -1,7 +1,7 @@
 """The env contract of a slot.
 
 ``slot_env`` is what both the worker and the sidecar container get. Resolving it outside
-Kubernetes (downward API, Secret keys, ``$(VAR)``) is ``localexec.containers.resolve_env``.
+Kubernetes (downward API, Secret keys, ``$(VAR)``) is ``localexec.podenv.resolve_env``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from rpcjob_operator.spec import RpcJob
 
 def _field(path: str) -> dict[str, Any]:
     return {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def etcd_settings(
@@ -45,18 +49,11 @@ def slot_env(job: RpcJob, slot: Slot, defaults: OperatorDefaults) -> list[dict[s
         {"name": contract.ENV_WORKER_NAME, "value": slot.worker_name},
         {"name": contract.ENV_SOCKET, "value": contract.socket_path()},
         {"name": contract.ENV_ETCD_ENDPOINTS, "value": ",".join(endpoints)},
-        {
-            "name": contract.ENV_SLOTS,
-            "value": json.dumps(job.slots(), sort_keys=True, separators=(",", ":")),
-        },
+        {"name": contract.ENV_SLOTS, "value": _compact(job.slots())},
         {"name": contract.ENV_GPUS, "value": "" if role.gpus is None else str(role.gpus)},
         {
             "name": contract.ENV_ROLE_GPUS,
-            "value": json.dumps(
-                {r.name: r.gpus or 0 for r in job.roles.values()},
-                sort_keys=True,
-                separators=(",", ":"),
-            ),
+            "value": _compact({n: r.gpus or 0 for n, r in job.roles.items()}),
         },
         {"name": contract.ENV_RPC_TIMEOUT, "value": f"{job.rpc.timeout_seconds:g}"},
         {"name": contract.ENV_RPC_THREADS, "value": str(job.rpc.num_worker_threads)},

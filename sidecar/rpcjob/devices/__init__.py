@@ -12,7 +12,6 @@ from rpcjob.devices.maps import (
     plan_devices,
     reverse_map,
     slot_names,
-    verify_visible,
     visible_gpus,
 )
 from rpcjob.devices.slots import parse_slots
@@ -31,6 +30,5 @@ __all__ = [
     "plan_devices",
     "reverse_map",
     "slot_names",
-    "verify_visible",
     "visible_gpus",
 ]

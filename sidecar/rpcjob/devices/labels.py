@@ -77,13 +77,6 @@ class NodeGPUs:
         """GPUs are time-sliced or MPS-shared between pods."""
         return self.replicas > 1 or self.sharing_strategy in ("time-slicing", "mps")
 
-    @property
-    def has_gpus(self) -> bool | None:
-        """True/False when the labels say so, None when they are silent."""
-        if self.count is not None:
-            return self.count > 0
-        return True if self.present else None
-
 
 def _parse_count(
     labels: Mapping[str, str], key: str, fix: str, warnings: list[str], where: str = ""

@@ -91,10 +91,6 @@ class DevicePlan:
         return reverse_map(self.devices, peer.devices)
 
 
-def cuda_devices(n: int) -> tuple[str, ...]:
-    return tuple(f"cuda:{i}" for i in range(n))
-
-
 def slot_names(slots: Mapping[str, RoleShape]) -> list[str]:
     """Every RPC worker name the job can ever have: roles x maxReplicas."""
     return [
@@ -115,8 +111,9 @@ def reverse_map(my_devices: Sequence[str], peer_devices: Sequence[str]) -> dict[
     return {mine: theirs for theirs, mine in fwd.items()}
 
 
-def peer_link(node: NodeGPUs, has_devices: bool, peer: Peer) -> str:
-    if not has_devices or not peer.devices:
+def _link(node: NodeGPUs, peer: Peer, peer_devices: Sequence[str]) -> str:
+    """How I (with CUDA devices) reach ``peer``."""
+    if not peer_devices:
         return LINK_NONE
     if node.node and peer.node == node.node:
         return LINK_SAME_NODE
@@ -319,7 +316,7 @@ def plan_devices(
     """Devices and maps for ``worker`` (``<role>_<index>``); see the module docstring.
 
     ``visible``: GPUs the worker container sees (a count or device ids), None when unknown
-    (then the role's request is trusted and the worker checks with `verify_visible`).
+    (then the role's request is trusted).
     ``peers``: live members' records (I may be listed; I am skipped).
     Raises DeviceMapError when the slot cannot get the GPUs its role requests; every other
     problem is a warning in the plan and the documented fallback.
@@ -355,13 +352,11 @@ def plan_devices(
             warnings=tuple(warnings),
         )
 
-    devices = cuda_devices(n_me)
+    devices = tuple(f"cuda:{i}" for i in range(n_me))
     present = {p.name: _parse_peer_devices(p, warnings) for p in live}
     maps = _forward_maps(worker, n_me, names, present, slots, warnings)
     reverse = {p.name: reverse_map(devices, present[p.name]) for p in live}
-    links = {
-        p.name: peer_link(node, True, Peer(p.name, p.node, p.clique, present[p.name])) for p in live
-    }
+    links = {p.name: _link(node, p, present[p.name]) for p in live}
     for p in live:
         if links[p.name] == LINK_SAME_CLIQUE:
             warnings.append(
@@ -377,19 +372,4 @@ def plan_devices(
         reverse_maps=reverse,
         links=links,
         warnings=tuple(warnings),
-    )
-
-
-def verify_visible(
-    plan_devices_: Sequence[str], visible: int | Sequence[str] | None, worker: str = ""
-) -> None:
-    """Worker-side check before init_rpc: the container must see every planned device."""
-    seen = _count(visible)
-    if seen is None or seen >= len(plan_devices_):
-        return
-    who = f"{worker} " if worker else ""
-    raise DeviceMapError(
-        f"the sidecar planned devices {list(plan_devices_)} but the worker container {who}"
-        f"sees {seen} GPU(s); rpcjob will not fall back to CPU silently: check the pod's "
-        "nvidia.com/gpu limit, CUDA_VISIBLE_DEVICES and the NVIDIA device plugin"
     )

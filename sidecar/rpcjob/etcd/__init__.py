@@ -2,8 +2,9 @@
 
 Why our own client: docs/architecture.md#etcd-client.
 
-One thread-safe :class:`Client` over generated stubs (``proto/*.proto``, etcd's own packages and
-field numbers; stubs in ``_pb/``). asyncio code calls it from a thread (``asyncio.to_thread``).
+One thread-safe :class:`Client` over generated stubs (``proto/vendor/*.proto``, etcd's own
+packages and field numbers; stubs in ``_pb/``). asyncio code calls it from a thread
+(``asyncio.to_thread``).
 
     with Client("127.0.0.1:2379") as c:
         c.put("k", "v")

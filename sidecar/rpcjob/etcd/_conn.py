@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
 import grpc
@@ -55,10 +54,7 @@ def parse_endpoints(
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     out = []
     for raw in items:
-        ep = raw.strip()
-        for scheme in ("http://", "https://"):
-            ep = ep.removeprefix(scheme)
-        ep = ep.rstrip("/")
+        ep = raw.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
         if not ep:
             continue
         try:
@@ -100,27 +96,19 @@ def credentials(
     )
 
 
-@dataclass
 class Endpoint:
-    """One endpoint's channel and stubs, valid in the process ``pid`` only."""
+    """One endpoint's channel and stubs, valid in the process that built them (see Conn)."""
 
-    address: str
-    channel: grpc.Channel
-    pid: int
-    kv: pbg.KVStub = field(init=False)
-    watch: pbg.WatchStub = field(init=False)
-    lease: pbg.LeaseStub = field(init=False)
-    auth: pbg.AuthStub = field(init=False)
-    maintenance: pbg.MaintenanceStub = field(init=False)
-    token: str | None = field(default=None, repr=False)  # a credential: never printed
-    metadata: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.kv = pbg.KVStub(self.channel)
-        self.watch = pbg.WatchStub(self.channel)
-        self.lease = pbg.LeaseStub(self.channel)
-        self.auth = pbg.AuthStub(self.channel)
-        self.maintenance = pbg.MaintenanceStub(self.channel)
+    def __init__(self, address: str, channel: grpc.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.kv = pbg.KVStub(channel)
+        self.watch = pbg.WatchStub(channel)
+        self.lease = pbg.LeaseStub(channel)
+        self.auth = pbg.AuthStub(channel)
+        self.maintenance = pbg.MaintenanceStub(channel)
+        self.token: str | None = None  # a credential: never printed
+        self.metadata: tuple[tuple[str, str], ...] | None = None
 
     def keepalive_once(
         self,
@@ -218,7 +206,7 @@ class Conn:
             ch = grpc.secure_channel(addr, self._creds, options=CHANNEL_OPTIONS)
         else:
             ch = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-        return Endpoint(addr, ch, os.getpid())
+        return Endpoint(addr, ch)
 
     def current(self) -> Endpoint:
         if self._pid != os.getpid():  # forked without the at-fork hook (should not happen)
@@ -254,6 +242,13 @@ class Conn:
                     ep.channel.close()
 
     # --- errors -------------------------------------------------------------------------------
+    def error(self, f: Failure, details: str, endpoint: str, op: str, budget: float) -> EtcdError:
+        """Failure ``f`` as the EtcdError naming this client's endpoints and settings."""
+        return fl.error_for(
+            f, details, endpoint=endpoint, endpoints=self.endpoints, op=op, timeout=budget,
+            user=self.user, names=self.names,
+        )  # fmt: skip
+
     def _timeout_error(
         self,
         last: tuple[Failure, str, str] | None,
@@ -262,25 +257,14 @@ class Conn:
         budget: float,
         details: str = "deadline passed before the call could be sent",
     ) -> EtcdError:
-        if last is not None:  # say why earlier attempts failed, not just "timed out"
-            f, details, address = last
-            return fl.error_for(f, details, **(self._ctx(ep, op, budget) | {"endpoint": address}))
-        return fl.error_for(Failure.DEADLINE, details, **self._ctx(ep, op, budget))
-
-    def _ctx(self, ep: Endpoint, op: str, budget: float) -> dict[str, Any]:
-        return {
-            "endpoint": ep.address,
-            "endpoints": self.endpoints,
-            "op": op,
-            "timeout": budget,
-            "user": self.user,
-            "names": self.names,
-        }
+        # After earlier failed attempts, say why they failed, not just "timed out".
+        f, details, address = last or (Failure.DEADLINE, details, ep.address)
+        return self.error(f, details, address, op, budget)
 
     # --- auth ---------------------------------------------------------------------------------
     def authenticate(self, ep: Endpoint, deadline: float) -> None:
-        """Get a token for ``ep`` (simple tokens are per member, so per endpoint)."""
-        if not self.user:
+        """Get ``ep`` a token unless it has one (simple tokens are per member: per endpoint)."""
+        if not self.user or ep.token is not None:
             return
         req = pb.AuthenticateRequest(name=self.user, password=self._password or "")
         resp = ep.auth.Authenticate(req, timeout=max(deadline - time.monotonic(), 0.001))
@@ -324,8 +308,7 @@ class Conn:
                 raise EtcdError(f"{op}: the etcd client is closed")
             ep = self.current()
             try:
-                if self.user and ep.token is None:
-                    self.authenticate(ep, deadline)
+                self.authenticate(ep, deadline)
                 fn = getattr(getattr(ep, stub) if stub else ep, method)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -362,4 +345,4 @@ class Conn:
                     continue
             if f is Failure.DEADLINE:
                 raise self._timeout_error(last, ep, op, budget, details) from err
-            raise fl.error_for(f, details, **self._ctx(ep, op, budget)) from err
+            raise self.error(f, details, ep.address, op, budget) from err

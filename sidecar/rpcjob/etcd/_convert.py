@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from rpcjob.etcd._pb import kv_pb2
 from rpcjob.etcd._pb import rpc_pb2 as pb
 from rpcjob.etcd.values import (
     _OPS,
     KV,
+    Bytesish,
     Compare,
     DeleteResult,
     Op,
@@ -17,6 +17,7 @@ from rpcjob.etcd.values import (
     RangeResult,
     TxnResult,
     WatchEvent,
+    to_bytes,
 )
 
 _TARGETS = {"version": 0, "create_revision": 1, "mod_revision": 2, "value": 3, "lease": 4}
@@ -33,6 +34,11 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
+def range_end(key: bytes, prefix: bool, end: Bytesish | None = None) -> bytes:
+    """The range_end field: every key under ``key`` (prefix), up to ``end``, or ``key`` alone."""
+    return prefix_end(key) if prefix else to_bytes(end or b"")
+
+
 def kv(m: kv_pb2.KeyValue) -> KV:
     return KV(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
 
@@ -41,39 +47,12 @@ def opt_kv(parent: pb.PutResponse | kv_pb2.Event) -> KV | None:
     return kv(parent.prev_kv) if parent.HasField("prev_kv") else None
 
 
-def range_request(
-    key: bytes,
-    *,
-    prefix: bool = False,
-    range_end: bytes | None = None,
-    keys_only: bool = False,
-    count_only: bool = False,
-    limit: int = 0,
-    revision: int = 0,
-) -> pb.RangeRequest:
-    end = prefix_end(key) if prefix else (range_end or b"")
-    return pb.RangeRequest(
-        key=key,
-        range_end=end,
-        keys_only=keys_only,
-        count_only=count_only,
-        limit=limit,
-        revision=revision,
-    )
-
-
 def range_result(r: pb.RangeResponse) -> RangeResult:
     return RangeResult([kv(m) for m in r.kvs], r.count, r.header.revision)
 
 
 def put_result(r: pb.PutResponse) -> PutResult:
     return PutResult(r.header.revision, opt_kv(r))
-
-
-def delete_request(key: bytes, prefix: bool, prev_kv: bool) -> pb.DeleteRangeRequest:
-    return pb.DeleteRangeRequest(
-        key=key, range_end=prefix_end(key) if prefix else b"", prev_kv=prev_kv
-    )
 
 
 def delete_result(r: pb.DeleteRangeResponse) -> DeleteResult:
@@ -92,12 +71,13 @@ def compare_pb(c: Compare) -> pb.Compare:
 
 
 def request_op(op: Op) -> pb.RequestOp:
+    end = range_end(op.key, op.prefix)
     if op.kind == "get":
-        return pb.RequestOp(request_range=range_request(op.key, prefix=op.prefix))
+        return pb.RequestOp(request_range=pb.RangeRequest(key=op.key, range_end=end))
     if op.kind == "put":
         return pb.RequestOp(request_put=pb.PutRequest(key=op.key, value=op.value, lease=op.lease))
     if op.kind == "delete":
-        return pb.RequestOp(request_delete_range=delete_request(op.key, op.prefix, False))
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=op.key, range_end=end))
     return pb.RequestOp(request_txn=txn_request(op.compare, op.success, op.failure))
 
 
@@ -131,27 +111,5 @@ def watch_events(events: Sequence[kv_pb2.Event]) -> list[WatchEvent]:
     return [WatchEvent("DELETE" if e.type else "PUT", kv(e.kv), opt_kv(e)) for e in events]
 
 
-def watch_create(
-    key: bytes, range_end: bytes, start_revision: int, prev_kv: bool
-) -> pb.WatchRequest:
-    return pb.WatchRequest(
-        create_request=pb.WatchCreateRequest(
-            key=key, range_end=range_end, start_revision=start_revision, prev_kv=prev_kv
-        )
-    )
-
-
 def watch_cancel(watch_id: int) -> pb.WatchRequest:
     return pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id))
-
-
-def status_dict(endpoint: str, r: pb.StatusResponse) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "leader": r.leader,
-        "member_id": r.header.member_id,
-        "revision": r.header.revision,
-        "raft_term": r.raftTerm,
-        "version": r.version,
-        "db_size": r.dbSize,
-    }

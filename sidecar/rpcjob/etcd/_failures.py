@@ -77,18 +77,6 @@ def classify(code: grpc.StatusCode | None, details: str, *, have_user: bool) -> 
     return Failure.OTHER
 
 
-def retryable(f: Failure, *, repeatable: bool) -> bool:
-    """May the same request be sent again (to the same or another endpoint)?
-
-    As etcd's Go client: a call that may have reached etcd is sent again only when it is
-    repeatable (reads, lease and status calls); a write (put, delete, txn with a write,
-    compact) whose outcome is unknown is never re-sent, since a late copy could undo a later
-    write of another client."""
-    if f in (Failure.CONNECT, Failure.TLS):
-        return True  # never reached etcd's API
-    return repeatable and f is Failure.BROKEN
-
-
 class Action(enum.Enum):
     REAUTH = "reauth"  # drop the token, authenticate again, send again
     DROP_AUTH = "drop_auth"  # etcd has auth disabled: send again without a token
@@ -98,15 +86,20 @@ class Action(enum.Enum):
 
 
 def decide(f: Failure, *, repeatable: bool, reauthed: bool) -> Action:
-    """What the retry loop does after failure ``f``."""
+    """What the retry loop does after failure ``f``.
+
+    As etcd's Go client: a call that may have reached etcd is sent again only when it is
+    repeatable (reads, lease and status calls); a write (put, delete, txn with a write,
+    auth admin call) whose outcome is unknown is never re-sent, since a late copy could undo
+    a later write of another client."""
     if f is Failure.REAUTH and not reauthed:
         return Action.REAUTH
     if f is Failure.AUTH_DISABLED:
         return Action.DROP_AUTH
     if not repeatable and f in (Failure.BROKEN, Failure.DEADLINE):
         return Action.UNKNOWN
-    if retryable(f, repeatable=repeatable):
-        return Action.RETRY
+    if f in (Failure.CONNECT, Failure.TLS) or (repeatable and f is Failure.BROKEN):
+        return Action.RETRY  # CONNECT and TLS never reached etcd's API
     return Action.RAISE
 
 

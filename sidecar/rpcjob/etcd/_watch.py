@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -32,9 +33,10 @@ log = logging.getLogger("rpcjob.etcd")
 WatchCallback = Callable[[list[WatchEvent]], None]
 WatchErrorCallback = Callable[[BaseException], None]
 
-_END = object()
+_END = object()  # on a request queue: the stream is over (ends its iter(q.get, _END))
 
 
+@dataclass(eq=False)
 class Watch:
     """A handle on one watch of the client's shared watch stream.
 
@@ -44,36 +46,30 @@ class Watch:
     then holds the reason when it was not a plain cancel.
     """
 
-    def __init__(
-        self,
-        mux: WatchMux,
-        key: bytes,
-        range_end: bytes,
-        start_revision: int,
-        prev_kv: bool,
-        callback: WatchCallback,
-        on_error: WatchErrorCallback | None,
-    ) -> None:
-        self._mux = mux
-        self.key = key
-        self.range_end = range_end
-        self.prev_kv = prev_kv
-        self.next_revision = start_revision  # 0 until etcd tells us "now"
-        self.callback = callback
-        self.on_error = on_error
-        self.server_id: int | None = None
-        self.cancelled = False
-        self.auth_retried = False
-        self.created = threading.Event()  # etcd confirmed the watch (first time)
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+    _mux: WatchMux
+    key: bytes
+    range_end: bytes
+    next_revision: int  # the start revision; 0 until etcd tells us "now"
+    prev_kv: bool
+    callback: WatchCallback
+    on_error: WatchErrorCallback | None
+    server_id: int | None = None
+    cancelled: bool = False
+    auth_retried: bool = False
+    created: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
     def cancel(self) -> None:
         """Stop the watch; no callback starts after this returns (one running may finish)."""
         self._mux.cancel(self)
 
     def _create_request(self) -> pb.WatchRequest:
-        return cv.watch_create(self.key, self.range_end, self.next_revision, self.prev_kv)
+        create = pb.WatchCreateRequest(
+            key=self.key, range_end=self.range_end, start_revision=self.next_revision,
+            prev_kv=self.prev_kv,
+        )  # fmt: skip
+        return pb.WatchRequest(create_request=create)
 
 
 class WatchMux:
@@ -152,23 +148,13 @@ class WatchMux:
         self._thread.start()
 
     # --- the stream thread --------------------------------------------------------------------
-    def _requests(
-        self, q: queue.SimpleQueue[pb.WatchRequest | object]
-    ) -> Iterator[pb.WatchRequest]:
-        while True:
-            item = q.get()
-            if not isinstance(item, pb.WatchRequest):  # _END: the stream is over
-                return
-            yield item
-
     def _run(self) -> None:
         backoff = RETRY_BACKOFF[0]
         while not self._stop.is_set():
             q: queue.SimpleQueue[pb.WatchRequest | object] = queue.SimpleQueue()
             try:
                 ep = self._conn.current()
-                if self._conn.user and ep.token is None:
-                    self._conn.authenticate(ep, self._conn.timeout + time.monotonic())
+                self._conn.authenticate(ep, self._conn.timeout + time.monotonic())
                 with self._lock:
                     self._out = q
                     self._by_id = {}
@@ -177,7 +163,7 @@ class WatchMux:
                         w.server_id = None
                         self._pending.append(w)
                         q.put(w._create_request())
-                    call = ep.watch.Watch(self._requests(q), metadata=ep.metadata)
+                    call = ep.watch.Watch(iter(q.get, _END), metadata=ep.metadata)
                     self._call = call
                 for resp in call:
                     backoff = RETRY_BACKOFF[0]
@@ -272,16 +258,7 @@ class WatchMux:
                 self._call.cancel()
             return _RETRY
         f = Failure.PERMISSION if "permission denied" in reason else Failure.OTHER
-        return fl.error_for(
-            f,
-            reason,
-            endpoint=ep.address,
-            endpoints=self._conn.endpoints,
-            op=f"watch {w.key!r}",
-            timeout=self._conn.timeout,
-            user=self._conn.user,
-            names=self._conn.names,
-        )
+        return self._conn.error(f, reason, ep.address, f"watch {w.key!r}", self._conn.timeout)
 
     def _end(self, w: Watch, err: BaseException) -> None:
         with self._lock:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Unpack
 
 import grpc
@@ -33,6 +31,9 @@ from rpcjob.etcd.values import (
 
 __all__ = ["Client", "ClientSettings", "KeepAlive", "Watch"]
 
+# Auth methods that only read, so may be sent again; admin writes are not re-sent.
+_AUTH_READS = ("Authenticate", "AuthStatus", "UserGet", "UserList", "RoleGet", "RoleList")
+
 
 class Client:
     """A thin, thread-safe etcd v3 client over grpcio.
@@ -40,7 +41,7 @@ class Client:
     ``endpoints``: ``"host:port"`` items or one comma-separated string; on a connection failure
     the next endpoint is tried. Reads (range, read-only txn), lease and status calls are retried
     across endpoints within ``timeout`` seconds (or the call's ``timeout=``); a write (put,
-    delete, txn that writes, compact) is sent again only when it certainly never reached etcd,
+    delete, txn that writes) is sent again only when it certainly never reached etcd,
     otherwise :class:`EtcdOutcomeUnknown` says its outcome is unknown (as etcd's Go client).
     TLS: ``ca`` (PEM path), ``cert`` + ``key`` (client certificate). Auth: ``user`` +
     ``password``; the token is renewed when etcd rejects it. Settings come only as arguments
@@ -59,7 +60,6 @@ class Client:
         self._mux = WatchMux(self._conn)
         self._keepalives: list[KeepAlive] = []
         self._ka_lock = threading.Lock()
-        self._pid = os.getpid()
 
     @property
     def endpoints(self) -> list[str]:
@@ -94,10 +94,10 @@ class Client:
     ) -> values.RangeResult:
         """Keys ``key`` (or with ``prefix``, or in ``[key, range_end)``), at ``revision``
         (0 = latest)."""
-        req = cv.range_request(
-            to_bytes(key),
-            prefix=prefix,
-            range_end=to_bytes(range_end) if range_end is not None else None,
+        k = to_bytes(key)
+        req = pb.RangeRequest(
+            key=k,
+            range_end=cv.range_end(k, prefix, range_end),
             keys_only=keys_only,
             count_only=count_only,
             limit=limit,
@@ -137,7 +137,7 @@ class Client:
     ) -> values.DeleteResult:
         """Delete ``key`` (or the prefix); never re-sent once it may have reached etcd."""
         k = to_bytes(key)
-        req = cv.delete_request(k, prefix, prev_kv)
+        req = pb.DeleteRangeRequest(key=k, range_end=cv.range_end(k, prefix), prev_kv=prev_kv)
         what = f"prefix {k.decode(errors='replace')!r}" if prefix else describe_keys([k])
         r: pb.DeleteRangeResponse = self._conn.call(
             "kv", "DeleteRange", req, repeatable=False, op="delete", keys=what, timeout=timeout
@@ -152,11 +152,8 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> values.TxnResult:
-        """Atomically: if every ``compare`` holds, run ``success``, else ``failure``.
-
-        A txn that writes is never re-sent once it may have reached etcd: on a timeout or a
-        connection lost mid-call :class:`EtcdOutcomeUnknown` says its outcome is unknown. A
-        read-only txn is re-sent like a range."""
+        """Atomically: if every ``compare`` holds, run ``success``, else ``failure``. Re-sent
+        like a range only when it only reads (else see EtcdOutcomeUnknown)."""
         ops = [*success, *failure]
         req = cv.txn_request(compare, success, failure)
         r: pb.TxnResponse = self._conn.call("kv", "Txn", req, repeatable=read_only(ops), op="txn",
@@ -181,7 +178,11 @@ class Client:
                 "lease", "LeaseRevoke", req, repeatable=True, op="lease revoke", timeout=timeout
             )
         except EtcdError as e:
-            if not lease_not_found(e):
+            cause = e.__cause__
+            if not isinstance(cause, grpc.RpcError) or (
+                classify(cause.code(), cause.details() or "", have_user=False)
+                is not Failure.LEASE_NOT_FOUND
+            ):
                 raise
 
     def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
@@ -235,7 +236,7 @@ class Client:
         ends: ``on_error`` is called once, ``Watch.error`` is set and ``Watch.done`` fires.
         A fork child that uses the client resumes the inherited watches in the child."""
         k = to_bytes(key)
-        end = cv.prefix_end(k) if prefix else (to_bytes(range_end) if range_end else b"")
+        end = cv.range_end(k, prefix, range_end)
         w = Watch(self._mux, k, end, start_revision, prev_kv, callback, on_error)
         self._mux.add(w)
         return w
@@ -248,25 +249,19 @@ class Client:
             "maintenance", "Status", pb.StatusRequest(), repeatable=True, op="status",
             timeout=timeout,
         )  # fmt: skip
-        return cv.status_dict(self._conn.current().address, r)
-
-    def compact(self, revision: int, *, physical: bool = True) -> None:
-        """Compact the history up to ``revision`` (tests and maintenance)."""
-        req = pb.CompactionRequest(revision=revision, physical=physical)
-        self._conn.call("kv", "Compact", req, repeatable=False, op="compact",
-                        keys=f"revision {revision}")  # fmt: skip
+        return {
+            "endpoint": self._conn.current().address,
+            "leader": r.leader,
+            "member_id": r.header.member_id,
+            "revision": r.header.revision,
+            "raft_term": r.raftTerm,
+            "version": r.version,
+            "db_size": r.dbSize,
+        }
 
     def auth_call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Call an ``etcdserverpb.Auth`` method (user/role admin; used by test fixtures)."""
-        repeatable = method in (
-            "Authenticate",
-            "AuthStatus",
-            "UserGet",
-            "UserList",
-            "RoleGet",
-            "RoleList",
-        )  # reads; admin writes are not re-sent
-        return self._conn.call("auth", method, request, repeatable=repeatable,
+        return self._conn.call("auth", method, request, repeatable=method in _AUTH_READS,
                                op=f"auth {method}", keys="auth settings",
                                timeout=timeout)  # fmt: skip
 
@@ -282,15 +277,5 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def lease_not_found(e: EtcdError) -> bool:
-    cause = e.__cause__
-    if not isinstance(cause, grpc.RpcError):
-        return False
-    details = cause.details() or ""
-    return classify(cause.code(), details, have_user=False) is Failure.LEASE_NOT_FOUND

@@ -47,7 +47,7 @@ class EtcdTimeout(EtcdError, TimeoutError):
 
 
 class EtcdOutcomeUnknown(EtcdTimeout):
-    """A write (put, delete, a txn that writes, compact) timed out or lost its connection after
+    """A write (put, delete, a txn that writes) timed out or lost its connection after
     it may have reached etcd: it was applied once or not at all, and it is never re-sent (a
     late copy could undo another client's later write). ``op`` and ``keys`` name the call; read
     the keys back, or retry with a txn conditional on the mod_revision last seen.

@@ -7,7 +7,7 @@ values are always ``bytes``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Bytesish = str | bytes
@@ -107,7 +107,7 @@ class Op:
     lease: int = 0
     compare: tuple[Compare, ...] = ()
     success: tuple[Op, ...] = ()
-    failure: tuple[Op, ...] = field(default=())
+    failure: tuple[Op, ...] = ()
 
     @classmethod
     def get(cls, key: Bytesish, prefix: bool = False) -> Op:

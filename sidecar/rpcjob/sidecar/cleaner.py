@@ -29,7 +29,6 @@ from .cleanup import (
     TakeToken,
     WaitForHolder,
     plan_cleanup,
-    torch_key,
 )
 
 log = logging.getLogger("rpcjob.sidecar.cleaner")
@@ -59,10 +58,10 @@ def kvs_of(r: object) -> list[KV]:
 
 
 def read_snapshot(client: Client, keys: c.JobKeys) -> Snapshot:
-    tkey = torch_key(keys, tk.TOKEN_KEY)
-    ikey = torch_key(keys, tk.ALL_WORKER_INFOS_KEY)
-    names_prefix = torch_key(keys, tk.RPC_PREFIX + "names/")
-    addrs_prefix = torch_key(keys, tk.RPC_PREFIX + "addrs/")
+    tkey = keys.store + tk.TOKEN_KEY
+    ikey = keys.store + tk.ALL_WORKER_INFOS_KEY
+    names_prefix = keys.store + tk.RPC_PREFIX + "names/"
+    addrs_prefix = keys.store + tk.RPC_PREFIX + "addrs/"
     res = client.txn(
         [],
         [
@@ -111,9 +110,9 @@ def delete_stale_ops(keys: c.JobKeys, action: DeleteStale) -> list[Op]:
     graceful leave's txn (``cleanup.after_leave``)."""
     ops: list[Op] = []
     for rank, name in sorted(action.names.items()):
-        key = torch_key(keys, tk.name_key(rank))
+        key = keys.store + tk.name_key(rank)
         ops.append(Op.txn([Compare.value(key, "=", name)], [Op.delete(key)]))
-    ops += [Op.delete(torch_key(keys, tk.addr_key(name))) for name in action.addrs]
+    ops += [Op.delete(keys.store + tk.addr_key(name)) for name in action.addrs]
     return ops
 
 
@@ -142,7 +141,7 @@ class Cleaner:
         return self.client.txn([guard, *compare], ops)
 
     def _tk(self, key: str) -> str:
-        return torch_key(self.keys, key)
+        return self.keys.store + key
 
     def step(self) -> bool:
         snap = read_snapshot(self.client, self.keys)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rpcjob import contract as c
 from rpcjob.torchkeys import (
     CLEANER_TOKEN,
     format_worker_infos,
@@ -27,11 +26,6 @@ from rpcjob.torchkeys import (
 )
 
 Identity = tuple[str, int]  # (worker name, rank)
-
-
-def torch_key(keys: c.JobKeys, key: str) -> str:
-    """The etcd key of a torch key relative to the c10d store root (see rpcjob.torchkeys)."""
-    return keys.store + key
 
 
 @dataclass(frozen=True)

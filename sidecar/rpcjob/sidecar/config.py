@@ -128,14 +128,8 @@ def _etcd_config(env: Mapping[str, str]) -> EtcdConfig:
         raise ConfigError(
             f"{c.ENV_ETCD_USER} and {c.ENV_ETCD_PASSWORD} go together: set both or neither"
         )
-    return EtcdConfig(
-        endpoints,
-        tls[c.ENV_ETCD_CA],
-        tls[c.ENV_ETCD_CERT],
-        tls[c.ENV_ETCD_KEY],
-        user,
-        password,
-    )
+    ca, cert, key = tls.values()
+    return EtcdConfig(endpoints, ca, cert, key, user, password)
 
 
 def _slots(env: Mapping[str, str], role: str, index: int) -> dict[str, RoleShape]:

@@ -7,19 +7,16 @@ election; each incarnation lease carries that incarnation's rank, member record 
 
 from __future__ import annotations
 
-import threading
 import time
 
 from rpcjob import devices as dv
 from rpcjob.etcd import Client
 
-from ._pb import sidecar_pb2 as pb
 from .cleaner_loop import CleanerLoop
 from .config import SidecarConfig
 from .http import Metrics
-from .incarnation import Incarnation, IncarnationManager, Report
+from .incarnation import IncarnationManager, Report
 from .introspect import Introspection
-from .members import MembershipView
 from .watcher import GroupState, MembershipWatcher
 
 
@@ -27,7 +24,6 @@ class Sidecar:
     def __init__(
         self, cfg: SidecarConfig, client: Client, node: dv.NodeGPUs, metrics: Metrics
     ) -> None:
-        self.cfg, self.client, self.metrics = cfg, client, metrics
         self.me = cfg.worker_name
         self.group = GroupState(cfg.keys)
         self.cleaner = CleanerLoop(cfg, client, metrics, self.group)
@@ -37,29 +33,8 @@ class Sidecar:
         self.watcher = MembershipWatcher(
             client, metrics, self.group, self.incarnations, self.cleaner
         )
-        self.introspection = Introspection(self)
+        self.introspection = Introspection(self.incarnations)
         metrics.routes.update(self.introspection.routes())
-
-    # What the debug endpoints (introspect.py) read.
-    @property
-    def lock(self) -> threading.Condition:
-        return self.group.cond
-
-    @property
-    def view(self) -> MembershipView:
-        return self.group.view
-
-    @property
-    def inc(self) -> Incarnation | None:
-        return self.incarnations.inc
-
-    def _send(self, inc: Incarnation, ev: pb.MembershipEvent) -> int:
-        return self.incarnations.send(inc, ev)
-
-    @property
-    def failed(self) -> threading.Event:
-        """Set when the membership watch ended: main exits 1 so that the pod restarts us."""
-        return self.watcher.failed
 
     # --- start / stop -------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,9 +55,9 @@ class Sidecar:
         bring etcd back, and it would end a healthy worker whose lease etcd still keeps. It
         answers at once, without an etcd round trip (a probe has a 1 s timeout, and a busy
         machine must not turn a slow etcd call into a restart)."""
-        if self.failed.is_set():
+        if self.watcher.failed.is_set():
             return False, "the membership watch ended"
-        inc = self.inc
+        inc = self.incarnations.inc
         keepers = [k for k in (self.cleaner.lease_keeper, inc.keepalive if inc else None) if k]
         since = min((k.unreachable_since for k in keepers if k.unreachable_since), default=None)
         if since is not None:
@@ -91,7 +66,7 @@ class Sidecar:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        inc = self.inc
+        inc = self.incarnations.inc
         if inc is not None and inc.state == Report.JOINED:
             return True, f"{self.me} joined with rank {inc.rank}"
         return False, f"{self.me} has not joined"

@@ -20,16 +20,14 @@ from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Compare, EtcdError, Lease, Op
 from rpcjob.records import MemberRecord
 
-from . import messages
 from ._pb import sidecar_pb2 as pb
 from .cleaner import delete_stale_ops, read_snapshot
-from .cleanup import Identity, after_leave, name_is_clean, torch_key
+from .cleanup import Identity, after_leave, name_is_clean
 from .config import SidecarConfig
 from .http import Metrics
 from .leases import LeaseKeeper, retry_etcd
-from .members import WorkerEvent
 from .ranks import Again, Allocated, ReserveLost, Wait, allocate_once, predecessor_leases
-from .watcher import GroupState
+from .watcher import GroupState, WorkerEvent
 
 log = logging.getLogger("rpcjob.sidecar")
 Report = pb.WorkerReport
@@ -104,11 +102,7 @@ class IncarnationManager:
                 raise HelloError("the sidecar is stopping (SIGTERM): not starting a worker")
             if self.inc is not None:
                 self.end(self.inc, "the worker said Hello again")
-            self._wait_until(
-                deadline,
-                lambda: name_is_clean(read_snapshot(self.client, self.keys).state, self.me),
-                f"the previous incarnation of {self.me} is still being evicted",
-            )
+            self._wait_name_clean(deadline)
             lease = self.client.lease_grant(self.cfg.lease_ttl)
             try:
                 got = self._allocate(lease, deadline, reserve)
@@ -127,11 +121,12 @@ class IncarnationManager:
             self.metrics.incarnations.inc()
             self.metrics.rank.set(got.rank)
             log.info("incarnation %d of %s: rank %d", got.revision, self.me, got.rank)
-            return inc, messages.identity(self.cfg, self.keys, got.rank, got.revision, inc.plan)
+            return inc, _identity(self.cfg, got.rank, got.revision, inc.plan)
 
-    def _wait_until(self, deadline: float, check: Callable[[], bool], what: str) -> None:
+    def _wait_name_clean(self, deadline: float) -> None:
+        what = f"the previous incarnation of {self.me} is still being evicted"
         logged = False
-        while not check():
+        while not name_is_clean(read_snapshot(self.client, self.keys).state, self.me):
             if time.monotonic() > deadline:
                 raise HelloError(f"timed out: {what}")
             if not logged:
@@ -168,7 +163,7 @@ class IncarnationManager:
 
     def _plan(self) -> dv.DevicePlan:
         peers = [dv.Peer(m.name, m.node, m.clique, m.devices)
-                 for m in self.group.view.members.values()]  # fmt: skip
+                 for m in self.group.members.values()]  # fmt: skip
         return dv.plan_devices(
             worker=self.me, node=self.node, requested_gpus=self.cfg.gpus, slots=self.cfg.slots,
             peers=peers, device_maps=self.cfg.device_maps,
@@ -185,8 +180,8 @@ class IncarnationManager:
     def open_session(self, inc: Incarnation) -> None:
         with self.cond:
             inc.session_open = True
-            peers = sorted(self.group.view.members.items())
-            members = [messages.member(m, inc.plan) for n, m in peers if n != self.me]
+            peers = sorted(self.group.members.items())
+            members = [_member(m, inc.plan) for n, m in peers if n != self.me]
             self.send(inc, Event(kind=Event.SNAPSHOT, members=members))
 
     def on_member_event(self, wev: WorkerEvent) -> None:
@@ -194,7 +189,7 @@ class IncarnationManager:
         inc = self.inc
         if inc is not None and inc.session_open and wev.member.name != self.me:
             kind = Event.JOINED if wev.kind == "JOINED" else Event.LEFT
-            self.send(inc, Event(kind=kind, peer=messages.member(wev.member, inc.plan)))
+            self.send(inc, Event(kind=kind, peer=_member(wev.member, inc.plan)))
 
     def forward_evict(self, ident: Identity) -> bool:
         """Send an EVICT to the worker; True when the sidecar acks on its behalf.
@@ -331,7 +326,7 @@ class IncarnationManager:
 
     def _left_torch(self, inc: Incarnation) -> bool:
         try:
-            kv = self.client.get(torch_key(self.keys, tk.ALL_WORKER_INFOS_KEY))
+            kv = self.client.get(self.keys.store + tk.ALL_WORKER_INFOS_KEY)
             infos = tk.parse_worker_infos(kv.value.decode() if kv else "")
         except (EtcdError, ValueError):
             return False
@@ -368,3 +363,26 @@ class IncarnationManager:
                 log.warning("could not revoke lease of incarnation %d (%s): it expires in %ss",
                             inc.revision, e, self.cfg.lease_ttl)  # fmt: skip
         log.info("incarnation %d of %s ended: %s", inc.revision, self.me, why)
+
+
+def _identity(cfg: SidecarConfig, rank: int, revision: int, plan: dv.DevicePlan) -> pb.Identity:
+    """Hello's answer: who the worker is for this incarnation and how to reach etcd."""
+    return pb.Identity(
+        namespace=cfg.namespace, job_name=cfg.job_name, job_uid=cfg.job_uid, role=cfg.role,
+        index=cfg.index, worker_name=cfg.worker_name, rank=rank, incarnation=revision,
+        etcd_endpoints=list(cfg.etcd.endpoints), store_prefix=cfg.keys.store,
+        etcd_ca=cfg.etcd.ca, etcd_cert=cfg.etcd.cert, etcd_key=cfg.etcd.key,
+        etcd_user=cfg.etcd.user, etcd_password=cfg.etcd.password,
+        rpc_timeout=cfg.rpc_timeout, num_worker_threads=cfg.rpc_threads,
+        devices=list(plan.devices),
+        device_maps={n: pb.DeviceMap(map=dict(m)) for n, m in plan.device_maps.items()},
+        warnings=list(plan.warnings), pod_ip=cfg.pod_ip,
+    )  # fmt: skip
+
+
+def _member(m: MemberRecord, plan: dv.DevicePlan) -> pb.Member:
+    """A peer as the worker sees it, with the reverse map it needs for that peer."""
+    rev = plan.reverse_map(dv.Peer(m.name, m.node, m.clique, m.devices))
+    return pb.Member(name=m.name, rank=m.rank, pod=m.pod, node=m.node, ip=m.ip,
+                     devices=list(m.devices), incarnation=m.incarnation,
+                     reverse_map=rev)  # fmt: skip

@@ -16,13 +16,10 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .http import Route
-from .incarnation import Event, Incarnation, Report
-
-if TYPE_CHECKING:
-    from .daemon import Sidecar
+from .incarnation import Event, Incarnation, IncarnationManager, Report
 
 ASK_TIMEOUT_S = 10.0
 MAX_PROFILE_S = 300.0
@@ -41,8 +38,8 @@ class _Waiter:
 
 
 class Introspection:
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sc = sidecar
+    def __init__(self, incarnations: IncarnationManager) -> None:
+        self.im = incarnations
         self.lock = threading.Lock()
         self.waiters: dict[int, _Waiter] = {}
         self.profiling = threading.Lock()
@@ -62,9 +59,8 @@ class Introspection:
     def ask(self, op: dict[str, Any], timeout: float = ASK_TIMEOUT_S) -> dict[str, Any]:
         inc = self._joined()
         w = _Waiter()
-        with self.sc.lock:  # the id is assigned under the lock _send takes
-            ev = Event(kind=Event.INTROSPECT, request=json.dumps(op))
-            eid = self.sc._send(inc, ev)
+        with self.im.cond:  # the id is assigned under the lock send takes
+            eid = self.im.send(inc, Event(kind=Event.INTROSPECT, request=json.dumps(op)))
             with self.lock:
                 self.waiters[eid] = w
         deadline = time.monotonic() + timeout
@@ -83,11 +79,11 @@ class Introspection:
         return w.body
 
     def _joined(self) -> Incarnation:
-        inc = self.sc.inc
+        inc = self.im.inc
         if inc is None or inc.ended.is_set() or not inc.session_open:
-            raise Unavailable(f"{self.sc.me} has no running worker")
+            raise Unavailable(f"{self.im.me} has no running worker")
         if inc.state not in (Report.JOINED, Report.METRICS, Report.EVICTED):
-            raise Unavailable(f"{self.sc.me} has not joined (state {self._state(inc)})")
+            raise Unavailable(f"{self.im.me} has not joined (state {self._state(inc)})")
         return inc
 
     def _state(self, inc: Incarnation | None) -> str:
@@ -97,11 +93,11 @@ class Introspection:
         return Report.State.Name(inc.state) if inc.state else "STARTING"
 
     def member(self) -> dict[str, Any]:
-        cfg, inc = self.sc.cfg, self.sc.inc
-        with self.sc.lock:
-            ranks = {n: r.rank for n, r in self.sc.view.members.items()}
+        cfg, inc = self.im.cfg, self.im.inc
+        with self.im.cond:
+            ranks = {n: r.rank for n, r in self.im.group.members.items()}
         return {
-            "name": self.sc.me,
+            "name": self.im.me,
             "pod": cfg.pod_name,
             "node": cfg.node_name,
             "ip": cfg.pod_ip,
@@ -124,7 +120,7 @@ class Introspection:
 
     def _snapshot(self, method: str, op: str) -> tuple[int, bytes, str]:
         if method != "GET":
-            return _json(405, {"error": "use GET"})
+            return _error(405, "use GET")
         body: dict[str, Any] = {"member": self.member()}
         try:
             body["worker"] = self.ask({"op": op})
@@ -135,25 +131,20 @@ class Introspection:
 
     def _profile(self, method: str, query: Mapping[str, list[str]]) -> tuple[int, bytes, str]:
         if method != "POST":
-            return _json(405, {"error": "use POST /debug/rpc/profile?seconds=N"})
+            return _error(405, "use POST /debug/rpc/profile?seconds=N")
         try:
             seconds = float(query.get("seconds", ["5"])[0])
             interval = float(query.get("interval_ms", ["2"])[0])
         except ValueError:
-            return _json(
-                400,
-                {"error": "seconds and interval_ms must be numbers, e.g. ?seconds=5&interval_ms=2"},
+            return _error(
+                400, "seconds and interval_ms must be numbers, e.g. ?seconds=5&interval_ms=2"
             )
         if not 0 < seconds <= MAX_PROFILE_S or not 0.5 <= interval <= 1000:
-            return _json(
-                400,
-                {
-                    "error": f"seconds must be in (0, {MAX_PROFILE_S:g}] and "
-                    "interval_ms in [0.5, 1000]"
-                },
+            return _error(
+                400, f"seconds must be in (0, {MAX_PROFILE_S:g}] and interval_ms in [0.5, 1000]"
             )
         if not self.profiling.acquire(blocking=False):
-            return _json(409, {"error": f"a profile of {self.sc.me} is already running"})
+            return _error(409, f"a profile of {self.im.me} is already running")
         try:
             return self._run_profile(seconds, interval)
         finally:
@@ -190,3 +181,7 @@ class Introspection:
 
 def _json(code: int, body: dict[str, Any]) -> tuple[int, bytes, str]:
     return code, json.dumps(body).encode(), "application/json"
+
+
+def _error(code: int, message: str) -> tuple[int, bytes, str]:
+    return _json(code, {"error": message})

@@ -1,9 +1,5 @@
-"""``rpcjob-sidecar``: the pod's membership daemon (docs/architecture.md#pod, docs/contract.md).
-
-Exit codes: 0 after a graceful stop (SIGTERM/SIGINT), 2 for a configuration error (the message
-names the environment variable and the fix), 1 when etcd is unreachable at start or the
-membership watch ends (the pod restarts it).
-"""
+"""``rpcjob-sidecar``: the pod's membership daemon (docs/architecture.md#pod, docs/contract.md);
+its exit codes are in DESCRIPTION below."""
 
 from __future__ import annotations
 
@@ -73,7 +69,7 @@ def run(cfg: SidecarConfig, stop: threading.Event) -> int:
              cfg.worker_name, cfg.socket, cfg.http_host, http.port,
              list(plan.devices) or "none (CPU)")  # fmt: skip
     while not stop.wait(0.5):
-        if sidecar.failed.is_set():  # the watch ended: let the pod restart us
+        if sidecar.watcher.failed.is_set():  # the watch ended: let the pod restart us
             grpc_server.stop(0)
             http.stop()
             client.close()

@@ -20,7 +20,6 @@ from rpcjob import torchkeys as tk
 from rpcjob.etcd import KV, Client, Compare, Op
 
 from .cleaner import kvs_of
-from .cleanup import torch_key
 
 # A worker process that retries its join keeps its first rank as its dist-autograd worker id
 # (torch allows one per process): ``ranks/<first>`` is re-put with ``"worker": ""`` (not a
@@ -160,36 +159,25 @@ def allocate_once(
     choice = choose_rank(space, taken, retired, held.values())
     if choice is None:
         return Wait(describe_exhaustion(space, held, retired))
-    r = choice.rank
-    names_key = torch_key(keys, tk.name_key(r))
-    keep: tuple[list[Compare], list[Op]] = ([], [])
-    if reserve is not None:
-        keep = (
-            [Compare.version(keys.rank(reserve), "=", 0),
-             Compare.mod_revision(keys.retired_rank(reserve), "=",
-                                  retired.get(reserve, (0, 0))[1])],
-            [Op.put(keys.rank(reserve), json.dumps(
-                {**record, "worker": "", "reserved_by": worker, "rank": reserve}), lease=lease),
-             Op.put(keys.retired_rank(reserve), retired_value(0, worker))],
+
+    def claim(rank: int, retired_mod: int, **fields: str) -> tuple[list[Compare], list[Op]]:
+        value = json.dumps({**record, **fields, "rank": rank})
+        return (
+            [Compare.version(keys.rank(rank), "=", 0),
+             Compare.mod_revision(keys.retired_rank(rank), "=", retired_mod)],
+            [Op.put(keys.rank(rank), value, lease=lease),
+             Op.put(keys.retired_rank(rank), retired_value(0, worker))],
         )  # fmt: skip
-    res = client.txn(
-        [
-            Compare.version(keys.rank(r), "=", 0),
-            Compare.mod_revision(keys.retired_rank(r), "=", choice.retired_mod_revision),
-            *keep[0],
-        ],
-        [
-            *keep[1],
-            Op.put(keys.rank(r), json.dumps({**record, "worker": worker, "rank": r}), lease=lease),
-            Op.put(keys.retired_rank(r), retired_value(0, worker)),
-            # torch never deletes names/<rank> on a graceful leave; a reused rank must not
-            # find the previous owner's name there (torch would refuse the join).
-            Op.delete(names_key),
-        ],
-    )
-    if not res.succeeded:
-        return Again("raced")
-    return Allocated(r, res.revision)
+
+    r = choice.rank
+    compare, ops = claim(r, choice.retired_mod_revision, worker=worker)
+    if reserve is not None:
+        kept = claim(reserve, retired.get(reserve, (0, 0))[1], worker="", reserved_by=worker)
+        compare, ops = compare + kept[0], kept[1] + ops
+    # torch never deletes names/<rank> on a graceful leave; a reused rank must not find the
+    # previous owner's name there (torch would refuse the join).
+    res = client.txn(compare, [*ops, Op.delete(keys.store + tk.name_key(r))])
+    return Allocated(r, res.revision) if res.succeeded else Again("raced")
 
 
 def predecessor_leases(rank_kvs: Iterable[KV], worker: str) -> list[int]:

@@ -13,17 +13,23 @@ from typing import TYPE_CHECKING
 from rpcjob import contract as c
 from rpcjob import torchkeys as tk
 from rpcjob.etcd import Client, Op, WatchEvent
+from rpcjob.records import MemberRecord
 
 from .cleaner import kvs_of, parse_ident
 from .cleanup import Identity
 from .http import Metrics
-from .members import MembershipView
 
 if TYPE_CHECKING:
     from .cleaner_loop import CleanerLoop
     from .incarnation import IncarnationManager
 
 log = logging.getLogger("rpcjob.sidecar")
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    kind: str  # "JOINED" | "LEFT" (EVICT comes from evict requests, DRAIN from SIGTERM)
+    member: MemberRecord
 
 
 @dataclass
@@ -35,12 +41,39 @@ class GroupState:
     cond: threading.Condition = field(
         default_factory=lambda: threading.Condition(threading.RLock())
     )
-    view: MembershipView = field(init=False)
+    members: dict[str, MemberRecord] = field(default_factory=dict)
     evicts: set[Identity] = field(default_factory=set)
     election_holder: int | None = None
 
-    def __post_init__(self) -> None:
-        self.view = MembershipView(self.keys)
+    def apply(self, batch: list[WatchEvent]) -> list[WorkerEvent]:
+        """Apply one watch batch to ``members``; return the events for the worker, in order.
+
+        A graceful leave is one txn that writes ``left/<w>`` and deletes ``members/<w>`` at the
+        same revision, so both arrive in one batch: a delete without that marker is a crash,
+        which the elected cleaner turns into an EVICT (not decided here).
+        """
+        left_at: dict[str, int] = {}
+        for ev in batch:
+            key = ev.kv.key.decode()
+            if ev.type == "PUT" and key.startswith(self.keys.left):
+                left_at[key[len(self.keys.left) :]] = ev.kv.mod_revision
+        out: list[WorkerEvent] = []
+        for ev in batch:
+            key = ev.kv.key.decode()
+            if not key.startswith(self.keys.members):
+                continue
+            name = key[len(self.keys.members) :]
+            if ev.type == "PUT":
+                rec = MemberRecord.decode(ev.kv.value, ev.kv.create_revision)
+                old = self.members.get(name)
+                self.members[name] = rec
+                if old is None or old.incarnation != rec.incarnation:
+                    out.append(WorkerEvent("JOINED", rec))
+            else:
+                gone = self.members.pop(name, None)
+                if gone is not None and left_at.get(name) == ev.kv.mod_revision:
+                    out.append(WorkerEvent("LEFT", gone))
+        return out
 
 
 class MembershipWatcher:
@@ -66,11 +99,11 @@ class MembershipWatcher:
         )  # fmt: skip
         members, evicts, election = (kvs_of(r) for r in res.responses)
         with self.group.cond:
-            self.group.view.apply([WatchEvent("PUT", kv, None) for kv in members])
+            self.group.apply([WatchEvent("PUT", kv, None) for kv in members])
             for kv in evicts:
                 self._note_evict(kv.key.decode(), True)
             self.group.election_holder = int(election[0].value) if election else None
-            self.metrics.members.set(len(self.group.view.members))
+            self.metrics.members.set(len(self.group.members))
         # Our own keys sort before "store/"; of the store only torch's RPC keys matter (token,
         # _ALL_WORKER_INFOS: they gate Hello and wake the cleaner), not the user's traffic.
         start = res.revision + 1
@@ -91,10 +124,10 @@ class MembershipWatcher:
     def _on_batch(self, batch: list[WatchEvent]) -> None:
         acks: list[Identity] = []
         with self.group.cond:
-            for wev in self.group.view.apply(batch):
+            for wev in self.group.apply(batch):
                 (self.metrics.joins if wev.kind == "JOINED" else self.metrics.leaves).inc()
                 self.incarnations.on_member_event(wev)
-            self.metrics.members.set(len(self.group.view.members))
+            self.metrics.members.set(len(self.group.members))
             for ev in batch:
                 key = ev.kv.key.decode()
                 if key == self.keys.election:

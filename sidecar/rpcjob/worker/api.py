@@ -24,7 +24,7 @@ from typing import Any
 from rpcjob import contract
 from rpcjob.sidecar._pb import sidecar_pb2 as pb
 from rpcjob.worker.client import Session, SidecarClient, SidecarError, SidecarNotFound
-from rpcjob.worker.events import MembershipApplier, TorchOps, fatal
+from rpcjob.worker.events import MembershipApplier, fatal
 
 __all__ = ["JoinFailed", "SidecarError", "SidecarNotFound", "init_rpc", "on_drain", "shutdown"]
 
@@ -48,8 +48,6 @@ class _Worker:
         self.drain_callbacks: list[Callable[[], None]] = []
         self.client: SidecarClient | None = None
         self.session: Session | None = None
-        self.identity: pb.Identity | None = None
-        self.store: Any = None
         self.applier: MembershipApplier | None = None
         self.joined = False
         self.leaving = False
@@ -118,7 +116,6 @@ class _Joined:
     """One attempt joined torch's group."""
 
     identity: pb.Identity
-    store: Any
     session: Session
 
 
@@ -176,7 +173,7 @@ def _join_attempt(
         "rpcjob: %s joined with rank %d (hello %.3fs, store %.3fs, torch join %.3fs)",
         identity.worker_name, identity.rank, *join_timings.values(),
     )  # fmt: skip
-    return _Joined(identity=identity, store=store, session=session)
+    return _Joined(identity=identity, session=session)
 
 
 def _prepare_member(identity: pb.Identity) -> Any:
@@ -197,11 +194,11 @@ def _prepare_member(identity: pb.Identity) -> Any:
 def _complete_join(joined: _Joined, metrics_interval: float, install_sigterm: bool) -> None:
     """Record the incarnation, tell the sidecar, start the background threads and hooks."""
     identity, session = joined.identity, joined.session
-    _w.identity, _w.store, _w.session, _w.joined = identity, joined.store, session, True
+    _w.session, _w.joined = session, True
     session.report(R.JOINED, detail=f"rank={identity.rank}")
     _start_background(identity, session, metrics_interval)
     if install_sigterm and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: _start_drain())
     sys.excepthook = _excepthook
     atexit.register(_atexit_leave)
 
@@ -223,23 +220,18 @@ def shutdown(graceful: bool = True) -> None:
             with _w.applier.lock:
                 _w.applier.stopped = True
         _w.stop.set()
-        if not graceful:
-            rpc.shutdown(graceful=False)
-            session.close()
-            _w.joined = False
-            return
-        session.report(R.LEAVING)
         try:
+            if not graceful:
+                rpc.shutdown(graceful=False)
+                return
+            session.report(R.LEAVING)
+            # If a peer died and is not evicted yet, this raises: the stream closes without
+            # LEFT, so the sidecar treats it as a crash (its cleaner takes over our token).
             J.leave()  # torch's graceful leave, members told at once
-        except Exception:
-            # a peer died and is not evicted yet: the stream closes without LEFT, so the
-            # sidecar treats this as a crash (its cleaner takes over the token we may hold)
+            session.report(R.LEFT)
+        finally:
             session.close()
             _w.joined = False
-            raise
-        session.report(R.LEFT)
-        session.close()
-        _w.joined = False
 
 
 def _drain_and_exit() -> None:
@@ -270,10 +262,6 @@ def _start_drain() -> None:
     if _drain_thread is None:
         _drain_thread = threading.Thread(target=_drain_and_exit, name="rpcjob-drain", daemon=True)
         _drain_thread.start()
-
-
-def _on_sigterm(_signum: int, _frame: Any) -> None:
-    _start_drain()
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
@@ -307,13 +295,14 @@ def _start_background(identity: pb.Identity, session: Session, metrics_interval:
     def ack(peer: str, event_id: int) -> None:
         session.report(R.EVICTED, peer=peer, event_id=event_id)
 
+    from rpcjob.devices import agent
     from rpcjob.worker import introspect
 
     introspect.calls.install()
     applier = MembershipApplier(
         me=(identity.worker_name, identity.rank),
         devices=list(identity.devices),
-        ops=TorchOps(),
+        ops=agent,
         ack=ack,
         on_drain=_start_drain,
         on_self_evicted=_on_self_evicted,
@@ -343,8 +332,6 @@ def _start_background(identity: pb.Identity, session: Session, metrics_interval:
             os._exit(EXIT_LOST_SIDECAR)
 
     def metrics() -> None:
-        from rpcjob.devices import agent
-
         while not _w.stop.wait(metrics_interval):
             try:
                 session.report(R.METRICS, metrics=agent.metrics())

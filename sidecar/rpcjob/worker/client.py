@@ -93,10 +93,6 @@ class Session:
             self._closed.set()
             self._out.put(None)
 
-    def cancel(self) -> None:
-        self.close()
-        self._responses.cancel()
-
 
 class SidecarClient:
     def __init__(self, socket: str | None = None) -> None:

@@ -3,13 +3,12 @@
 See docs/architecture.md#membership and docs/architecture.md#device-maps.
 
 The decisions (which event needs which agent update, acks, self-eviction) live here; the
-torch calls go through :class:`TorchOps` (``rpcjob.devices.agent``, which keeps this worker's
-devices and the live peers' reverse maps).
+torch calls go through ``ops``: the module ``rpcjob.devices.agent`` (which keeps this worker's
+devices and the live peers' reverse maps), or a recorder in tests.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -18,15 +17,13 @@ from typing import Protocol
 
 from rpcjob.sidecar._pb import sidecar_pb2 as pb
 
-log = logging.getLogger("rpcjob.worker")
-
 EV = pb.MembershipEvent
 
 
 class Ops(Protocol):
-    def evict(self, name: str, rank: int) -> None: ...
+    def evict(self, peer: str, rank: int) -> None: ...
 
-    def joined(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None: ...
+    def reapply(self, peer: str, rank: int, reverse_map: Mapping[str, str]) -> None: ...
 
 
 @dataclass
@@ -68,22 +65,7 @@ class MembershipApplier:
         # Earlier members never get a later joiner's reverse map from torch
         # (docs/architecture.md#device-maps).
         if self.devices and m.name != self.me[0] and m.reverse_map:
-            self.ops.joined(m.name, m.rank, dict(m.reverse_map))
-
-
-class TorchOps:
-    """The real agent calls, through rpcjob.devices.agent's bookkeeping of my devices and
-    the live peers' reverse maps (torch's ``is_join=False`` update drops what is not passed)."""
-
-    def evict(self, name: str, rank: int) -> None:
-        from rpcjob.devices import agent
-
-        agent.evict(name, rank)
-
-    def joined(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None:
-        from rpcjob.devices import agent
-
-        agent.reapply(name, rank, reverse_map)
+            self.ops.reapply(m.name, m.rank, dict(m.reverse_map))
 
 
 def fatal(msg: str) -> None:

@@ -28,8 +28,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from rpcjob import torchkeys
-from rpcjob.contract import TORCH_TOKEN_KEY
+from rpcjob import torchkeys as tk
 from rpcjob.store import as_bytes
 
 ADDRS = "/addrs/"
@@ -53,9 +52,9 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
 
     # --- torch's membership critical section ------------------------------------------------
     def compare_set(self, key: str, expected: Any, desired: Any) -> bytes:
-        exp, des = _text(expected), _text(desired)
-        if key.endswith(TORCH_TOKEN_KEY) and exp == "" and des.startswith(torchkeys.TOKEN_PREFIX):
-            prefix = key[: -len(TORCH_TOKEN_KEY)]
+        exp, des = as_bytes(expected).decode(), as_bytes(desired).decode()
+        if key.endswith(tk.TOKEN_NAME) and exp == "" and des.startswith(tk.TOKEN_PREFIX):
+            prefix = key[: -len(tk.TOKEN_NAME)]
             self._wait_stale_holder(key, des)
             self.inner.delete_key(prefix + des)
             result = as_bytes(self.inner.compare_set(key, expected, desired))
@@ -70,7 +69,7 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
         # Our token value is already there: an earlier incarnation of this name died holding
         # it. Only the cleaner may release it; polling is bounded by the store timeout.
         deadline = time.monotonic() + self._timeout.total_seconds()
-        while self.inner.check([key]) and _text(self.inner.get(key)) == token:
+        while self.inner.check([key]) and as_bytes(self.inner.get(key)).decode() == token:
             if time.monotonic() > deadline:
                 raise TokenSelfWait(
                     f"the membership token is still held by a crashed earlier incarnation of "
@@ -95,7 +94,7 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
         self.inner.set(key, value)
         if self.holding is None:
             return
-        if key.endswith(TORCH_TOKEN_KEY) and _text(value) == "":
+        if key.endswith(tk.TOKEN_NAME) and as_bytes(value).decode() == "":
             with self._lock:
                 self.holding = None
                 self._addrs = None
@@ -147,9 +146,3 @@ class GuardStore(dist.Store):  # type: ignore[misc,name-defined]
     @property
     def timeout(self) -> timedelta:
         return self._timeout
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return bytes(value).decode()

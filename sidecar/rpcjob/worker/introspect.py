@@ -33,11 +33,6 @@ def encode(body: dict[str, Any]) -> bytes:
     return zlib.compress(json.dumps(body, default=str).encode())
 
 
-def decode(payload: bytes) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(zlib.decompress(payload))
-    return out
-
-
 def _agent() -> Any:
     from torch.distributed.rpc import api
 
@@ -118,7 +113,6 @@ class Profile:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sampler: FrameSampler | None = None
-        self.torch_on = False
         self.started = 0.0
         self.timer: threading.Timer | None = None
 
@@ -142,7 +136,6 @@ class Profile:
                 torch.profiler._ExperimentalConfig(),  # type: ignore[attr-defined]
             )
             rpc._enable_server_process_global_profiler(cfg)  # type: ignore[attr-defined]
-            self.torch_on = True
             self.sampler = FrameSampler(interval_ms / 1000.0)
             self.sampler.start()
             self.started = time.time()
@@ -163,9 +156,7 @@ class Profile:
             if sampler is None:
                 return {"error": "no profile is running in this worker (it may have timed out)"}
             spans = sampler.stop()
-            off = rpc._disable_server_process_global_profiler  # type: ignore[attr-defined]
-            raw = off() if self.torch_on else []
-            self.torch_on = False
+            raw = rpc._disable_server_process_global_profiler()  # type: ignore[attr-defined]
         requests, ops, truncated = torch_events(raw)
         return {
             "start": self.started,

@@ -15,6 +15,7 @@ sidecar keeps a process's first rank reserved while the process lives, docs/cont
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,6 @@ from typing import Any
 SCHEME = "rpcjob-worker"
 _staged: dict[str, Any] = {}
 _keep_alive: list[Any] = []  # every store handed to torch, for the process lifetime
-_registered = False
 _lock = threading.Lock()
 _autograd_rank: int | None = None
 
@@ -101,15 +101,12 @@ def _handler(url: str, **_kwargs: Any) -> Iterator[tuple[Any, int, int]]:
     yield (store, -1, -1)
 
 
+@functools.cache  # once per process: torch refuses a second handler for the scheme
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
     import torch.distributed
 
     dist: Any = torch.distributed
     dist.register_rendezvous_handler(SCHEME, _handler)
-    _registered = True
 
 
 def _reset_torch_process_state(rank: int) -> None:

@@ -1,18 +1,6 @@
-"""``rpcjob-worker -- CMD…``: run a workload under the rpcjob runtime.
-
-What it adds over calling ``rpcjob.init_rpc()`` yourself:
-
-* a fail-fast check, before the (slow) workload starts, that the sidecar socket exists and
-  answers — with the same clear error ``rpcjob.init_rpc()`` gives;
-* the child gets ``RPCJOB_SOCKET`` set (resolved to the socket it checked) and
-  ``RPCJOB_LAUNCHER=1``;
-* ``--help`` and ``--version`` answer without a sidecar or any environment;
-* SIGTERM and SIGINT are forwarded to the child (which drains and leaves gracefully inside
-  ``rpcjob.init_rpc``'s handler), and the launcher exits with the child's exit code
-  (128 + N when the child died of signal N), so Kubernetes sees the workload's result.
-
-It does not join the group itself: the workload still calls ``rpcjob.init_rpc()`` (a plain
-torch program that never calls it does not become a member).
+"""``rpcjob-worker -- CMD…``: run a workload under the rpcjob runtime (what it adds over calling
+``rpcjob.init_rpc()`` yourself: DESCRIPTION below). The child drains and leaves gracefully in
+``rpcjob.init_rpc``'s SIGTERM handler; the launcher never joins the group itself.
 """
 
 from __future__ import annotations
@@ -64,7 +52,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
             raise SystemExit(0)
         else:
             raise SystemExit(f"rpcjob-worker: unknown option {opt!r}\n{USAGE}")
-    if not args or len(args) < 2:
+    if len(args) < 2:
         raise SystemExit(f"rpcjob-worker: no command given after '--'\n{USAGE}")
     return socket, args[1:]
 
@@ -75,16 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         client = SidecarClient(socket)
+        try:
+            client.wait_ready(READY_TIMEOUT_S)
+        finally:
+            client.close()
     except SidecarNotFound as err:
         print(f"rpcjob-worker: {err}", file=sys.stderr)
         return 2
-    try:
-        client.wait_ready(READY_TIMEOUT_S)
-    except SidecarNotFound as err:
-        print(f"rpcjob-worker: {err}", file=sys.stderr)
-        return 2
-    finally:
-        client.close()
     env = dict(os.environ)
     env[contract.ENV_SOCKET] = client.path
     env[ENV_LAUNCHER] = "1"

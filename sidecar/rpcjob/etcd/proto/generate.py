@@ -1,4 +1,4 @@
-"""Generate the committed gRPC stubs from our .proto files (and check they are up to date).
+"""Generate the committed gRPC stubs from the .proto files (and check they are up to date).
 
     python3 sidecar/rpcjob/etcd/proto/generate.py          # regenerate in place
     python3 sidecar/rpcjob/etcd/proto/generate.py --check  # exit 1 if the committed stubs differ
@@ -6,6 +6,10 @@
 protoc writes ``import rpc_pb2`` (top-level); we rewrite such imports to ``from . import`` so
 that the stubs work inside our packages without touching ``sys.path``. mypy-protobuf (the dev
 extra) writes typed ``.pyi`` stubs next to each module, so callers use real message types.
+
+The etcd protos live in ``vendor/``: trimmed copies of etcd's own (its packages, names and field
+numbers, so the wire format is etcd's), not ours to restyle. The sidecar's API is ours
+(``sidecar/rpcjob/sidecar/sidecar.proto``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class ProtoSet:
 
 PROTO_SETS = (
     ProtoSet(
-        PKG_ROOT / "etcd" / "proto",
+        PKG_ROOT / "etcd" / "proto" / "vendor",
         PKG_ROOT / "etcd" / "_pb",
         ("kv.proto", "auth.proto", "rpc.proto"),
     ),

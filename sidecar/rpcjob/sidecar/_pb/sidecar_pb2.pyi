@@ -386,6 +386,10 @@ Global___MembershipEvent: _TypeAlias = MembershipEvent  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):
+    """A peer's member record, as its sidecar publishes it in etcd under `members/<worker>`
+    (docs/contract.md §4).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -417,10 +421,13 @@ class Member(_message.Message):
     INCARNATION_FIELD_NUMBER: _builtins.int
     REVERSE_MAP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """its worker name, <role>_<index>"""
     rank: _builtins.int
+    """its incarnation's torch rank"""
     pod: _builtins.str
     node: _builtins.str
     ip: _builtins.str
+    """its pod IP"""
     incarnation: _builtins.int
     @_builtins.property
     def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...

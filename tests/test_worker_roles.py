@@ -1,0 +1,66 @@
+"""The helpers for application code (sidecar/rpcjob/worker/roles.py): ``rpcjob.members`` and
+``rpcjob.wait_for_member`` in a real torch RPC process, and ``rpcjob.run_role``'s bad input.
+The examples use all three under ``rpcjob run`` (tests/test_run_success.py, test_cli_run.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from forked import ForkedPopen
+
+import rpcjob
+from rpcjob import contract
+from rpcjob_operator.localexec.etcd_server import free_port
+
+CHILD = r"""
+import json, sys
+import torch.distributed.rpc as rpc
+import rpcjob
+
+opts = rpc.TensorPipeRpcBackendOptions(init_method=sys.argv[1], num_worker_threads=2)
+rpc.init_rpc("worker_0", rank=0, world_size=None, rpc_backend_options=opts)  # dynamic, as in a pod
+got = {"all": rpcjob.members(), "worker": rpcjob.members("worker"), "ps": rpcjob.members("ps"),
+       "work": rpcjob.members("work"), "waited": rpcjob.wait_for_member("worker", timeout=5)}
+try:
+    rpcjob.wait_for_member("ps", timeout=0.3)
+except TimeoutError as e:
+    got["timeout"] = str(e)
+rpc.shutdown()
+print(json.dumps(got), flush=True)
+"""
+
+
+@pytest.mark.slow  # a torch RPC process
+def test_members_and_wait_for_member_in_a_torch_rpc_group(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = ForkedPopen(str(script), [f"tcp://127.0.0.1:{free_port()}"], dict(os.environ))
+    try:
+        code = proc.wait(120)
+        out = proc.stdout.read()
+    finally:
+        proc.kill()
+    assert code == 0, out
+    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    assert got["all"] == got["worker"] == got["waited"] == ["worker_0"]
+    assert got["ps"] == [] and got["work"] == []  # a role is the whole name before _<index>
+    assert got["timeout"].startswith(
+        "no member of role 'ps' joined the RPC group within 0.3 s: check that the job has that "
+        "role and that its pods run"
+    )
+
+
+def test_run_role_without_a_function_for_the_pods_role_fails_before_joining(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(contract.ENV_ROLE, "ps")
+    monkeypatch.setenv(contract.ENV_SOCKET, "/nonexistent/rpcjob.sock")  # no join is tried
+    with pytest.raises(ValueError) as err:
+        rpcjob.run_role({"worker": lambda _name: 0})
+    assert str(err.value) == (
+        "RPCJOB_ROLE='ps': rpcjob.run_role() has no function for this role (it has ['worker']); "
+        "give one for every role of the job"
+    )
