@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from rpcjob.worker.sampler import FrameSampler
+from rpcjob.worker.sampler import FrameSampler, peer_name
 
 log = logging.getLogger("rpcjob.worker")
 
@@ -66,7 +66,7 @@ class CallCounter:
         counts = self.out
 
         def _invoke_rpc(to: Any, *args: Any, **kwargs: Any) -> Any:
-            key = getattr(to, "name", None) or str(to)
+            key = peer_name(to)
             counts[key] = counts.get(key, 0) + 1  # GIL-atomic enough for a rate
             return inner(to, *args, **kwargs)
 
