@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from rpcjob import contract
 
@@ -23,9 +24,21 @@ def members(role: str | None = None) -> list[str]:
     role's (names are ``<role>_<index>``). A snapshot: members come and go at any time."""
     from torch.distributed.rpc import api
 
-    infos = api._get_current_rpc_agent().get_worker_infos()  # type: ignore[attr-defined]
-    names = sorted(str(w.name) for w in infos)
-    return [n for n in names if role is None or n.rpartition("_")[0] == role]
+    agent = api._get_current_rpc_agent()  # type: ignore[attr-defined]
+    names = sorted(str(w.name) for w in agent.get_worker_infos())
+    return [
+        n for n in names if (role is None or n.rpartition("_")[0] == role) and _present(agent, n)
+    ]
+
+
+def _present(agent: Any, name: str) -> bool:
+    # In dynamic mode torch's get_worker_infos() still lists a member that has left the group
+    # (an RPC to it fails: "could not find destination url"); its name lookup does not.
+    try:
+        agent.get_worker_info(name)
+    except RuntimeError:
+        return False
+    return True
 
 
 def wait_for_member(role: str, timeout: float = 120.0) -> list[str]:
