@@ -53,6 +53,54 @@ def test_members_and_wait_for_member_in_a_torch_rpc_group(tmp_path: Path) -> Non
     )
 
 
+LEAVER = r"""
+import json, os, sys, time
+import torch.distributed.rpc as rpc
+import rpcjob
+
+name, rank, seen = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+opts = rpc.TensorPipeRpcBackendOptions(init_method=sys.argv[1], num_worker_threads=2)
+rpc.init_rpc(name, rank=rank, world_size=None, rpc_backend_options=opts)
+if name == "ps_0":
+    deadline = time.monotonic() + 120
+    while not os.path.exists(seen) and time.monotonic() < deadline:  # worker_0 saw ps_0
+        time.sleep(0.05)
+    rpc.shutdown()  # a graceful leave: worker_0 stays, and must stop listing ps_0
+    sys.exit(0)
+got = {"before": rpcjob.wait_for_member("ps", timeout=120)}
+open(seen, "w").close()
+deadline = time.monotonic() + 120
+while rpcjob.members("ps") and time.monotonic() < deadline:
+    time.sleep(0.05)
+got["after"] = rpcjob.members("ps")
+rpc.shutdown()
+print(json.dumps(got), flush=True)
+"""
+
+
+@pytest.mark.slow  # two torch RPC processes
+def test_a_member_that_left_is_not_listed(tmp_path: Path) -> None:
+    """A worker asking ``rpcjob.members`` whether its peer is gone gets the truth after the
+    peer's graceful leave (the examples end this way: their servers wait for the workers to
+    go, the workers tell a finished server from a broken one by it)."""
+    script = tmp_path / "leaver.py"
+    script.write_text(LEAVER)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    seen = str(tmp_path / "seen")
+    stays = ForkedPopen(str(script), [url, "worker_0", "0", seen], dict(os.environ))  # the store
+    leaves = ForkedPopen(str(script), [url, "ps_0", "1", seen], dict(os.environ))
+    try:
+        assert leaves.wait(180) == 0, leaves.stdout.read()
+        code = stays.wait(180)
+        out = stays.stdout.read()
+    finally:
+        stays.kill()
+        leaves.kill()
+    assert code == 0, out
+    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    assert got == {"before": ["ps_0"], "after": []}
+
+
 def test_run_role_without_a_function_for_the_pods_role_fails_before_joining(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
