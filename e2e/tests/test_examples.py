@@ -62,10 +62,16 @@ def test_example_runs_to_success(cluster: Cluster, path: Path) -> None:
     conditions = {c["type"]: c for c in status.get("conditions") or []}
     assert conditions.get("Succeeded", {}).get("status") == "True", conditions
 
-    table = printer_table(cluster)
-    assert table[0] == ["NAME", "READY", "RESTARTS", "STATE", "AGE"]
-    row = next(r for r in table[1:] if r[0] == name)
-    assert row[1] == status["ready"] and row[2] == str(status.get("restarts", 0))
+    def columns_show_the_status() -> list[str] | None:
+        # The columns are the status's fields; pods still ending after Succeeded change its
+        # ready count, so the table is compared with a status read right after it.
+        table = printer_table(cluster)
+        assert table[0] == ["NAME", "READY", "RESTARTS", "STATE", "AGE"]
+        row = next(r for r in table[1:] if r[0] == name)
+        now = (cluster.job(name) or {})["status"]
+        return row if row[1] == now["ready"] and row[2] == str(now.get("restarts", 0)) else None
+
+    row = cluster.wait_for(columns_show_the_status, 60, "the printer columns to show the status")
     assert row[3] == "Succeeded"
 
     deleted = cluster.kubectl("delete", "-f", str(path), "--wait=false").stdout
