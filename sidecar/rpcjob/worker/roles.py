@@ -32,8 +32,9 @@ def members(role: str | None = None) -> list[str]:
 
 
 def _present(agent: Any, name: str) -> bool:
-    # In dynamic mode torch's get_worker_infos() still lists a member that has left the group
-    # (an RPC to it fails: "could not find destination url"); its name lookup does not.
+    # In an rpcjob group get_worker_infos() was seen listing a member that had left (an RPC to
+    # it failed: "could not find destination url") while its name lookup did not. Plain torch
+    # drops both at a graceful leave (tests/test_worker_roles.py); the cause is not known.
     try:
         agent.get_worker_info(name)
     except RuntimeError:
