@@ -20,6 +20,8 @@ from pathlib import Path
 
 from forked import ForkedPopen
 
+REPLY = "\x1e"  # ASCII record separator: marks the start of the child's replies
+
 CHILD = r"""
 import os, sys, time, datetime, json, traceback
 mode = sys.argv[1]
@@ -27,8 +29,8 @@ import torch
 import torch.distributed.rpc as rpc
 from rpcjob.devices import agent
 
-def out(*a):
-    print(*a, flush=True)
+def out(*a):  # one write per reply, behind the marker: see Proc._read
+    os.write(1, ("\x1e" + " ".join(map(str, a)) + "\n").encode())
 
 def inject_fault(fault):  # faults the tests inject here: rpcjob itself has no test hooks
     if fault == "die-in-critical-section":  # SIGKILL right after torch registered our address
@@ -154,9 +156,13 @@ class Proc:
         return cls(popen)  # Popen's calls that Proc makes
 
     def _read(self) -> None:
+        # The child's stderr (torch's C++ log lines included) shares this pipe. A reply is
+        # one write() that starts with REPLY, so a log line written at the same moment can
+        # only come before it on the same line (seen: "MEMBERS[W1206 ...] ..."): the text
+        # after the last marker is the reply.
         assert self.p.stdout is not None
         for line in self.p.stdout:
-            line = line.rstrip("\n")
+            line = line.rstrip("\n").rpartition(REPLY)[2]
             self.all.append(line)
             if self.log is not None:
                 with self.log.open("a") as f:
