@@ -32,9 +32,10 @@ def members(role: str | None = None) -> list[str]:
 
 
 def _present(agent: Any, name: str) -> bool:
-    # In an rpcjob group get_worker_infos() was seen listing a member that had left (an RPC to
-    # it failed: "could not find destination url") while its name lookup did not. Plain torch
-    # drops both at a graceful leave (tests/test_worker_roles.py); the cause is not known.
+    # An actor of the actor-learner example once saw the learner listed right after an RPC to it
+    # failed ("could not find destination url"). torch answers both lookups from the same
+    # table, so this second look only narrows a window; plain torch drops a member that left
+    # gracefully from both (tests/test_worker_roles.py). The cause is not known.
     try:
         agent.get_worker_info(name)
     except RuntimeError:
