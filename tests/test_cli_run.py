@@ -66,6 +66,45 @@ def test_killed_worker_is_replaced_and_job_succeeds(tmp_path: Path) -> None:
     assert max(restarts) >= 1
 
 
+RENAMED = """\
+apiVersion: rpcjob.dev/v1alpha1
+kind: RpcJob
+metadata:
+  name: renamed
+spec:
+  roles:
+    worker:
+      replicas: 1
+      template:
+        spec:
+          containers:
+            - name: trainer
+              image: example
+              command: ["sh", "-c", "echo trainer ran; exit 3"]
+  runPolicy:
+    backoffLimit: 0
+"""
+
+
+def test_a_worker_container_of_any_name_is_the_worker(tmp_path: Path) -> None:
+    """A template's only container may have any name: its log is the slot's log, and its exit
+    code is the one the failure records (not "no exit code")."""
+    job = tmp_path / "renamed.yaml"
+    job.write_text(RENAMED)
+    run = LocalRun(str(job), env=base_env(tmp_path))
+    try:
+        assert run.wait(120) != 0, run.story()
+    finally:
+        run.kill()
+    assert [e["state"] for e in run.events if e.get("type") == "result"] == ["Failed"]
+    assert "trainer ran" in run.logs("worker_0"), run.story()
+    failures = [f for e in run.events if e.get("type") == "status"
+                for f in e["status"].get("failures") or []]  # fmt: skip
+    assert failures and {f.get("exitCode") for f in failures} == {3}, failures
+    warnings = [e.get("message", "") for e in run.events if e.get("type") == "event"]
+    assert any("failed with exit code 3" in m for m in warnings), warnings
+
+
 def _etcd_of(root: str) -> list[int]:
     """The embedded etcd of a run: its data dir lives below the run's root."""
     return processes_mentioning(f"--data-dir {root}/")

@@ -314,6 +314,41 @@ def test_pod_view_from_a_pod_dict() -> None:
     assert v.deleting and v.delete_first and not v.ready and not v.live and v.finished
 
 
+WORKER_CONTAINER_CASES = [
+    # the pod's container names, the statuses' exit codes by name, the worker's exit code
+    pytest.param(["worker"], {"worker": 3}, 3, id="named-worker"),
+    pytest.param(["trainer"], {"trainer": 3}, 3, id="only-container-any-name"),
+    pytest.param(["helper", "worker"], {"helper": 9, "worker": 0}, 0, id="worker-among-two"),
+    pytest.param(["a", "b"], {"a": 1, "b": 2}, None, id="two-none-named-worker"),
+    pytest.param([], {"worker": 5}, 5, id="no-spec-containers"),
+]
+
+
+@pytest.mark.parametrize(("names", "codes", "expected"), WORKER_CONTAINER_CASES)
+def test_pod_view_reads_the_worker_containers_exit_code(
+    names: list[str], codes: dict[str, int], expected: int | None
+) -> None:
+    raw = {
+        "metadata": {"name": "p", "labels": {contract.LABEL_ROLE: "w", contract.LABEL_INDEX: "0"}},
+        "spec": {"containers": [{"name": n} for n in names]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": n, "state": {"terminated": {"exitCode": c}}} for n, c in codes.items()
+            ],
+        },
+    }
+    assert PodView.from_pod(raw).exit_code == expected
+
+
+@pytest.mark.parametrize(
+    ("names", "index"),
+    [(["worker"], 0), (["x"], 0), (["x", "worker"], 1), (["x", "y"], None), ([], None)],
+)
+def test_worker_container_rule(names: list[str], index: int | None) -> None:
+    assert contract.worker_container(names) == index
+
+
 def test_member_view_from_record() -> None:
     m = MemberRecord.from_dict({"rank": 7, "pod": "p", "node": "n", "gpus": [0, 1]}, "worker_2")
     assert (m.role, m.rank, m.devices) == ("worker", 7, ("cuda:0", "cuda:1"))

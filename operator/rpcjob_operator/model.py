@@ -66,11 +66,10 @@ class PodView:
         return not self.deleting and not self.finished
 
     @classmethod
-    def from_pod(
-        cls, pod: dict[str, Any], worker_container: str = contract.WORKER_CONTAINER
-    ) -> PodView:
+    def from_pod(cls, pod: dict[str, Any]) -> PodView:
         """Read a pod dict (API JSON, camelCase) into a PodView."""
         md = pod.get("metadata") or {}
+        worker = worker_container_name(pod)
         labels = md.get("labels") or {}
         annotations = md.get("annotations") or {}
         st = pod.get("status") or {}
@@ -79,7 +78,7 @@ class PodView:
         reason = str(st.get("reason") or "")
         message = str(st.get("message") or "")
         for cs in st.get("containerStatuses") or []:
-            if cs.get("name") != worker_container:
+            if cs.get("name") != worker:
                 continue
             term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
                 "terminated"
@@ -124,6 +123,15 @@ CANNOT_START = frozenset(
         "InvalidImageName",
     }
 )
+
+
+def worker_container_name(pod: dict[str, Any]) -> str:
+    """The name of the pod's worker container: the template rule (contract.worker_container)
+    applied to the pod's containers; a template may name its only container anything."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    idx = contract.worker_container(names)
+    name = names[idx] if idx is not None else None
+    return str(name) if name else contract.WORKER_CONTAINER
 
 
 def _cannot_start(st: dict[str, Any]) -> tuple[str, str]:

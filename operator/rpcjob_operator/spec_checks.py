@@ -44,15 +44,11 @@ def _gpu_quantity(container: dict[str, Any], path: str, errs: list[FieldError]) 
 
 
 def _find_worker(containers: list[Any], path: str, errs: list[FieldError]) -> int | None:
-    named = [
-        i
-        for i, c in enumerate(containers)
-        if isinstance(c, dict) and c.get("name") == contract.WORKER_CONTAINER
-    ]
-    if named:
-        return named[0]
-    if len(containers) == 1:
-        return 0
+    idx = contract.worker_container(
+        [c.get("name") if isinstance(c, dict) else None for c in containers]
+    )
+    if idx is not None:
+        return idx
     errs.append(
         FieldError(
             f"{path}.containers",

@@ -9,6 +9,7 @@ hand, see docs/contract.md) can import it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # --- Kubernetes API ------------------------------------------------------------------------
@@ -51,6 +52,15 @@ SIDECAR_CONTAINER = "rpcjob-sidecar"
 SOCKET_VOLUME = "rpcjob-socket"
 SOCKET_DIR = "/var/run/rpcjob"
 SOCKET_FILE = "sidecar.sock"
+
+
+def worker_container(names: Sequence[str | None]) -> int | None:
+    """Which of a pod's containers (by name, in order) runs the worker: the one named
+    WORKER_CONTAINER, else the only one; None when there are several and none has that name."""
+    if WORKER_CONTAINER in names:
+        return names.index(WORKER_CONTAINER)
+    return 0 if len(names) == 1 else None
+
 
 # --- environment ---------------------------------------------------------------------------
 # Identity (both containers).

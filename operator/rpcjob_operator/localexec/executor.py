@@ -179,7 +179,7 @@ class LocalJob:
                 "slot": action.slot.worker_name,
                 "ip": ip,
                 "replacement": action.replacement,
-                "log": runner.log_path(contract.WORKER_CONTAINER),
+                "log": runner.log_path(runner.worker_container),
                 "sidecar_log": runner.log_path(contract.SIDECAR_CONTAINER),
             }
         )

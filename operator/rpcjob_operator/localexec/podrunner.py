@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rpcjob.contract import WORKER_CONTAINER
 from rpcjob_operator.localexec.containers import LocalContainer, ProcessSpec, process_spec
 from rpcjob_operator.localexec.podenv import ContainerConfigError, PodInfo
 from rpcjob_operator.localexec.podstate import RunnerConfig, Slot
 from rpcjob_operator.localexec.probes import ProbeState, run_probe
+from rpcjob_operator.model import worker_container_name
 
 log = logging.getLogger("rpcjob.localexec.pods")
 TICK = 0.05  # how often the runner looks at its processes
@@ -39,6 +39,7 @@ class PodRunner(threading.Thread):
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.pod = pod
+        self.worker_container = worker_container_name(pod)
         self.uid = meta["uid"]
         self.pod_ip = pod_ip
         self.cfg = cfg
@@ -161,7 +162,7 @@ class PodRunner(threading.Thread):
     def _container(self, slot: Slot, spec: ProcessSpec) -> LocalContainer:
         """The process of one container incarnation; the cluster kubelet (e2e/cluster)
         overrides this to start it inside the pod's network and mount namespaces."""
-        worker = slot.name == WORKER_CONTAINER and not slot.init
+        worker = slot.name == self.worker_container and not slot.init
         spawner = self.cfg.spawner if worker else None
         return LocalContainer(slot.name, spec, self.log_path(slot.name), spawner)
 
