@@ -106,6 +106,24 @@ def test_fixture_node(node: str) -> None:
     assert list(got.warnings) == warnings
 
 
+DESCRIBED = {  # the sidecar logs this line at start (the informational labels' only use)
+    "dgx-h100": "8 GPU(s): NVIDIA-H100-80GB-HBM3, 81559 MiB, hopper, DGX-H100",
+    "hgx-h200-a": "8 GPU(s): NVIDIA-H200, 143771 MiB, hopper",
+    "gb200-nvl-rack1-node3": f"4 GPU(s): NVIDIA-GB200, blackwell; NVLink clique {CLIQUE}",
+    "a100-mig-single": "56 MIG device(s): A100-SXM4-40GB-MIG-1g.5gb, 5120 MiB; MIG single",
+    "a100-mig-mixed": "8 GPU(s): NVIDIA-A100-SXM4-40GB; MIG mixed (1g.5gb x4, 3g.20gb x2)",
+    "t4-time-sliced": "1 GPU(s): Tesla-T4-SHARED; shared (time-slicing, 4 per GPU)",
+    "override": "2 GPU(s) (rpcjob.dev/gpus)",
+    "cpu-only": "no GPU labels",
+    "bad-count-word": "no usable GPU labels (see the warnings)",
+}
+
+
+@pytest.mark.parametrize("node", sorted(DESCRIBED))
+def test_describe(node: str) -> None:
+    assert parse_node_labels(NODES[node], node).describe() == DESCRIBED[node]
+
+
 @pytest.mark.parametrize(
     ("node", "is_mig", "is_shared"),
     [

@@ -163,10 +163,11 @@ def test_bad_gpu_labels_are_warnings_in_identity_not_a_crash(
 ) -> None:
     job = Job(etcd_endpoint, tmp_path, env={c.ENV_NODE_LABELS: '{"nvidia.com/gpu.count": "eight"}'})
     try:
-        w = job.pod("worker", 0).fake_worker()
-        ident = w.identity()
+        pod = job.pod("worker", 0)
+        ident = pod.fake_worker().identity()
         assert any("nvidia.com/gpu.count='eight'" in x for x in ident["warnings"])
         assert ident["devices"] == []
+        assert ": no usable GPU labels (see the warnings)" in pod.sidecar_log.read_text()
     finally:
         job.close()
 

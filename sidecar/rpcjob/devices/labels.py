@@ -77,6 +77,28 @@ class NodeGPUs:
         """GPUs are time-sliced or MPS-shared between pods."""
         return self.replicas > 1 or self.sharing_strategy in ("time-slicing", "mps")
 
+    def describe(self) -> str:
+        """One line for the sidecar's start log: what the labels say about this node's GPUs
+        (the informational labels included; they drive nothing else)."""
+        if self.count is None and not self.present:
+            return "no usable GPU labels (see the warnings)" if self.warnings else "no GPU labels"
+        unit = "MIG device(s)" if self.is_mig else "GPU(s)"
+        n = "GPU count unknown" if self.count is None else f"{self.count} {unit}"
+        if self.override is not None:
+            n += f" ({LABEL_OVERRIDE})"
+        what = [self.product, self.family, self.machine]
+        if self.memory_mib is not None:
+            what.insert(1, f"{self.memory_mib} MiB")
+        parts = [n + (": " + ", ".join(w for w in what if w) if any(what) else "")]
+        if self.mig_strategy != "none":
+            profiles = ", ".join(f"{k} x{v}" for k, v in sorted(self.mig_profiles.items()))
+            parts.append(f"MIG {self.mig_strategy}" + (f" ({profiles})" if profiles else ""))
+        if self.is_shared:
+            parts.append(f"shared ({self.sharing_strategy}, {self.replicas} per GPU)")
+        if self.clique:
+            parts.append(f"NVLink clique {self.clique}")
+        return "; ".join(parts)
+
 
 def _parse_count(
     labels: Mapping[str, str], key: str, fix: str, warnings: list[str], where: str = ""

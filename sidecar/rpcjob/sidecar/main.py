@@ -36,6 +36,7 @@ def node_gpus(cfg: SidecarConfig) -> dv.NodeGPUs:
         log.warning("cannot read node labels (%s): assuming none", e)
         labels = {}
     node = dv.parse_node_labels(labels, cfg.node_name)
+    log.info("node %s: %s", cfg.node_name or "(unnamed)", node.describe())
     for w in node.warnings:
         log.warning("%s", w)
     return node
