@@ -112,3 +112,13 @@ def test_run_role_without_a_function_for_the_pods_role_fails_before_joining(
         "RPCJOB_ROLE='ps': rpcjob.run_role() has no function for this role (it has ['worker']); "
         "give one for every role of the job"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("worker_0", "worker"), ("ps_12", "ps"), ("driver", ""), ("worker_x", ""), ("Bad_0", "")],
+)
+def test_role_of_a_worker_name(name: str, role: str) -> None:
+    """``members(role)`` and the member records read a name's role this way; a name that is not
+    ``<role>_<index>`` (a foreign member) has no role instead of raising."""
+    assert contract.role_of(name) == role

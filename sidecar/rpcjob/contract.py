@@ -194,6 +194,14 @@ def parse_worker_name(name: str) -> tuple[str, int]:
     return validate_role(role), int(idx)
 
 
+def role_of(name: str) -> str:
+    """The role part of a worker name; "" for a name that is not ``<role>_<index>``."""
+    try:
+        return parse_worker_name(name)[0]
+    except InvalidName:
+        return ""
+
+
 def pod_name(job: str, role: str, index: int) -> str:
     """Pod name of a slot: ``<job>-<role>-<index>``."""
     return f"{job}-{role}-{index}"

@@ -39,10 +39,7 @@ class MemberRecord:
     @property
     def role(self) -> str:
         """The role part of the worker name ("" for a name that is not <role>_<index>)."""
-        try:
-            return contract.parse_worker_name(self.name)[0]
-        except contract.InvalidName:
-            return ""
+        return contract.role_of(self.name)
 
     def encode(self) -> str:
         d = asdict(self)

@@ -27,7 +27,7 @@ def members(role: str | None = None) -> list[str]:
     agent = api._get_current_rpc_agent()  # type: ignore[attr-defined]
     names = sorted(str(w.name) for w in agent.get_worker_infos())
     return [
-        n for n in names if (role is None or n.rpartition("_")[0] == role) and _present(agent, n)
+        n for n in names if (role is None or contract.role_of(n) == role) and _present(agent, n)
     ]
 
 
