@@ -86,10 +86,9 @@ class NodeGPUs:
         n = "GPU count unknown" if self.count is None else f"{self.count} {unit}"
         if self.override is not None:
             n += f" ({LABEL_OVERRIDE})"
-        what = [self.product, self.family, self.machine]
-        if self.memory_mib is not None:
-            what.insert(1, f"{self.memory_mib} MiB")
-        parts = [n + (": " + ", ".join(w for w in what if w) if any(what) else "")]
+        memory = f"{self.memory_mib} MiB" if self.memory_mib is not None else ""
+        what = [w for w in (self.product, memory, self.family, self.machine) if w]
+        parts = [n + (": " + ", ".join(what) if what else "")]
         if self.mig_strategy != "none":
             profiles = ", ".join(f"{k} x{v}" for k, v in sorted(self.mig_profiles.items()))
             parts.append(f"MIG {self.mig_strategy}" + (f" ({profiles})" if profiles else ""))
