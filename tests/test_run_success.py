@@ -56,7 +56,7 @@ def test_cpu_examples_succeed_quietly(
     # ... and the ending is quiet.
     assert statuses[-1]["state"] == "Succeeded", run.story()
     warnings = [e for e in run.events if e.get("type") == "event" and e["event"] == "Warning"]
-    assert warnings == [], warnings
+    assert warnings == [], (warnings, run.story())  # the story: the failed pod's own log
     degraded = [c for st in statuses for c in st.get("conditions", []) if c["type"] == "Degraded"]
     assert degraded == [], degraded
     final = statuses[-1]

@@ -96,7 +96,7 @@ def train(name: str) -> int:
     state = {"done": False}
 
     rpcjob.wait_for_member("ps")  # trainers may start before the server has joined
-    refs = [rpc.rpc_sync(PS_NAME, ps_rref)]  # a list: released before leaving
+    refs: list[rpc.RRef[ParameterServer]] = []  # a list: released before leaving
 
     def flush() -> None:
         # Drained (scale-down): hand in the gradient we hold before leaving.
@@ -106,7 +106,10 @@ def train(name: str) -> int:
             pending.clear()
 
     rpcjob.on_drain(flush)
+    # Every call to the server is in the try, the first one too: a trainer that joins as the
+    # server finishes sees it listed, and it can leave before that first call reaches it.
     try:
+        refs.append(rpc.rpc_sync(PS_NAME, ps_rref))
         while not state["done"]:
             w = rpc.rpc_sync(PS_NAME, _call_get_params, args=(refs[0],))
             x = torch.randn(32, DIM, generator=gen)
@@ -116,7 +119,7 @@ def train(name: str) -> int:
                 pending.append(grad)
             flush()
     except RuntimeError as exc:
-        # The server finished and left between our pushes: training is over.
+        # The server finished and left (before our first call or between two): training is over.
         if rpcjob.members("ps"):
             raise
         print(f"{name}: server has left ({exc.__class__.__name__}); leaving", flush=True)
