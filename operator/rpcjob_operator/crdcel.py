@@ -21,12 +21,18 @@ from celpy.adapter import json_to_cel
 
 Schema = dict[str, Any]
 _OLD_SELF = re.compile(r"\boldSelf\b")
-_ENV = celpy.Environment()
+
+
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    # Building CEL's parser takes most of a second: made on the first rule, so that the CLI
+    # commands that never check a spec (status, top, debug) do not pay it at import.
+    return celpy.Environment()
 
 
 @lru_cache(maxsize=256)
 def _program(rule: str) -> Any:
-    return _ENV.program(_ENV.compile(rule))
+    return _env().program(_env().compile(rule))
 
 
 def child(schema: Schema, key: str) -> Schema | None:
