@@ -8,12 +8,16 @@ bench/gpu_bench.py --cpu; the CUDA version is tests/test_gpu_device_maps.py).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from forked import ForkedPopen
 from test_gpu_device_maps import gpu_bench
+
+from rpcjob_operator.localexec.etcd_server import free_port
 
 
 @pytest.mark.slow
@@ -78,3 +82,62 @@ def test_call_all_waits_for_every_call_then_raises_the_first_error(tmp_path: Pat
         timeout=240,
     )
     assert "RAISED-AFTER-ALL" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+LATE_JOINED = r"""
+import json, os, sys, time
+import torch.distributed.rpc as rpc
+import rpcjob
+from rpcjob.devices import agent
+
+url, name, rank, seen = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+agent.install_membership_guards([])
+opts = rpc.TensorPipeRpcBackendOptions(init_method=url, num_worker_threads=2)
+rpc.init_rpc(name, rank=rank, world_size=None, rpc_backend_options=opts)
+if name == "peer_1":
+    deadline = time.monotonic() + 120
+    while not os.path.exists(seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rpc.shutdown()  # graceful: worker_0 stays
+    sys.exit(0)
+rpcjob.wait_for_member("peer", timeout=120)
+got = {"present": agent.reapply("peer_1", 1, {}), "stale_rank": agent.reapply("peer_1", 7, {})}
+got["listed"] = rpcjob.members()
+open(seen, "w").close()
+deadline = time.monotonic() + 120
+while rpcjob.members("peer") and time.monotonic() < deadline:
+    time.sleep(0.05)
+got["late"] = agent.reapply("peer_1", 1, {})  # the JOINED event arrives after the leave
+got["after"] = rpcjob.members()
+rpc.shutdown()  # tells every member it lists: a ghost peer_1 would make this fail
+os.write(1, (json.dumps(got) + "\n").encode())  # one write: see test_worker_kit
+"""
+
+
+@pytest.mark.slow  # two torch RPC processes
+def test_a_joined_event_after_the_peers_leave_does_not_bring_it_back(tmp_path: Path) -> None:
+    """The sidecar's JOINED event for a peer can be applied after that peer has already left
+    (it joined and left at once). Re-applying its device maps then must not re-add it: torch's
+    join update would list a member nobody can reach, and this worker's own graceful leave
+    would fail telling it (ECONNREFUSED)."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_JOINED)
+    url, seen = f"tcp://127.0.0.1:{free_port()}", str(tmp_path / "seen")
+    stays = ForkedPopen(str(script), [url, "worker_0", "0", seen], dict(os.environ))  # the store
+    leaves = ForkedPopen(str(script), [url, "peer_1", "1", seen], dict(os.environ))
+    try:
+        assert leaves.wait(180) == 0, leaves.stdout.read()
+        code = stays.wait(180)
+        out = stays.stdout.read()
+    finally:
+        stays.kill()
+        leaves.kill()
+    assert code == 0, out
+    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    assert got == {
+        "present": True,
+        "stale_rank": False,  # an older incarnation's event: not the member listed now
+        "listed": ["peer_1", "worker_0"],
+        "late": False,
+        "after": ["worker_0"],
+    }

@@ -23,8 +23,9 @@ class Recorder:
     def evict(self, name: str, rank: int) -> None:
         self.calls.append(("evict", name, rank))
 
-    def reapply(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> None:
+    def reapply(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> bool:
         self.calls.append(("joined", name, rank, dict(reverse_map)))
+        return True
 
 
 def member(name: str, rank: int, rev: dict[str, str] | None = None) -> Any:

@@ -28,6 +28,7 @@ This is the one module that calls torch's agent.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,10 @@ from typing import Any
 _devices: list[str] = []
 _reverse: dict[str, dict[str, str]] = {}
 _installed = False
+# One agent update at a time: torch's (a peer's join or leave, on an RPC thread) and ours (the
+# sidecar's events, on the events thread), so that reapply's "is the peer still here?" holds
+# until its update is made.
+_lock = threading.Lock()
 
 
 def _mod(name: str) -> Any:
@@ -67,19 +72,20 @@ def _guarded_update(
     when a peer joins or leaves through torch's own protocol)."""
     agent = _mod("torch.distributed.rpc.api")._get_current_rpc_agent()
     name = worker_info.name
-    if is_join:
-        if name in reverse_device_map:  # a guarded joiner: exactly my reverse map for it
-            _reverse[name] = _str_map(reverse_device_map[name])
-            rev = {name: reverse_device_map[name]}
-        else:  # an unguarded joiner: torch's behaviour
-            rev = reverse_device_map
-        devices = _torch_devices(_devices) if _devices else my_devices
-        return agent._update_group_membership(worker_info, devices, rev, True)
-    _reverse.pop(name, None)
-    # Keep my devices and the remaining peers' reverse maps: torch would wipe them.
-    return agent._update_group_membership(
-        worker_info, _torch_devices(_devices), _all_reverse(), False
-    )
+    with _lock:
+        if is_join:
+            if name in reverse_device_map:  # a guarded joiner: exactly my reverse map for it
+                _reverse[name] = _str_map(reverse_device_map[name])
+                rev = {name: reverse_device_map[name]}
+            else:  # an unguarded joiner: torch's behaviour
+                rev = reverse_device_map
+            devices = _torch_devices(_devices) if _devices else my_devices
+            return agent._update_group_membership(worker_info, devices, rev, True)
+        _reverse.pop(name, None)
+        # Keep my devices and the remaining peers' reverse maps: torch would wipe them.
+        return agent._update_group_membership(
+            worker_info, _torch_devices(_devices), _all_reverse(), False
+        )
 
 
 def _guarded_set_devices_and_reverse_device_map(agent: Any) -> None:
@@ -181,25 +187,38 @@ def reverse_maps() -> dict[str, dict[str, str]]:
     return {k: dict(v) for k, v in _reverse.items()}
 
 
-def reapply(peer: str, rank: int, reverse_map: Mapping[str, str]) -> None:
-    """JOINED(peer) from the sidecar: (re-)apply my devices and the peer's reverse map.
+def reapply(peer: str, rank: int, reverse_map: Mapping[str, str]) -> bool:
+    """JOINED(peer) from the sidecar: (re-)apply my devices and the peer's reverse map, if the
+    agent still lists the peer under that rank; whether it did.
 
-    Idempotent; needed for peers that joined without the guards (and harmless otherwise).
+    Idempotent; needed for peers that joined without the guards (and harmless otherwise). The
+    event can arrive after the peer's own leave already removed it (a peer that joins and
+    leaves at once): torch's join update would bring it back, a member nobody can reach, which
+    ``rpcjob.members()`` lists and this worker's own graceful leave then fails to tell.
     """
     rpc = _mod("torch.distributed.rpc")
-    _reverse[peer] = dict(reverse_map)
-    rpc.api._get_current_rpc_agent()._update_group_membership(
-        rpc.WorkerInfo(peer, rank), _torch_devices(_devices), {peer: _torch_map(reverse_map)}, True
-    )
+    agent = rpc.api._get_current_rpc_agent()
+    with _lock:
+        if not any(w.name == peer and int(w.id) == rank for w in agent.get_worker_infos()):
+            return False
+        _reverse[peer] = dict(reverse_map)
+        agent._update_group_membership(
+            rpc.WorkerInfo(peer, rank),
+            _torch_devices(_devices),
+            {peer: _torch_map(reverse_map)},
+            True,
+        )
+    return True
 
 
 def evict(peer: str, rank: int) -> None:
     """EVICT(peer): drop a crashed peer from the agent, keeping my devices and other maps."""
     rpc = _mod("torch.distributed.rpc")
-    _reverse.pop(peer, None)
-    rpc.api._get_current_rpc_agent()._update_group_membership(
-        rpc.WorkerInfo(peer, rank), _torch_devices(_devices), _all_reverse(), False
-    )
+    with _lock:
+        _reverse.pop(peer, None)
+        rpc.api._get_current_rpc_agent()._update_group_membership(
+            rpc.WorkerInfo(peer, rank), _torch_devices(_devices), _all_reverse(), False
+        )
 
 
 def current_members() -> list[tuple[str, int]]:
