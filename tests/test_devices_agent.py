@@ -103,6 +103,10 @@ if name == "peer_1":
 rpcjob.wait_for_member("peer", timeout=120)
 got = {"present": agent.reapply("peer_1", 1, {}), "stale_rank": agent.reapply("peer_1", 7, {})}
 got["listed"] = rpcjob.members()
+# an EVICT of an older incarnation (rank 7) must not cut off the peer listed now (rank 1)
+got["stale_evict"] = agent.evict("peer_1", 7)
+got["kept"] = rpcjob.members()
+got["reached"] = rpc.rpc_sync("peer_1", pow, args=(2, 3))
 open(seen, "w").close()
 deadline = time.monotonic() + 120
 while rpcjob.members("peer") and time.monotonic() < deadline:
@@ -115,11 +119,12 @@ os.write(1, (json.dumps(got) + "\n").encode())  # one write: see test_worker_kit
 
 
 @pytest.mark.slow  # two torch RPC processes
-def test_a_joined_event_after_the_peers_leave_does_not_bring_it_back(tmp_path: Path) -> None:
+def test_late_membership_events_neither_bring_back_nor_cut_off_a_peer(tmp_path: Path) -> None:
     """The sidecar's JOINED event for a peer can be applied after that peer has already left
     (it joined and left at once). Re-applying its device maps then must not re-add it: torch's
     join update would list a member nobody can reach, and this worker's own graceful leave
-    would fail telling it (ECONNREFUSED)."""
+    would fail telling it (ECONNREFUSED). Likewise an EVICT of an older incarnation of a name
+    must not cut off the incarnation listed now."""
     script = tmp_path / "late.py"
     script.write_text(LATE_JOINED)
     url, seen = f"tcp://127.0.0.1:{free_port()}", str(tmp_path / "seen")
@@ -138,6 +143,9 @@ def test_a_joined_event_after_the_peers_leave_does_not_bring_it_back(tmp_path: P
         "present": True,
         "stale_rank": False,  # an older incarnation's event: not the member listed now
         "listed": ["peer_1", "worker_0"],
+        "stale_evict": False,
+        "kept": ["peer_1", "worker_0"],
+        "reached": 8,
         "late": False,
         "after": ["worker_0"],
     }

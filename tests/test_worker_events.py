@@ -20,8 +20,9 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def evict(self, name: str, rank: int) -> None:
+    def evict(self, name: str, rank: int) -> bool:
         self.calls.append(("evict", name, rank))
+        return True
 
     def reapply(self, name: str, rank: int, reverse_map: Mapping[str, str]) -> bool:
         self.calls.append(("joined", name, rank, dict(reverse_map)))

@@ -211,14 +211,24 @@ def reapply(peer: str, rank: int, reverse_map: Mapping[str, str]) -> bool:
     return True
 
 
-def evict(peer: str, rank: int) -> None:
-    """EVICT(peer): drop a crashed peer from the agent, keeping my devices and other maps."""
+def evict(peer: str, rank: int) -> bool:
+    """EVICT(peer): drop a crashed peer from the agent, keeping my devices and other maps;
+    whether it was dropped.
+
+    Not when the agent lists the name under another rank: that is a later incarnation, which
+    torch's leave update (it erases by name) would cut off. An agent that does not list the
+    peer at all gets the update anyway (it erases nothing; torch's own bookkeeping by rank).
+    """
     rpc = _mod("torch.distributed.rpc")
+    agent = rpc.api._get_current_rpc_agent()
     with _lock:
+        if any(w.name == peer and int(w.id) != rank for w in agent.get_worker_infos()):
+            return False
         _reverse.pop(peer, None)
-        rpc.api._get_current_rpc_agent()._update_group_membership(
+        agent._update_group_membership(
             rpc.WorkerInfo(peer, rank), _torch_devices(_devices), _all_reverse(), False
         )
+    return True
 
 
 def current_members() -> list[tuple[str, int]]:
