@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import io
+import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -149,3 +150,23 @@ class ForkedPopen:
 
     def terminate(self) -> None:
         self.send_signal(15)
+
+
+def stay_and_leave(
+    script: str, stays: Sequence[str], leaves: Sequence[str], timeout: float = 180
+) -> tuple[dict[str, Any], str]:
+    """Two torch processes of one dynamic group: ``python script *stays`` (rank 0: it keeps
+    the TCPStore, so it must outlive the other) and ``python script *leaves``, which leaves
+    first. Both must exit 0; the stayer's result (its last output line that is a JSON object,
+    written in one write) and its whole output."""
+    stayer = ForkedPopen(script, stays, dict(os.environ))
+    leaver = ForkedPopen(script, leaves, dict(os.environ))
+    try:
+        assert leaver.wait(timeout) == 0, leaver.stdout.read()
+        code = stayer.wait(timeout)
+        out = stayer.stdout.read()
+    finally:
+        stayer.kill()
+        leaver.kill()
+    assert code == 0, out
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1]), out

@@ -8,13 +8,12 @@ bench/gpu_bench.py --cpu; the CUDA version is tests/test_gpu_device_maps.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from forked import ForkedPopen
+from forked import stay_and_leave
 from test_gpu_device_maps import gpu_bench
 
 from rpcjob_operator.localexec.etcd_server import free_port
@@ -128,17 +127,7 @@ def test_late_membership_events_neither_bring_back_nor_cut_off_a_peer(tmp_path: 
     script = tmp_path / "late.py"
     script.write_text(LATE_JOINED)
     url, seen = f"tcp://127.0.0.1:{free_port()}", str(tmp_path / "seen")
-    stays = ForkedPopen(str(script), [url, "worker_0", "0", seen], dict(os.environ))  # the store
-    leaves = ForkedPopen(str(script), [url, "peer_1", "1", seen], dict(os.environ))
-    try:
-        assert leaves.wait(180) == 0, leaves.stdout.read()
-        code = stays.wait(180)
-        out = stays.stdout.read()
-    finally:
-        stays.kill()
-        leaves.kill()
-    assert code == 0, out
-    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    got, _ = stay_and_leave(str(script), [url, "worker_0", "0", seen], [url, "peer_1", "1", seen])
     assert got == {
         "present": True,
         "stale_rank": False,  # an older incarnation's event: not the member listed now

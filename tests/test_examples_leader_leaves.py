@@ -10,12 +10,10 @@ RPC processes in a dynamic group (no sidecar: the examples' role functions use t
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
-from forked import ForkedPopen
+from forked import stay_and_leave
 
 from rpcjob_operator.localexec.etcd_server import free_port
 
@@ -74,17 +72,6 @@ def test_a_follower_whose_leader_left_before_its_first_call_exits_0(
     folder = str(REPO / "examples" / example)
     url, seen = f"tcp://127.0.0.1:{free_port()}", str(tmp_path / "seen")
     args = [seen, folder, leader, fn]
-    # the follower is rank 0: it keeps the TCPStore, which outlives the leader's leave
-    follower = ForkedPopen(str(script), [url, "worker_0", "0", *args], dict(os.environ))
-    leaves = ForkedPopen(str(script), [url, leader, "1", *args], dict(os.environ))
-    try:
-        assert leaves.wait(180) == 0, leaves.stdout.read()
-        code = follower.wait(180)
-        out = follower.stdout.read()
-    finally:
-        follower.kill()
-        leaves.kill()
-    assert code == 0, out
+    got, out = stay_and_leave(str(script), [url, "worker_0", "0", *args], [url, leader, "1", *args])
     assert said in out, out
-    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     assert got == {"code": 0}

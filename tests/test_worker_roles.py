@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from forked import ForkedPopen
+from forked import ForkedPopen, stay_and_leave
 
 import rpcjob
 from rpcjob import contract
@@ -87,17 +87,7 @@ def test_a_member_that_left_is_not_listed(tmp_path: Path) -> None:
     script.write_text(LEAVER)
     url = f"tcp://127.0.0.1:{free_port()}"
     seen = str(tmp_path / "seen")
-    stays = ForkedPopen(str(script), [url, "worker_0", "0", seen], dict(os.environ))  # the store
-    leaves = ForkedPopen(str(script), [url, "ps_0", "1", seen], dict(os.environ))
-    try:
-        assert leaves.wait(180) == 0, leaves.stdout.read()
-        code = stays.wait(180)
-        out = stays.stdout.read()
-    finally:
-        stays.kill()
-        leaves.kill()
-    assert code == 0, out
-    got = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    got, _ = stay_and_leave(str(script), [url, "worker_0", "0", seen], [url, "ps_0", "1", seen])
     assert got == {"before": ["ps_0"], "after": []}
 
 
