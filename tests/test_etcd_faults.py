@@ -3,6 +3,7 @@ that may have reached etcd is never sent again; reads are)."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -87,9 +88,12 @@ def test_txn_not_retried_after_deadline(etcd: EmbeddedEtcd) -> None:
         assert kv is not None and kv.version in (1, 2)
 
 
-def test_write_cut_off_after_reaching_etcd_is_never_sent_again(etcd_session: EmbeddedEtcd) -> None:
+def test_write_cut_off_after_reaching_etcd_is_never_sent_again(
+    etcd_session: EmbeddedEtcd, caplog: pytest.LogCaptureFixture
+) -> None:
     """torch releases its membership token with set(token, ""): a re-sent copy landing after
     the next holder took the token would wipe it (two joiners in the critical section)."""
+    caplog.set_level(logging.DEBUG, logger="rpcjob.etcd")  # a failure shows what was re-sent
     key = f"/faults/token/{uuid.uuid4().hex}"
     with (
         FaultProxy(etcd_session.endpoint) as proxy,
@@ -117,7 +121,10 @@ def test_write_cut_off_after_reaching_etcd_is_never_sent_again(etcd_session: Emb
         assert c.get(key) is not None  # connected again (the fault drops etcd's handshake too)
         fut = cut_after(proxy, "replies", lambda: c.delete(key), lambda: direct.get(key) is None)
         direct.put(key, "Token_C")
-        assert isinstance(fut.exception(timeout=60), EtcdOutcomeUnknown)
+        err = fut.exception(timeout=60)
+        # (once in ~60 suite runs the delete returned a result here: the log says why)
+        assert isinstance(err, EtcdOutcomeUnknown), (err, fut.result() if err is None else None,
+                                                     caplog.text)  # fmt: skip
         kv = direct.get(key)
         assert kv is not None and kv.value == b"Token_C"
 

@@ -335,6 +335,10 @@ class Conn:
                     deadline=f is Failure.DEADLINE,
                 ) from err  # fmt: skip
             if action is Action.RETRY:
+                # (debug: which failure let a call be sent again is what a test of "never
+                # re-sent" needs to see when it fails)
+                log.debug("etcd %s at %s: %s failure, sending again: %s", op, ep.address,
+                          f.value, fl.short(details))  # fmt: skip
                 self.failed(ep)
                 tried += 1
                 last = (f, details, ep.address)
