@@ -68,7 +68,10 @@ class FaultProxy(contextlib.AbstractContextManager["FaultProxy"]):
         try:
             while data := src.recv(65536):
                 with self._lock:
-                    dropping = self._dropping == direction
+                    # A connection cut() has taken is being reset: nothing more goes through.
+                    # (cut() stops dropping as it takes them, and a reply that reached this
+                    # pump in between would slip through to the client before the reset.)
+                    dropping = self._dropping == direction or dst not in self._socks
                     if dropping:
                         self.swallowed += len(data)
                 if not dropping:
