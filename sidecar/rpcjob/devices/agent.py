@@ -199,7 +199,7 @@ def reapply(peer: str, rank: int, reverse_map: Mapping[str, str]) -> bool:
     rpc = _mod("torch.distributed.rpc")
     agent = rpc.api._get_current_rpc_agent()
     with _lock:
-        if not any(w.name == peer and int(w.id) == rank for w in agent.get_worker_infos()):
+        if (peer, rank) not in current_members():
             return False
         _reverse[peer] = dict(reverse_map)
         agent._update_group_membership(
@@ -222,7 +222,7 @@ def evict(peer: str, rank: int) -> bool:
     rpc = _mod("torch.distributed.rpc")
     agent = rpc.api._get_current_rpc_agent()
     with _lock:
-        if any(w.name == peer and int(w.id) != rank for w in agent.get_worker_infos()):
+        if any(name == peer and r != rank for name, r in current_members()):
             return False
         _reverse.pop(peer, None)
         agent._update_group_membership(
